@@ -1,0 +1,1 @@
+"""Training algorithms over masked vector environments."""

@@ -1,0 +1,1 @@
+"""Gymnasium environments and wrappers that follow maskrl's mask convention."""
