@@ -1,0 +1,50 @@
+"""Gymnasium ids registered by ``import maskrl.envs``.
+
+Every entry point is a ``"module:attr"`` string, so registering imports nothing
+heavy: MinAtar, ale-py and PettingZoo are imported only when an id is made.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+from maskrl.envs.atari import ATARI_GAMES, atari_game_name
+from maskrl.envs.minatar_games import MINATAR_GAMES, MINATAR_MAX_EPISODE_STEPS
+
+__all__ = ["atari_ids", "minatar_ids", "register_envs", "registered_ids"]
+
+
+def minatar_ids() -> list[str]:
+    """``["maskrl/MinAtar-Asterix-v0", ...]``, the five MinAtar ids."""
+    return [f"maskrl/MinAtar-{name}-v0" for name in MINATAR_GAMES]
+
+
+def atari_ids() -> list[str]:
+    """``["maskrl/Atari-Adventure-v0", ...]``, one id per game in ``ATARI_GAMES``."""
+    return [f"maskrl/Atari-{atari_game_name(rom)}-v0" for rom in ATARI_GAMES]
+
+
+def registered_ids() -> list[str]:
+    """All ids this package registers."""
+    return [k for k in gym.registry if k.startswith("maskrl/")]
+
+
+def _register(env_id: str, entry_point: str, **kwargs: object) -> None:
+    if env_id not in gym.registry:  # idempotent: a re-import must not warn
+        gym.register(env_id, entry_point=entry_point, **kwargs)  # type: ignore[arg-type]
+
+
+def register_envs() -> None:
+    """Register every ``maskrl/...`` id (done on ``import maskrl.envs``; idempotent)."""
+    for name, module in MINATAR_GAMES.items():
+        _register(
+            f"maskrl/MinAtar-{name}-v0",
+            "maskrl.envs.minatar_games:MinAtarEnv",
+            kwargs={"game": module},
+            max_episode_steps=MINATAR_MAX_EPISODE_STEPS,
+        )
+    for rom in ATARI_GAMES:
+        _register(
+            f"maskrl/Atari-{atari_game_name(rom)}-v0",
+            "maskrl.envs.atari:make_atari_env",
+            kwargs={"game": rom},
+        )

@@ -1,0 +1,416 @@
+"""Vector envs whose infos carry batched action masks, for one game or several.
+
+* :func:`make_vec` — ``num_envs`` copies of one id; ``infos["action_mask"]`` is
+  ``(num_envs, n)`` bool after ``reset`` and every ``step``.
+* :func:`make_multigame_vec` — slots spread round-robin over several ids, one
+  union action space, the slot's game id in the observation and in the infos,
+  per-slot episode statistics (:func:`episodes_by_game` reads them).
+
+Masks always belong to the observation they arrive with, across autoresets, in
+both of Gymnasium's autoreset modes:
+
+* ``"same_step"`` (maskrl's default): when slot ``i`` ends, the returned
+  ``obs[i]`` is already the next episode's reset observation and
+  ``infos["action_mask"][i]`` its mask; the last observation of the finished
+  episode is ``infos["final_obs"][i]`` and its step info (mask included) is in
+  ``infos["final_info"]`` (batched like ``infos``, valid where
+  ``infos["final_info"]["_action_mask"]`` is True).
+* ``"next_step"`` (Gymnasium's default): the step that ends an episode returns
+  its last observation and mask; the next ``step`` ignores the action for that
+  slot, resets it and returns the reset observation with its mask.
+
+The envs are built from ids inside the worker (``vectorization="async"``
+pickles only the id and keyword arguments; unpickling the builder imports
+``maskrl.envs``, which registers the ``maskrl/...`` ids in the subprocess too).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, Literal, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.wrappers import RecordEpisodeStatistics
+from maskrl.envs.masks import ActionMaskWrapper, MaskFn, _has_convention_marker, mask_size
+
+__all__ = ["GameSlotWrapper", "episodes_by_game", "make_multigame_vec", "make_vec"]
+
+Vectorization = Literal["sync", "async"]
+AutoresetName = Literal["same_step", "next_step"]
+
+_AUTORESET = {"same_step": AutoresetMode.SAME_STEP, "next_step": AutoresetMode.NEXT_STEP}
+
+
+def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
+    if isinstance(mode, AutoresetMode) and mode in _AUTORESET.values():
+        return mode
+    if mode in _AUTORESET:
+        return _AUTORESET[mode]  # type: ignore[index]
+    raise ValueError(f"autoreset_mode must be 'same_step' or 'next_step', got {mode!r}")
+
+
+def _check_id(env_id: str) -> None:
+    """Raise a helpful ValueError for an id Gymnasium does not know."""
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as err:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"unknown env id {env_id!r} ({err}).{hint} maskrl's ids are registered by "
+            "`import maskrl.envs` (see maskrl.envs.registered_ids()); register your own env "
+            "with gymnasium.register(...) first."
+        ) from err
+
+
+def _make_masked_env(
+    env_id: str,
+    mask_fn: MaskFn | None,
+    env_kwargs: Mapping[str, Any],
+    seed: int | None = None,
+) -> gym.Env[Any, Any]:
+    """Build one env of ``env_id`` following the mask convention (wrapping it if needed).
+
+    With ``seed``, the env is reset once with it, so that the vector env's first
+    ``reset()`` without a seed continues from a seeded generator.
+    """
+    env = gym.make(env_id, **env_kwargs)
+    if mask_fn is not None or not _has_convention_marker(env):
+        env = ActionMaskWrapper(env, mask_fn=mask_fn)
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
+
+
+def _probe(env_id: str, mask_fn: MaskFn | None, env_kwargs: Mapping[str, Any]) -> gym.Env[Any, Any]:
+    """One env of ``env_id``, checked to have a mask source (raises the ValueError otherwise)."""
+    env = _make_masked_env(env_id, mask_fn, env_kwargs)
+    if isinstance(env, ActionMaskWrapper) and env.mask_source == "info":
+        # An info mask can only be seen after a reset: fail now, not in the trainer.
+        try:
+            env.reset()
+        except Exception:
+            env.close()
+            raise
+    return env
+
+
+def _build(
+    env_fns: Sequence[Callable[[], gym.Env[Any, Any]]],
+    vectorization: str,
+    autoreset_mode: str | AutoresetMode,
+    vector_kwargs: Mapping[str, Any] | None,
+) -> VectorEnv[Any, Any, Any]:
+    mode = _autoreset_mode(autoreset_mode)
+    kwargs = dict(vector_kwargs or {})
+    if vectorization == "sync":
+        return SyncVectorEnv(env_fns, autoreset_mode=mode, **kwargs)
+    if vectorization == "async":
+        return AsyncVectorEnv(env_fns, autoreset_mode=mode, **kwargs)
+    raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
+
+
+def _slot_seed(seed: int | None, i: int) -> int | None:
+    return None if seed is None else seed + i
+
+
+def make_vec(
+    env_id: str,
+    num_envs: int,
+    vectorization: Vectorization = "sync",
+    seed: int | None = None,
+    autoreset_mode: AutoresetName | AutoresetMode = "same_step",
+    mask_fn: MaskFn | None = None,
+    vector_kwargs: Mapping[str, Any] | None = None,
+    **env_kwargs: Any,
+) -> VectorEnv[Any, Any, Any]:
+    """A Gymnasium vector env of ``num_envs`` copies of ``env_id`` with batched masks.
+
+    Any registered id with a mask source works; envs that do not already follow
+    the convention are wrapped in :class:`~maskrl.envs.ActionMaskWrapper`
+    (``mask_fn`` is passed to it and takes precedence over other sources).
+
+    Args:
+        env_id: a registered Gymnasium id, e.g. ``"maskrl/MinAtar-Breakout-v0"``.
+        num_envs: number of copies.
+        vectorization: ``"sync"`` (one process; right for cheap envs like MinAtar)
+            or ``"async"`` (one subprocess per env; pays off for Atari).
+        seed: slot ``i`` is seeded with ``seed + i`` at construction (the first
+            ``reset()`` continues from there); also seeds the action spaces.
+        autoreset_mode: ``"same_step"`` (default) or ``"next_step"``; see the module doc.
+        mask_fn: optional ``mask_fn(env) -> array`` for envs with no mask of their own.
+        vector_kwargs: extra keyword arguments for ``SyncVectorEnv``/``AsyncVectorEnv``
+            (e.g. ``{"context": "spawn"}``).
+        **env_kwargs: passed to ``gym.make(env_id, ...)``.
+
+    Returns:
+        A vector env whose ``reset``/``step`` infos hold ``"action_mask"``:
+        ``np.bool_`` array ``(num_envs, n)``.
+
+    Raises:
+        ValueError: unknown id (with suggestions), an env with no mask source
+            (at construction), bad ``vectorization``/``autoreset_mode``.
+
+    Example:
+        >>> import maskrl.envs
+        >>> envs = maskrl.envs.make_vec("maskrl/MinAtar-Breakout-v0", 4, seed=0)
+        >>> obs, infos = envs.reset()
+        >>> obs.shape, infos["action_mask"].shape
+        ((4, 4, 10, 10), (4, 6))
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    _check_id(env_id)
+    _probe(env_id, mask_fn, env_kwargs).close()
+    fns = [
+        partial(_make_masked_env, env_id, mask_fn, dict(env_kwargs), _slot_seed(seed, i))
+        for i in range(num_envs)
+    ]
+    envs = _build(fns, vectorization, autoreset_mode, vector_kwargs)
+    if seed is not None:
+        envs.action_space.seed(seed)
+    return envs
+
+
+class GameSlotWrapper(gym.Wrapper[dict[str, Any], np.int64, Any, Any]):
+    """One slot of a multi-game vector env: pads observation and mask, adds the game id.
+
+    Observation: ``{"obs": padded Box, "game_id": np.int64}``; action
+    ``Discrete(n_actions)`` where actions ``>= `` the game's own count are padding
+    (always invalid: their mask entries are False and ``step`` raises
+    :class:`ValueError` on them). ``info`` gains ``"game_id"`` (``np.int64``) and a
+    padded ``"action_mask"`` (``(n_actions,)`` bool).
+
+    Args:
+        env: an env following the mask convention with a ``Discrete`` action space
+            and a ``Box`` observation whose shape fits inside ``obs_space``'s.
+        game_id: this slot's game index.
+        num_games: number of games (the ``game_id`` space is ``Discrete(num_games)``).
+        obs_space: the common padded observation space.
+        n_actions: size of the union action space.
+    """
+
+    follows_mask_convention = True
+
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        game_id: int,
+        num_games: int,
+        obs_space: spaces.Box,
+        n_actions: int,
+    ) -> None:
+        super().__init__(env)
+        inner = env.observation_space
+        assert isinstance(inner, spaces.Box)
+        self._game_id = np.int64(game_id)
+        self._n_game = mask_size(env.action_space)
+        self._n_actions = n_actions
+        self._shape = obs_space.shape
+        self._dtype = obs_space.dtype
+        # Zero-pad at the end of every axis (e.g. extra channels after the game's own).
+        self._region = tuple(slice(0, s) for s in inner.shape)
+        self._needs_pad = inner.shape != obs_space.shape or inner.dtype != obs_space.dtype
+        self.observation_space = spaces.Dict({"obs": obs_space, "game_id": spaces.Discrete(num_games)})
+        self.action_space = spaces.Discrete(n_actions)
+        self._mask: np.ndarray | None = None
+        self._steps = 0
+
+    def _obs(self, obs: np.ndarray) -> dict[str, Any]:
+        if self._needs_pad:
+            out = np.zeros(self._shape, dtype=self._dtype)
+            out[self._region] = obs
+            obs = out
+        return {"obs": obs, "game_id": self._game_id}
+
+    def _info(self, info: dict[str, Any]) -> dict[str, Any]:
+        mask = info["action_mask"]  # a new array per call (the convention's envs copy)
+        if self._n_game != self._n_actions:
+            padded = np.zeros(self._n_actions, dtype=np.bool_)
+            padded[: self._n_game] = mask
+            mask = padded
+        self._mask = mask
+        info["action_mask"] = mask
+        info["game_id"] = self._game_id
+        return info
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Reset the slot's game; the info holds the padded mask and ``game_id``."""
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._steps = 0
+        return self._obs(obs), self._info(info)
+
+    def step(self, action: Any) -> tuple[dict[str, Any], SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step the slot's game with ``action`` (must be one of its own actions)."""
+        a = int(action)
+        self._steps += 1
+        if a >= self._n_game:
+            raise ValueError(
+                f"invalid action {a} in env '{self.env.spec.id if self.env.spec else self.env}' "
+                f"(game {int(self._game_id)}) at step {self._steps}: the game has only "
+                f"{self._n_game} actions; {self._n_game}..{self._n_actions - 1} are padding"
+            )
+        obs, reward, terminated, truncated, info = self.env.step(a)
+        return self._obs(obs), reward, terminated, truncated, self._info(info)
+
+    def action_masks(self) -> np.ndarray:
+        """The current padded mask, read-only bool ``(n_actions,)``."""
+        if self._mask is None:
+            raise RuntimeError("call reset() before action_masks()")
+        return self._mask
+
+
+def _make_slot(
+    env_id: str,
+    game_id: int,
+    num_games: int,
+    obs_space: spaces.Box,
+    n_actions: int,
+    seed: int | None,
+) -> gym.Env[Any, Any]:
+    env = _make_masked_env(env_id, None, {})
+    env = RecordEpisodeStatistics(env)
+    slot = GameSlotWrapper(env, game_id, num_games, obs_space, n_actions)
+    if seed is not None:
+        slot.reset(seed=seed)
+        slot.action_space.seed(seed)
+    return slot
+
+
+def _common_obs_space(boxes: Sequence[spaces.Space[Any]], env_ids: Sequence[str]) -> spaces.Box:
+    for env_id, box in zip(env_ids, boxes, strict=True):
+        if not isinstance(box, spaces.Box):
+            raise ValueError(f"make_multigame_vec needs Box observations; {env_id!r} has {box}")
+    ndims = {len(b.shape) for b in boxes}  # type: ignore[union-attr]
+    if len(ndims) != 1:
+        shapes = {i: b.shape for i, b in zip(env_ids, boxes, strict=True)}
+        raise ValueError(f"observations of different ranks cannot be padded together: {shapes}")
+    shape = tuple(int(s) for s in np.max([b.shape for b in boxes], axis=0))  # type: ignore[union-attr]
+    dtype = np.result_type(*[b.dtype for b in boxes])  # type: ignore[union-attr]
+    # Padding is zeros, so 0 must lie inside the bounds.
+    low = min(0.0, min(float(np.min(b.low)) for b in boxes))  # type: ignore[union-attr]
+    high = max(0.0, max(float(np.max(b.high)) for b in boxes))  # type: ignore[union-attr]
+    return spaces.Box(low=low, high=high, shape=shape, dtype=dtype)  # type: ignore[arg-type]
+
+
+def make_multigame_vec(
+    env_ids: Sequence[str],
+    num_envs: int,
+    vectorization: Vectorization = "sync",
+    seed: int | None = None,
+    autoreset_mode: AutoresetName | AutoresetMode = "same_step",
+    vector_kwargs: Mapping[str, Any] | None = None,
+) -> VectorEnv[Any, Any, Any]:
+    """One vector env whose slots play several games (the Actor-Mimic setting).
+
+    Slot ``i`` plays ``env_ids[i % len(env_ids)]``; its game index is that
+    position in ``env_ids``.
+
+    * Actions: ``Discrete(max n)`` over all games. Games with fewer actions get
+      always-invalid padding actions at the end (MinAtar games all have 6,
+      Atari games 18, so none is needed there).
+    * Observation: ``Dict({"obs": Box(common shape), "game_id": Discrete(len(env_ids))})``,
+      batched as ``obs["obs"]`` ``(num_envs, *shape)`` and ``obs["game_id"]``
+      ``(num_envs,)`` int64. Observations of different shapes (same rank) are
+      zero-padded at the end of each axis (MinAtar: 4-10 channels -> 10).
+    * Infos after ``reset`` and every ``step``: ``"action_mask"`` ``(num_envs, n)``
+      bool, ``"game_id"`` ``(num_envs,)`` int64. Each slot records episode
+      statistics: when an episode ends its info holds ``"episode"``
+      (``{"r": return, "l": length, "t": seconds}``, with ``"_episode"`` marking
+      the slots) — under ``infos["final_info"]`` in ``"same_step"`` mode, at the
+      top level in ``"next_step"`` mode. :func:`episodes_by_game` reads both.
+
+    Args:
+        env_ids: registered ids with ``Discrete`` actions and ``Box`` observations.
+        num_envs: number of slots (``>= len(env_ids)`` so every game plays).
+        vectorization, seed, autoreset_mode, vector_kwargs: as in :func:`make_vec`.
+
+    Example:
+        >>> import maskrl.envs
+        >>> ids = ["maskrl/MinAtar-Breakout-v0", "maskrl/MinAtar-Seaquest-v0"]
+        >>> envs = maskrl.envs.make_multigame_vec(ids, 4, seed=0)
+        >>> obs, infos = envs.reset()
+        >>> obs["obs"].shape, obs["game_id"].tolist(), infos["action_mask"].shape
+        ((4, 10, 10, 10), [0, 1, 0, 1], (4, 6))
+    """
+    env_ids = list(env_ids)
+    if not env_ids:
+        raise ValueError("make_multigame_vec needs at least one env id")
+    if num_envs < len(env_ids):
+        raise ValueError(
+            f"num_envs={num_envs} is smaller than the number of games ({len(env_ids)}): "
+            "some games would never be played"
+        )
+    obs_spaces = []
+    n_per_game = []
+    for env_id in env_ids:
+        _check_id(env_id)
+        probe = _probe(env_id, None, {})
+        if not isinstance(probe.action_space, spaces.Discrete) or probe.action_space.start != 0:
+            probe.close()
+            raise ValueError(
+                f"make_multigame_vec needs Discrete actions starting at 0; {env_id!r} has "
+                f"{probe.action_space}"
+            )
+        obs_spaces.append(probe.observation_space)
+        n_per_game.append(int(probe.action_space.n))
+        probe.close()
+    obs_space = _common_obs_space(obs_spaces, env_ids)
+    n_actions = max(n_per_game)
+    fns = [
+        partial(
+            _make_slot,
+            env_ids[i % len(env_ids)],
+            i % len(env_ids),
+            len(env_ids),
+            obs_space,
+            n_actions,
+            _slot_seed(seed, i),
+        )
+        for i in range(num_envs)
+    ]
+    envs = _build(fns, vectorization, autoreset_mode, vector_kwargs)
+    if seed is not None:
+        envs.action_space.seed(seed)
+    return envs
+
+
+def episodes_by_game(infos: Mapping[str, Any]) -> dict[int, list[tuple[float, int]]]:
+    """The episodes that ended in one vector step, grouped by game id.
+
+    Works for both autoreset modes (reads ``infos["final_info"]`` and the top
+    level) and for any vector env whose slots use ``RecordEpisodeStatistics``;
+    slots without a ``"game_id"`` info count as game 0.
+
+    Returns:
+        ``{game_id: [(episode_return, episode_length), ...]}``; empty when no
+        episode ended.
+
+    Example:
+        >>> returns: dict[int, list[float]] = {}
+        >>> # after each step: obs, rew, term, trunc, infos = envs.step(actions)
+        >>> for game, eps in episodes_by_game({}).items():
+        ...     returns.setdefault(game, []).extend(r for r, _ in eps)
+    """
+    out: dict[int, list[tuple[float, int]]] = {}
+    sources = [infos]
+    if "final_info" in infos:
+        sources.append(infos["final_info"])
+    for src in sources:
+        if "episode" not in src:
+            continue
+        ep = src["episode"]
+        done = np.flatnonzero(src["_episode"])
+        games = src.get("game_id")
+        for i in done:
+            game = int(games[i]) if games is not None else 0
+            out.setdefault(game, []).append((float(ep["r"][i]), int(ep["l"][i])))
+    return out
