@@ -1,0 +1,99 @@
+"""Configuration dataclasses.
+
+Each field carries its help text in ``metadata["help"]``; ``train.py`` builds
+its command line from these, so ``--help`` documents every flag and there is
+one source of truth for defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class PPOConfig:
+    """Masked PPO hyperparameters.
+
+    ``batch_size = num_envs * num_steps`` and ``minibatch_size = batch_size //
+    num_minibatches`` are derived, never set: :meth:`validate` rejects a batch
+    that ``num_minibatches`` does not divide.
+    """
+
+    num_envs: int = _f(8, "parallel environments (vector env slots)")
+    num_steps: int = _f(128, "steps per environment per rollout")
+    num_epochs: int = _f(4, "passes over each rollout in the update")
+    num_minibatches: int = _f(4, "minibatches per epoch; must divide num_envs * num_steps")
+    learning_rate: float = _f(2.5e-4, "Adam learning rate")
+    anneal_lr: bool = _f(False, "decay the learning rate linearly to 0 over total_timesteps")
+    gamma: float = _f(0.99, "discount factor")
+    gae_lambda: float = _f(0.95, "GAE lambda")
+    clip_coef: float = _f(0.1, "PPO ratio clipping range")
+    clip_vloss: bool = _f(False, "clip the value loss around the rollout's values")
+    norm_adv: bool = _f(True, "normalise advantages per minibatch")
+    ent_coef: float = _f(0.01, "entropy bonus (entropy over valid actions only)")
+    vf_coef: float = _f(0.5, "value loss weight")
+    max_grad_norm: float = _f(0.5, "gradient norm clipping")
+    target_kl: float | None = _f(
+        None, "stop the epoch loop once approx-KL exceeds this (None: never)"
+    )
+    adam_eps: float = _f(1e-5, "Adam epsilon")
+    device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    seed: int = _f(1, "seed for torch, numpy and the environments")
+    torch_threads: int | None = _f(
+        None,
+        "CPU threads for torch (None: leave torch's default); 1 is often fastest for small nets",
+    )
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field for an impossible config."""
+        for name in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches={self.num_minibatches} does not divide the batch "
+                f"num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size}"
+            )
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        if self.clip_coef <= 0:
+            raise ValueError(f"clip_coef must be > 0, got {self.clip_coef}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PPOConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown PPOConfig field(s): {sorted(unknown)}")
+        return cls(**d)
+
+
+# Settings tuned for return per second of wall time on a small CPU (see
+# benchmarks/README.md for how they were measured against the reference).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The reference settings shared with the sb3-contrib benchmark.
+    "reference": {},
+}

@@ -1,0 +1,100 @@
+"""Evaluation of a trained agent: mean and standard deviation of episode returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from maskrl.agents.rollout import read_masks
+
+__all__ = ["evaluate"]
+
+
+def evaluate(
+    agent: Any,
+    env_id: str | list[str] | None = None,
+    episodes: int = 10,
+    seed: int = 0,
+    deterministic: bool = False,
+    num_envs: int | None = None,
+    max_steps: int = 10_000_000,
+) -> dict[str, Any]:
+    """Play ``episodes`` full episodes per game and report their returns.
+
+    Args:
+        agent: anything with ``predict(obs, action_mask, deterministic)``, e.g.
+            :class:`maskrl.agents.PPO`.
+        env_id: a registered id, a list of ids / a comma-separated string (the
+            multi-game vector env: ``episodes`` episodes for *each* game); default:
+            the ids the agent was trained on.
+        episodes: episodes per game.
+        seed: seeds the evaluation envs (env ``i`` gets ``seed + i``).
+        deterministic: take the most probable valid action instead of sampling.
+        num_envs: parallel envs (default: up to 8 per game). Each env plays a fixed
+            quota of episodes, so short episodes are not over-represented.
+        max_steps: safety bound on vector steps.
+
+    Returns:
+        ``{"mean": ..., "std": ..., "episodes": n, "returns": [...]}`` for one
+        game; for several, the same per game under ``"per_game"`` (keyed by env
+        id) plus the overall mean.
+    """
+    from maskrl.envs import make_multigame_vec, make_vec
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if env_id is None:
+        env_id = getattr(agent, "env_ids", None)
+        if not env_id:
+            raise ValueError(
+                "evaluate needs env_id: the agent does not know which env it was trained on"
+            )
+    ids = [e for e in env_id.split(",") if e] if isinstance(env_id, str) else list(env_id)
+    k = len(ids)
+    per_game = max(1, min(8, episodes)) if num_envs is None else max(1, num_envs // k)
+    n = per_game * k
+    envs = make_vec(ids[0], n, seed=seed) if k == 1 else make_multigame_vec(ids, n, seed=seed)
+    try:
+        # Slot i plays game i % k; split each game's episodes over its slots.
+        quota = np.zeros(n, dtype=np.int64)
+        for g in range(k):
+            slots = np.arange(g, n, k)
+            q = np.full(len(slots), episodes // len(slots))
+            q[: episodes % len(slots)] += 1
+            quota[slots] = q
+        returns: list[list[float]] = [[] for _ in range(k)]
+        ep_ret = np.zeros(n)
+        obs, infos = envs.reset(seed=seed)
+        n_logits = int(np.asarray(infos["action_mask"]).shape[1])
+        for _ in range(max_steps):
+            if (quota == 0).all():
+                break
+            mask = read_masks(infos, n, n_logits)
+            action = agent.predict(obs, mask, deterministic=deterministic)
+            obs, reward, term, trunc, infos = envs.step(action)
+            ep_ret += reward
+            for i in np.flatnonzero(np.logical_or(term, trunc)):
+                if quota[i] > 0:
+                    returns[i % k].append(float(ep_ret[i]))
+                    quota[i] -= 1
+                ep_ret[i] = 0.0
+        else:
+            raise RuntimeError(
+                f"evaluation did not finish {episodes} episodes within {max_steps} steps"
+            )
+    finally:
+        envs.close()
+
+    def summary(r: list[float]) -> dict[str, Any]:
+        return {
+            "mean": float(np.mean(r)),
+            "std": float(np.std(r)),
+            "episodes": len(r),
+            "returns": r,
+        }
+
+    if k == 1:
+        return {"env_id": ids[0], **summary(returns[0])}
+    out = {"env_ids": ids, "per_game": {e: summary(r) for e, r in zip(ids, returns, strict=False)}}
+    out["mean"] = float(np.mean([out["per_game"][e]["mean"] for e in ids]))  # type: ignore[index]
+    return out

@@ -1,0 +1,305 @@
+"""Rollout collection over a masked Gymnasium vector env, reusable by any on-policy trainer.
+
+The pieces are plain functions and one buffer so that a second trainer (for
+instance a distillation trainer that rolls out a student and labels its steps
+with a teacher) can reuse them unchanged:
+
+* :class:`RolloutBuffer` -- preallocated device tensors for ``T`` steps of ``N``
+  envs: observations (tensor or dict of tensors), the action masks the actions
+  were sampled under, actions, log-probs, values, rewards, ``terminated`` /
+  ``truncated`` flags, and the value of the final observation of truncated
+  episodes;
+* :func:`read_masks` -- validates ``infos["action_mask"]`` from a vector env;
+* :func:`collect_rollout` -- fills the buffer by stepping the env with a policy.
+
+The vector env must use Gymnasium's ``same_step`` autoreset (what
+:func:`maskrl.envs.make_vec` builds by default): after an episode ends the env
+returns the *reset* observation and its mask, and the final observation in
+``infos["final_obs"]``, whose value the trainer bootstraps from when the
+episode was truncated rather than terminated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+Obs = torch.Tensor | dict[str, torch.Tensor]
+# A policy step: (obs [N, ...], mask [N, n]) -> (action [N, ...], log_prob [N], value [N]).
+ActFn = Callable[[Obs, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+ValueFn = Callable[[Obs], torch.Tensor]
+
+_TORCH_DTYPES: dict[Any, torch.dtype] = {
+    np.dtype(np.float32): torch.float32,
+    np.dtype(np.float64): torch.float32,  # stored as float32: networks run in float32
+    np.dtype(np.uint8): torch.uint8,
+    np.dtype(np.int8): torch.int8,
+    np.dtype(np.int32): torch.int64,
+    np.dtype(np.int64): torch.int64,
+    np.dtype(np.bool_): torch.bool,
+}
+
+
+def _space_spec(space: Any) -> Any:
+    """``(shape, torch dtype)`` for a Box/Discrete/MultiBinary space, a dict of those for Dict."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Dict):
+        return {k: _space_spec(s) for k, s in space.spaces.items()}
+    if isinstance(space, spaces.Discrete):
+        return ((), torch.int64)
+    dtype = np.dtype(space.dtype)
+    if dtype not in _TORCH_DTYPES:
+        raise ValueError(f"unsupported observation dtype {dtype} in space {space}")
+    return (tuple(space.shape), _TORCH_DTYPES[dtype])
+
+
+def alloc_obs(spec: Any, lead: tuple[int, ...], device: torch.device) -> Obs:
+    """Zeros of shape ``lead + shape`` for every leaf of an observation spec."""
+    if isinstance(spec, dict):
+        return {k: alloc_obs(s, lead, device) for k, s in spec.items()}  # type: ignore[misc]
+    shape, dtype = spec
+    return torch.zeros(lead + shape, dtype=dtype, device=device)
+
+
+def obs_to_tensor(obs: Any, device: torch.device, spec: Any | None = None) -> Obs:
+    """Convert a (batched) numpy observation or dict of them to tensors on ``device``."""
+    if isinstance(obs, dict):
+        return {
+            k: obs_to_tensor(v, device, None if spec is None else spec[k])  # type: ignore[misc]
+            for k, v in obs.items()
+        }
+    t = torch.as_tensor(np.asarray(obs))
+    if spec is not None:
+        t = t.to(spec[1])
+    elif t.dtype == torch.float64:
+        t = t.float()
+    return t.to(device, non_blocking=True)
+
+
+def copy_obs_(dst: Obs, src: Any) -> None:
+    """Copy a batched numpy observation into preallocated tensors (one copy per leaf)."""
+    if isinstance(dst, dict):
+        if not isinstance(src, dict):
+            raise ValueError(
+                f"expected a dict observation with keys {sorted(dst)}, got {type(src)}"
+            )
+        for k, d in dst.items():
+            if k not in src:
+                raise ValueError(f"observation is missing key {k!r} (has {sorted(src)})")
+            copy_obs_(d, src[k])
+        return
+    arr = np.asarray(src)
+    if arr.shape != tuple(dst.shape):
+        raise ValueError(f"observation has shape {arr.shape}, expected {tuple(dst.shape)}")
+    dst.copy_(torch.from_numpy(arr), non_blocking=True)
+
+
+def index_obs(obs: Obs, idx: Any) -> Obs:
+    if isinstance(obs, dict):
+        return {k: v[idx] for k, v in obs.items()}
+    return obs[idx]
+
+
+def flatten_obs(obs: Obs, n: int) -> Obs:
+    """Merge the two leading dims ``[T, N, ...]`` into ``[T * N, ...]`` (views)."""
+    if isinstance(obs, dict):
+        return {k: v.reshape((n,) + v.shape[2:]) for k, v in obs.items()}
+    return obs.reshape((n,) + obs.shape[2:])
+
+
+def read_masks(infos: dict[str, Any], num_envs: int, n_logits: int) -> np.ndarray:
+    """Return ``infos["action_mask"]`` as a ``(num_envs, n_logits)`` boolean array.
+
+    Raises:
+        ValueError: if the infos carry no mask, the mask has the wrong shape or a
+            non-boolean dtype other than 0/1 integers, or some env has no valid
+            action (the message names the env index).
+    """
+    if "action_mask" not in infos:
+        raise ValueError(
+            "the vector env's infos carry no 'action_mask'; build it with maskrl.envs.make_vec "
+            "or wrap each env in maskrl.envs.ActionMaskWrapper"
+        )
+    mask = np.asarray(infos["action_mask"])
+    if mask.shape != (num_envs, n_logits):
+        raise ValueError(
+            f"infos['action_mask'] has shape {mask.shape}, expected (num_envs, n) = ({num_envs}, {n_logits})"
+        )
+    if mask.dtype != np.bool_:
+        if not np.issubdtype(mask.dtype, np.integer) or ((mask != 0) & (mask != 1)).any():
+            raise ValueError(
+                f"infos['action_mask'] must be boolean (or 0/1 integers), got dtype {mask.dtype}"
+            )
+        mask = mask.astype(np.bool_)
+    if "_action_mask" in infos:
+        missing = np.flatnonzero(~np.asarray(infos["_action_mask"]))
+        if missing.size:
+            raise ValueError(
+                f"env index(es) {missing.tolist()} returned no action_mask in their info"
+            )
+    # Only the no-valid-action check is needed per step; it is one reduction.
+    empty = ~mask.any(axis=1)
+    if empty.any():
+        raise ValueError(
+            f"action mask has no valid action for env index(es) {np.flatnonzero(empty).tolist()}: "
+            "an environment must always allow at least one action"
+        )
+    return mask
+
+
+@dataclass
+class EpisodeStats:
+    """Completed episodes seen during rollouts: returns, lengths and game ids."""
+
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    game_ids: list[int] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.returns.clear()
+        self.lengths.clear()
+        self.game_ids.clear()
+
+
+class RolloutBuffer:
+    """Preallocated rollout storage on one device.
+
+    Slot ``t`` of ``obs``/``masks`` holds what the policy acted on at step ``t``;
+    slot ``T`` holds the observation after the last step (the bootstrap
+    observation), which becomes slot 0 of the next rollout. Each env step costs
+    one host-to-device copy of the batched observations and one of the masks.
+    """
+
+    def __init__(
+        self,
+        observation_space: Any,
+        n_logits: int,
+        action_shape: tuple[int, ...],
+        num_steps: int,
+        num_envs: int,
+        device: torch.device,
+    ) -> None:
+        self.num_steps, self.num_envs, self.n_logits = num_steps, num_envs, n_logits
+        self.device = device
+        self.obs_spec = _space_spec(observation_space)
+        T, N = num_steps, num_envs
+        self.obs = alloc_obs(self.obs_spec, (T + 1, N), device)
+        self.masks = torch.zeros((T + 1, N, n_logits), dtype=torch.bool, device=device)
+        self.actions = torch.zeros((T, N) + action_shape, dtype=torch.int64, device=device)
+        self.logprobs = torch.zeros((T, N), device=device)
+        self.values = torch.zeros((T, N), device=device)
+        self.rewards = torch.zeros((T, N), device=device)
+        self.terminated = torch.zeros((T, N), device=device)
+        self.truncated = torch.zeros((T, N), device=device)
+        # Value of the final observation of an episode truncated at step t (else 0).
+        self.final_values = torch.zeros((T, N), device=device)
+        self.next_value = torch.zeros(N, device=device)
+
+    def set_initial(self, obs: Any, mask: np.ndarray) -> None:
+        """Store the observation and mask the first step will act on."""
+        copy_obs_(index_obs(self.obs, 0), obs)
+        self.masks[0].copy_(torch.from_numpy(mask))
+
+    def roll_over(self) -> None:
+        """Move the bootstrap observation (slot ``T``) to slot 0 for the next rollout."""
+        T = self.num_steps
+        if isinstance(self.obs, dict):
+            for v in self.obs.values():
+                v[0].copy_(v[T])
+        else:
+            self.obs[0].copy_(self.obs[T])
+        self.masks[0].copy_(self.masks[T])
+
+
+@dataclass
+class RolloutState:
+    """Per-env running state carried from one rollout to the next."""
+
+    episode_returns: np.ndarray
+    episode_lengths: np.ndarray
+    game_ids: np.ndarray
+    invalid_actions: int = 0
+    steps: int = 0
+
+
+def start_rollouts(envs: Any, buffer: RolloutBuffer, seed: int | None) -> RolloutState:
+    """Reset the vector env and store the first observation and mask in the buffer."""
+    obs, infos = envs.reset(seed=seed)
+    n = envs.num_envs
+    buffer.set_initial(obs, read_masks(infos, n, buffer.n_logits))
+    game_ids = np.asarray(infos.get("game_id", np.zeros(n)), dtype=np.int64)
+    return RolloutState(np.zeros(n), np.zeros(n, dtype=np.int64), game_ids)
+
+
+def _final_obs_batch(infos: dict[str, Any], idx: np.ndarray) -> Any:
+    finals = infos["final_obs"]
+    items = [finals[i] for i in idx]
+    if isinstance(items[0], dict):
+        return {k: np.stack([it[k] for it in items]) for k in items[0]}
+    return np.stack(items)
+
+
+def collect_rollout(
+    envs: Any,
+    buffer: RolloutBuffer,
+    state: RolloutState,
+    act: ActFn,
+    value_fn: ValueFn,
+    stats: EpisodeStats,
+    gamma: float | None = None,
+) -> None:
+    """Step ``envs`` for ``buffer.num_steps`` steps with ``act`` and fill ``buffer``.
+
+    ``act`` and ``value_fn`` are called under ``torch.inference_mode``. For an
+    episode truncated at step ``t`` (time limit), ``buffer.final_values[t]``
+    receives ``value_fn(final_obs)`` so GAE can bootstrap from it; a terminated
+    episode bootstraps from nothing. Completed episodes are appended to
+    ``stats``. ``gamma`` is unused and kept out of the buffer on purpose: the
+    discounting belongs to :func:`maskrl.agents.compute_gae`.
+    """
+    del gamma
+    T, N, dev = buffer.num_steps, buffer.num_envs, buffer.device
+    buf = buffer
+    invalid = torch.zeros((), dtype=torch.int64, device=dev)
+    with torch.inference_mode():
+        for t in range(T):
+            obs_t = index_obs(buf.obs, t)
+            mask_t = buf.masks[t]
+            action, logp, value = act(obs_t, mask_t)
+            buf.actions[t] = action
+            buf.logprobs[t] = logp
+            buf.values[t] = value
+            # Counted, never corrected: a policy that picks a masked action is a bug
+            # the invalid_action_rate chart must show.
+            invalid += (~mask_t.gather(-1, action.view(N, -1))).any(-1).sum()
+            next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
+            mask = read_masks(infos, N, buf.n_logits)
+            copy_obs_(index_obs(buf.obs, t + 1), next_obs)
+            buf.masks[t + 1].copy_(torch.from_numpy(mask), non_blocking=True)
+            buf.rewards[t].copy_(torch.from_numpy(np.asarray(reward, dtype=np.float32)))
+            buf.terminated[t].copy_(torch.from_numpy(np.asarray(terminated, dtype=np.float32)))
+            trunc = np.asarray(truncated, dtype=bool) & ~np.asarray(terminated, dtype=bool)
+            buf.truncated[t].copy_(torch.from_numpy(trunc.astype(np.float32)))
+            buf.final_values[t].zero_()
+            if trunc.any():
+                idx = np.flatnonzero(trunc)
+                final = obs_to_tensor(_final_obs_batch(infos, idx), dev, buf.obs_spec)
+                buf.final_values[t, torch.as_tensor(idx, device=dev)] = value_fn(final).float()
+            state.episode_returns += reward
+            state.episode_lengths += 1
+            done = np.logical_or(terminated, truncated)
+            if done.any():
+                for i in np.flatnonzero(done):
+                    stats.returns.append(float(state.episode_returns[i]))
+                    stats.lengths.append(int(state.episode_lengths[i]))
+                    stats.game_ids.append(int(state.game_ids[i]))
+                state.episode_returns[done] = 0.0
+                state.episode_lengths[done] = 0
+        buf.next_value.copy_(value_fn(index_obs(buf.obs, T)))
+    state.invalid_actions += int(invalid)
+    state.steps += T * N

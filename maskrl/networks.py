@@ -1,0 +1,395 @@
+"""Network blocks: observation encoders and actor-critics with a masked policy head.
+
+Every actor-critic here maps a batch of observations to ``(logits, value)``
+and exposes :meth:`ActorCritic.features`, the hidden features its heads read.
+Masking is *not* applied inside the network: the logits are raw, and the
+caller applies the step's action mask with :func:`maskrl.masked_log_softmax`
+(or :class:`maskrl.MaskedCategorical`). Keeping the two apart means one
+network serves every mask (the Actor-Mimic setting: several games, one head
+over the union of their actions) and that distillation can read the same
+features and logits a PPO update does.
+
+Encoders (picked from the observation space by :func:`build_actor_critic`):
+
+* :class:`MinAtarCNN` -- small grids such as MinAtar's ``(C, 10, 10)``;
+* :class:`AtariCNN` -- the standard Atari network for ``(4, 84, 84)`` frames;
+* :class:`MLPEncoder` -- flat vectors;
+* :class:`SetEncoder` -- a zero-padded, variable-size set of items with its
+  presence mask, pooled with :class:`maskrl.AttentionPool`.
+
+Observations are tensors, or dicts of tensors for ``Dict`` spaces; integer
+(``uint8``) images are scaled to ``[0, 1]`` inside the encoder.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskrl.attention import AttentionPool
+from maskrl.init import layer_init
+
+Obs = torch.Tensor | dict[str, torch.Tensor]
+
+__all__ = [
+    "ActorCritic",
+    "AtariCNN",
+    "MLPEncoder",
+    "MinAtarCNN",
+    "MultiGameActorCritic",
+    "SetActorCritic",
+    "SetEncoder",
+    "build_actor_critic",
+]
+
+HIDDEN_GAIN = math.sqrt(2.0)
+POLICY_GAIN = 0.01
+VALUE_GAIN = 1.0
+
+
+class MinAtarCNN(nn.Module):
+    """The MinAtar network: one 3x3 convolution, then a dense layer.
+
+    Args:
+        in_channels: channels of the ``(C, H, W)`` grid.
+        height, width: grid size (10 x 10 for MinAtar).
+        filters: convolution filters (16 in the MinAtar paper).
+        hidden: units of the dense layer (128 in the MinAtar paper).
+
+    Shapes: ``[B, C, H, W]`` -> ``[B, hidden]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        height: int = 10,
+        width: int = 10,
+        filters: int = 16,
+        hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        self.conv = layer_init(nn.Conv2d(in_channels, filters, kernel_size=3, stride=1))
+        flat = filters * (height - 2) * (width - 2)
+        self.fc = layer_init(nn.Linear(flat, hidden))
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            x = x.float()
+        h = torch.relu(self.conv(x))
+        return torch.relu(self.fc(h.flatten(1)))
+
+
+class AtariCNN(nn.Module):
+    """The standard Atari network (Mnih et al. 2015): three convolutions and 512 units.
+
+    Shapes: ``[B, 4, 84, 84]`` (``uint8`` frames or floats in ``[0, 1]``) -> ``[B, 512]``.
+    """
+
+    def __init__(self, in_channels: int = 4, hidden: int = 512) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            layer_init(nn.Conv2d(in_channels, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(64 * 7 * 7, hidden)),
+            nn.ReLU(),
+        )
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        return self.net(x)
+
+
+class MLPEncoder(nn.Module):
+    """A tanh MLP over flat features. Shapes: ``[B, in_dim]`` -> ``[B, hidden[-1]]``."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (64, 64)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            layers += [layer_init(nn.Linear(d, h)), nn.Tanh()]
+            d = h
+        self.net = nn.Sequential(*layers)
+        self.out_dim = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float().flatten(1))
+
+
+class SetEncoder(nn.Module):
+    """Encode a zero-padded set of items with a per-item MLP and attention pooling.
+
+    Args:
+        item_dim: features per item.
+        context_dim: size of the global features concatenated to the pooled set
+            (e.g. a knapsack's remaining capacity); 0 for none.
+        hidden: width of the per-item MLP and of the pooled summary.
+        pool: ``"additive"`` or ``"multihead"`` (see :class:`maskrl.AttentionPool`).
+        num_heads: heads for ``pool="multihead"``.
+
+    ``forward(items [B, N, item_dim], mask [B, N] (True = present), context [B, context_dim])``
+    returns ``(per_item [B, N, hidden], summary [B, hidden + context_dim])``. Padded
+    rows never influence ``summary``, whatever values they hold.
+    """
+
+    def __init__(
+        self,
+        item_dim: int,
+        context_dim: int = 0,
+        hidden: int = 64,
+        pool: str = "additive",
+        num_heads: int = 1,
+    ) -> None:
+        super().__init__()
+        self.item_mlp = nn.Sequential(
+            layer_init(nn.Linear(item_dim, hidden)),
+            nn.ReLU(),
+            layer_init(nn.Linear(hidden, hidden)),
+            nn.ReLU(),
+        )
+        self.pool = AttentionPool(hidden, num_heads=num_heads, kind=pool)
+        self.context_dim = context_dim
+        self.out_dim = hidden + context_dim
+        self.item_dim_out = hidden
+
+    def forward(
+        self, items: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = mask.bool()
+        # Padded rows may hold anything (even NaN); zero them before the MLP so
+        # that nothing non-finite reaches the per-item features or gradients.
+        items = torch.where(mask.unsqueeze(-1), items.float(), 0.0)
+        per_item = self.item_mlp(items)
+        pooled = self.pool(per_item, mask)
+        if self.context_dim:
+            if context is None:
+                raise ValueError(f"SetEncoder expects a context of size {self.context_dim}")
+            pooled = torch.cat([pooled, context.float().flatten(1)], dim=-1)
+        return per_item, pooled
+
+
+class ActorCritic(nn.Module):
+    """An encoder with a policy head (raw logits) and a value head.
+
+    Args:
+        encoder: module mapping observations to ``[B, encoder.out_dim]``.
+        n_logits: policy logits (``n`` for ``Discrete(n)``, ``sum(nvec)`` for
+            ``MultiDiscrete``).
+        obs_key: for ``Dict`` observations, the key the encoder reads (None: the
+            observation is a tensor).
+
+    Heads follow the initialisation convention: policy gain 0.01 (a near-uniform
+    initial policy over the valid actions), value gain 1.
+    """
+
+    def __init__(self, encoder: nn.Module, n_logits: int, obs_key: str | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.obs_key = obs_key
+        feat = int(encoder.out_dim)  # type: ignore[arg-type]
+        self.policy_head = layer_init(nn.Linear(feat, n_logits), std=POLICY_GAIN)
+        self.value_head = layer_init(nn.Linear(feat, 1), std=VALUE_GAIN)
+
+    def features(self, obs: Obs) -> torch.Tensor:
+        """Hidden features ``[B, F]`` that both heads read."""
+        x = obs[self.obs_key] if self.obs_key is not None else obs  # type: ignore[index]
+        return self.encoder(x)
+
+    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(logits [B, n_logits], value [B])``."""
+        h = self.features(obs)
+        return self.policy_head(h), self.value_head(h).squeeze(-1)
+
+    def value(self, obs: Obs) -> torch.Tensor:
+        """Value ``[B]`` alone."""
+        return self.value_head(self.features(obs)).squeeze(-1)
+
+
+class MultiGameActorCritic(nn.Module):
+    """One network for several games (the Actor-Mimic setting).
+
+    Observations are ``{"obs": [B, ...] padded to a common shape, "game_id": [B]}``.
+    A shared encoder reads ``obs``; a learned game embedding is added to its
+    features; one policy head spans the union of all games' actions (each game's
+    action mask removes the actions it lacks); each game has its own value output,
+    because returns differ in scale between games.
+    """
+
+    def __init__(self, encoder: nn.Module, n_logits: int, num_games: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.num_games = num_games
+        feat = int(encoder.out_dim)  # type: ignore[arg-type]
+        self.game_embedding = nn.Embedding(num_games, feat)
+        nn.init.zeros_(self.game_embedding.weight)
+        self.policy_head = layer_init(nn.Linear(feat, n_logits), std=POLICY_GAIN)
+        self.value_head = layer_init(nn.Linear(feat, num_games), std=VALUE_GAIN)
+
+    def features(self, obs: Obs) -> torch.Tensor:
+        assert isinstance(obs, dict)
+        return self.encoder(obs["obs"]) + self.game_embedding(obs["game_id"].long())
+
+    def _select_value(self, v: torch.Tensor, game_id: torch.Tensor) -> torch.Tensor:
+        return v.gather(1, game_id.long().view(-1, 1)).squeeze(1)
+
+    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        assert isinstance(obs, dict)
+        h = self.features(obs)
+        return self.policy_head(h), self._select_value(self.value_head(h), obs["game_id"])
+
+    def value(self, obs: Obs) -> torch.Tensor:
+        assert isinstance(obs, dict)
+        return self._select_value(self.value_head(self.features(obs)), obs["game_id"])
+
+
+class SetActorCritic(nn.Module):
+    """Actor-critic for "pick an element of a set" problems (e.g. knapsack).
+
+    Observation: ``{"items": [B, N, F], "item_mask": [B, N], <context keys>: [B, k]}``.
+    Each item's logit is scored from its own embedding and the pooled summary
+    of the whole set (a pointer-style head), so the policy is equivariant to
+    the order of the items and works for any ``N``; the value reads the summary.
+    """
+
+    def __init__(
+        self,
+        item_dim: int,
+        context_keys: tuple[str, ...] = (),
+        context_dim: int = 0,
+        hidden: int = 64,
+        pool: str = "additive",
+        num_heads: int = 1,
+        items_key: str = "items",
+        mask_key: str = "item_mask",
+    ) -> None:
+        super().__init__()
+        self.items_key, self.mask_key = items_key, mask_key
+        self.context_keys = context_keys
+        self.encoder = SetEncoder(item_dim, context_dim, hidden, pool, num_heads)
+        s = self.encoder.out_dim
+        self.score = nn.Sequential(
+            layer_init(nn.Linear(hidden + s, hidden)),
+            nn.ReLU(),
+            layer_init(nn.Linear(hidden, 1), std=POLICY_GAIN),
+        )
+        self.value_net = nn.Sequential(
+            layer_init(nn.Linear(s, hidden)),
+            nn.ReLU(),
+            layer_init(nn.Linear(hidden, 1), std=VALUE_GAIN),
+        )
+
+    def _encode(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        assert isinstance(obs, dict)
+        ctx = (
+            torch.cat([obs[k].float().flatten(1) for k in self.context_keys], dim=-1)
+            if self.context_keys
+            else None
+        )
+        return self.encoder(obs[self.items_key], obs[self.mask_key], ctx)
+
+    def features(self, obs: Obs) -> torch.Tensor:
+        return self._encode(obs)[1]
+
+    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        per_item, summary = self._encode(obs)
+        n = per_item.shape[1]
+        joint = torch.cat([per_item, summary.unsqueeze(1).expand(-1, n, -1)], dim=-1)
+        return self.score(joint).squeeze(-1), self.value_net(summary).squeeze(-1)
+
+    def value(self, obs: Obs) -> torch.Tensor:
+        return self.value_net(self.features(obs)).squeeze(-1)
+
+
+def _encoder_for_box(shape: tuple[int, ...], dtype: Any) -> nn.Module:
+    if len(shape) == 3:
+        c, h, w = shape
+        if h <= 16 and w <= 16:
+            return MinAtarCNN(c, h, w)
+        if (h, w) == (84, 84):
+            return AtariCNN(c)
+        raise ValueError(
+            f"no default encoder for image observations of shape {shape}; "
+            "pass your own network (an ActorCritic around your encoder)"
+        )
+    return MLPEncoder(int(math.prod(shape)))
+
+
+def build_actor_critic(observation_space: Any, action_space: Any) -> nn.Module:
+    """Pick a default actor-critic from Gymnasium spaces.
+
+    * ``Box`` of shape ``(C, H, W)`` with ``H, W <= 16``: :class:`MinAtarCNN`;
+      ``(C, 84, 84)``: :class:`AtariCNN`; any other ``Box``: :class:`MLPEncoder`.
+    * ``Discrete`` observations: one-hot, then :class:`MLPEncoder`.
+    * ``Dict`` with ``"obs"`` and ``"game_id"`` (the multi-game vector env):
+      :class:`MultiGameActorCritic`.
+    * ``Dict`` with ``"items"`` and ``"item_mask"`` (a padded set) and a
+      ``Discrete(N)`` action, ``N`` the number of item slots:
+      :class:`SetActorCritic`; its other ``Box`` keys are global context.
+
+    Raises:
+        ValueError: for a space it has no default for (pass your own network).
+    """
+    from gymnasium import spaces
+
+    if isinstance(action_space, spaces.Discrete):
+        n_logits = int(action_space.n)
+    elif isinstance(action_space, spaces.MultiDiscrete):
+        n_logits = int(action_space.nvec.sum())
+    else:
+        raise ValueError(f"unsupported action space {action_space}: use Discrete or MultiDiscrete")
+
+    if isinstance(observation_space, spaces.Dict):
+        keys = set(observation_space.spaces)
+        if {"obs", "game_id"} <= keys:
+            inner = observation_space["obs"]
+            game = observation_space["game_id"]
+            return MultiGameActorCritic(
+                _encoder_for_box(tuple(inner.shape), inner.dtype), n_logits, int(game.n)
+            )
+        if {"items", "item_mask"} <= keys:
+            items = observation_space["items"]
+            if len(items.shape) != 2:
+                raise ValueError(f"'items' must have shape (N, F), got {items.shape}")
+            if not isinstance(action_space, spaces.Discrete) or action_space.n != items.shape[0]:
+                raise ValueError(
+                    f"a set observation with {items.shape[0]} item slots needs action space "
+                    f"Discrete({items.shape[0]}) (pick an item), got {action_space}"
+                )
+            ctx_keys = tuple(sorted(keys - {"items", "item_mask"}))
+            ctx_dim = sum(int(math.prod(observation_space[k].shape)) for k in ctx_keys)
+            return SetActorCritic(int(items.shape[1]), ctx_keys, ctx_dim)
+        raise ValueError(
+            f"no default network for Dict observations with keys {sorted(keys)}; "
+            "pass your own network"
+        )
+    if isinstance(observation_space, spaces.Discrete):
+        return ActorCritic(_OneHot(int(observation_space.n)), n_logits)
+    if isinstance(observation_space, spaces.MultiBinary | spaces.Box):
+        return ActorCritic(
+            _encoder_for_box(tuple(observation_space.shape), observation_space.dtype), n_logits
+        )
+    raise ValueError(f"no default network for observation space {observation_space}; pass your own")
+
+
+class _OneHot(nn.Module):
+    """One-hot a ``Discrete`` observation, then a :class:`MLPEncoder`."""
+
+    def __init__(self, n: int, hidden: tuple[int, ...] = (64, 64)) -> None:
+        super().__init__()
+        self.n = n
+        self.mlp = MLPEncoder(n, hidden)
+        self.out_dim = self.mlp.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(nn.functional.one_hot(x.long().view(-1), self.n).float())
