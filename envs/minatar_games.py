@@ -53,6 +53,9 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
             action outside the game's minimal set. When False the emulator executes
             any of the 6 actions (each is defined in every game; outside the minimal
             set they duplicate another action), as Gymnasium's checker needs.
+        mask_in_info: when False, infos carry no mask. Only for vector envs that
+            add the constant mask themselves, batched (:func:`maskrl.envs.make_vec`
+            does so: it saves a per-env copy and info entry on every step).
 
     Observations are ``float32`` arrays of shape ``(C, 10, 10)``; ``info`` after
     ``reset`` and ``step`` holds ``"action_mask"``: a new ``bool`` array ``(6,)`` each call.
@@ -74,6 +77,7 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
         sticky_action_prob: float = 0.1,
         difficulty_ramping: bool = True,
         check_actions: bool = True,
+        mask_in_info: bool = True,
     ) -> None:
         from minatar import Environment
 
@@ -91,6 +95,7 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
         mask.flags.writeable = False
         self._mask = mask
         self._check_actions = check_actions
+        self._mask_in_info = mask_in_info
         self._seeded = False
         self._t = 0  # steps since reset, for error messages
 
@@ -112,20 +117,35 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
         self._t = 0
         # A fresh copy per call: users (and Gymnasium's checker) keep infos, so no two
         # calls may share an array; copying 6 booleans is cheaper than rebuilding them.
-        return self._obs(), {"action_mask": self._mask.copy()}
+        return self._obs(), ({"action_mask": self._mask.copy()} if self._mask_in_info else {})
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         """Apply ``action`` (0..5); the returned info carries the (constant) mask."""
         a = int(action)
-        self._t += 1
-        if self._check_actions and not (0 <= a < 6 and self._mask[a]):
-            env_id = self.spec.id if self.spec is not None else f"MinAtar {self.game}"
-            raise ValueError(
-                f"invalid action {a} in env '{env_id}' at step {self._t}: the game's minimal "
-                f"action set is {np.flatnonzero(self._mask).tolist()}"
-            )
+        if self._check_actions:
+            self._t += 1
+            if not (0 <= a < 6 and self._mask[a]):
+                self._invalid(a)
         reward, terminal = self._game.act(a)
-        return self._obs(), float(reward), bool(terminal), False, {"action_mask": self._mask.copy()}
+        info = {"action_mask": self._mask.copy()} if self._mask_in_info else {}
+        return self._obs(), float(reward), bool(terminal), False, info
+
+    def _invalid(self, a: int) -> None:
+        env_id = self.spec.id if self.spec is not None else f"MinAtar {self.game}"
+        raise ValueError(
+            f"invalid action {a} in env '{env_id}' at step {self._t}: the game's minimal "
+            f"action set is {np.flatnonzero(self._mask).tolist()}"
+        )
+
+    @property
+    def constant_action_mask(self) -> np.ndarray:
+        """The mask, which never changes for a MinAtar game (read-only ``bool`` ``(6,)``).
+
+        Its presence tells :func:`maskrl.envs.make_vec` that the env accepts
+        ``mask_in_info`` and ``check_actions`` and that masks may be batched at the
+        vector level.
+        """
+        return self._mask
 
     def action_masks(self) -> np.ndarray:
         """The game's minimal action set as a read-only ``bool`` mask of shape ``(6,)``."""
