@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from maskrl.agents.checkpoint import (
     load_checkpoint,
     save_checkpoint,
@@ -34,8 +36,6 @@ from maskrl.agents.rollout import (
     obs_to_tensor,
     start_rollouts,
 )
-from torch import nn
-
 from maskrl.masking import masked_log_softmax
 from maskrl.networks import build_actor_critic
 

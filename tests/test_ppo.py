@@ -1,0 +1,279 @@
+"""Masked PPO: GAE against hand-computed numbers, masks replayed in the update,
+an env where masking alone decides the outcome, a short learning test."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from maskrl.agents import PPO, PPOConfig, compute_gae
+from maskrl.agents.ppo import MaskedPolicyHead
+from maskrl.agents.rollout import collect_rollout, flatten_obs, index_obs
+
+
+class TargetEnv(gym.Env):
+    """Each step shows a random target action (one-hot); reward 1 for taking it.
+
+    With ``masked=True`` the mask allows the target only, so any policy that
+    respects masks is perfect; with ``masked=False`` every action is valid.
+    ``reveal=False`` hides the target from the observation (zeros), so only the
+    mask can tell an agent which action is right.
+    """
+
+    def __init__(
+        self, n: int = 6, length: int = 8, masked: bool = True, reveal: bool = True
+    ) -> None:
+        self.n, self.length, self.masked, self.reveal = n, length, masked, reveal
+        self.observation_space = spaces.Box(0.0, 1.0, (n,), np.float32)
+        self.action_space = spaces.Discrete(n)
+
+    def _obs_info(self) -> tuple[np.ndarray, dict]:
+        obs = np.zeros(self.n, np.float32)
+        if self.reveal:
+            obs[self.target] = 1.0
+        mask = np.zeros(self.n, bool) if self.masked else np.ones(self.n, bool)
+        mask[self.target] = True
+        return obs, {"action_mask": mask}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.target = int(self.np_random.integers(self.n))
+        return self._obs_info()
+
+    def step(self, action):
+        reward = float(int(action) == self.target)
+        self.t += 1
+        self.target = int(self.np_random.integers(self.n))
+        obs, info = self._obs_info()
+        return obs, reward, False, self.t >= self.length, info
+
+
+def make_envs(num_envs: int = 4, **kw) -> SyncVectorEnv:
+    return SyncVectorEnv(
+        [lambda: TargetEnv(**kw) for _ in range(num_envs)], autoreset_mode=AutoresetMode.SAME_STEP
+    )
+
+
+# ---------------------------------------------------------------------------- GAE
+
+
+def test_gae_hand_computed_with_termination_and_truncation():
+    # One env, 5 steps, constant value 1.0 everywhere, gamma 0.5, lambda 0.5.
+    # Episode A: steps 0-1, terminated at step 1. Episode B: steps 2-3, truncated
+    # at step 3 with V(final_obs) = 4.0. Episode C: step 4, still running; the
+    # observation after it has value 2.0.
+    g, lam = 0.5, 0.5
+    r = torch.tensor([[1.0], [2.0], [0.0], [3.0], [1.0]])
+    v = torch.ones(5, 1)
+    term = torch.tensor([[0.0], [1.0], [0.0], [0.0], [0.0]])
+    trunc = torch.tensor([[0.0], [0.0], [0.0], [1.0], [0.0]])
+    final_v = torch.tensor([[0.0], [0.0], [0.0], [4.0], [0.0]])
+    next_v = torch.tensor([2.0])
+    adv, ret = compute_gae(r, v, term, trunc, final_v, next_v, g, lam)
+    # By hand:
+    # t=4: delta = 1 + 0.5*2 - 1 = 1                      -> A4 = 1
+    # t=3: truncated: delta = 3 + 0.5*4 - 1 = 4          -> A3 = 4 (chain cut)
+    # t=2: delta = 0 + 0.5*1 - 1 = -0.5                   -> A2 = -0.5 + 0.25*4 = 0.5
+    # t=1: terminated: delta = 2 - 1 = 1                  -> A1 = 1
+    # t=0: delta = 1 + 0.5*1 - 1 = 0.5                    -> A0 = 0.5 + 0.25*1 = 0.75
+    expected = torch.tensor([[0.75], [1.0], [0.5], [4.0], [1.0]])
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(ret, expected + 1.0)
+
+
+def test_gae_lambda_one_is_discounted_return_minus_value():
+    # With lambda = 1 and no episode end, A_t = sum_k gamma^k r_{t+k} + gamma^(T-t) V_T - V_t.
+    rng = np.random.default_rng(0)
+    T, g = 7, 0.9
+    r = torch.tensor(rng.normal(size=(T, 3)), dtype=torch.float32)
+    v = torch.tensor(rng.normal(size=(T, 3)), dtype=torch.float32)
+    nv = torch.tensor(rng.normal(size=3), dtype=torch.float32)
+    z = torch.zeros(T, 3)
+    adv, _ = compute_gae(r, v, z, z, z, nv, g, 1.0)
+    for t in range(T):
+        disc = sum(g**k * r[t + k] for k in range(T - t)) + g ** (T - t) * nv
+        torch.testing.assert_close(adv[t], disc - v[t], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------- masked policy head
+
+
+def test_policy_head_matches_masked_categorical():
+    from maskrl import MaskedCategorical
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 6) * 3
+    mask = torch.rand(64, 6) > 0.5
+    mask[torch.arange(64), torch.randint(0, 6, (64,))] = True
+    head = MaskedPolicyHead([6])
+    action, logp = head.sample(logits, mask)
+    assert mask[torch.arange(64), action].all()
+    dist = MaskedCategorical(logits=logits, mask=mask)
+    lp2, ent2 = head.evaluate(logits, mask, action)
+    torch.testing.assert_close(logp, dist.log_prob(action))
+    torch.testing.assert_close(lp2, dist.log_prob(action))
+    torch.testing.assert_close(ent2, dist.entropy())
+    det, _ = head.sample(logits, mask, deterministic=True)
+    torch.testing.assert_close(det, torch.where(mask, logits, -1e9).argmax(-1))
+
+
+def test_policy_head_multidiscrete_and_zero_grad_at_masked_logits():
+    torch.manual_seed(1)
+    nvec = [3, 4]
+    logits = (torch.randn(16, 7) * 2).requires_grad_()
+    mask = torch.ones(16, 7, dtype=torch.bool)
+    mask[:, 0] = False  # first dimension: action 0 invalid
+    mask[:, 3 + 2] = False  # second dimension: action 2 invalid
+    head = MaskedPolicyHead(nvec)
+    action, _ = head.sample(logits, mask)
+    assert action.shape == (16, 2)
+    assert (action[:, 0] != 0).all() and (action[:, 1] != 2).all()
+    logp, ent = head.evaluate(logits, mask, action)
+    (logp.sum() + ent.sum()).backward()
+    assert torch.isfinite(logits.grad).all()
+    assert (logits.grad[:, 0] == 0).all() and (logits.grad[:, 5] == 0).all()
+    # Entropy of uniform logits is the sum of log(#valid) per dimension.
+    u_logp, u_ent = head.evaluate(torch.zeros(1, 7), mask[:1], action[:1])
+    torch.testing.assert_close(u_ent, torch.tensor([np.log(2) + np.log(3)], dtype=torch.float32))
+
+
+# ------------------------------------------------------------------- the trainer
+
+
+def test_masking_alone_decides_the_outcome():
+    """Target hidden from the observation: only the mask tells the right action."""
+    cfg = PPOConfig(num_envs=4, num_steps=32, num_minibatches=2, seed=3, device="cpu")
+    agent = PPO(make_envs(4, reveal=False, masked=True), cfg)
+    buf, state = agent._ensure_rollout_state()
+    collect_rollout(agent.envs, buf, state, agent._act, agent._value, agent.episode_stats)
+    assert buf.rewards.mean().item() == 1.0  # untrained, yet perfect
+
+    unmasked = PPO(make_envs(4, reveal=False, masked=False), cfg)
+    unmasked.net.load_state_dict(agent.net.state_dict())  # the very same network
+    buf2, state2 = unmasked._ensure_rollout_state()
+    collect_rollout(
+        unmasked.envs, buf2, state2, unmasked._act, unmasked._value, unmasked.episode_stats
+    )
+    # Without the mask it is a near-uniform guess among 6 actions.
+    assert buf2.rewards.mean().item() < 0.35
+
+
+def test_update_replays_the_sampling_masks():
+    cfg = PPOConfig(num_envs=4, num_steps=16, num_minibatches=2, seed=0, device="cpu")
+    agent = PPO(make_envs(4, masked=True, reveal=True), cfg)
+    # Make the masks vary: half the actions valid at random.
+    buf, state = agent._ensure_rollout_state()
+    collect_rollout(agent.envs, buf, state, agent._act, agent._value, agent.episode_stats)
+    T, N = cfg.num_steps, cfg.num_envs
+    obs = flatten_obs(index_obs(buf.obs, slice(0, T)), T * N)
+    with torch.no_grad():
+        logits, values = agent.net(obs)
+        logp, _ = agent.head.evaluate(
+            logits, buf.masks[:T].reshape(T * N, -1), buf.actions.reshape(-1)
+        )
+    torch.testing.assert_close(logp, buf.logprobs.reshape(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(values, buf.values.reshape(-1), rtol=1e-5, atol=1e-5)
+    # The stored masks are the env's: exactly one valid action (the target) each step.
+    assert (buf.masks[:T].sum(-1) == 1).all()
+    # A first update starts at ratio 1: approx-KL of the first minibatch is ~0.
+    metrics = agent.update(buf)
+    assert metrics["approx_kl"] < 1e-3
+
+
+def test_truncation_values_are_recorded():
+    cfg = PPOConfig(num_envs=2, num_steps=20, num_minibatches=1, seed=0, device="cpu")
+    agent = PPO(make_envs(2, length=8), cfg)
+    buf, state = agent._ensure_rollout_state()
+    collect_rollout(agent.envs, buf, state, agent._act, agent._value, agent.episode_stats)
+    trunc_steps = buf.truncated.nonzero()[:, 0].unique().tolist()
+    assert trunc_steps == [7, 15]  # episodes of 8 steps, cut by the time limit
+    assert (buf.final_values[buf.truncated == 1] != 0).all()
+    assert (buf.final_values[buf.truncated == 0] == 0).all()
+    assert (buf.terminated == 0).all()
+    assert agent.episode_stats.lengths == [8, 8, 8, 8]
+
+
+def test_short_seeded_learning():
+    """The target is shown but not masked: PPO must learn to read it (a few seconds)."""
+    cfg = PPOConfig(
+        num_envs=8,
+        num_steps=32,
+        num_minibatches=4,
+        num_epochs=4,
+        learning_rate=3e-3,
+        seed=1,
+        device="cpu",
+    )
+    agent = PPO(make_envs(8, masked=False, reveal=True), cfg)
+    history: list[float] = []
+    agent.learn(16_384, callback=lambda a, m: history.append(m["invalid_actions"]))
+    returns = agent.episode_stats.returns
+    first, last = np.mean(returns[:20]), np.mean(returns[-20:])
+    assert first < 3.0  # 8 steps x 1/6 at the start
+    assert last > 6.5, (first, last)  # near the maximum of 8
+    assert sum(history) == 0
+
+
+def test_predict_requires_and_respects_masks():
+    cfg = PPOConfig(num_envs=2, num_steps=8, num_minibatches=1, device="cpu")
+    agent = PPO(make_envs(2), cfg)
+    obs = np.eye(6, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        mask = rng.random((6, 6)) < 0.3
+        mask[np.arange(6), rng.integers(0, 6, 6)] = True
+        act = agent.predict(obs, mask)
+        assert mask[np.arange(6), act].all()
+    single = agent.predict(obs[0], np.array([0, 0, 1, 0, 0, 0], bool))
+    assert int(single) == 2
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\]"):
+        agent.predict(obs[:2], np.array([[1, 0, 0, 0, 0, 0], [0] * 6], bool))
+    with pytest.raises(ValueError, match="shape"):
+        agent.predict(obs, np.ones((6, 5), bool))
+
+
+def test_empty_mask_from_env_names_the_env_index():
+    class Broken(TargetEnv):
+        def _obs_info(self):
+            obs, info = super()._obs_info()
+            if getattr(self, "broken", False):
+                info["action_mask"] = np.zeros(self.n, bool)
+            return obs, info
+
+    def make(i):
+        def f():
+            e = Broken()
+            e.broken = i == 2
+            return e
+
+        return f
+
+    envs = SyncVectorEnv([make(i) for i in range(3)], autoreset_mode=AutoresetMode.SAME_STEP)
+    with pytest.raises(ValueError, match=r"env index\(es\) \[2\]"):
+        PPO(envs, PPOConfig(num_envs=3, num_steps=8, num_minibatches=1, device="cpu")).learn(24)
+
+
+def test_config_rejects_a_batch_that_does_not_divide():
+    with pytest.raises(ValueError, match="num_minibatches=3 does not divide"):
+        PPOConfig(num_envs=8, num_steps=128, num_minibatches=3).validate()
+
+
+def test_save_load_roundtrip_same_actions(tmp_path):
+    cfg = PPOConfig(num_envs=2, num_steps=16, num_minibatches=1, device="cpu", seed=5)
+    agent = PPO(make_envs(2), cfg)
+    agent.learn(64)
+    agent.save(tmp_path / "a.pt")
+    loaded = PPO.load(tmp_path / "a.pt", device="cpu")
+    assert loaded.global_step == agent.global_step == 64
+    obs = np.random.default_rng(0).random((32, 6)).astype(np.float32)
+    mask = np.ones((32, 6), bool)
+    np.testing.assert_array_equal(
+        agent.predict(obs, mask, deterministic=True), loaded.predict(obs, mask, deterministic=True)
+    )
+    for p, q in zip(agent.net.parameters(), loaded.net.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
