@@ -27,6 +27,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
 from maskrl.envs.masks import ActionMaskWrapper
 
 __all__ = ["ATARI_GAMES", "atari_game_name", "atari_minimal_mask", "make_atari_env"]
@@ -68,7 +69,7 @@ def atari_game_name(rom: str) -> str:
 def atari_minimal_mask(ale: Any) -> np.ndarray:
     """Boolean ``(18,)`` mask of ``ale.getMinimalActionSet()`` within the full action set."""
     mask = np.zeros(FULL_ACTION_COUNT, dtype=np.bool_)
-    mask[[int(a) for a in ale.getMinimalActionSet()]] = True
+    mask[[a.value for a in ale.getMinimalActionSet()]] = True
     return mask
 
 

@@ -104,6 +104,7 @@ def validate_mask(
     *,
     env_id: str = "<env>",
     step: int = 0,
+    allow_empty: bool = False,
 ) -> np.ndarray:
     """Check a mask against ``action_space`` and return it as a boolean array.
 
@@ -113,6 +114,8 @@ def validate_mask(
         action_space: the env's action space (decides the expected shape).
         env_id: named in error messages.
         step: step number since the last reset (0 = the reset), named in errors.
+        allow_empty: accept a mask with no valid action (the mask of a terminal
+            observation, e.g. a finished board game, where no action follows).
 
     Returns:
         ``np.ndarray`` of dtype ``np.bool_`` and shape ``(mask_size(action_space),)``
@@ -141,6 +144,8 @@ def validate_mask(
                 f"(values {np.unique(arr)[:5].tolist()}); a mask must be boolean (True = valid) or 0/1"
             )
         arr = arr.astype(np.bool_)
+    if allow_empty:
+        return arr
     if isinstance(action_space, spaces.Discrete):
         if not arr.any():
             raise ValueError(f"action mask of {where} has no valid action at all")
@@ -201,8 +206,9 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
        (:func:`maskrl.envs.make_vec` probes it at construction).
 
     Every mask is validated (:func:`validate_mask`): shape, boolean or 0/1
-    dtype, at least one valid action (per dimension); errors name the env id and
-    the step number since the reset (0 = the reset itself). Masks handed out are
+    dtype, at least one valid action (per dimension) — except for the mask of a
+    terminal or truncated observation, after which no action is taken; errors
+    name the env id and the step number since the reset (0 = the reset itself). Masks handed out are
     read-only boolean arrays of shape ``(mask_size(action_space),)``.
 
     Args:
@@ -281,8 +287,14 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
             f"({self._n},) for {self.env.action_space}"
         )
 
-    def _extract(self, obs: Any, info: dict[str, Any]) -> tuple[Any, np.ndarray]:
-        """Read, validate and store the mask; return the agent's observation and the mask."""
+    def _extract(
+        self, obs: Any, info: dict[str, Any], done: bool = False
+    ) -> tuple[Any, np.ndarray]:
+        """Read, validate and store the mask; return the agent's observation and the mask.
+
+        ``done``: the observation is terminal (or truncated), so no action follows it
+        and a mask without any valid action is accepted.
+        """
         source = self.mask_source
         if source == "mask_fn":
             raw = self._mask_fn(self.env)  # type: ignore[misc]
@@ -295,7 +307,9 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
             if "action_mask" not in info:
                 raise self._no_source_error()
             raw = info["action_mask"]
-        mask = validate_mask(raw, self.env.action_space, env_id=self._env_id, step=self._steps)
+        mask = validate_mask(
+            raw, self.env.action_space, env_id=self._env_id, step=self._steps, allow_empty=done
+        )
         if mask is raw:
             # Never hand out (or keep) an array the env may mutate later.
             mask = mask.copy()
@@ -329,7 +343,7 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
                 )
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._steps += 1
-        obs, mask = self._extract(obs, info)
+        obs, mask = self._extract(obs, info, done=bool(terminated or truncated))
         info = dict(info)
         info["action_mask"] = mask
         return obs, reward, terminated, truncated, info

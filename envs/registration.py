@@ -7,6 +7,7 @@ heavy: MinAtar, ale-py and PettingZoo are imported only when an id is made.
 from __future__ import annotations
 
 import gymnasium as gym
+
 from maskrl.envs.atari import ATARI_GAMES, atari_game_name
 from maskrl.envs.minatar_games import MINATAR_GAMES, MINATAR_MAX_EPISODE_STEPS
 
@@ -42,6 +43,18 @@ def register_envs() -> None:
             kwargs={"game": module},
             max_episode_steps=MINATAR_MAX_EPISODE_STEPS,
         )
+    _register("maskrl/Knapsack-v0", "maskrl.envs.knapsack:KnapsackEnv")
+    # Board games import PettingZoo only in the env's constructor.
+    _register(
+        "maskrl/ConnectFour-v0",
+        "maskrl.envs.board_games:TurnBasedGameEnv",
+        kwargs={"game": "connect_four"},
+    )
+    _register(
+        "maskrl/TicTacToe-v0",
+        "maskrl.envs.board_games:TurnBasedGameEnv",
+        kwargs={"game": "tictactoe"},
+    )
     for rom in ATARI_GAMES:
         _register(
             f"maskrl/Atari-{atari_game_name(rom)}-v0",

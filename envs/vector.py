@@ -42,6 +42,7 @@ from gymnasium.vector import (
     VectorWrapper,
 )
 from gymnasium.wrappers import RecordEpisodeStatistics
+
 from maskrl.envs.masks import ActionMaskWrapper, MaskFn, _has_convention_marker, mask_size
 
 __all__ = ["GameSlotWrapper", "episodes_by_game", "make_multigame_vec", "make_vec"]
