@@ -15,14 +15,16 @@ env, the row is the env index)``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, constraints
 
-from maskrl.masking import as_bool_mask, masked_log_softmax
+from maskrl.masking import _masked_log_softmax, as_bool_mask
 
 __all__ = ["MaskedCategorical", "MaskedMultiCategorical"]
 
@@ -40,8 +42,8 @@ class MaskedCategorical(Categorical):
     Args:
         logits: Unnormalised log-probabilities, shape ``[*batch, n]``, any
             floating dtype.
-        mask: Keyword-only. Boolean (or 0/1 integer) tensor broadcastable to
-            ``logits.shape``, ``True = valid``. ``None`` means every action is
+        mask: Keyword-only. Boolean (or 0/1 integer) tensor or NumPy array
+            broadcastable to ``logits.shape``, ``True = valid``. ``None`` means every action is
             valid.
         validate_args: As in :class:`torch.distributions.Distribution`.
 
@@ -79,7 +81,7 @@ class MaskedCategorical(Categorical):
         self,
         logits: Tensor,
         *,
-        mask: Tensor | None = None,
+        mask: Tensor | np.ndarray | None = None,
         validate_args: bool | None = None,
     ) -> None:
         if not isinstance(logits, Tensor) or not logits.is_floating_point():
@@ -103,15 +105,22 @@ class MaskedCategorical(Categorical):
         self.mask: Tensor | None = mask
         if mask is None:
             super().__init__(logits=logits, validate_args=validate_args)
-        else:
-            # Normalised already; Categorical subtracts a logsumexp of ~0.
-            super().__init__(logits=masked_log_softmax(logits, mask), validate_args=validate_args)
+            return
+        # The masked log-softmax is normalised already, so set Categorical's
+        # fields as its __init__ would, minus its logsumexp subtraction (a
+        # no-op here that would cost two more kernels per policy step).
+        self.logits = _masked_log_softmax(logits, mask, -1)
+        self._param = self.logits
+        self._num_events = logits.shape[-1]
+        Distribution.__init__(self, logits.shape[:-1], validate_args=validate_args)
 
     @classmethod
-    def _from_checked(cls, logits: Tensor, mask: Tensor) -> MaskedCategorical:
+    def _from_checked(
+        cls, logits: Tensor, mask: Tensor | None, validate_args: bool | None
+    ) -> MaskedCategorical:
         """Build without the empty-row check (the caller did it)."""
         new = cls.__new__(cls)
-        new._init_unchecked(logits, mask, None)
+        new._init_unchecked(logits, mask, validate_args)
         return new
 
     def expand(
@@ -175,6 +184,28 @@ def _as_nvec(nvec: Sequence[int] | Tensor) -> tuple[int, ...]:
     return tuple(values)
 
 
+@functools.lru_cache(maxsize=64)
+def _padded_layout(nvec: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Where each ``[len(nvec), max(nvec)]`` slot reads from in ``[..., sum(nvec)]``.
+
+    Returns the flat gather index ``[len(nvec) * max(nvec)]`` and the
+    ``[len(nvec), max(nvec)]`` bool map of real (not padding) slots. Cached,
+    so a policy step on a GPU does not copy ``nvec`` to the device each time.
+    """
+    # Built as ordinary tensors even when first called under inference_mode
+    # (a rollout): an inference tensor cached here could not be saved for
+    # backward by the gather in a later training step.
+    with torch.inference_mode(False):
+        sizes = torch.tensor(nvec, device=device)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        slot = torch.arange(max(nvec), device=device)
+        in_range = slot < sizes[:, None]
+        # Padding slots point at the last entry of their dimension (any valid
+        # index would do); they are masked out, so they get no gradient.
+        index = offsets[:, None] + torch.minimum(slot, sizes[:, None] - 1)
+    return index.reshape(-1), in_range
+
+
 class MaskedMultiCategorical(Distribution):
     """Independent masked categoricals, one per dimension of a ``MultiDiscrete`` space.
 
@@ -184,8 +215,8 @@ class MaskedMultiCategorical(Distribution):
     Args:
         logits: Shape ``[*batch, sum(nvec)]``: dimension ``d`` owns the
             ``nvec[d]`` entries after the first ``sum(nvec[:d])``.
-        mask: Keyword-only. Boolean (or 0/1 integer) tensor broadcastable to
-            ``logits.shape``, ``True = valid``; the per-dimension masks
+        mask: Keyword-only. Boolean (or 0/1 integer) tensor or NumPy array
+            broadcastable to ``logits.shape``, ``True = valid``; the per-dimension masks
             concatenated. ``None`` means every action is valid.
         nvec: Keyword-only. The number of actions in each dimension, e.g.
             ``MultiDiscrete.nvec``.
@@ -225,7 +256,7 @@ class MaskedMultiCategorical(Distribution):
         self,
         logits: Tensor,
         *,
-        mask: Tensor | None = None,
+        mask: Tensor | np.ndarray | None = None,
         nvec: Sequence[int] | Tensor,
         validate_args: bool | None = None,
     ) -> None:
@@ -240,16 +271,9 @@ class MaskedMultiCategorical(Distribution):
             )
         self.raw_logits: Tensor = logits
         k, width = len(self.nvec), max(self.nvec)
-        device = logits.device
-        sizes = torch.tensor(self.nvec, device=device)
-        offsets = torch.cumsum(sizes, 0) - sizes
-        slot = torch.arange(width, device=device)
-        in_range = slot < sizes[:, None]  # [k, width]: False on the padding
-        # Padding slots point at the last entry of their dimension (any valid
-        # index would do); they are masked out, so they get no gradient.
-        index = offsets[:, None] + torch.minimum(slot, sizes[:, None] - 1)  # [k, width]
+        index, in_range = _padded_layout(self.nvec, logits.device)
         batch = logits.shape[:-1]
-        padded = logits[..., index.reshape(-1)].reshape(*batch, k, width)
+        padded = logits[..., index].reshape(*batch, k, width)
 
         padded_mask: Tensor | None
         if mask is None:
@@ -258,7 +282,7 @@ class MaskedMultiCategorical(Distribution):
             padded_mask = None if min(self.nvec) == width else in_range.expand(*batch, k, width)
         else:
             self.mask = as_bool_mask(mask, logits).expand(logits.shape)
-            padded_mask = self.mask[..., index.reshape(-1)].reshape(*batch, k, width) & in_range
+            padded_mask = self.mask[..., index].reshape(*batch, k, width) & in_range
             empty = _empty_rows(padded_mask).reshape(-1, k)  # [rows, k]
             if bool(empty.any()):
                 pairs = empty.nonzero().tolist()
@@ -267,7 +291,9 @@ class MaskedMultiCategorical(Distribution):
                     f"action mask has no valid action in row(s) {rows} {_ROW_HINT}; "
                     f"empty (row, dimension) pair(s): {[tuple(p) for p in pairs]}"
                 )
-        self.categorical: MaskedCategorical = MaskedCategorical._from_checked(padded, padded_mask)
+        self.categorical: MaskedCategorical = MaskedCategorical._from_checked(
+            padded, padded_mask, validate_args
+        )
         super().__init__(batch, torch.Size([k]), validate_args=validate_args)
 
     def sample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:

@@ -20,20 +20,23 @@ overflows for large logits, and ``eps`` leaks probability.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = ["as_bool_mask", "masked_log_softmax", "masked_softmax"]
 
 
-def as_bool_mask(mask: Tensor, target: Tensor, *, name: str = "mask") -> Tensor:
+def as_bool_mask(mask: Tensor | np.ndarray, target: Tensor, *, name: str = "mask") -> Tensor:
     """Check ``mask`` against ``target`` and return it as a boolean tensor.
 
     Args:
         mask: ``True = valid / present``. A ``bool`` tensor, or an integer
             tensor (``uint8``, ``int64``, ...) whose values are all ``0`` or
-            ``1``, which is converted with ``mask.bool()``. Its shape must
-            broadcast to ``target.shape`` (it is not broadcast here).
+            ``1``, which is converted with ``mask.bool()``. A NumPy array (as
+            an env's ``info["action_mask"]``) is converted to a tensor first
+            and follows the same rules. Its shape must broadcast to
+            ``target.shape`` (it is not broadcast here).
         target: The tensor the mask applies to; the mask is moved to its device.
         name: How the mask is called in error messages.
 
@@ -41,6 +44,7 @@ def as_bool_mask(mask: Tensor, target: Tensor, *, name: str = "mask") -> Tensor:
         The mask as a ``bool`` tensor on ``target.device``, with its own shape.
 
     Raises:
+        TypeError: If ``mask`` is neither a tensor nor a NumPy array.
         ValueError: If the shape does not broadcast to ``target.shape`` (both
             shapes are named), if the dtype is floating or complex, or if an
             integer mask holds a value other than 0 or 1.
@@ -53,8 +57,16 @@ def as_bool_mask(mask: Tensor, target: Tensor, *, name: str = "mask") -> Tensor:
         >>> as_bool_mask(torch.tensor([1, 0, 1]), torch.zeros(2, 3))
         tensor([ True, False,  True])
     """
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(np.ascontiguousarray(mask))
     if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor or numpy.ndarray, got {type(mask).__name__}"
+        )
+    # Fast path for the common case (a bool mask of exactly the target's
+    # shape, on its device): this runs in every policy step.
+    if mask.dtype == torch.bool and mask.shape == target.shape and mask.device == target.device:
+        return mask
     if mask.dtype != torch.bool:
         if mask.is_floating_point() or mask.is_complex():
             raise ValueError(
@@ -89,7 +101,7 @@ def _check_logits(logits: Tensor) -> None:
         raise ValueError(f"logits must be a floating-point tensor, got {what}")
 
 
-def masked_log_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
+def masked_log_softmax(logits: Tensor, mask: Tensor | np.ndarray, dim: int = -1) -> Tensor:
     """Log-softmax of ``logits`` over the entries where ``mask`` is True.
 
     Computed in float32 for float16/bfloat16 inputs and returned in the input
@@ -97,8 +109,8 @@ def masked_log_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
 
     Args:
         logits: Floating-point tensor of any shape ``[..., n, ...]``.
-        mask: Boolean (or 0/1 integer) tensor broadcastable to
-            ``logits.shape``; ``True = valid``.
+        mask: Boolean (or 0/1 integer) tensor or NumPy array broadcastable
+            to ``logits.shape``; ``True = valid`` (see :func:`as_bool_mask`).
         dim: The dimension to normalise over.
 
     Returns:
@@ -122,7 +134,11 @@ def masked_log_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
         tensor([0.4750, 0.5250, 0.0000, 0.0000, 0.0000])
     """
     _check_logits(logits)
-    mask = as_bool_mask(mask, logits)
+    return _masked_log_softmax(logits, as_bool_mask(mask, logits), dim)
+
+
+def _masked_log_softmax(logits: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """:func:`masked_log_softmax` for a mask already checked by :func:`as_bool_mask`."""
     dtype = logits.dtype
     fill = torch.finfo(dtype).min
     x = logits.to(_compute_dtype(dtype))
@@ -138,7 +154,7 @@ def masked_log_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
     return out.masked_fill(~mask, fill)
 
 
-def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
+def masked_softmax(logits: Tensor, mask: Tensor | np.ndarray, dim: int = -1) -> Tensor:
     """Softmax of ``logits`` over the entries where ``mask`` is True.
 
     Computed in float32 for float16/bfloat16 inputs and returned in the input
@@ -146,8 +162,8 @@ def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
 
     Args:
         logits: Floating-point tensor of any shape.
-        mask: Boolean (or 0/1 integer) tensor broadcastable to
-            ``logits.shape``; ``True = valid``.
+        mask: Boolean (or 0/1 integer) tensor or NumPy array broadcastable
+            to ``logits.shape``; ``True = valid`` (see :func:`as_bool_mask`).
         dim: The dimension to normalise over.
 
     Returns:

@@ -132,6 +132,14 @@ def test_bad_mask_shape_and_dtype() -> None:
         MaskedCategorical(logits=torch.zeros(5), mask=torch.ones(5))
 
 
+def test_numpy_mask_from_a_vector_env() -> None:
+    info_mask = np.array([[True, False, True], [False, False, True]])
+    d = MaskedCategorical(logits=torch.zeros(2, 3), mask=info_mask)
+    assert d.probs.tolist() == [[0.5, 0.0, 0.5], [0.0, 0.0, 1.0]]
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\]"):
+        MaskedCategorical(logits=torch.zeros(2, 3), mask=np.array([[1, 0, 0], [0, 0, 0]]))
+
+
 def test_mask_is_keyword_only() -> None:
     with pytest.raises(TypeError):
         MaskedCategorical(torch.zeros(3), torch.ones(3, dtype=torch.bool))  # type: ignore[misc]
@@ -386,6 +394,17 @@ def test_multi_agrees_with_sb3_contrib(
     ref_mode = ref.mode()
     ours_mode = ours.mode
     assert torch.allclose(ours.log_prob(ours_mode), ours.log_prob(ref_mode), atol=1e-6)
+
+
+def test_multi_built_first_under_inference_mode_then_trained() -> None:
+    nvec = [7, 2, 4]  # a layout no other test uses, so it is first built here
+    logits = torch.randn(3, 13)
+    with torch.inference_mode():
+        actions = MaskedMultiCategorical(logits=logits, nvec=nvec).sample()
+    trainable = logits.clone().requires_grad_(True)
+    d = MaskedMultiCategorical(logits=trainable, nvec=nvec)
+    d.log_prob(actions.clone()).sum().backward()
+    assert trainable.grad is not None and torch.isfinite(trainable.grad).all()
 
 
 def test_multi_extreme_half_precision() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -271,6 +272,16 @@ def test_non_broadcastable_mask_names_both_shapes() -> None:
 def test_non_float_logits_are_rejected() -> None:
     with pytest.raises(ValueError, match="floating-point"):
         masked_softmax(torch.zeros(3, dtype=torch.int64), torch.ones(3, dtype=torch.bool))
+
+
+def test_numpy_masks_follow_the_same_rules() -> None:
+    logits = torch.tensor([0.2, 0.2, 0.6]).log()
+    for mask in (np.array([False, True, True]), np.array([0, 1, 1], dtype=np.uint8)):
+        assert masked_softmax(logits, mask).tolist() == pytest.approx([0.0, 0.25, 0.75])
+    with pytest.raises(ValueError, match="bool"):
+        masked_softmax(logits, np.array([0.0, 1.0, 1.0]))
+    with pytest.raises(TypeError, match="ndarray"):
+        masked_softmax(logits, [False, True, True])  # type: ignore[arg-type]
 
 
 def test_as_bool_mask_returns_bool() -> None:
