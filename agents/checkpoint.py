@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupt files
-        raise ValueError(
-            f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {e})"
-        ) from e
+        raise ValueError(_load_error(path, e)) from e
     if not isinstance(state, dict) or "format" not in state:
         raise ValueError(f"checkpoint {path} is not a maskrl checkpoint")
     return state
+
+
+def _load_error(path: Path, e: Exception) -> str:
+    """One line saying why ``torch.load`` refused ``path``.
+
+    torch's own messages run over several lines (with terminal escape codes) and
+    advise retrying with ``weights_only=False`` -- the wrong advice for a file
+    that carries pickled code, so only the reason itself is kept.
+    """
+    msg = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
+    reason = m.group(1) if m else (msg.strip().splitlines() or [""])[0]
+    reason = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", reason).split())
+    if m and reason.startswith("Unsupported global"):
+        return (
+            f"checkpoint {path} is refused: it holds pickled Python objects, and checkpoints are "
+            f"read with torch.load(weights_only=True), which loads only tensors and plain "
+            f"containers ({reason.split('. ')[0]})"
+        )
+    detail = f"{type(e).__name__}: {reason}" if reason else type(e).__name__
+    return f"checkpoint {path} is corrupt or not a torch checkpoint ({detail})"
 
 
 def space_to_dict(space: Any) -> dict[str, Any]:
