@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         print("train.py: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ValueError as e:
-        # Bad input: one clear line, no traceback.
-        print(f"train.py: error: {e}", file=sys.stderr)
+        # Bad input: one clear line (whatever line breaks the message had), no traceback.
+        print(f"train.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_USAGE
 
