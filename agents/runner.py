@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from maskrl.agents.config import PPOConfig
 from maskrl.agents.evaluate import evaluate
 from maskrl.agents.ppo import PPO
@@ -153,7 +154,9 @@ def train_ppo(run: RunConfig, config: PPOConfig) -> dict[str, Any]:
     tmp.write_text(json.dumps(resolved, indent=2))
     os.replace(tmp, run_dir / "config.json")
 
-    writer = SummaryWriter(str(run_dir), purge_step=agent.global_step if run.resume else None)
+    # On resume, drop what was logged after the checkpoint (work that was lost); the
+    # points at the checkpoint's own step belong to the update it saved, so they stay.
+    writer = SummaryWriter(str(run_dir), purge_step=agent.global_step + 1 if run.resume else None)
     if not run.resume:
         writer.add_text(
             "hyperparameters", _hparam_table({**dataclasses.asdict(run), **config.to_dict()})
