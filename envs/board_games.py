@@ -32,13 +32,28 @@ __all__ = ["BOARD_GAMES", "Opponent", "TurnBasedGameEnv", "random_opponent"]
 Opponent = Callable[[np.ndarray, np.ndarray, np.random.Generator], int]
 """``opponent(observation, action_mask, rng) -> action`` for the other seat."""
 
-#: game name -> PettingZoo classic module name.
-BOARD_GAMES: dict[str, str] = {"connect_four": "connect_four_v3", "tictactoe": "tictactoe_v3"}
+#: game name -> (PettingZoo registry id, PettingZoo classic module name).
+BOARD_GAMES: dict[str, tuple[str, str]] = {
+    "connect_four": ("classic/connect_four-v3", "connect_four_v3"),
+    "tictactoe": ("classic/tictactoe-v3", "tictactoe_v3"),
+}
 
 
 def random_opponent(observation: np.ndarray, action_mask: np.ndarray, rng: np.random.Generator) -> int:
     """A uniformly random legal move, drawn from ``rng``."""
     return int(rng.choice(np.flatnonzero(action_mask)))
+
+
+def _make_pettingzoo(game: str) -> Any:
+    """The game's PettingZoo AEC env (PettingZoo is an optional dependency, imported here)."""
+    import pettingzoo
+
+    pz_id, module_name = BOARD_GAMES[game]
+    if hasattr(pettingzoo, "make"):  # the registry API; the module API is deprecated there
+        return pettingzoo.make("aec", pz_id)
+    from importlib import import_module
+
+    return import_module(f"pettingzoo.classic.{module_name}").env()
 
 
 class TurnBasedGameEnv(gym.Env[np.ndarray, np.int64]):
@@ -75,12 +90,8 @@ class TurnBasedGameEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(f"unknown game {game!r}; choose one of {sorted(BOARD_GAMES)}")
         if agent_seat not in ("first", "second", "random"):
             raise ValueError(f"agent_seat must be 'first', 'second' or 'random', got {agent_seat!r}")
-        from importlib import import_module
-
-        # Optional dependency: imported only when a board game is made.
-        module = import_module(f"pettingzoo.classic.{BOARD_GAMES[game]}")
         self.game = game
-        self._pz = module.env()
+        self._pz = _make_pettingzoo(game)
         self._opponent: Opponent = opponent if opponent is not None else random_opponent
         self._agent_seat = agent_seat
         self._check_actions = check_actions

@@ -1,0 +1,289 @@
+"""Registered games: ids, minimal-action-set masks, env checker, seeding, board games, Knapsack."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import maskrl.envs
+from maskrl.envs.atari import ATARI_GAMES, atari_game_name
+from maskrl.envs.knapsack import KnapsackEnv, knapsack_optimum
+from maskrl.envs.minatar_games import MINATAR_GAMES
+
+ATARI_HANDFUL = ["Breakout", "Pong", "SpaceInvaders", "MsPacman", "Seaquest"]
+
+
+def checked(env_id: str) -> None:
+    """Gymnasium's env checker on the env as gym.make builds it (random, unmasked actions)."""
+    env = gym.make(env_id, check_actions=False)
+    with warnings.catch_warnings():
+        # The checker notes that a gym.make stack differs from env.unwrapped: intended here.
+        warnings.filterwarnings("ignore", message=".*is different from the unwrapped version.*")
+        check_env(env, skip_render_check=True)
+    env.close()
+
+
+# ------------------------------------------------------------------ registration
+
+
+def test_every_ale_game_has_an_id_and_the_static_list_matches_ale_py() -> None:
+    import ale_py.roms
+
+    ale_single_player = [r for r in ale_py.roms.get_all_rom_ids() if r not in {"combat", "joust", "maze_craze", "warlords"}]
+    assert sorted(ATARI_GAMES) == sorted(ale_single_player)
+    gym.register_envs(ale_py)
+    for rom in ATARI_GAMES:
+        name = atari_game_name(rom)
+        assert f"maskrl/Atari-{name}-v0" in gym.registry
+        assert f"ALE/{name}-v5" in gym.registry  # same naming as ale-py's own ids
+    assert len(maskrl.envs.atari_ids()) == len(ATARI_GAMES)
+    expected = {*maskrl.envs.atari_ids(), *maskrl.envs.minatar_ids()}
+    expected |= {"maskrl/Knapsack-v0", "maskrl/ConnectFour-v0", "maskrl/TicTacToe-v0"}
+    assert set(maskrl.envs.registered_ids()) == expected
+
+
+# ------------------------------------------------------------------ MinAtar
+
+
+@pytest.mark.parametrize("name", list(MINATAR_GAMES))
+def test_minatar_mask_is_the_games_minimal_action_set(name: str) -> None:
+    from minatar import Environment
+
+    minimal = Environment(MINATAR_GAMES[name]).minimal_action_set()
+    env = gym.make(f"maskrl/MinAtar-{name}-v0")
+    obs, info = env.reset(seed=0)
+    expected = np.isin(np.arange(6), minimal)
+    np.testing.assert_array_equal(info["action_mask"], expected)
+    assert env.action_space == gym.spaces.Discrete(6)
+    c = Environment(MINATAR_GAMES[name]).state_shape()[2]
+    assert env.observation_space == gym.spaces.Box(0.0, 1.0, (c, 10, 10), np.float32)
+    assert obs.shape == (c, 10, 10) and obs.dtype == np.float32
+    assert env.spec is not None and env.spec.max_episode_steps == 10_000
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        obs, _, term, trunc, info = env.step(int(rng.choice(minimal)))
+        np.testing.assert_array_equal(info["action_mask"], expected)
+        if term or trunc:
+            obs, info = env.reset()
+    invalid = int(np.flatnonzero(~expected)[0]) if (~expected).any() else None
+    if invalid is not None:
+        with pytest.raises(ValueError, match=rf"invalid action {invalid} in env 'maskrl/MinAtar-{name}-v0'"):
+            env.step(invalid)
+
+
+@pytest.mark.parametrize("name", list(MINATAR_GAMES))
+def test_minatar_passes_env_checker(name: str) -> None:
+    checked(f"maskrl/MinAtar-{name}-v0")
+
+
+def test_minatar_observation_is_the_transposed_state_and_seeding_reproduces() -> None:
+    env = gym.make("maskrl/MinAtar-Seaquest-v0")
+    game = env.unwrapped._game  # type: ignore[attr-defined]
+
+    def rollout(seed: int) -> list[np.ndarray]:
+        obs, _ = env.reset(seed=seed)
+        out = [obs]
+        for t in range(40):
+            obs, _, term, trunc, _ = env.step([0, 5, 1, 3][t % 4])
+            np.testing.assert_array_equal(obs, game.state().transpose(2, 0, 1).astype(np.float32))
+            out.append(obs)
+            if term or trunc:
+                break
+        return out
+
+    a, b, c = rollout(3), rollout(3), rollout(4)
+    assert len(a) == len(b) and all((x == y).all() for x, y in zip(a, b, strict=True))
+    assert len(a) != len(c) or any((x != y).any() for x, y in zip(a, c, strict=True))
+
+
+# ------------------------------------------------------------------ Atari
+
+
+@pytest.mark.parametrize("name", ATARI_HANDFUL)
+def test_atari_mask_is_ales_minimal_action_set(name: str) -> None:
+    import ale_py
+
+    env = gym.make(f"maskrl/Atari-{name}-v0")
+    obs, info = env.reset(seed=0)
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    rom = next(r for r in ATARI_GAMES if atari_game_name(r) == name)
+    ale.loadROM(ale_py.roms.get_rom_path(rom))
+    expected = np.zeros(18, dtype=bool)
+    expected[[a.value for a in ale.getMinimalActionSet()]] = True
+    np.testing.assert_array_equal(info["action_mask"], expected)
+    assert env.action_space == gym.spaces.Discrete(18)
+    assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+    _, _, _, _, info = env.step(int(np.flatnonzero(expected)[-1]))
+    np.testing.assert_array_equal(info["action_mask"], expected)
+    env.close()
+
+
+@pytest.mark.parametrize("name", ["Breakout", "Pong"])
+def test_atari_passes_env_checker(name: str) -> None:
+    checked(f"maskrl/Atari-{name}-v0")
+
+
+def test_atari_settings_are_the_documented_ones() -> None:
+    env = gym.make("maskrl/Atari-Breakout-v0")
+    base = env.unwrapped
+    assert base._frameskip == 1  # type: ignore[attr-defined]  # skipping is AtariPreprocessing's
+    assert base.ale.getFloat("repeat_action_probability") == pytest.approx(0.25)  # type: ignore[attr-defined]
+    assert base.ale.getInt("max_num_frames_per_episode") == 108_000  # type: ignore[attr-defined]
+    assert env.observation_space == gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    env.close()
+
+
+# ------------------------------------------------------------------ board games
+
+BOARD = {"maskrl/ConnectFour-v0": (7, (6, 7, 2)), "maskrl/TicTacToe-v0": (9, (3, 3, 2))}
+
+
+@pytest.mark.parametrize("env_id", list(BOARD))
+def test_board_game_masks_are_legal_moves_and_games_finish(env_id: str) -> None:
+    n, shape = BOARD[env_id]
+    env = gym.make(env_id, agent_seat="random")
+    results = []
+    for episode in range(30):
+        obs, info = env.reset(seed=episode)
+        assert obs.shape == shape
+        while True:
+            mask = info["action_mask"]
+            assert mask.dtype == np.bool_ and mask.shape == (n,) and mask.any()
+            # Legal moves are exactly the free cells / non-full columns of the board.
+            occupied = obs.sum(axis=-1) > 0
+            legal = ~occupied[0] if n == 7 else ~occupied.reshape(-1)
+            np.testing.assert_array_equal(mask, legal)
+            action = int(env.unwrapped.np_random.choice(np.flatnonzero(mask)))
+            obs, reward, term, trunc, info = env.step(action)
+            if term or trunc:
+                results.append(reward)
+                break
+    assert set(results) <= {-1.0, 0.0, 1.0} and len(set(results)) >= 2
+
+
+def first_legal(observation: np.ndarray, action_mask: np.ndarray, rng: np.random.Generator) -> int:
+    return int(np.flatnonzero(action_mask)[0])
+
+
+def test_illegal_moves_are_refused_with_env_id_and_step() -> None:
+    # Both players drop into column 0 (alternating colours: nobody wins); after the
+    # agent's third move and the reply the column is full.
+    env = gym.make("maskrl/ConnectFour-v0", opponent=first_legal)
+    env.reset(seed=0)
+    for _ in range(3):
+        _, _, term, _, info = env.step(0)
+        assert not term
+    assert not info["action_mask"][0] and info["action_mask"][1:].all()
+    with pytest.raises(ValueError, match=r"invalid action 0 in env 'maskrl/ConnectFour-v0' at step 4"):
+        env.step(0)
+    env = gym.make("maskrl/TicTacToe-v0", opponent=first_legal)
+    env.reset(seed=0)
+    env.step(4)
+    with pytest.raises(ValueError, match=r"invalid action 4 in env 'maskrl/TicTacToe-v0' at step 2"):
+        env.step(4)
+
+
+@pytest.mark.parametrize("env_id", list(BOARD))
+def test_board_game_passes_env_checker(env_id: str) -> None:
+    checked(env_id)
+
+
+def test_opponent_uses_the_envs_rng_not_global_state() -> None:
+    def moves(seed: int) -> list[int]:
+        env = gym.make("maskrl/TicTacToe-v0", agent_seat="second")
+        obs, _ = env.reset(seed=seed)
+        return [int(np.flatnonzero(obs[..., 1].reshape(-1))[0])]
+
+    np.random.seed(0)  # noqa: NPY002 -- the global state must not matter
+    a = [moves(s) for s in range(10)]
+    np.random.seed(1)  # noqa: NPY002
+    b = [moves(s) for s in range(10)]
+    assert a == b and len({m[0] for m in a}) > 1
+
+
+# ------------------------------------------------------------------ Knapsack
+
+
+def brute_force(weights: np.ndarray, values: np.ndarray, capacity: int) -> int:
+    best = 0
+    for picks in itertools.product([0, 1], repeat=len(weights)):
+        p = np.array(picks, dtype=bool)
+        if weights[p].sum() <= capacity:
+            best = max(best, int(values[p].sum()))
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    items=st.lists(st.tuples(st.integers(1, 15), st.integers(0, 20)), min_size=0, max_size=9),
+    capacity=st.integers(0, 60),
+)
+def test_knapsack_dp_equals_brute_force(items: list[tuple[int, int]], capacity: int) -> None:
+    w = np.array([i[0] for i in items], dtype=np.int64)
+    v = np.array([i[1] for i in items], dtype=np.int64)
+    assert knapsack_optimum(w, v, capacity) == brute_force(w, v, capacity)
+
+
+def test_knapsack_masks_exclude_padding_picked_and_too_heavy_and_play_never_beats_optimum() -> None:
+    env = gym.make("maskrl/Knapsack-v0", n_min=2, n_max=9)
+    raw: KnapsackEnv = env.unwrapped  # type: ignore[assignment]
+    sizes = set()
+    for episode in range(60):
+        obs, info = env.reset(seed=episode)
+        n = int(obs["item_mask"].sum())
+        sizes.add(n)
+        present = np.arange(9) < n
+        assert (obs["items"][~present] == 0).all()
+        assert info["optimal_value"] == brute_force(raw.weights[:n], raw.values[:n], raw.capacity)
+        picked = np.zeros(9, dtype=bool)
+        total = 0.0
+        while True:
+            mask = info["action_mask"]
+            remaining = raw.capacity - raw.weights[picked].sum()
+            np.testing.assert_array_equal(mask, present & ~picked & (raw.weights <= remaining))
+            np.testing.assert_array_equal(obs["item_mask"].astype(bool), present & ~picked)
+            assert obs["capacity"][0] == pytest.approx(remaining / raw.capacity)
+            np.testing.assert_allclose(obs["items"][:n, 0], raw.weights[:n] / raw.capacity, rtol=1e-6)
+            i = int(raw.np_random.choice(np.flatnonzero(mask)))
+            obs, reward, term, trunc, info = env.step(i)
+            picked[i] = True
+            total += float(reward)
+            assert info["total_value"] == total
+            if term:
+                break
+        assert not info["action_mask"].any()  # terminated exactly when nothing more fits
+        assert 0 < total <= info["optimal_value"]
+    assert len(sizes) >= 5
+
+
+def test_knapsack_invalid_pick_errors() -> None:
+    env = gym.make("maskrl/Knapsack-v0", n_min=2, n_max=6)
+    seed = next(s for s in range(100) if env.reset(seed=s)[0]["item_mask"][5] == 0)
+    obs, info = env.reset(seed=seed)
+    with pytest.raises(ValueError, match=r"invalid action 5 in env 'maskrl/Knapsack-v0' at step 1: item padding"):
+        env.step(5)
+    first = int(np.flatnonzero(info["action_mask"])[0])
+    env.reset(seed=seed)
+    env.step(first)
+    with pytest.raises(ValueError, match=r"at step 2: item padding or already picked"):
+        env.step(first)
+
+
+def test_knapsack_passes_env_checker() -> None:
+    checked("maskrl/Knapsack-v0")
+
+
+def test_knapsack_always_starts_with_a_valid_action() -> None:
+    env = KnapsackEnv(n_min=1, n_max=1, capacity_fraction=0.01)
+    for seed in range(20):
+        _, info = env.reset(seed=seed)
+        assert info["action_mask"].tolist() == [True]
+
