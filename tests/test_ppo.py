@@ -277,3 +277,18 @@ def test_save_load_roundtrip_same_actions(tmp_path):
     )
     for p, q in zip(agent.net.parameters(), loaded.net.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+def test_policy_head_sample_frequencies_match_renormalised_probs():
+    torch.manual_seed(2)
+    logits = torch.tensor([[0.5, -1.0, 2.0, 0.0, 9.0, 1.0]])
+    mask = torch.tensor([[True, True, True, False, False, True]])  # the largest logit masked
+    head = MaskedPolicyHead([6])
+    n = 40_000
+    actions, _ = head.sample(logits.expand(n, 6), mask.expand(n, 6))
+    freq = torch.bincount(actions, minlength=6).float() / n
+    p = torch.softmax(logits.masked_fill(~mask, float("-inf")), -1)[0]
+    assert freq[3] == 0 and freq[4] == 0
+    # Within 5 standard errors of the renormalised probabilities.
+    se = (p * (1 - p) / n).sqrt()
+    assert ((freq - p).abs() <= 5 * se + 1e-12).all(), (freq, p)
