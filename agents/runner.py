@@ -20,6 +20,9 @@ import dataclasses
 import json
 import os
 import re
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +83,47 @@ class TrainingInterrupted(Exception):
     def __init__(self, run_dir: Path, step: int) -> None:
         super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}")
         self.run_dir, self.step = run_dir, step
+
+
+class _StopOnCtrlC:
+    """While active, a first Ctrl-C asks training to stop after the current update.
+
+    A KeyboardInterrupt raised in the middle of an update would leave the network
+    with only some of its minibatch steps (possibly inside ``optimizer.step()``)
+    while the counters still say the previous update: the checkpoint would mix
+    two states. So the first Ctrl-C only sets :attr:`requested`; a second one
+    raises KeyboardInterrupt at once. Installed only in the main thread and only
+    over Python's default handler (a SIGINT that is ignored stays ignored).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.installed = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nCtrl-C: stopping after the current update and saving a checkpoint "
+            "(press Ctrl-C again to stop at once, without saving)",
+            file=sys.stderr,
+        )
+
+    def __enter__(self) -> _StopOnCtrlC:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self.installed = False
 
 
 def _game_label(env_id: str) -> str:
@@ -175,7 +219,9 @@ def train_ppo(run: RunConfig, config: PPOConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     step_start = agent.global_step
 
-    def on_update(a: PPO, m: dict[str, float]) -> None:
+    stop = _StopOnCtrlC()
+
+    def on_update(a: PPO, m: dict[str, float]) -> bool:
         nonlocal seen, next_ckpt
         s = a.global_step
         st = a.episode_stats
@@ -206,21 +252,33 @@ def train_ppo(run: RunConfig, config: PPOConfig) -> dict[str, Any]:
         if s >= next_ckpt:
             a.save(run_dir / "checkpoint.pt")
             next_ckpt = (s // run.checkpoint_every + 1) * run.checkpoint_every
+        return not stop.requested
 
     try:
-        agent.learn(run.total_timesteps, callback=on_update)
+        with stop:
+            agent.learn(run.total_timesteps, callback=on_update)
     except KeyboardInterrupt:
-        # The model is at the end of its last completed update; save it so that
-        # --resume continues from there.
-        agent.save(run_dir / "checkpoint.pt")
         writer.close()
         if bar is not None:
             bar.close()
         agent.envs.close()
+        if stop.requested:
+            # A second Ctrl-C stopped an update midway: keep the last good checkpoint.
+            raise
+        # Ctrl-C reached us as a KeyboardInterrupt (a SIGINT handler other than
+        # Python's default was in place): save what there is.
+        agent.save(run_dir / "checkpoint.pt")
         raise TrainingInterrupted(run_dir, agent.global_step) from None
     finally:
         if bar is not None:
             bar.close()
+    if stop.requested:
+        # The model is at the end of its last completed update; save it so that
+        # --resume continues from there.
+        agent.save(run_dir / "checkpoint.pt")
+        writer.close()
+        agent.envs.close()
+        raise TrainingInterrupted(run_dir, agent.global_step)
     agent.save(run_dir / "checkpoint.pt")
     elapsed = time.perf_counter() - t_start
     summary: dict[str, Any] = {

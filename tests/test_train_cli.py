@@ -416,6 +416,8 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path: Path) -> None:
     step = ckpt["global_step"]
     assert step >= BATCH and step % BATCH == 0
     assert ckpt["num_updates"] * BATCH == step
+    # Saved between updates, not in the middle of one: 2 Adam steps per update.
+    assert float(ckpt["optimizer"]["state"][0]["step"]) == 2 * ckpt["num_updates"]
     assert f"interrupted at step {step}" in err
     # Resume from exactly there for two more updates.
     resume = ["ppo", "--resume", str(run_dir), "--total-timesteps", str(step + 2 * BATCH)]
@@ -423,6 +425,38 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path: Path) -> None:
     final = load_checkpoint(run_dir / "checkpoint.pt")
     assert final["global_step"] == step + 2 * BATCH
     assert final["num_updates"] == ckpt["num_updates"] + 2
+
+
+def test_ctrl_c_in_the_middle_of_an_update_finishes_it_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler in this process")
+    import maskrl.agents.ppo as ppo_mod
+
+    real_loss = ppo_mod.ppo_loss
+    calls = 0
+
+    def loss_then_ctrl_c(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 4:  # second minibatch of the second update, before its Adam step
+            signal.raise_signal(signal.SIGINT)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(ppo_mod, "ppo_loss", loss_then_ctrl_c)
+    args = ["ppo", "--env", BREAKOUT, "--total-timesteps", str(10 * BATCH), *TINY]
+    args += ["--run-name", "mid", "--runs-dir", str(tmp_path), "--checkpoint-every", "100000"]
+    assert train.main(args) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"--resume {tmp_path / 'mid'}" in err
+    ckpt = load_checkpoint(tmp_path / "mid" / "checkpoint.pt")
+    # The update in progress was completed, counted and saved as a whole.
+    assert calls == 4
+    assert ckpt["global_step"] == 2 * BATCH and ckpt["num_updates"] == 2
+    assert float(ckpt["optimizer"]["state"][0]["step"]) == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert not (tmp_path / "mid" / "eval.json").exists()
 
 
 # -------------------------------------------------------------- bad input
