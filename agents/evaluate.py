@@ -50,7 +50,10 @@ def evaluate(
             raise ValueError(
                 "evaluate needs env_id: the agent does not know which env it was trained on"
             )
-    ids = [e for e in env_id.split(",") if e] if isinstance(env_id, str) else list(env_id)
+    if isinstance(env_id, str):
+        ids = [e.strip() for e in env_id.split(",") if e.strip()]  # as RunConfig.env_ids
+    else:
+        ids = list(env_id)
     k = len(ids)
     per_game = max(1, min(8, episodes)) if num_envs is None else max(1, num_envs // k)
     n = per_game * k

@@ -152,8 +152,13 @@ def train_ppo(run: RunConfig, config: PPOConfig) -> dict[str, Any]:
         ckpt = run_dir / "checkpoint.pt"
         if not ckpt.is_file():
             raise ValueError(f"cannot resume: {ckpt} does not exist")
-        saved = json.loads((run_dir / "config.json").read_text())
-        saved_run = RunConfig(**{**saved["run"], "resume": str(run_dir)})
+        try:
+            saved = json.loads((run_dir / "config.json").read_text())
+            saved_run = RunConfig(**{**saved["run"], "resume": str(run_dir)})
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"cannot resume: {run_dir / 'config.json'} is missing or unreadable ({e})"
+            ) from e
         # What the user asked for now wins for the length of the run and the
         # bookkeeping; what shapes the network and the data comes from the run.
         saved_run.total_timesteps = run.total_timesteps

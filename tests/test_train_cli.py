@@ -328,6 +328,15 @@ def test_multigame_run(tmp_path: Path) -> None:
     assert ckpt["env_ids"] == [BREAKOUT, ASTERIX]
     assert ckpt["observation_space"]["type"] == "Dict"
 
+    # The eval subcommand: per-game results, games named as on the training command line.
+    out = tmp_path / "eval_multi.json"
+    args = ["eval", "--checkpoint", str(run_dir / "checkpoint.pt"), "--episodes", "2"]
+    assert train.main([*args, "--env", f"{BREAKOUT}, {ASTERIX}", "--output", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["env_ids"] == [BREAKOUT, ASTERIX]
+    assert [r["episodes"] for r in res["per_game"].values()] == [2, 2]
+    assert res["mean"] == pytest.approx(np.mean([r["mean"] for r in res["per_game"].values()]))
+
 
 # --------------------------------------------------------------- checkpoints
 
@@ -494,6 +503,8 @@ def test_bad_input_exits_2_with_one_line(
     torch.save({"format": "maskrl.ppo/1", "w": torch.zeros(1000)}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:2000])
     (tmp_path / "no_ckpt").mkdir()
+    (tmp_path / "no_config").mkdir()  # a checkpoint but no config.json
+    torch.save({"format": "maskrl.ppo/1"}, tmp_path / "no_config" / "checkpoint.pt")
     ppo = ["ppo", "--runs-dir", runs, "--no-progress", "--device", "cpu"]
     cases: list[tuple[list[str], tuple[str, ...]]] = [
         ([*ppo, "--env", "maskrl/MinAtar-Breakoot-v0"], ("unknown env id", BREAKOUT)),
@@ -504,6 +515,7 @@ def test_bad_input_exits_2_with_one_line(
         ([*ppo, "--num-envs", "0"], ("num_envs",)),
         ([*ppo, "--resume", str(tmp_path / "no_ckpt")], ("cannot resume", "no_ckpt")),
         ([*ppo, "--resume", str(tmp_path / "absent")], ("cannot resume", "absent")),
+        ([*ppo, "--resume", str(tmp_path / "no_config")], ("cannot resume", "config.json")),
         (["eval", "--checkpoint", str(tmp_path / "missing.pt")], ("not found", "missing.pt")),
         (["eval", "--checkpoint", str(corrupt)], ("corrupt", "corrupt.pt")),
         (["eval", "--checkpoint", str(truncated)], ("corrupt", "truncated.pt")),
