@@ -38,6 +38,11 @@ class PPOConfig:
     norm_adv: bool = _f(True, "normalise advantages per minibatch")
     ent_coef: float = _f(0.01, "entropy bonus (entropy over valid actions only)")
     vf_coef: float = _f(0.5, "value loss weight")
+    reward_scale: float = _f(
+        1.0,
+        "multiply rewards by this before GAE (the value net learns scaled returns; "
+        "logged returns stay raw); e.g. 0.01 for rewards in the hundreds",
+    )
     max_grad_norm: float = _f(0.5, "gradient norm clipping")
     target_kl: float | None = _f(
         None, "stop the epoch loop once approx-KL exceeds this (None: never)"
@@ -74,6 +79,8 @@ class PPOConfig:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        if self.reward_scale <= 0:
+            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
         if self.clip_coef <= 0:
             raise ValueError(f"clip_coef must be > 0, got {self.clip_coef}")
         if self.torch_threads is not None and self.torch_threads < 1:
@@ -96,4 +103,12 @@ class PPOConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # The reference settings shared with the sb3-contrib benchmark.
     "reference": {},
+    "fast": dict(
+        num_envs=16,
+        num_steps=64,
+        num_epochs=2,
+        num_minibatches=2,
+        learning_rate=1e-3,
+        anneal_lr=True,
+    ),
 }

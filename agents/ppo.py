@@ -374,8 +374,9 @@ class PPO:
         """One PPO update (epochs x minibatches) on a filled buffer; returns logged scalars."""
         c = self.config
         T, N = c.num_steps, c.num_envs
+        rewards = buffer.rewards if c.reward_scale == 1.0 else buffer.rewards * c.reward_scale
         advantages, returns = compute_gae(
-            buffer.rewards, buffer.values, buffer.terminated, buffer.truncated,
+            rewards, buffer.values, buffer.terminated, buffer.truncated,
             buffer.final_values, buffer.next_value, c.gamma, c.gae_lambda,
         )  # fmt: skip
         B = T * N
