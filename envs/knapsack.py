@@ -8,9 +8,10 @@ from the env's own generator (``self.np_random``):
 * integer capacity ``max(floor(capacity_fraction * sum(weights)), min(weights))``,
   so at least one item always fits.
 
-Observation ``Dict``:
+Observation ``Dict`` (the key is not ``"items"``: sb3's ``MultiInputPolicy`` keeps
+one sub-network per key in an ``nn.ModuleDict``, where ``items`` is a method name):
 
-* ``"items"``: ``Box(0, ., (n_max, 2), float32)``, row ``i`` =
+* ``"item_features"``: ``Box(0, ., (n_max, 2), float32)``, row ``i`` =
   ``[weight_i / capacity, value_i / max_value]`` (capacity = the instance's
   initial capacity); rows ``n..n_max-1`` are zero padding;
 * ``"item_mask"``: ``MultiBinary(n_max)``, 1 = the item is in the instance **and
@@ -78,7 +79,7 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         >>> import gymnasium as gym, maskrl.envs
         >>> env = gym.make("maskrl/Knapsack-v0", n_min=3, n_max=5)
         >>> obs, info = env.reset(seed=0)
-        >>> obs["items"].shape, info["action_mask"].shape, info["optimal_value"] > 0
+        >>> obs["item_features"].shape, info["action_mask"].shape, info["optimal_value"] > 0
         ((5, 2), (5,), True)
     """
 
@@ -107,7 +108,7 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         high = np.tile(np.array([max_weight, 1.0], dtype=np.float32), (n_max, 1))
         self.observation_space = spaces.Dict(
             {
-                "items": spaces.Box(0.0, high, (n_max, 2), np.float32),
+                "item_features": spaces.Box(0.0, high, (n_max, 2), np.float32),
                 "item_mask": spaces.MultiBinary(n_max),
                 "capacity": spaces.Box(0.0, 1.0, (1,), np.float32),
             }
@@ -131,7 +132,7 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         items[:, 0] = self.weights / self.capacity
         items[:, 1] = self.values / self.max_value
         return {
-            "items": items,
+            "item_features": items,
             "item_mask": self.available.astype(np.int8),
             "capacity": np.array([self.remaining / self.capacity], dtype=np.float32),
         }

@@ -241,7 +241,7 @@ def test_knapsack_masks_exclude_padding_picked_and_too_heavy_and_play_never_beat
         n = int(obs["item_mask"].sum())
         sizes.add(n)
         present = np.arange(9) < n
-        assert (obs["items"][~present] == 0).all()
+        assert (obs["item_features"][~present] == 0).all()
         assert info["optimal_value"] == brute_force(raw.weights[:n], raw.values[:n], raw.capacity)
         picked = np.zeros(9, dtype=bool)
         total = 0.0
@@ -251,7 +251,7 @@ def test_knapsack_masks_exclude_padding_picked_and_too_heavy_and_play_never_beat
             np.testing.assert_array_equal(mask, present & ~picked & (raw.weights <= remaining))
             np.testing.assert_array_equal(obs["item_mask"].astype(bool), present & ~picked)
             assert obs["capacity"][0] == pytest.approx(remaining / raw.capacity)
-            np.testing.assert_allclose(obs["items"][:n, 0], raw.weights[:n] / raw.capacity, rtol=1e-6)
+            np.testing.assert_allclose(obs["item_features"][:n, 0], raw.weights[:n] / raw.capacity, rtol=1e-6)
             i = int(raw.np_random.choice(np.flatnonzero(mask)))
             obs, reward, term, trunc, info = env.step(i)
             picked[i] = True
