@@ -123,8 +123,22 @@ def main(argv: list[str] | None = None) -> int:
             from maskrl.agents.config import PPOConfig
             from maskrl.agents.runner import RunConfig, TrainingInterrupted, train_ppo
 
+            run_cfg, ppo_cfg = _pick(ns, RunConfig), _pick(ns, PPOConfig)
+            given = _explicit_flags(argv)
+            if run_cfg.preset is not None:
+                ppo_cfg = apply_preset(ppo_cfg, run_cfg.preset, keep=given)
+            if run_cfg.resume:
+                # A resumed run keeps the settings in its config.json; silently
+                # ignoring a changed setting would be worse than refusing it.
+                allowed = {"resume", "total_timesteps", "eval_episodes", "progress", "device"}
+                fixed = sorted(given - allowed)
+                if fixed:
+                    raise ValueError(
+                        f"--resume continues a run with its saved settings; these flags cannot "
+                        f"change on resume: {', '.join(_flag(f) for f in fixed)}"
+                    )
             try:
-                summary = train_ppo(_pick(ns, RunConfig), _pick(ns, PPOConfig))
+                summary = train_ppo(run_cfg, ppo_cfg)
             except TrainingInterrupted as e:
                 print(
                     f"train.py: {e}; continue with: python train.py ppo --resume {e.run_dir}",
@@ -160,6 +174,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_USAGE
+
+
+def _explicit_flags(argv: list[str]) -> set[str]:
+    """Field names of the flags written on the command line (``--a-b`` / ``--a-b=x`` / ``--no-a-b``)."""
+    out = set()
+    for tok in argv:
+        if tok.startswith("--") and len(tok) > 2:
+            name = tok[2:].split("=", 1)[0].replace("-", "_")
+            out.add(name[3:] if name.startswith("no_") else name)
+    return out
+
+
+def apply_preset(config: Any, preset: str, keep: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+    """Return ``config`` with the preset's values, except for the fields in ``keep``."""
+    from maskrl.agents.config import PRESETS
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {k: v for k, v in PRESETS[preset].items() if k not in keep}
+    return dataclasses.replace(config, **values)
 
 
 def _print_eval(ev: dict[str, Any]) -> None:

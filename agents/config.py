@@ -49,7 +49,10 @@ class PPOConfig:
     )
     adam_eps: float = _f(1e-5, "Adam epsilon")
     device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    seed: int = _f(1, "seed for torch, numpy and the environments")
+    seed: int = _f(
+        1,
+        "seed for torch (action sampling, minibatches) and the environments (env i gets seed + i)",
+    )
     torch_threads: int | None = _f(
         None,
         "CPU threads for torch (None: leave torch's default); 1 is often fastest for small nets",

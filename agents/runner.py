@@ -58,6 +58,11 @@ class RunConfig:
     resume: str | None = _f(
         None, "continue the run in this folder (runs/<name>) from its checkpoint"
     )
+    preset: str | None = _f(
+        None,
+        "PPO settings preset from maskrl.agents.PRESETS ('reference', 'fast'); "
+        "flags given explicitly override it",
+    )
     checkpoint_every: int = _f(100_000, "write checkpoint.pt every this many steps")
     eval_episodes: int = _f(10, "episodes (per game) of the final evaluation; 0 to skip")
     progress: bool = _f(True, "show a progress bar")
