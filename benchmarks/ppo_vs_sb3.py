@@ -175,7 +175,7 @@ def summarize(results: list[dict[str, Any]], marks: list[int]) -> str:
                 reached = [t for t in times if t is not None]
                 lines.append(
                     f"time to sb3's return at {_k(marks[-1])} ({target:.2f}): sb3 {walls['sb3']:.1f} s; "
-                    f"fast per seed {['%.1f' % t if t is not None else 'not reached' for t in times]}"
+                    f"fast per seed {[f'{t:.1f}' if t is not None else 'not reached' for t in times]}"
                 )
                 if len(reached) == len(times):
                     med = float(np.median(reached))
