@@ -24,9 +24,10 @@ import time
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
-import maskrl.envs
 import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
+
+import maskrl.envs
 from maskrl.envs.minatar_games import MINATAR_GAMES, MINATAR_MAX_EPISODE_STEPS, MinAtarEnv
 
 

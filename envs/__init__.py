@@ -18,7 +18,13 @@ from maskrl.envs.masks import (
     validate_mask,
 )
 from maskrl.envs.minatar_games import MinAtarEnv
-from maskrl.envs.registration import atari_ids, minatar_ids, register_envs, registered_ids
+from maskrl.envs.registration import (
+    atari_ids,
+    minatar_ids,
+    missing_dependency,
+    register_envs,
+    registered_ids,
+)
 from maskrl.envs.vector import episodes_by_game, make_multigame_vec, make_vec
 
 register_envs()
@@ -34,6 +40,7 @@ __all__ = [
     "make_vec",
     "mask_size",
     "minatar_ids",
+    "missing_dependency",
     "register_envs",
     "registered_ids",
     "validate_mask",

@@ -11,7 +11,14 @@ import gymnasium as gym
 from maskrl.envs.atari import ATARI_GAMES, atari_game_name
 from maskrl.envs.minatar_games import MINATAR_GAMES, MINATAR_MAX_EPISODE_STEPS
 
-__all__ = ["atari_ids", "minatar_ids", "register_envs", "registered_ids"]
+__all__ = ["atari_ids", "minatar_ids", "missing_dependency", "register_envs", "registered_ids"]
+
+#: id prefix -> (modules needed, pip requirement that provides them).
+_OPTIONAL: dict[str, tuple[tuple[str, ...], str]] = {
+    "maskrl/Atari-": (("ale_py", "cv2"), "ale-py and opencv-python (gymnasium[other])"),
+    "maskrl/ConnectFour-": (("pettingzoo", "pygame"), "pettingzoo[classic]"),
+    "maskrl/TicTacToe-": (("pettingzoo", "pygame"), "pettingzoo[classic]"),
+}
 
 
 def minatar_ids() -> list[str]:
@@ -27,6 +34,22 @@ def atari_ids() -> list[str]:
 def registered_ids() -> list[str]:
     """All ids this package registers."""
     return [k for k in gym.registry if k.startswith("maskrl/")]
+
+
+def missing_dependency(env_id: str) -> str | None:
+    """What an id needs that is not installed, or None (looks modules up without importing them).
+
+    >>> missing_dependency("maskrl/MinAtar-Breakout-v0") is None
+    True
+    """
+    import importlib.util
+
+    for prefix, (modules, requirement) in _OPTIONAL.items():
+        if env_id.startswith(prefix):
+            missing = [m for m in modules if importlib.util.find_spec(m) is None]
+            if missing:
+                return f"{env_id} needs {requirement}; missing: {', '.join(missing)}"
+    return None
 
 
 def _register(env_id: str, entry_point: str, **kwargs: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -20,9 +21,17 @@ from maskrl.envs.minatar_games import MINATAR_GAMES
 ATARI_HANDFUL = ["Breakout", "Pong", "SpaceInvaders", "MsPacman", "Seaquest"]
 
 
+def make(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
+    """gym.make, skipping the test when the id's optional extra is not installed."""
+    missing = maskrl.envs.missing_dependency(env_id)
+    if missing:
+        pytest.skip(missing)
+    return gym.make(env_id, **kwargs)
+
+
 def checked(env_id: str) -> None:
     """Gymnasium's env checker on the env as gym.make builds it (random, unmasked actions)."""
-    env = gym.make(env_id, check_actions=False)
+    env = make(env_id, check_actions=False)
     with warnings.catch_warnings():
         # The checker notes that a gym.make stack differs from env.unwrapped: intended here.
         warnings.filterwarnings("ignore", message=".*is different from the unwrapped version.*")
@@ -110,7 +119,7 @@ def test_minatar_observation_is_the_transposed_state_and_seeding_reproduces() ->
 def test_atari_mask_is_ales_minimal_action_set(name: str) -> None:
     import ale_py
 
-    env = gym.make(f"maskrl/Atari-{name}-v0")
+    env = make(f"maskrl/Atari-{name}-v0")
     obs, info = env.reset(seed=0)
     ale = ale_py.ALEInterface()
     ale.setLoggerMode(ale_py.LoggerMode.Error)
@@ -132,7 +141,7 @@ def test_atari_passes_env_checker(name: str) -> None:
 
 
 def test_atari_settings_are_the_documented_ones() -> None:
-    env = gym.make("maskrl/Atari-Breakout-v0")
+    env = make("maskrl/Atari-Breakout-v0")
     base = env.unwrapped
     assert base._frameskip == 1  # type: ignore[attr-defined]  # skipping is AtariPreprocessing's
     assert base.ale.getFloat("repeat_action_probability") == pytest.approx(0.25)  # type: ignore[attr-defined]
@@ -149,7 +158,7 @@ BOARD = {"maskrl/ConnectFour-v0": (7, (6, 7, 2)), "maskrl/TicTacToe-v0": (9, (3,
 @pytest.mark.parametrize("env_id", list(BOARD))
 def test_board_game_masks_are_legal_moves_and_games_finish(env_id: str) -> None:
     n, shape = BOARD[env_id]
-    env = gym.make(env_id, agent_seat="random")
+    env = make(env_id, agent_seat="random")
     results = []
     for episode in range(30):
         obs, info = env.reset(seed=episode)
@@ -176,7 +185,7 @@ def first_legal(observation: np.ndarray, action_mask: np.ndarray, rng: np.random
 def test_illegal_moves_are_refused_with_env_id_and_step() -> None:
     # Both players drop into column 0 (alternating colours: nobody wins); after the
     # agent's third move and the reply the column is full.
-    env = gym.make("maskrl/ConnectFour-v0", opponent=first_legal)
+    env = make("maskrl/ConnectFour-v0", opponent=first_legal)
     env.reset(seed=0)
     for _ in range(3):
         _, _, term, _, info = env.step(0)
@@ -184,7 +193,7 @@ def test_illegal_moves_are_refused_with_env_id_and_step() -> None:
     assert not info["action_mask"][0] and info["action_mask"][1:].all()
     with pytest.raises(ValueError, match=r"invalid action 0 in env 'maskrl/ConnectFour-v0' at step 4"):
         env.step(0)
-    env = gym.make("maskrl/TicTacToe-v0", opponent=first_legal)
+    env = make("maskrl/TicTacToe-v0", opponent=first_legal)
     env.reset(seed=0)
     env.step(4)
     with pytest.raises(ValueError, match=r"invalid action 4 in env 'maskrl/TicTacToe-v0' at step 2"):
@@ -198,7 +207,7 @@ def test_board_game_passes_env_checker(env_id: str) -> None:
 
 def test_opponent_uses_the_envs_rng_not_global_state() -> None:
     def moves(seed: int) -> list[int]:
-        env = gym.make("maskrl/TicTacToe-v0", agent_seat="second")
+        env = make("maskrl/TicTacToe-v0", agent_seat="second")
         obs, _ = env.reset(seed=seed)
         return [int(np.flatnonzero(obs[..., 1].reshape(-1))[0])]
 
