@@ -110,7 +110,7 @@ def validate_mask(
 
     Args:
         mask: array-like; boolean, or integer/float holding only 0 and 1
-            (e.g. Taxi-v3's ``int8`` masks, PettingZoo's ``int8`` masks).
+            (e.g. Gymnasium Taxi's ``int8`` masks, PettingZoo's ``int8`` masks).
         action_space: the env's action space (decides the expected shape).
         env_id: named in error messages.
         step: step number since the last reset (0 = the reset), named in errors.
@@ -200,7 +200,7 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
        single other entry itself when there is one (e.g. ``"observation"``),
        else a ``Dict`` without the mask key;
     3. the env's own ``action_masks()`` method (anywhere in its wrapper stack);
-    4. ``info["action_mask"]`` from ``reset``/``step`` (Gymnasium's Taxi-v3 gives
+    4. ``info["action_mask"]`` from ``reset``/``step`` (Gymnasium's Taxi gives
        ``int8``). This source can only be seen in an info, so an env with none of
        1-4 raises :class:`ValueError` at its first ``reset``
        (:func:`maskrl.envs.make_vec` probes it at construction).
@@ -220,7 +220,7 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
 
     Example:
         >>> import gymnasium as gym
-        >>> env = ActionMaskWrapper(gym.make("Taxi-v3"))
+        >>> env = ActionMaskWrapper(gym.make("Taxi-v4"))
         >>> obs, info = env.reset(seed=0)
         >>> info["action_mask"].dtype, info["action_mask"].shape
         (dtype('bool'), (6,))

@@ -294,3 +294,18 @@ def test_importing_envs_loads_no_optional_dependency() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["masks", "minatar_games", "knapsack", "board_games", "vector", "atari", "registration"],
+)
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"maskrl.envs.{module}")
+    if module == "board_games" and maskrl.envs.missing_dependency("maskrl/TicTacToe-v0"):
+        pytest.skip(maskrl.envs.missing_dependency("maskrl/TicTacToe-v0"))
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
