@@ -241,3 +241,17 @@ def test_bad_arguments() -> None:
         make_multigame_vec([TOY_A, TOY_B], 1)
     with pytest.raises(ValueError, match="needs Box observations"):
         make_multigame_vec(["maskrl/Knapsack-v0"], 1)
+
+
+def test_mask_overhead_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_mask_overhead.py"
+    spec = importlib.util.spec_from_file_location("bench_mask_overhead", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--env", "Freeway", "--num-envs", "2", "--steps", "30", "--repeats", "2"])
+    out = capsys.readouterr().out
+    assert "mask plumbing overhead (step time):" in out and "median of pairs" in out
