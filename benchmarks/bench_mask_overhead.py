@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     actions = rng.choice(valid, size=(args.steps, args.num_envs))
 
-    bare, masked = make_bare(args.env, args.num_envs, args.seed), make_masked(
-        args.env, args.num_envs, args.seed
+    bare, masked = (
+        make_bare(args.env, args.num_envs, args.seed),
+        make_masked(args.env, args.num_envs, args.seed),
     )
     # Warm-up so that first-call costs (env checker, caches) are not timed.
     steps_per_second(bare, actions[:200])
@@ -114,9 +115,7 @@ def main(argv: list[str] | None = None) -> None:
 
     med = {k: statistics.median(v) for k, v in results.items()}
     best = {k: max(v) for k, v in results.items()}
-    pair = statistics.median(
-        b / m for b, m in zip(results["bare"], results["masked"], strict=True)
-    )
+    pair = statistics.median(b / m for b, m in zip(results["bare"], results["masked"], strict=True))
     print(
         f"MinAtar {args.env}, {args.num_envs} envs, SyncVectorEnv same_step, "
         f"{args.steps} vector steps x {args.repeats} interleaved pairs"

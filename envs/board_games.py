@@ -39,7 +39,9 @@ BOARD_GAMES: dict[str, tuple[str, str]] = {
 }
 
 
-def random_opponent(observation: np.ndarray, action_mask: np.ndarray, rng: np.random.Generator) -> int:
+def random_opponent(
+    observation: np.ndarray, action_mask: np.ndarray, rng: np.random.Generator
+) -> int:
     """A uniformly random legal move, drawn from ``rng``."""
     return int(rng.choice(np.flatnonzero(action_mask)))
 
@@ -89,7 +91,9 @@ class TurnBasedGameEnv(gym.Env[np.ndarray, np.int64]):
         if game not in BOARD_GAMES:
             raise ValueError(f"unknown game {game!r}; choose one of {sorted(BOARD_GAMES)}")
         if agent_seat not in ("first", "second", "random"):
-            raise ValueError(f"agent_seat must be 'first', 'second' or 'random', got {agent_seat!r}")
+            raise ValueError(
+                f"agent_seat must be 'first', 'second' or 'random', got {agent_seat!r}"
+            )
         self.game = game
         self._pz = _make_pettingzoo(game)
         self._opponent: Opponent = opponent if opponent is not None else random_opponent

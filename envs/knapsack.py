@@ -55,7 +55,9 @@ def knapsack_optimum(weights: np.ndarray, values: np.ndarray, capacity: int) -> 
     9
     """
     best = np.zeros(int(capacity) + 1, dtype=np.int64)  # best[c]: optimum with capacity c
-    for w, v in zip(np.asarray(weights, dtype=np.int64), np.asarray(values, dtype=np.int64), strict=True):
+    for w, v in zip(
+        np.asarray(weights, dtype=np.int64), np.asarray(values, dtype=np.int64), strict=True
+    ):
         if w <= capacity:
             # The right-hand side is evaluated before the assignment, so each item
             # is used at most once (the classic reverse loop, vectorised).
@@ -98,7 +100,9 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         if not 1 <= n_min <= n_max:
             raise ValueError(f"need 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
         if max_weight < 1 or max_value < 1:
-            raise ValueError(f"max_weight and max_value must be >= 1, got {max_weight}, {max_value}")
+            raise ValueError(
+                f"max_weight and max_value must be >= 1, got {max_weight}, {max_value}"
+            )
         if not 0.0 < capacity_fraction <= 1.0:
             raise ValueError(f"capacity_fraction must be in (0, 1], got {capacity_fraction}")
         self.n_min, self.n_max = n_min, n_max
@@ -181,7 +185,9 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             )  # fmt: skip
             if self._check_actions:
                 env_id = self.spec.id if self.spec is not None else "Knapsack"
-                raise ValueError(f"invalid action {i} in env '{env_id}' at step {self._steps}: item {why}")
+                raise ValueError(
+                    f"invalid action {i} in env '{env_id}' at step {self._steps}: item {why}"
+                )
             info = self._info(mask)
             info["invalid_action"] = True
             return self._obs(), 0.0, False, False, info

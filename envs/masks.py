@@ -300,7 +300,11 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
             raw = self._mask_fn(self.env)  # type: ignore[misc]
         elif source == "observation":
             raw = obs["action_mask"]
-            obs = obs[self._obs_key] if self._obs_key is not None else {k: obs[k] for k in self._rest_keys}
+            obs = (
+                obs[self._obs_key]
+                if self._obs_key is not None
+                else {k: obs[k] for k in self._rest_keys}
+            )
         elif source == "method":
             raw = self.env.get_wrapper_attr("action_masks")()
         else:

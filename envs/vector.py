@@ -316,7 +316,9 @@ class GameSlotWrapper(gym.Wrapper[dict[str, Any], np.int64, Any, Any]):
         # Zero-pad at the end of every axis (e.g. extra channels after the game's own).
         self._region = tuple(slice(0, s) for s in inner.shape)
         self._needs_pad = inner.shape != obs_space.shape or inner.dtype != obs_space.dtype
-        self.observation_space = spaces.Dict({"obs": obs_space, "game_id": spaces.Discrete(num_games)})
+        self.observation_space = spaces.Dict(
+            {"obs": obs_space, "game_id": spaces.Discrete(num_games)}
+        )
         self.action_space = spaces.Discrete(n_actions)
         self._mask: np.ndarray | None = None
         self._steps = 0

@@ -45,7 +45,11 @@ def checked(env_id: str) -> None:
 def test_every_ale_game_has_an_id_and_the_static_list_matches_ale_py() -> None:
     import ale_py.roms
 
-    ale_single_player = [r for r in ale_py.roms.get_all_rom_ids() if r not in {"combat", "joust", "maze_craze", "warlords"}]
+    ale_single_player = [
+        r
+        for r in ale_py.roms.get_all_rom_ids()
+        if r not in {"combat", "joust", "maze_craze", "warlords"}
+    ]
     assert sorted(ATARI_GAMES) == sorted(ale_single_player)
     gym.register_envs(ale_py)
     for rom in ATARI_GAMES:
@@ -83,7 +87,9 @@ def test_minatar_mask_is_the_games_minimal_action_set(name: str) -> None:
             obs, info = env.reset()
     invalid = int(np.flatnonzero(~expected)[0]) if (~expected).any() else None
     if invalid is not None:
-        with pytest.raises(ValueError, match=rf"invalid action {invalid} in env 'maskrl/MinAtar-{name}-v0'"):
+        with pytest.raises(
+            ValueError, match=rf"invalid action {invalid} in env 'maskrl/MinAtar-{name}-v0'"
+        ):
             env.step(invalid)
 
 
@@ -191,12 +197,16 @@ def test_illegal_moves_are_refused_with_env_id_and_step() -> None:
         _, _, term, _, info = env.step(0)
         assert not term
     assert not info["action_mask"][0] and info["action_mask"][1:].all()
-    with pytest.raises(ValueError, match=r"invalid action 0 in env 'maskrl/ConnectFour-v0' at step 4"):
+    with pytest.raises(
+        ValueError, match=r"invalid action 0 in env 'maskrl/ConnectFour-v0' at step 4"
+    ):
         env.step(0)
     env = make("maskrl/TicTacToe-v0", opponent=first_legal)
     env.reset(seed=0)
     env.step(4)
-    with pytest.raises(ValueError, match=r"invalid action 4 in env 'maskrl/TicTacToe-v0' at step 2"):
+    with pytest.raises(
+        ValueError, match=r"invalid action 4 in env 'maskrl/TicTacToe-v0' at step 2"
+    ):
         env.step(4)
 
 
@@ -260,7 +270,9 @@ def test_knapsack_masks_exclude_padding_picked_and_too_heavy_and_play_never_beat
             np.testing.assert_array_equal(mask, present & ~picked & (raw.weights <= remaining))
             np.testing.assert_array_equal(obs["item_mask"].astype(bool), present & ~picked)
             assert obs["capacity"][0] == pytest.approx(remaining / raw.capacity)
-            np.testing.assert_allclose(obs["item_features"][:n, 0], raw.weights[:n] / raw.capacity, rtol=1e-6)
+            np.testing.assert_allclose(
+                obs["item_features"][:n, 0], raw.weights[:n] / raw.capacity, rtol=1e-6
+            )
             i = int(raw.np_random.choice(np.flatnonzero(mask)))
             obs, reward, term, trunc, info = env.step(i)
             picked[i] = True
@@ -277,7 +289,9 @@ def test_knapsack_invalid_pick_errors() -> None:
     env = gym.make("maskrl/Knapsack-v0", n_min=2, n_max=6)
     seed = next(s for s in range(100) if env.reset(seed=s)[0]["item_mask"][5] == 0)
     obs, info = env.reset(seed=seed)
-    with pytest.raises(ValueError, match=r"invalid action 5 in env 'maskrl/Knapsack-v0' at step 1: item padding"):
+    with pytest.raises(
+        ValueError, match=r"invalid action 5 in env 'maskrl/Knapsack-v0' at step 1: item padding"
+    ):
         env.step(5)
     first = int(np.flatnonzero(info["action_mask"])[0])
     env.reset(seed=seed)
@@ -295,4 +309,3 @@ def test_knapsack_always_starts_with_a_valid_action() -> None:
     for seed in range(20):
         _, info = env.reset(seed=seed)
         assert info["action_mask"].tolist() == [True]
-

@@ -62,7 +62,11 @@ class ScriptedEnv(gym.Env[np.ndarray, Any]):
         if self.channel == "obs":
             return {"observation": board, "action_mask": np.asarray(self.masks[self._t])}, info
         if self.channel == "obs2":
-            return {"board": board, "turn": self._t % 2, "action_mask": np.asarray(self.masks[self._t])}, info
+            return {
+                "board": board,
+                "turn": self._t % 2,
+                "action_mask": np.asarray(self.masks[self._t]),
+            }, info
         return board, info
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
@@ -83,7 +87,12 @@ GOOD = [[1, 0, 1], [0, 1, 0], [1, 1, 1]]
 def test_each_source_gives_bool_masks_matching_the_script(channel: str) -> None:
     env = ActionMaskWrapper(ScriptedEnv(GOOD, channel))
     obs, info = env.reset(seed=0)
-    expected_source = {"method": "method", "info": "info", "obs": "observation", "obs2": "observation"}
+    expected_source = {
+        "method": "method",
+        "info": "info",
+        "obs": "observation",
+        "obs2": "observation",
+    }
     assert env.mask_source == expected_source[channel]
     for t in range(3):
         mask = info["action_mask"]
@@ -182,7 +191,9 @@ def test_multidiscrete_masks_are_concatenated_and_empty_dimension_is_named() -> 
     with pytest.raises(ValueError, match=r"invalid action .* at step 1"):
         env.step(np.array([1, 1]))
     env.step(np.array([0, 1]))
-    with pytest.raises(ValueError, match=r"at step 2 has no valid action in dimension 1 \(mask entries 3:5\)"):
+    with pytest.raises(
+        ValueError, match=r"at step 2 has no valid action in dimension 1 \(mask entries 3:5\)"
+    ):
         env.step(np.array([2, 1]))
 
 
@@ -223,7 +234,9 @@ def test_terminal_observation_may_have_no_valid_action() -> None:
 
 def test_no_mask_source_raises_clear_error_at_reset_and_in_make_vec() -> None:
     env = ActionMaskWrapper(gym.make("FrozenLake-v1"))
-    with pytest.raises(ValueError, match=r"env 'FrozenLake-v1' has no action-mask source: .*mask_fn"):
+    with pytest.raises(
+        ValueError, match=r"env 'FrozenLake-v1' has no action-mask source: .*mask_fn"
+    ):
         env.reset()
     with pytest.raises(ValueError, match=r"env 'FrozenLake-v1' has no action-mask source"):
         make_vec("FrozenLake-v1", 2)
@@ -232,7 +245,9 @@ def test_no_mask_source_raises_clear_error_at_reset_and_in_make_vec() -> None:
 def test_unsupported_action_space_and_unknown_id() -> None:
     with pytest.raises(ValueError, match="Discrete, MultiDiscrete or MultiBinary"):
         ActionMaskWrapper(gym.make("Pendulum-v1"))
-    with pytest.raises(ValueError, match=r"unknown env id 'maskrl/MinAtar-Breakout-v9'.*Did you mean"):
+    with pytest.raises(
+        ValueError, match=r"unknown env id 'maskrl/MinAtar-Breakout-v9'.*Did you mean"
+    ):
         make_vec("maskrl/MinAtar-Breakout-v9", 2)
 
 
@@ -270,7 +285,9 @@ def test_envs_package_never_imports_torch_or_agents() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for name in names:
-                assert not re.match(r"(torch|maskrl\.agents)(\.|$)", name), f"{path.name} imports {name}"
+                assert not re.match(r"(torch|maskrl\.agents)(\.|$)", name), (
+                    f"{path.name} imports {name}"
+                )
 
 
 def test_optional_dependencies_are_imported_only_inside_functions() -> None:

@@ -79,7 +79,9 @@ MODES = [
 
 
 @pytest.mark.parametrize(("vectorization", "autoreset"), MODES)
-def test_make_vec_masks_match_observations_across_autoresets(vectorization: str, autoreset: str) -> None:
+def test_make_vec_masks_match_observations_across_autoresets(
+    vectorization: str, autoreset: str
+) -> None:
     num_envs, n = 5, 4
     envs = make_vec(TOY_A, num_envs, vectorization=vectorization, seed=1, autoreset_mode=autoreset)
     try:
@@ -99,7 +101,9 @@ def test_make_vec_masks_match_observations_across_autoresets(vectorization: str,
                     finals += 1
                     assert obs[i][0] == 0  # the returned observation is the reset one
                     assert final["_action_mask"][i]
-                    np.testing.assert_array_equal(final["action_mask"][i], toy_mask(final_obs[i], n))
+                    np.testing.assert_array_equal(
+                        final["action_mask"][i], toy_mask(final_obs[i], n)
+                    )
                     lengths.append(int(final_obs[i][1]))
         if autoreset == "same_step":
             assert finals > 50 and len(set(lengths)) == 5  # many episodes, every length 1..5
@@ -108,10 +112,14 @@ def test_make_vec_masks_match_observations_across_autoresets(vectorization: str,
 
 
 @pytest.mark.parametrize(("vectorization", "autoreset"), MODES)
-def test_multigame_slots_masks_and_game_ids_at_every_step(vectorization: str, autoreset: str) -> None:
+def test_multigame_slots_masks_and_game_ids_at_every_step(
+    vectorization: str, autoreset: str
+) -> None:
     ids = [TOY_A, TOY_B]
     num_envs = 4
-    envs = make_multigame_vec(ids, num_envs, vectorization=vectorization, seed=2, autoreset_mode=autoreset)
+    envs = make_multigame_vec(
+        ids, num_envs, vectorization=vectorization, seed=2, autoreset_mode=autoreset
+    )
     try:
         assert envs.single_action_space == spaces.Discrete(6)  # union of 4 and 6
         assert envs.single_observation_space["obs"].shape == (5,)  # padded to the larger
@@ -132,7 +140,9 @@ def test_multigame_slots_masks_and_game_ids_at_every_step(vectorization: str, au
             assert infos["game_id"].dtype == np.int64
             for i in range(num_envs):
                 g = i % 2
-                np.testing.assert_array_equal(masks[i, : n_game[g]], toy_mask(obs["obs"][i], n_game[g]))
+                np.testing.assert_array_equal(
+                    masks[i, : n_game[g]], toy_mask(obs["obs"][i], n_game[g])
+                )
                 assert not masks[i, n_game[g] :].any()  # padding actions are never valid
                 if g == 0:
                     assert (obs["obs"][i][3:] == 0).all()  # zero-padded observation
@@ -197,7 +207,9 @@ def test_make_vec_minatar_constant_masks_in_both_modes_and_final_info() -> None:
             if mode == "same_step" and (term | trunc).any():
                 seen_final = True
                 np.testing.assert_array_equal(infos["final_info"]["_action_mask"], term | trunc)
-                np.testing.assert_array_equal(infos["final_info"]["action_mask"][0], [1, 1, 0, 1, 0, 0])
+                np.testing.assert_array_equal(
+                    infos["final_info"]["action_mask"][0], [1, 1, 0, 1, 0, 0]
+                )
         assert seen_final or mode == "next_step"
         with pytest.raises(ValueError, match=r"slot 1 took 2, valid \[0, 1, 3\]"):
             envs.step(np.array([0, 2, 3]))
