@@ -25,7 +25,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
-from maskrl.networks import MinAtarCNN, SetEncoder
+from maskrl.networks import SET_ITEM_KEYS, MinAtarCNN, SetEncoder
 
 __all__ = ["MinAtarFeatures", "SetFeatures"]
 
@@ -54,7 +54,7 @@ class MinAtarFeatures(BaseFeaturesExtractor):
 class SetFeatures(BaseFeaturesExtractor):
     """Attention-pooled :class:`maskrl.networks.SetEncoder` for ``Dict`` set observations.
 
-    Expects keys ``"items"`` ``(N, F)`` and ``"item_mask"`` ``(N,)`` (1 = present);
+    Expects keys ``"item_features"`` (or ``"items"``) ``(N, F)`` and ``"item_mask"`` ``(N,)`` (1 = present);
     every other key is flattened into the global context (e.g. a knapsack's
     remaining capacity). Padded items never influence the features.
     """
@@ -63,13 +63,16 @@ class SetFeatures(BaseFeaturesExtractor):
         self, observation_space: spaces.Dict, hidden: int = 64, pool: str = "additive"
     ) -> None:
         keys = set(observation_space.spaces)
-        if not {"items", "item_mask"} <= keys:
-            raise ValueError(f"SetFeatures needs 'items' and 'item_mask' keys, got {sorted(keys)}")
-        ctx_keys = tuple(sorted(keys - {"items", "item_mask"}))
+        items_key = next((k for k in SET_ITEM_KEYS if k in keys), None)
+        if items_key is None or "item_mask" not in keys:
+            raise ValueError(
+                f"SetFeatures needs 'item_features' and 'item_mask' keys, got {sorted(keys)}"
+            )
+        ctx_keys = tuple(sorted(keys - {items_key, "item_mask"}))
         ctx_dim = sum(int(torch.tensor(observation_space[k].shape).prod()) for k in ctx_keys)
-        item_dim = int(observation_space["items"].shape[-1])
+        item_dim = int(observation_space[items_key].shape[-1])
         super().__init__(observation_space, hidden + ctx_dim)
-        self.ctx_keys = ctx_keys
+        self.ctx_keys, self.items_key = ctx_keys, items_key
         self.encoder = SetEncoder(item_dim, ctx_dim, hidden, pool)
 
     def forward(self, observations: dict[str, Any]) -> torch.Tensor:
@@ -78,4 +81,4 @@ class SetFeatures(BaseFeaturesExtractor):
             if self.ctx_keys
             else None
         )
-        return self.encoder(observations["items"], observations["item_mask"] > 0.5, ctx)[1]
+        return self.encoder(observations[self.items_key], observations["item_mask"] > 0.5, ctx)[1]

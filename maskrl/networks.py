@@ -45,6 +45,11 @@ __all__ = [
     "build_actor_critic",
 ]
 
+#: Keys a padded-set ``Dict`` observation may use for its ``[N, F]`` item rows
+#: (``"item_features"`` in maskrl's Knapsack: sb3's ``MultiInputPolicy`` cannot
+#: take a key named ``items``, a method of its ``nn.ModuleDict``).
+SET_ITEM_KEYS = ("item_features", "items")
+
 HIDDEN_GAIN = math.sqrt(2.0)
 POLICY_GAIN = 0.01
 VALUE_GAIN = 1.0
@@ -256,7 +261,8 @@ class MultiGameActorCritic(nn.Module):
 class SetActorCritic(nn.Module):
     """Actor-critic for "pick an element of a set" problems (e.g. knapsack).
 
-    Observation: ``{"items": [B, N, F], "item_mask": [B, N], <context keys>: [B, k]}``.
+    Observation: ``{items_key: [B, N, F], "item_mask": [B, N], <context keys>: [B, k]}``
+    (``items_key`` is ``"item_features"`` in maskrl's Knapsack).
     Each item's logit is scored from its own embedding and the pooled summary
     of the whole set (a pointer-style head), so the policy is equivariant to
     the order of the items and works for any ``N``; the value reads the summary.
@@ -333,7 +339,7 @@ def build_actor_critic(observation_space: Any, action_space: Any) -> nn.Module:
     * ``Discrete`` observations: one-hot, then :class:`MLPEncoder`.
     * ``Dict`` with ``"obs"`` and ``"game_id"`` (the multi-game vector env):
       :class:`MultiGameActorCritic`.
-    * ``Dict`` with ``"items"`` and ``"item_mask"`` (a padded set) and a
+    * ``Dict`` with ``"item_features"`` (or ``"items"``) and ``"item_mask"`` (a padded set) and a
       ``Discrete(N)`` action, ``N`` the number of item slots:
       :class:`SetActorCritic`; its other ``Box`` keys are global context.
 
@@ -357,18 +363,19 @@ def build_actor_critic(observation_space: Any, action_space: Any) -> nn.Module:
             return MultiGameActorCritic(
                 _encoder_for_box(tuple(inner.shape), inner.dtype), n_logits, int(game.n)
             )
-        if {"items", "item_mask"} <= keys:
-            items = observation_space["items"]
+        items_key = next((k for k in SET_ITEM_KEYS if k in keys), None)
+        if items_key is not None and "item_mask" in keys:
+            items = observation_space[items_key]
             if len(items.shape) != 2:
-                raise ValueError(f"'items' must have shape (N, F), got {items.shape}")
+                raise ValueError(f"{items_key!r} must have shape (N, F), got {items.shape}")
             if not isinstance(action_space, spaces.Discrete) or action_space.n != items.shape[0]:
                 raise ValueError(
                     f"a set observation with {items.shape[0]} item slots needs action space "
                     f"Discrete({items.shape[0]}) (pick an item), got {action_space}"
                 )
-            ctx_keys = tuple(sorted(keys - {"items", "item_mask"}))
+            ctx_keys = tuple(sorted(keys - {items_key, "item_mask"}))
             ctx_dim = sum(int(math.prod(observation_space[k].shape)) for k in ctx_keys)
-            return SetActorCritic(int(items.shape[1]), ctx_keys, ctx_dim)
+            return SetActorCritic(int(items.shape[1]), ctx_keys, ctx_dim, items_key=items_key)
         raise ValueError(
             f"no default network for Dict observations with keys {sorted(keys)}; "
             "pass your own network"
