@@ -53,6 +53,11 @@ class PPOConfig:
         1,
         "seed for torch (action sampling, minibatches) and the environments (env i gets seed + i)",
     )
+    cpu_rollout_tuning: bool = _f(
+        True,
+        "on a CPU, run the rollout's small forward passes single-threaded without oneDNN "
+        "(faster at that batch size; the update keeps torch's settings)",
+    )
     torch_threads: int | None = _f(
         None,
         "CPU threads for torch (None: leave torch's default); 1 is often fastest for small nets",
