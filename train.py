@@ -130,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
             if run_cfg.resume:
                 # A resumed run keeps the settings in its config.json; silently
                 # ignoring a changed setting would be worse than refusing it.
-                allowed = {"resume", "runs_dir", "total_timesteps", "eval_episodes", "progress", "device"}
+                allowed = {
+                    "resume",
+                    "runs_dir",
+                    "total_timesteps",
+                    "eval_episodes",
+                    "progress",
+                    "device",
+                }
                 fixed = sorted(given - allowed)
                 if fixed:
                     raise ValueError(

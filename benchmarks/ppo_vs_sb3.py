@@ -63,15 +63,19 @@ def _curve_value(curve: list[tuple[int, float, float | None]], step: int) -> flo
 
 
 def run_sb3(env_id: str, seed: int, total: int, device: str) -> dict[str, Any]:
+    import gymnasium as gym
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from maskrl.agents.sb3 import MinAtarFeatures
 
     c = REFERENCE
-    env = make_vec_env(env_id, n_envs=c["num_envs"], seed=seed, vec_env_cls=DummyVecEnv)
+    # sb3's own construction (Monitor per env, DummyVecEnv, env i seeded seed + i),
+    # as make_vec_env does, without its render_mode argument our envs do not take.
+    env = DummyVecEnv([lambda: Monitor(gym.make(env_id)) for _ in range(c["num_envs"])])
+    env.seed(seed)
     model = MaskablePPO(
         "MlpPolicy",
         env,

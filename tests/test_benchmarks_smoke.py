@@ -1,0 +1,57 @@
+"""Tiny versions of the benchmarks: they run end to end and report what they claim.
+
+Throughput is never asserted here; the numbers belong in benchmarks/.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ppo_vs_sb3_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("ppo_vs_sb3")
+    out = tmp_path / "r.json"
+    rc = bench.main(
+        [
+            "--impls", "sb3", "maskrl", "fast",
+            "--total-timesteps", "2048", "--fast-timesteps", "2048",
+            "--marks", "1024", "2048", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "throughput ratio maskrl/sb3" in text and "throughput ratio fast/sb3" in text
+    data = json.loads(out.read_text())
+    impls = sorted(r["impl"] for r in data["results"])
+    assert impls == ["fast", "maskrl", "sb3"]
+    for r in data["results"]:
+        # Both libraries stop at the first whole rollout at or past the budget.
+        assert r["steps"] >= 2048 and r["wall"] > 0
+        steps = [s for s, _, _ in r["curve"]]
+        assert steps == sorted(steps) and steps[-1] == r["steps"]
+    # The same reference settings on both sides: same rollout size, so the same step grid.
+    by = {r["impl"]: r for r in data["results"]}
+    assert [s for s, _, _ in by["sb3"]["curve"]] == [s for s, _, _ in by["maskrl"]["curve"]]
+
+
+def test_curve_helpers_pick_the_last_value_at_or_before_a_step() -> None:
+    bench = _load("ppo_vs_sb3")
+    curve = [(1024, 1.0, None), (2048, 2.0, 0.5), (3072, 3.0, 1.5), (4096, 4.0, 2.5)]
+    assert bench._curve_value(curve, 1024) is None
+    assert bench._curve_value(curve, 3500) == 1.5
+    assert bench._time_to(curve, 1.4) == 3.0
+    assert bench._time_to(curve, 9.0) is None
+    assert bench._time_at(curve, 4096) == 4.0
