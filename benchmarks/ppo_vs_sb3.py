@@ -41,19 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
-REFERENCE = dict(
-    num_envs=8,
-    num_steps=128,
-    num_epochs=4,
-    num_minibatches=4,
-    learning_rate=2.5e-4,
-    gamma=0.99,
-    gae_lambda=0.95,
-    clip_coef=0.1,
-    ent_coef=0.01,
-    vf_coef=0.5,
-    max_grad_norm=0.5,
-)
+
+
+def _reference() -> dict[str, Any]:
+    from maskrl.agents.config import PRESETS
+
+    return dict(PRESETS["reference"])
 
 
 def _curve_value(curve: list[tuple[int, float, float | None]], step: int) -> float | None:
@@ -71,7 +64,7 @@ def run_sb3(env_id: str, seed: int, total: int, device: str) -> dict[str, Any]:
 
     from maskrl.agents.sb3 import MinAtarFeatures
 
-    c = REFERENCE
+    c = _reference()
     # sb3's own construction (Monitor per env, DummyVecEnv, env i seeded seed + i),
     # as make_vec_env does, without its render_mode argument our envs do not take.
     env = DummyVecEnv([lambda: Monitor(gym.make(env_id)) for _ in range(c["num_envs"])])
@@ -140,14 +133,16 @@ def run_maskrl(
     return {"steps": agent.global_step, "wall": wall, "curve": curve}
 
 
-def summarize(results: list[dict[str, Any]], marks: list[int]) -> str:
+def summarize(results: list[dict[str, Any]], marks: list[int], budget: int | None = None) -> str:
+    """Per game: steps/s, wall time to ``budget`` steps (default: the last mark), returns at marks, ratios."""
+    budget = budget or marks[-1]
     lines = []
     games = sorted({r["game"] for r in results})
     for game in games:
         rs = [r for r in results if r["game"] == game]
         lines.append(f"\n=== {game} ===")
         lines.append(
-            f"{'impl':8s} {'seeds':>5s} {'steps/s':>9s} {'wall s':>8s} "
+            f"{'impl':8s} {'seeds':>5s} {'steps/s':>9s} {'s to ' + _k(budget):>8s} "
             + " ".join(f"{'R@' + _k(m):>13s}" for m in marks)
         )
         by: dict[str, list[dict[str, Any]]] = {}
@@ -157,7 +152,7 @@ def summarize(results: list[dict[str, Any]], marks: list[int]) -> str:
         walls: dict[str, float] = {}
         for impl, runs in by.items():
             sps[impl] = float(np.mean([x["steps"] / x["wall"] for x in runs]))
-            walls[impl] = float(np.mean([_time_at(x["curve"], marks[-1]) for x in runs]))
+            walls[impl] = float(np.mean([_time_at(x["curve"], budget) for x in runs]))
             cells = []
             for m in marks:
                 vals = [v for v in (_curve_value(x["curve"], m) for x in runs) if v is not None]
@@ -171,14 +166,14 @@ def summarize(results: list[dict[str, Any]], marks: list[int]) -> str:
             for impl in sps:
                 if impl != "sb3":
                     lines.append(f"throughput ratio {impl}/sb3: {sps[impl] / sps['sb3']:.2f}x")
-            target_vals = [_curve_value(x["curve"], marks[-1]) for x in by["sb3"]]
+            target_vals = [_curve_value(x["curve"], budget) for x in by["sb3"]]
             target_vals = [v for v in target_vals if v is not None]
             if target_vals and "fast" in by:
                 target = float(np.mean(target_vals))
                 times = [_time_to(x["curve"], target) for x in by["fast"]]
                 reached = [t for t in times if t is not None]
                 lines.append(
-                    f"time to sb3's return at {_k(marks[-1])} ({target:.2f}): sb3 {walls['sb3']:.1f} s; "
+                    f"time to sb3's return at {_k(budget)} ({target:.2f}): sb3 {walls['sb3']:.1f} s; "
                     f"fast per seed {[f'{t:.1f}' if t is not None else 'not reached' for t in times]}"
                 )
                 if len(reached) == len(times):
@@ -238,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    marks = a.marks or sorted({a.total_timesteps // 5, a.total_timesteps // 2, a.total_timesteps})
+    marks = a.marks or sorted(
+        {a.total_timesteps // 5, a.total_timesteps // 2, a.total_timesteps}
+        | ({a.fast_timesteps} if "fast" in a.impls else set())
+    )
     meta = {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -256,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 if impl == "sb3":
                     r = run_sb3(env_id, seed, a.total_timesteps, a.device)
                 elif impl == "maskrl":
-                    r = run_maskrl(env_id, seed, a.total_timesteps, a.device, REFERENCE)
+                    r = run_maskrl(env_id, seed, a.total_timesteps, a.device, _reference())
                 else:
                     r = run_maskrl(env_id, seed, a.fast_timesteps, a.device, PRESETS["fast"])
                 r.update(impl=impl, game=game, seed=seed, started=t0)
@@ -270,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 if a.out:
                     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
                     Path(a.out).write_text(json.dumps({"meta": meta, "results": results}))
-    print(summarize(results, marks))
+    print(summarize(results, marks, a.total_timesteps))
     return 0
 
 

@@ -292,3 +292,16 @@ def test_policy_head_sample_frequencies_match_renormalised_probs():
     # Within 5 standard errors of the renormalised probabilities.
     se = (p * (1 - p) / n).sqrt()
     assert ((freq - p).abs() <= 5 * se + 1e-12).all(), (freq, p)
+
+
+def test_defaults_are_the_fast_preset_and_reference_is_separate():
+    from maskrl.agents.config import PRESETS
+
+    cfg = PPOConfig()
+    for k, v in PRESETS["fast"].items():
+        assert getattr(cfg, k) == v, k
+    ref = PPOConfig(**PRESETS["reference"])
+    ref.validate()
+    assert (ref.num_envs, ref.num_steps, ref.num_epochs, ref.num_minibatches) == (8, 128, 4, 4)
+    assert (ref.learning_rate, ref.clip_coef, ref.ent_coef) == (2.5e-4, 0.1, 0.01)
+    assert ref.minibatch_size == 256 and cfg.minibatch_size == 512

@@ -510,7 +510,10 @@ def test_bad_input_exits_2_with_one_line(
         ([*ppo, "--env", "CartPole-v1"], ("CartPole-v1", "no action-mask source")),
         ([*ppo, "--env", f"{BREAKOUT},CartPole-v1"], ("CartPole-v1",)),
         ([*ppo, "--env", wrong_mask_env], ("shape (5,)", "expected (3,)")),
-        ([*ppo, "--num-minibatches", "3"], ("num_minibatches=3", "1024")),
+        (
+            [*ppo, "--num-envs", "8", "--num-steps", "128", "--num-minibatches", "3"],
+            ("num_minibatches=3", "1024"),
+        ),
         ([*ppo, "--num-envs", "0"], ("num_envs",)),
         ([*ppo, "--resume", str(tmp_path / "no_ckpt")], ("cannot resume", "no_ckpt")),
         ([*ppo, "--resume", str(tmp_path / "absent")], ("cannot resume", "absent")),
