@@ -42,7 +42,6 @@ import numpy as np
 import torch
 
 
-
 def _reference() -> dict[str, Any]:
     from maskrl.agents.config import PRESETS
 
