@@ -305,3 +305,42 @@ def test_defaults_are_the_fast_preset_and_reference_is_separate():
     assert (ref.num_envs, ref.num_steps, ref.num_epochs, ref.num_minibatches) == (8, 128, 4, 4)
     assert (ref.learning_rate, ref.clip_coef, ref.ent_coef) == (2.5e-4, 0.1, 0.01)
     assert ref.minibatch_size == 256 and cfg.minibatch_size == 512
+
+
+def test_knapsack_uses_the_set_network_and_padding_never_matters():
+    from maskrl.networks import SetActorCritic
+
+    cfg = PPOConfig(num_envs=4, num_steps=16, num_minibatches=2, device="cpu", seed=0)
+    agent = PPO("maskrl/Knapsack-v0", cfg)
+    assert isinstance(agent.net, SetActorCritic)
+    invalid: list[float] = []
+    agent.learn(128, callback=lambda a, m: invalid.append(m["invalid_actions"]))
+    assert sum(invalid) == 0
+    # Garbage in padded / picked rows changes neither the value nor the logits of live items.
+    obs, info = agent.envs.reset(seed=3)
+    t = {k: torch.as_tensor(v) for k, v in obs.items()}
+    with torch.no_grad():
+        logits, value = agent.net(t)
+        live = t["item_mask"].bool()
+        noisy = dict(t)
+        noisy["item_features"] = torch.where(live.unsqueeze(-1), t["item_features"], 1e6)
+        logits2, value2 = agent.net(noisy)
+    torch.testing.assert_close(value, value2)
+    torch.testing.assert_close(logits[live], logits2[live])
+
+
+def test_multigame_agent_keeps_each_games_mask():
+    from maskrl.networks import MultiGameActorCritic
+
+    ids = ["maskrl/MinAtar-Breakout-v0", "maskrl/MinAtar-Seaquest-v0"]
+    cfg = PPOConfig(num_envs=4, num_steps=32, num_minibatches=2, device="cpu", seed=0)
+    agent = PPO(ids, cfg)
+    assert isinstance(agent.net, MultiGameActorCritic)
+    buf, state = agent._ensure_rollout_state()
+    collect_rollout(agent.envs, buf, state, agent._act, agent._value, agent.episode_stats)
+    game = buf.obs["game_id"][:-1]  # [T, N]
+    actions = buf.actions
+    # Breakout (game 0) has the minimal set {noop, left, right}: never up/down/fire.
+    assert set(actions[game == 0].unique().tolist()) <= {0, 1, 3}
+    assert (buf.masks[:-1][game == 0].sum(-1) == 3).all()
+    assert (buf.masks[:-1][game == 1].sum(-1) == 6).all()
