@@ -172,7 +172,8 @@ class RolloutBuffer:
     Slot ``t`` of ``obs``/``masks`` holds what the policy acted on at step ``t``;
     slot ``T`` holds the observation after the last step (the bootstrap
     observation), which becomes slot 0 of the next rollout. Each env step costs
-    one host-to-device copy of the batched observations and one of the masks.
+    one host-to-device copy of the batched observations and one of the masks;
+    rewards and episode-end flags are copied once per rollout.
     """
 
     def __init__(
@@ -196,6 +197,9 @@ class RolloutBuffer:
         self.rewards = torch.zeros((T, N), device=device)
         self.terminated = torch.zeros((T, N), device=device)
         self.truncated = torch.zeros((T, N), device=device)
+        # Per-step scalars are gathered on the host and copied to the device once
+        # per rollout (three copies instead of three per step on a GPU).
+        self.host_scalars = np.zeros((3, T, N), dtype=np.float32)
         # Value of the final observation of an episode truncated at step t (else 0).
         self.final_values = torch.zeros((T, N), device=device)
         self.next_value = torch.zeros(N, device=device)
@@ -265,6 +269,7 @@ def collect_rollout(
     del gamma
     T, N, dev = buffer.num_steps, buffer.num_envs, buffer.device
     buf = buffer
+    host = buf.host_scalars
     invalid = torch.zeros((), dtype=torch.int64, device=dev)
     with torch.inference_mode():
         for t in range(T):
@@ -281,10 +286,10 @@ def collect_rollout(
             mask = read_masks(infos, N, buf.n_logits)
             copy_obs_(index_obs(buf.obs, t + 1), next_obs)
             buf.masks[t + 1].copy_(torch.from_numpy(mask), non_blocking=True)
-            buf.rewards[t].copy_(torch.from_numpy(np.asarray(reward, dtype=np.float32)))
-            buf.terminated[t].copy_(torch.from_numpy(np.asarray(terminated, dtype=np.float32)))
             trunc = np.asarray(truncated, dtype=bool) & ~np.asarray(terminated, dtype=bool)
-            buf.truncated[t].copy_(torch.from_numpy(trunc.astype(np.float32)))
+            host[0, t] = reward
+            host[1, t] = terminated
+            host[2, t] = trunc
             buf.final_values[t].zero_()
             if trunc.any():
                 idx = np.flatnonzero(trunc)
@@ -301,5 +306,9 @@ def collect_rollout(
                 state.episode_returns[done] = 0.0
                 state.episode_lengths[done] = 0
         buf.next_value.copy_(value_fn(index_obs(buf.obs, T)))
+        scalars = torch.from_numpy(host)
+        buf.rewards.copy_(scalars[0])
+        buf.terminated.copy_(scalars[1])
+        buf.truncated.copy_(scalars[2])
     state.invalid_actions += int(invalid)
     state.steps += T * N
