@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tomllib
+import pytest
 
 import maskrl
 
@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_envs_and_agents_install_under_maskrl_only() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert sorted(cfg["packages"]) == ["maskrl", "maskrl.agents", "maskrl.envs"]
     assert cfg["package-dir"] == {
