@@ -290,6 +290,8 @@ class PPO:
         self.n_logits = sum(nvec)
         self.head = MaskedPolicyHead(nvec)
         self.custom_network = network is not None
+        # Seed before building the network so that its initial weights follow the seed.
+        self._seed_everything(config.seed)
         self.net = (network or build_actor_critic(observation_space, action_space)).to(self.device)
         self.optimizer = _adam(self.net, config.learning_rate, config.adam_eps)
         self.global_step = 0
@@ -297,7 +299,6 @@ class PPO:
         self.episode_stats = EpisodeStats()
         self._buffer: RolloutBuffer | None = None
         self._state: RolloutState | None = None
-        self._seed_everything(config.seed)
 
     # ------------------------------------------------------------------ acting
     def _seed_everything(self, seed: int) -> None:

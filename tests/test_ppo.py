@@ -344,3 +344,14 @@ def test_multigame_agent_keeps_each_games_mask():
     assert set(actions[game == 0].unique().tolist()) <= {0, 1, 3}
     assert (buf.masks[:-1][game == 0].sum(-1) == 3).all()
     assert (buf.masks[:-1][game == 1].sum(-1) == 6).all()
+
+
+def test_same_seed_same_initial_network_and_actions():
+    cfg = PPOConfig(num_envs=2, num_steps=8, num_minibatches=1, device="cpu", seed=11)
+    a, b = PPO(make_envs(2), cfg), PPO(make_envs(2), cfg)
+    for p, q in zip(a.net.parameters(), b.net.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    a.learn(32)
+    b.learn(32)
+    for p, q in zip(a.net.parameters(), b.net.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
