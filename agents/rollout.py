@@ -184,6 +184,7 @@ class RolloutBuffer:
         num_steps: int,
         num_envs: int,
         device: torch.device,
+        nvec: list[int] | None = None,
     ) -> None:
         self.num_steps, self.num_envs, self.n_logits = num_steps, num_envs, n_logits
         self.device = device
@@ -192,6 +193,11 @@ class RolloutBuffer:
         self.obs = alloc_obs(self.obs_spec, (T + 1, N), device)
         self.masks = torch.zeros((T + 1, N, n_logits), dtype=torch.bool, device=device)
         self.actions = torch.zeros((T, N) + action_shape, dtype=torch.int64, device=device)
+        # Where each action dimension's entries start in the concatenated mask.
+        sizes = list(nvec) if nvec is not None else [n_logits]
+        self.action_offsets = torch.tensor(
+            np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.int64, device=device
+        )
         self.logprobs = torch.zeros((T, N), device=device)
         self.values = torch.zeros((T, N), device=device)
         self.rewards = torch.zeros((T, N), device=device)
@@ -203,6 +209,13 @@ class RolloutBuffer:
         # Value of the final observation of an episode truncated at step t (else 0).
         self.final_values = torch.zeros((T, N), device=device)
         self.next_value = torch.zeros(N, device=device)
+
+    def count_invalid_actions(self) -> int:
+        """How many stored actions were masked out at the step they were taken."""
+        T, N = self.num_steps, self.num_envs
+        idx = self.actions.view(T, N, -1) + self.action_offsets  # into the concatenated mask
+        valid = self.masks[:T].gather(-1, idx).all(-1)
+        return int((~valid).sum())
 
     def set_initial(self, obs: Any, mask: np.ndarray) -> None:
         """Store the observation and mask the first step will act on."""
@@ -270,7 +283,6 @@ def collect_rollout(
     T, N, dev = buffer.num_steps, buffer.num_envs, buffer.device
     buf = buffer
     host = buf.host_scalars
-    invalid = torch.zeros((), dtype=torch.int64, device=dev)
     with torch.inference_mode():
         for t in range(T):
             obs_t = index_obs(buf.obs, t)
@@ -279,9 +291,6 @@ def collect_rollout(
             buf.actions[t] = action
             buf.logprobs[t] = logp
             buf.values[t] = value
-            # Counted, never corrected: a policy that picks a masked action is a bug
-            # the invalid_action_rate chart must show.
-            invalid += (~mask_t.gather(-1, action.view(N, -1))).any(-1).sum()
             next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
             mask = read_masks(infos, N, buf.n_logits)
             copy_obs_(index_obs(buf.obs, t + 1), next_obs)
@@ -306,6 +315,9 @@ def collect_rollout(
                 state.episode_returns[done] = 0.0
                 state.episode_lengths[done] = 0
         buf.next_value.copy_(value_fn(index_obs(buf.obs, T)))
+        # Counted once per rollout, never corrected: a policy that picks a masked
+        # action is a bug the invalid_action_rate chart must show.
+        invalid = buffer.count_invalid_actions()
         scalars = torch.from_numpy(host)
         buf.rewards.copy_(scalars[0])
         buf.terminated.copy_(scalars[1])

@@ -355,3 +355,14 @@ def test_same_seed_same_initial_network_and_actions():
     b.learn(32)
     for p, q in zip(a.net.parameters(), b.net.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+def test_invalid_action_count_uses_per_dimension_offsets():
+    from maskrl.agents.rollout import RolloutBuffer
+
+    buf = RolloutBuffer(spaces.Box(0, 1, (2,)), 7, (2,), 2, 1, torch.device("cpu"), nvec=[3, 4])
+    buf.masks[:] = True
+    buf.masks[:, 0, 3 + 1] = False  # second dimension: action 1 invalid
+    buf.actions[0, 0] = torch.tensor([1, 2])  # valid: dim-0 action 1, dim-1 action 2
+    buf.actions[1, 0] = torch.tensor([2, 1])  # invalid in the second dimension
+    assert buf.count_invalid_actions() == 1
