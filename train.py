@@ -81,18 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
     from maskrl.agents.config import PPOConfig
     from maskrl.agents.runner import RunConfig
 
+    # allow_abbrev=False: an abbreviated flag would escape the explicit-flag
+    # detection that presets and --resume rely on.
     parser = argparse.ArgumentParser(
         prog="train.py",
+        allow_abbrev=False,
         description="Train and evaluate action-masked RL agents. With no arguments: "
         "masked PPO on maskrl/MinAtar-Breakout-v0 with the default settings.",
     )
     sub = parser.add_subparsers(dest="command")
     ppo = sub.add_parser(
-        "ppo", help="train masked PPO", description="Train masked PPO; writes runs/<name>/."
+        "ppo",
+        allow_abbrev=False,
+        help="train masked PPO",
+        description="Train masked PPO; writes runs/<name>/.",
     )
     add_dataclass_args(ppo, RunConfig)
     add_dataclass_args(ppo, PPOConfig)
-    ev = sub.add_parser("eval", help="evaluate a checkpoint", description="Evaluate a saved agent.")
+    ev = sub.add_parser(
+        "eval",
+        allow_abbrev=False,
+        help="evaluate a checkpoint",
+        description="Evaluate a saved agent.",
+    )
     ev.add_argument(
         "--checkpoint", required=True, help="path to a checkpoint.pt written by train.py ppo"
     )

@@ -29,6 +29,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file private (0600); a checkpoint is an ordinary file.
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()

@@ -57,8 +57,17 @@ def evaluate(
     k = len(ids)
     per_game = max(1, min(8, episodes)) if num_envs is None else max(1, num_envs // k)
     n = per_game * k
+    trained_on = getattr(agent, "env_ids", None)
+    if trained_on and len(trained_on) > 1 and list(trained_on) != ids:
+        # A multi-game agent knows its games by position: another order or subset
+        # would silently pair each game with another game's embedding and value.
+        raise ValueError(
+            f"this agent was trained on the games {list(trained_on)} (in that order); "
+            f"evaluate it on those, not on {ids}"
+        )
     envs = make_vec(ids[0], n, seed=seed) if k == 1 else make_multigame_vec(ids, n, seed=seed)
     try:
+        _check_spaces(agent, envs)
         # Slot i plays game i % k; split each game's episodes over its slots.
         quota = np.zeros(n, dtype=np.int64)
         for g in range(k):
@@ -73,7 +82,9 @@ def evaluate(
         for _ in range(max_steps):
             if (quota == 0).all():
                 break
-            mask = read_masks(infos, n, n_logits)
+            mask = read_masks(
+                infos, n, n_logits, getattr(getattr(agent, "head", None), "nvec", None)
+            )
             action = agent.predict(obs, mask, deterministic=deterministic)
             obs, reward, term, trunc, infos = envs.step(action)
             ep_ret += reward
@@ -82,7 +93,7 @@ def evaluate(
                     returns[i % k].append(float(ep_ret[i]))
                     quota[i] -= 1
                 ep_ret[i] = 0.0
-        else:
+        if (quota > 0).any():
             raise RuntimeError(
                 f"evaluation did not finish {episodes} episodes within {max_steps} steps"
             )
@@ -102,3 +113,19 @@ def evaluate(
     out = {"env_ids": ids, "per_game": {e: summary(r) for e, r in zip(ids, returns, strict=False)}}
     out["mean"] = float(np.mean([out["per_game"][e]["mean"] for e in ids]))  # type: ignore[index]
     return out
+
+
+def _check_spaces(agent: Any, envs: Any) -> None:
+    """Refuse an env whose observations or actions are not what the agent was built for."""
+    from maskrl.agents.checkpoint import space_to_dict
+
+    for what in ("observation_space", "action_space"):
+        mine = getattr(agent, what, None)
+        if mine is None:
+            continue
+        theirs = getattr(envs, f"single_{what}")
+        if space_to_dict(mine) != space_to_dict(theirs):
+            raise ValueError(
+                f"the evaluation env's {what.replace('_', ' ')} {theirs} differs from the "
+                f"agent's {mine}: evaluate the agent on the env it was trained on"
+            )

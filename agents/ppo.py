@@ -31,7 +31,9 @@ from maskrl.agents.rollout import (
     Obs,
     RolloutBuffer,
     RolloutState,
+    _empty_message,
     collect_rollout,
+    empty_mask_rows,
     flatten_obs,
     index_obs,
     obs_to_tensor,
@@ -55,6 +57,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r} was asked for but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
     return dev
 
 
@@ -280,6 +286,7 @@ class PPO:
             )
         self.envs = env
         if env is not None:
+            _check_autoreset(env)
             observation_space = env.single_observation_space
             action_space = env.single_action_space
             if env.num_envs != config.num_envs:
@@ -291,6 +298,13 @@ class PPO:
         self.observation_space, self.action_space = observation_space, action_space
         from gymnasium import spaces
 
+        if isinstance(action_space, spaces.Discrete | spaces.MultiDiscrete) and np.any(
+            np.asarray(action_space.start) != 0
+        ):
+            raise ValueError(
+                f"action space {action_space} does not start at 0: mask index k must be action k "
+                "(wrap the env with gymnasium.wrappers.TransformAction to shift it)"
+            )
         if isinstance(action_space, spaces.Discrete):
             nvec = [int(action_space.n)]
             self.action_shape: tuple[int, ...] = ()
@@ -379,11 +393,9 @@ class PPO:
                     f"action_mask must be boolean or 0/1, got values of dtype {mask.dtype}"
                 )
             mask = mask.astype(bool)
-        empty = ~mask.any(1)
-        if empty.any():
-            raise ValueError(
-                f"action_mask has no valid action in row(s) {np.flatnonzero(empty).tolist()}"
-            )
+        empty = empty_mask_rows(mask, self.head.nvec)
+        if empty:
+            raise ValueError(_empty_message(empty, "row(s)", self.head.multi))
         from maskrl.agents.rollout import _space_spec
 
         with torch.inference_mode():
@@ -533,7 +545,11 @@ class PPO:
             "num_updates": self.num_updates,
             "rng": {
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                # Only the training device's generator: a checkpoint must load on a
+                # machine with fewer GPUs (or none).
+                "cuda": [torch.cuda.get_rng_state(self.device)]
+                if self.device.type == "cuda"
+                else [],
             },
         }
 
@@ -581,8 +597,8 @@ class PPO:
             agent.num_updates = int(ckpt["num_updates"])
             rng = ckpt["rng"]
             torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+            if rng["cuda"] and agent.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"][0], agent.device)
         except (KeyError, TypeError, RuntimeError) as e:
             raise ValueError(f"checkpoint {path} is not a valid maskrl PPO checkpoint: {e}") from e
         return agent
@@ -594,3 +610,16 @@ def _adam(net: nn.Module, lr: float, eps: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(net.parameters(), lr=lr, eps=eps, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(net.parameters(), lr=lr, eps=eps)
+
+
+def _check_autoreset(env: Any) -> None:
+    """The trainer needs Gymnasium's same-step autoreset (see ``maskrl.agents.rollout``)."""
+    from gymnasium.vector import AutoresetMode
+
+    mode = getattr(env, "metadata", {}).get("autoreset_mode")
+    if mode is not None and mode != AutoresetMode.SAME_STEP:
+        raise ValueError(
+            f"the vector env uses autoreset mode {getattr(mode, 'value', mode)!r}; maskrl's PPO needs "
+            "same-step autoreset (build it with maskrl.envs.make_vec, or pass "
+            "autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP)"
+        )

@@ -21,7 +21,7 @@ episode was truncated rather than terminated.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,13 +112,35 @@ def flatten_obs(obs: Obs, n: int) -> Obs:
     return obs.reshape((n,) + obs.shape[2:])
 
 
-def read_masks(infos: dict[str, Any], num_envs: int, n_logits: int) -> np.ndarray:
+def empty_mask_rows(mask: np.ndarray, nvec: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """``(row, dimension)`` pairs of a ``(B, sum(nvec))`` mask with no valid action.
+
+    ``nvec=None`` means one dimension (``Discrete``).
+    """
+    if nvec is None or len(nvec) == 1:
+        return [(int(r), 0) for r in np.flatnonzero(~mask.any(axis=1))]
+    starts = np.concatenate([[0], np.cumsum(nvec)[:-1]])
+    any_valid = np.logical_or.reduceat(mask, starts, axis=1)  # [B, len(nvec)]
+    rows, dims = np.nonzero(~any_valid)
+    return [(int(r), int(d)) for r, d in zip(rows, dims, strict=True)]
+
+
+def _empty_message(empty: list[tuple[int, int]], what: str, multi: bool) -> str:
+    if not multi:
+        return f"action mask has no valid action for {what} {[r for r, _ in empty]}"
+    return f"action mask has no valid action for ({what}, dimension) {empty}"
+
+
+def read_masks(
+    infos: dict[str, Any], num_envs: int, n_logits: int, nvec: Sequence[int] | None = None
+) -> np.ndarray:
     """Return ``infos["action_mask"]`` as a ``(num_envs, n_logits)`` boolean array.
 
     Raises:
         ValueError: if the infos carry no mask, the mask has the wrong shape or a
             non-boolean dtype other than 0/1 integers, or some env has no valid
-            action (the message names the env index).
+            action (in some dimension, for ``MultiDiscrete``; the message names
+            the env index and dimension).
     """
     if "action_mask" not in infos:
         raise ValueError(
@@ -143,11 +165,12 @@ def read_masks(infos: dict[str, Any], num_envs: int, n_logits: int) -> np.ndarra
                 f"env index(es) {missing.tolist()} returned no action_mask in their info"
             )
     # Only the no-valid-action check is needed per step; it is one reduction.
-    empty = ~mask.any(axis=1)
-    if empty.any():
+    empty = empty_mask_rows(mask, nvec)
+    if empty:
+        multi = nvec is not None and len(nvec) > 1
         raise ValueError(
-            f"action mask has no valid action for env index(es) {np.flatnonzero(empty).tolist()}: "
-            "an environment must always allow at least one action"
+            _empty_message(empty, "env index(es)", multi)
+            + ": an environment must always allow at least one action"
         )
     return mask
 
@@ -195,6 +218,7 @@ class RolloutBuffer:
         self.actions = torch.zeros((T, N) + action_shape, dtype=torch.int64, device=device)
         # Where each action dimension's entries start in the concatenated mask.
         sizes = list(nvec) if nvec is not None else [n_logits]
+        self.nvec = sizes
         self.action_offsets = torch.tensor(
             np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.int64, device=device
         )
@@ -248,7 +272,7 @@ def start_rollouts(envs: Any, buffer: RolloutBuffer, seed: int | None) -> Rollou
     """Reset the vector env and store the first observation and mask in the buffer."""
     obs, infos = envs.reset(seed=seed)
     n = envs.num_envs
-    buffer.set_initial(obs, read_masks(infos, n, buffer.n_logits))
+    buffer.set_initial(obs, read_masks(infos, n, buffer.n_logits, buffer.nvec))
     game_ids = np.asarray(infos.get("game_id", np.zeros(n)), dtype=np.int64)
     return RolloutState(np.zeros(n), np.zeros(n, dtype=np.int64), game_ids)
 
@@ -292,7 +316,7 @@ def collect_rollout(
             buf.logprobs[t] = logp
             buf.values[t] = value
             next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
-            mask = read_masks(infos, N, buf.n_logits)
+            mask = read_masks(infos, N, buf.n_logits, buf.nvec)
             copy_obs_(index_obs(buf.obs, t + 1), next_obs)
             buf.masks[t + 1].copy_(torch.from_numpy(mask), non_blocking=True)
             trunc = np.asarray(truncated, dtype=bool) & ~np.asarray(terminated, dtype=bool)

@@ -17,8 +17,9 @@ Encoders (picked from the observation space by :func:`build_actor_critic`):
 * :class:`SetEncoder` -- a zero-padded, variable-size set of items with its
   presence mask, pooled with :class:`maskrl.AttentionPool`.
 
-Observations are tensors, or dicts of tensors for ``Dict`` spaces; integer
-(``uint8``) images are scaled to ``[0, 1]`` inside the encoder.
+Observations are tensors, or dicts of tensors for ``Dict`` spaces, channels
+first for images; :class:`AtariCNN` scales ``uint8`` frames to ``[0, 1]``, the
+other encoders take values as they come (MinAtar grids are already 0/1).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from maskrl.attention import AttentionPool
 from maskrl.init import layer_init
@@ -84,8 +86,11 @@ class MinAtarCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
             x = x.float()
-        h = torch.relu(self.conv(x))
-        return torch.relu(self.fc(h.flatten(1)))
+        # Functional calls on the layers' parameters: the same computation as
+        # calling the submodules, without their per-call overhead, which matters
+        # for the rollout's many batch-of-a-few forward passes.
+        h = torch.relu(F.conv2d(x, self.conv.weight, self.conv.bias))
+        return torch.relu(F.linear(h.flatten(1), self.fc.weight, self.fc.bias))
 
 
 class AtariCNN(nn.Module):
@@ -213,8 +218,10 @@ class ActorCritic(nn.Module):
 
     def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(logits [B, n_logits], value [B])``."""
-        h = self.features(obs)
-        return self.policy_head(h), self.value_head(h).squeeze(-1)
+        x = obs[self.obs_key] if self.obs_key is not None else obs  # type: ignore[index]
+        h = self.encoder(x)
+        p, v = self.policy_head, self.value_head
+        return F.linear(h, p.weight, p.bias), F.linear(h, v.weight, v.bias).squeeze(-1)
 
     def value(self, obs: Obs) -> torch.Tensor:
         """Value ``[B]`` alone."""

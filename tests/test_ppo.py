@@ -366,3 +366,88 @@ def test_invalid_action_count_uses_per_dimension_offsets():
     buf.actions[0, 0] = torch.tensor([1, 2])  # valid: dim-0 action 1, dim-1 action 2
     buf.actions[1, 0] = torch.tensor([2, 1])  # invalid in the second dimension
     assert buf.count_invalid_actions() == 1
+
+
+class MultiTargetEnv(gym.Env):
+    """MultiDiscrete([3, 4]): per dimension, only the target action is valid; reward 1 per hit."""
+
+    def __init__(self) -> None:
+        self.nvec = np.array([3, 4])
+        self.observation_space = spaces.Box(0.0, 1.0, (7,), np.float32)
+        self.action_space = spaces.MultiDiscrete(self.nvec)
+
+    def _obs_info(self):
+        mask = np.zeros(7, bool)
+        mask[self.target[0]] = True
+        mask[3 + self.target[1]] = True
+        return mask.astype(np.float32), {"action_mask": mask}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.target = self.np_random.integers(0, self.nvec)
+        return self._obs_info()
+
+    def step(self, action):
+        reward = float((np.asarray(action) == self.target).sum())
+        self.t += 1
+        self.target = self.np_random.integers(0, self.nvec)
+        obs, info = self._obs_info()
+        return obs, reward, False, self.t >= 5, info
+
+
+def test_multidiscrete_rollouts_follow_per_dimension_masks():
+    envs = SyncVectorEnv([MultiTargetEnv for _ in range(3)], autoreset_mode=AutoresetMode.SAME_STEP)
+    cfg = PPOConfig(num_envs=3, num_steps=10, num_minibatches=1, device="cpu", seed=0)
+    agent = PPO(envs, cfg)
+    invalid: list[float] = []
+    agent.learn(60, callback=lambda a, m: invalid.append(m["invalid_actions"]))
+    assert sum(invalid) == 0
+    assert agent._buffer.actions.shape == (10, 3, 2)
+    assert agent._buffer.rewards.mean().item() == 2.0  # both dimensions always hit
+    # An empty dimension is an error naming the row and the dimension.
+    mask = np.ones((2, 7), bool)
+    mask[1, 3:] = False
+    with pytest.raises(ValueError, match=r"\(row\(s\), dimension\) \[\(1, 1\)\]"):
+        agent.predict(np.zeros((2, 7), np.float32), mask)
+
+
+def test_trainer_rejects_next_step_autoreset_and_shifted_action_spaces():
+    nxt = SyncVectorEnv([TargetEnv], autoreset_mode=AutoresetMode.NEXT_STEP)
+    with pytest.raises(ValueError, match="same-step autoreset"):
+        PPO(nxt, PPOConfig(num_envs=1, num_steps=8, num_minibatches=1, device="cpu"))
+
+    class Shifted(TargetEnv):
+        def __init__(self):
+            super().__init__()
+            self.action_space = spaces.Discrete(6, start=1)
+
+    shifted = SyncVectorEnv([Shifted], autoreset_mode=AutoresetMode.SAME_STEP)
+    with pytest.raises(ValueError, match="does not start at 0"):
+        PPO(shifted, PPOConfig(num_envs=1, num_steps=8, num_minibatches=1, device="cpu"))
+
+
+def test_evaluate_refuses_a_multigame_agent_on_reordered_games():
+    from maskrl.agents import evaluate
+
+    ids = ["maskrl/MinAtar-Breakout-v0", "maskrl/MinAtar-Asterix-v0"]
+    agent = PPO(ids, PPOConfig(num_envs=2, num_steps=8, num_minibatches=1, device="cpu"))
+    with pytest.raises(ValueError, match="in that order"):
+        evaluate(agent, list(reversed(ids)), episodes=1)
+    single = PPO(
+        "maskrl/MinAtar-Breakout-v0",
+        PPOConfig(num_envs=2, num_steps=8, num_minibatches=1, device="cpu"),
+    )
+    with pytest.raises(ValueError, match="observation space"):
+        evaluate(single, "maskrl/MinAtar-Seaquest-v0", episodes=1)  # 10 channels, not 4
+
+
+def test_resolve_device_rejects_unknown_devices():
+    from maskrl.agents import resolve_device
+
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:3")
+    assert resolve_device("cpu").type == "cpu"

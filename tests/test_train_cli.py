@@ -542,3 +542,12 @@ def test_bad_input_in_a_real_process(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert_one_line_error(res.stderr, "corrupt.pt")
     assert res.stdout == ""
+
+
+def test_abbreviated_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # An abbreviation would escape the explicit-flag detection that presets and
+    # --resume rely on, so argparse must not accept one.
+    with pytest.raises(SystemExit) as exc:
+        train.main(["ppo", "--num-env", "16", "--preset", "reference"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --num-env" in capsys.readouterr().err
