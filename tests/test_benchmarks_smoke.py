@@ -55,3 +55,18 @@ def test_curve_helpers_pick_the_last_value_at_or_before_a_step() -> None:
     assert bench._time_to(curve, 1.4) == 3.0
     assert bench._time_to(curve, 9.0) is None
     assert bench._time_at(curve, 4096) == 4.0
+
+
+def test_knapsack_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("knapsack_attention")
+    assert bench.main(["--total-timesteps", "1024", "--episodes", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "invalid actions: 0" in out
+    fractions = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("random", "greedy", "ppo"):
+            fractions[parts[0]] = float(parts[1])
+    assert set(fractions) == {"random", "greedy", "ppo"}
+    # A fraction of an exact optimum can never exceed 1.
+    assert all(0.0 < f <= 1.0 + 1e-9 for f in fractions.values())
