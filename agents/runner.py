@@ -220,8 +220,14 @@ def train_ppo(run: RunConfig, config: PPOConfig) -> dict[str, Any]:
     if run.progress:
         from tqdm import tqdm
 
+        # mininterval: one refresh a second is plenty, and keeps logs of
+        # non-interactive runs short.
         bar = tqdm(
-            total=run.total_timesteps, initial=agent.global_step, unit="step", dynamic_ncols=True
+            total=run.total_timesteps,
+            initial=agent.global_step,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
         )
     next_ckpt = (agent.global_step // run.checkpoint_every + 1) * run.checkpoint_every
     recent: list[float] = []
