@@ -347,8 +347,8 @@ class PPO:
         With a batch of ``num_envs`` observations, per-call overhead dominates:
         oneDNN (mkldnn) convolutions and a multi-threaded pool cost more than
         they save at that size (measured on the MinAtar CNN: about 100 vs 170 us
-        a step with oneDNN off), while the update's 256-sample minibatches
-        gain from both. So the rollout runs single-threaded without oneDNN,
+        a step with oneDNN off), while the update's minibatches of hundreds of
+        samples gain from both. So the rollout runs single-threaded without oneDNN,
         and the update with the configured settings. GPU rollouts are unchanged.
         """
         if self.device.type != "cpu" or not self.config.cpu_rollout_tuning:

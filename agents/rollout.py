@@ -292,7 +292,6 @@ def collect_rollout(
     act: ActFn,
     value_fn: ValueFn,
     stats: EpisodeStats,
-    gamma: float | None = None,
 ) -> None:
     """Step ``envs`` for ``buffer.num_steps`` steps with ``act`` and fill ``buffer``.
 
@@ -300,10 +299,8 @@ def collect_rollout(
     episode truncated at step ``t`` (time limit), ``buffer.final_values[t]``
     receives ``value_fn(final_obs)`` so GAE can bootstrap from it; a terminated
     episode bootstraps from nothing. Completed episodes are appended to
-    ``stats``. ``gamma`` is unused and kept out of the buffer on purpose: the
-    discounting belongs to :func:`maskrl.agents.compute_gae`.
+    ``stats``. Discounting is left to :func:`maskrl.agents.compute_gae`.
     """
-    del gamma
     T, N, dev = buffer.num_steps, buffer.num_envs, buffer.device
     buf = buffer
     host = buf.host_scalars
