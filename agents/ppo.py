@@ -32,6 +32,7 @@ from maskrl.agents.rollout import (
     RolloutBuffer,
     RolloutState,
     _empty_message,
+    _space_spec,
     collect_rollout,
     empty_mask_rows,
     flatten_obs,
@@ -296,6 +297,7 @@ class PPO:
         if observation_space is None or action_space is None:
             raise ValueError("PPO needs an env, or observation_space and action_space")
         self.observation_space, self.action_space = observation_space, action_space
+        self._obs_spec = _space_spec(observation_space)  # shapes/dtypes, for predict
         from gymnasium import spaces
 
         if isinstance(action_space, spaces.Discrete | spaces.MultiDiscrete) and np.any(
@@ -396,10 +398,8 @@ class PPO:
         empty = empty_mask_rows(mask, self.head.nvec)
         if empty:
             raise ValueError(_empty_message(empty, "row(s)", self.head.multi))
-        from maskrl.agents.rollout import _space_spec
-
         with torch.inference_mode():
-            t_obs = obs_to_tensor(obs, self.device, _space_spec(self.observation_space))
+            t_obs = obs_to_tensor(obs, self.device, self._obs_spec)
             logits, _ = self.net(t_obs)
             action, _ = self.head.sample(
                 logits, torch.as_tensor(mask, device=self.device), deterministic

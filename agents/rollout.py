@@ -305,6 +305,7 @@ def collect_rollout(
     buf = buffer
     host = buf.host_scalars
     with torch.inference_mode():
+        buf.final_values.zero_()  # once per rollout; truncated steps are filled below
         for t in range(T):
             obs_t = index_obs(buf.obs, t)
             mask_t = buf.masks[t]
@@ -320,7 +321,6 @@ def collect_rollout(
             host[0, t] = reward
             host[1, t] = terminated
             host[2, t] = trunc
-            buf.final_values[t].zero_()
             if trunc.any():
                 idx = np.flatnonzero(trunc)
                 final = obs_to_tensor(_final_obs_batch(infos, idx), dev, buf.obs_spec)
