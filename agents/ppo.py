@@ -41,7 +41,7 @@ from maskrl.agents.rollout import (
     start_rollouts,
 )
 from maskrl.masking import masked_log_softmax
-from maskrl.networks import build_actor_critic
+from maskrl.agents.networks import build_actor_critic, obs_layout_of
 
 __all__ = ["PPO", "MaskedPolicyHead", "compute_gae", "ppo_loss", "resolve_device"]
 
@@ -250,7 +250,7 @@ class PPO:
         config: hyperparameters (:class:`PPOConfig`); defaults if None.
         network: your own ``nn.Module`` mapping observations to
             ``(logits [B, n], value [B])``; by default one is picked from the
-            observation space (:func:`maskrl.networks.build_actor_critic`).
+            observation space (:func:`maskrl.agents.build_actor_critic`).
 
     Example::
 
@@ -268,6 +268,7 @@ class PPO:
         *,
         observation_space: Any = None,
         action_space: Any = None,
+        obs_layout: str | None = None,
     ) -> None:
         self.config = config = config or PPOConfig()
         config.validate()
@@ -290,6 +291,7 @@ class PPO:
             _check_autoreset(env)
             observation_space = env.single_observation_space
             action_space = env.single_action_space
+            obs_layout = obs_layout_of(env)
             if env.num_envs != config.num_envs:
                 raise ValueError(
                     f"the vector env has {env.num_envs} envs but config.num_envs={config.num_envs}"
@@ -320,7 +322,10 @@ class PPO:
         self.custom_network = network is not None
         # Seed before building the network so that its initial weights follow the seed.
         self._seed_everything(config.seed)
-        self.net = (network or build_actor_critic(observation_space, action_space)).to(self.device)
+        self.obs_layout = obs_layout or "CHW"
+        self.net = (
+            network or build_actor_critic(observation_space, action_space, self.obs_layout)
+        ).to(self.device)
         self.optimizer = _adam(self.net, config.learning_rate, config.adam_eps)
         self.global_step = 0
         self.num_updates = 0
@@ -539,6 +544,7 @@ class PPO:
             "observation_space": space_to_dict(self.observation_space),
             "action_space": space_to_dict(self.action_space),
             "custom_network": self.custom_network,
+            "obs_layout": self.obs_layout,
             "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "global_step": self.global_step,
@@ -589,6 +595,7 @@ class PPO:
                 env, config, network,
                 observation_space=space_from_dict(ckpt["observation_space"]),
                 action_space=space_from_dict(ckpt["action_space"]),
+                obs_layout=ckpt.get("obs_layout", "CHW"),
             )  # fmt: skip
             agent.env_ids = ckpt.get("env_ids")
             agent.net.load_state_dict(ckpt["model"])

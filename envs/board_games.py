@@ -78,7 +78,8 @@ class TurnBasedGameEnv(gym.Env[np.ndarray, np.int64]):
         ((3, 3, 2), 9)
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    # Channels last, as PettingZoo gives them; the default network reads this.
+    metadata: dict[str, Any] = {"render_modes": [], "obs_layout": "HWC"}
     follows_mask_convention = True
 
     def __init__(

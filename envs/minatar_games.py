@@ -68,7 +68,7 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
         ((4, 10, 10), [0, 1, 3])
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": [], "obs_layout": "CHW"}
     follows_mask_convention = True
 
     def __init__(

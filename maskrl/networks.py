@@ -9,7 +9,8 @@ network serves every mask (the Actor-Mimic setting: several games, one head
 over the union of their actions) and that distillation can read the same
 features and logits a PPO update does.
 
-Encoders (picked from the observation space by :func:`build_actor_critic`):
+Encoders (:func:`maskrl.agents.build_actor_critic` picks one from Gymnasium
+spaces; this module knows nothing of Gymnasium):
 
 * :class:`MinAtarCNN` -- small grids such as MinAtar's ``(C, 10, 10)``;
 * :class:`AtariCNN` -- the standard Atari network for ``(4, 84, 84)`` frames;
@@ -29,7 +30,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from maskrl.attention import AttentionPool
 from maskrl.init import layer_init
@@ -44,7 +44,8 @@ __all__ = [
     "MultiGameActorCritic",
     "SetActorCritic",
     "SetEncoder",
-    "build_actor_critic",
+    "ChannelsLast",
+    "OneHotEncoder",
 ]
 
 #: Keys a padded-set ``Dict`` observation may use for its ``[N, F]`` item rows
@@ -86,11 +87,11 @@ class MinAtarCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
             x = x.float()
-        # Functional calls on the layers' parameters: the same computation as
-        # calling the submodules, without their per-call overhead, which matters
-        # for the rollout's many batch-of-a-few forward passes.
-        h = torch.relu(F.conv2d(x, self.conv.weight, self.conv.bias))
-        return torch.relu(F.linear(h.flatten(1), self.fc.weight, self.fc.bias))
+        # Every layer is called as its module (never F.conv2d on its weight), so
+        # that a module swap or forward hook (quantization-aware training) sees
+        # it; the module call costs about 1 us more at a batch of 32.
+        h = torch.relu(self.conv(x))
+        return torch.relu(self.fc(h.flatten(1)))
 
 
 class AtariCNN(nn.Module):
@@ -220,8 +221,7 @@ class ActorCritic(nn.Module):
         """Return ``(logits [B, n_logits], value [B])``."""
         x = obs[self.obs_key] if self.obs_key is not None else obs  # type: ignore[index]
         h = self.encoder(x)
-        p, v = self.policy_head, self.value_head
-        return F.linear(h, p.weight, p.bias), F.linear(h, v.weight, v.bias).squeeze(-1)
+        return self.policy_head(h), self.value_head(h).squeeze(-1)
 
     def value(self, obs: Obs) -> torch.Tensor:
         """Value ``[B]`` alone."""
@@ -324,80 +324,8 @@ class SetActorCritic(nn.Module):
         return self.value_net(self.features(obs)).squeeze(-1)
 
 
-def _encoder_for_box(shape: tuple[int, ...], dtype: Any) -> nn.Module:
-    if len(shape) == 3:
-        c, h, w = shape
-        if h <= 16 and w <= 16:
-            return MinAtarCNN(c, h, w)
-        if (h, w) == (84, 84):
-            return AtariCNN(c)
-        raise ValueError(
-            f"no default encoder for image observations of shape {shape}; "
-            "pass your own network (an ActorCritic around your encoder)"
-        )
-    return MLPEncoder(int(math.prod(shape)))
-
-
-def build_actor_critic(observation_space: Any, action_space: Any) -> nn.Module:
-    """Pick a default actor-critic from Gymnasium spaces.
-
-    * ``Box`` of shape ``(C, H, W)`` with ``H, W <= 16``: :class:`MinAtarCNN`;
-      ``(C, 84, 84)``: :class:`AtariCNN`; any other ``Box``: :class:`MLPEncoder`.
-    * ``Discrete`` observations: one-hot, then :class:`MLPEncoder`.
-    * ``Dict`` with ``"obs"`` and ``"game_id"`` (the multi-game vector env):
-      :class:`MultiGameActorCritic`.
-    * ``Dict`` with ``"item_features"`` (or ``"items"``) and ``"item_mask"`` (a padded set) and a
-      ``Discrete(N)`` action, ``N`` the number of item slots:
-      :class:`SetActorCritic`; its other ``Box`` keys are global context.
-
-    Raises:
-        ValueError: for a space it has no default for (pass your own network).
-    """
-    from gymnasium import spaces
-
-    if isinstance(action_space, spaces.Discrete):
-        n_logits = int(action_space.n)
-    elif isinstance(action_space, spaces.MultiDiscrete):
-        n_logits = int(action_space.nvec.sum())
-    else:
-        raise ValueError(f"unsupported action space {action_space}: use Discrete or MultiDiscrete")
-
-    if isinstance(observation_space, spaces.Dict):
-        keys = set(observation_space.spaces)
-        if {"obs", "game_id"} <= keys:
-            inner = observation_space["obs"]
-            game = observation_space["game_id"]
-            return MultiGameActorCritic(
-                _encoder_for_box(tuple(inner.shape), inner.dtype), n_logits, int(game.n)
-            )
-        items_key = next((k for k in SET_ITEM_KEYS if k in keys), None)
-        if items_key is not None and "item_mask" in keys:
-            items = observation_space[items_key]
-            if len(items.shape) != 2:
-                raise ValueError(f"{items_key!r} must have shape (N, F), got {items.shape}")
-            if not isinstance(action_space, spaces.Discrete) or action_space.n != items.shape[0]:
-                raise ValueError(
-                    f"a set observation with {items.shape[0]} item slots needs action space "
-                    f"Discrete({items.shape[0]}) (pick an item), got {action_space}"
-                )
-            ctx_keys = tuple(sorted(keys - {items_key, "item_mask"}))
-            ctx_dim = sum(int(math.prod(observation_space[k].shape)) for k in ctx_keys)
-            return SetActorCritic(int(items.shape[1]), ctx_keys, ctx_dim, items_key=items_key)
-        raise ValueError(
-            f"no default network for Dict observations with keys {sorted(keys)}; "
-            "pass your own network"
-        )
-    if isinstance(observation_space, spaces.Discrete):
-        return ActorCritic(_OneHot(int(observation_space.n)), n_logits)
-    if isinstance(observation_space, spaces.MultiBinary | spaces.Box):
-        return ActorCritic(
-            _encoder_for_box(tuple(observation_space.shape), observation_space.dtype), n_logits
-        )
-    raise ValueError(f"no default network for observation space {observation_space}; pass your own")
-
-
-class _OneHot(nn.Module):
-    """One-hot a ``Discrete`` observation, then a :class:`MLPEncoder`."""
+class OneHotEncoder(nn.Module):
+    """One-hot a ``Discrete`` observation, then a :class:`MLPEncoder`. ``[B]`` -> ``[B, hidden[-1]]``."""
 
     def __init__(self, n: int, hidden: tuple[int, ...] = (64, 64)) -> None:
         super().__init__()
@@ -407,3 +335,19 @@ class _OneHot(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(nn.functional.one_hot(x.long().view(-1), self.n).float())
+
+
+class ChannelsLast(nn.Module):
+    """Run an encoder of channels-first images on channels-last ``[B, H, W, C]`` input.
+
+    Board games (PettingZoo's Connect Four, Tic-Tac-Toe) give ``(H, W, C)``
+    observations; the convolutional encoders read ``(C, H, W)``.
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.out_dim = encoder.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x.permute(0, 3, 1, 2))

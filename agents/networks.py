@@ -1,0 +1,137 @@
+"""The default network for a pair of Gymnasium spaces.
+
+The torch building blocks live in :mod:`maskrl.networks` and know nothing of
+Gymnasium; this module reads the spaces (and the observation layout an env
+declares) and assembles a network from them.
+
+Image layout is explicit: an env declares ``metadata["obs_layout"]`` as
+``"CHW"`` (channels first: MinAtar, Atari) or ``"HWC"`` (channels last:
+PettingZoo's board games), and a 3-D ``Box`` of an env that declares nothing
+is read as ``"CHW"``. Guessing from the shape would be wrong for small boards:
+Connect Four's ``(6, 7, 2)`` is a plausible ``(C, H, W)`` too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import nn
+
+from maskrl.networks import (
+    SET_ITEM_KEYS,
+    ActorCritic,
+    AtariCNN,
+    ChannelsLast,
+    MinAtarCNN,
+    MLPEncoder,
+    MultiGameActorCritic,
+    OneHotEncoder,
+    SetActorCritic,
+)
+
+__all__ = ["OBS_LAYOUTS", "build_actor_critic", "obs_layout_of"]
+
+#: Image layouts an env may declare in ``metadata["obs_layout"]``.
+OBS_LAYOUTS = ("CHW", "HWC")
+
+
+def obs_layout_of(env: Any) -> str:
+    """The image layout an env (or vector env) declares; ``"CHW"`` if it declares none.
+
+    Raises:
+        ValueError: the env declares a layout other than ``"CHW"`` or ``"HWC"``.
+    """
+    layout = (getattr(env, "metadata", None) or {}).get("obs_layout", "CHW")
+    if layout not in OBS_LAYOUTS:
+        raise ValueError(f"env metadata['obs_layout'] must be one of {OBS_LAYOUTS}, got {layout!r}")
+    return str(layout)
+
+
+def _encoder_for_box(shape: tuple[int, ...], layout: str) -> nn.Module:
+    if len(shape) == 3:
+        if layout == "HWC":
+            h, w, c = shape
+        else:
+            c, h, w = shape
+        if h <= 16 and w <= 16:
+            enc: nn.Module = MinAtarCNN(c, h, w) if min(h, w) >= 3 else MLPEncoder(c * h * w)
+        elif (h, w) == (84, 84):
+            enc = AtariCNN(c)
+        else:
+            raise ValueError(
+                f"no default encoder for {layout} image observations of shape {shape}; "
+                "pass your own network (an ActorCritic around your encoder)"
+            )
+        return ChannelsLast(enc) if layout == "HWC" and not isinstance(enc, MLPEncoder) else enc
+    return MLPEncoder(int(math.prod(shape)))
+
+
+def build_actor_critic(
+    observation_space: Any, action_space: Any, obs_layout: str = "CHW"
+) -> nn.Module:
+    """Pick a default actor-critic from Gymnasium spaces.
+
+    * ``Box`` images (``(C, H, W)``, or ``(H, W, C)`` with ``obs_layout="HWC"``)
+      with ``H, W <= 16``: :class:`~maskrl.networks.MinAtarCNN` (an MLP below
+      3x3); ``84 x 84``: :class:`~maskrl.networks.AtariCNN`; any other ``Box``:
+      :class:`~maskrl.networks.MLPEncoder`.
+    * ``Discrete`` observations: one-hot, then an MLP.
+    * ``Dict`` with ``"obs"`` and ``"game_id"`` (the multi-game vector env):
+      :class:`~maskrl.networks.MultiGameActorCritic`.
+    * ``Dict`` with ``"item_features"`` (or ``"items"``) and ``"item_mask"`` (a
+      padded set) and a ``Discrete(N)`` action, ``N`` the number of item slots:
+      :class:`~maskrl.networks.SetActorCritic`; its other ``Box`` keys are
+      global context.
+
+    Args:
+        observation_space, action_space: the env's single spaces.
+        obs_layout: ``"CHW"`` or ``"HWC"``, how 3-D ``Box`` observations are laid out
+            (see :func:`obs_layout_of`).
+
+    Raises:
+        ValueError: for a space it has no default for (pass your own network).
+    """
+    from gymnasium import spaces
+
+    if obs_layout not in OBS_LAYOUTS:
+        raise ValueError(f"obs_layout must be one of {OBS_LAYOUTS}, got {obs_layout!r}")
+    if isinstance(action_space, spaces.Discrete):
+        n_logits = int(action_space.n)
+    elif isinstance(action_space, spaces.MultiDiscrete):
+        n_logits = int(action_space.nvec.sum())
+    else:
+        raise ValueError(f"unsupported action space {action_space}: use Discrete or MultiDiscrete")
+
+    if isinstance(observation_space, spaces.Dict):
+        keys = set(observation_space.spaces)
+        if {"obs", "game_id"} <= keys:
+            inner = observation_space["obs"]
+            game = observation_space["game_id"]
+            return MultiGameActorCritic(
+                _encoder_for_box(tuple(inner.shape), obs_layout), n_logits, int(game.n)
+            )
+        items_key = next((k for k in SET_ITEM_KEYS if k in keys), None)
+        if items_key is not None and "item_mask" in keys:
+            items = observation_space[items_key]
+            if len(items.shape) != 2:
+                raise ValueError(f"{items_key!r} must have shape (N, F), got {items.shape}")
+            if not isinstance(action_space, spaces.Discrete) or action_space.n != items.shape[0]:
+                raise ValueError(
+                    f"a set observation with {items.shape[0]} item slots needs action space "
+                    f"Discrete({items.shape[0]}) (pick an item), got {action_space}"
+                )
+            ctx_keys = tuple(sorted(keys - {items_key, "item_mask"}))
+            ctx_dim = sum(int(math.prod(observation_space[k].shape)) for k in ctx_keys)
+            return SetActorCritic(int(items.shape[1]), ctx_keys, ctx_dim, items_key=items_key)
+        raise ValueError(
+            f"no default network for Dict observations with keys {sorted(keys)}; "
+            "pass your own network"
+        )
+    if isinstance(observation_space, spaces.Discrete):
+        return ActorCritic(OneHotEncoder(int(observation_space.n)), n_logits)
+    if isinstance(observation_space, spaces.MultiBinary | spaces.Box):
+        return ActorCritic(
+            _encoder_for_box(tuple(observation_space.shape), obs_layout), n_logits
+        )
+    raise ValueError(f"no default network for observation space {observation_space}; pass your own")
