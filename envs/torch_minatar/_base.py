@@ -1,0 +1,150 @@
+"""Shared pieces of the batched MinAtar games: the game interface and rendering helpers.
+
+A game is a set of pure tensor functions over a *state*, a ``dict`` of tensors
+whose leading dimension is the env index ``N``:
+
+* ``reset(n, draws, device) -> state``: ``n`` fresh episodes; ``draws`` is
+  ``(n, reset_draws)`` uniforms in ``[0, 1)``.
+* ``step(state, action, draws) -> (state, reward, terminal)``: one MinAtar
+  ``act`` for every env; ``action`` int64 ``(N,)`` (sticky actions already
+  applied), ``draws`` ``(N, step_draws)``; ``reward`` float32 ``(N,)``,
+  ``terminal`` bool ``(N,)``.
+* ``render(state) -> obs``: float32 ``(N, C, 10, 10)``, MinAtar's ``state()``
+  transposed to channels first.
+
+Every random event of MinAtar (``RandomState.rand``/``randint``) is one column of
+``draws``: a uniform ``u`` that the kernel turns into the event exactly as
+MinAtar does (``u < 1/2``, ``1 + floor(5 u)`` for ``randint(1, 6)``, ...). The
+kernel draws every column on every step and uses it only where the event
+happens, so a step is a fixed sequence of tensor operations. Replaying a
+reference run means filling the columns with what MinAtar's ``RandomState``
+returned (:mod:`maskrl.envs.torch_minatar.reference`): ``rand()`` values as they
+are (float64, so comparisons round the same way), ``randint(n) = k`` as
+``u = (k + 0.5) / n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Call", "State", "TorchMinAtarGame", "merge_states", "render_points"]
+
+#: One batched game state: name -> tensor with leading env dimension.
+State = dict[str, Tensor]
+
+#: One recorded ``RandomState`` call: (method name, arguments, result).
+Call = tuple[str, tuple[Any, ...], Any]
+
+
+class TorchMinAtarGame:
+    """Interface of one batched MinAtar game (see the module docstring).
+
+    Attributes:
+        name: MinAtar's module name (``"breakout"``, ...).
+        channels: ``C``, the number of observation channels.
+        minimal_actions: indices of the game's minimal action set in MinAtar's
+            ``[noop, left, up, right, down, fire]``.
+        step_draws: uniforms a step consumes (sticky actions not included).
+        reset_draws: uniforms a reset consumes.
+        ramping: MinAtar's ``difficulty_ramping``.
+    """
+
+    name: str = ""
+    channels: int = 0
+    minimal_actions: tuple[int, ...] = ()
+    step_draws: int = 0
+    reset_draws: int = 0
+
+    def __init__(self, ramping: bool = True) -> None:
+        self.ramping = ramping
+
+    def reset(self, n: int, draws: Tensor, device: torch.device) -> State:
+        """``n`` fresh episodes; ``draws``: ``(n, reset_draws)`` uniforms."""
+        raise NotImplementedError
+
+    def step(self, state: State, action: Tensor, draws: Tensor) -> tuple[State, Tensor, Tensor]:
+        """One MinAtar ``act`` per env: ``(new_state, reward f32 (N,), terminal bool (N,))``."""
+        raise NotImplementedError
+
+    def render(self, state: State) -> Tensor:
+        """Observation float32 ``(N, C, 10, 10)``."""
+        raise NotImplementedError
+
+    # Replay: recorded RandomState calls of one act()/reset() -> this game's draw columns.
+    def step_draws_from_calls(self, calls: Sequence[Call]) -> list[float]:
+        """The ``step_draws`` columns reproducing ``calls`` (those after the sticky draw)."""
+        if calls:
+            raise AssertionError(f"{self.name}: unexpected random calls in a step: {calls}")
+        return []
+
+    def reset_draws_from_calls(self, calls: Sequence[Call]) -> list[float]:
+        """The ``reset_draws`` columns reproducing the calls of one ``reset()``."""
+        if calls:
+            raise AssertionError(f"{self.name}: unexpected random calls in a reset: {calls}")
+        return []
+
+
+def randint_as_uniform(k: int, n: int) -> float:
+    """The uniform ``u`` with ``floor(u * n) == k`` (centre of the bin, exact in float64)."""
+    return (k + 0.5) / n
+
+
+def uniform_to_int(u: Tensor, n: Tensor | int) -> Tensor:
+    """``floor(u * n)`` as int64, clamped to ``[0, n - 1]`` (MinAtar's ``randint(n)``)."""
+    k = torch.floor(u * n).to(torch.int64)
+    hi = (n - 1) if isinstance(n, int) else (n - 1).clamp_min(0)
+    return torch.minimum(k.clamp_min(0), torch.as_tensor(hi, device=u.device))
+
+
+def merge_states(where: Tensor, new: State, old: State) -> State:
+    """Rows of ``new`` where ``where`` (bool ``(N,)``) is True, of ``old`` elsewhere."""
+    out: State = {}
+    for key, value in old.items():
+        w = where.view(-1, *([1] * (value.dim() - 1)))
+        out[key] = torch.where(w, new[key], value)
+    return out
+
+
+def render_points(
+    n: int,
+    channels: int,
+    points: Sequence[tuple[int | Tensor, Tensor, Tensor, Tensor | None]],
+    device: torch.device,
+) -> Tensor:
+    """Draw point objects into a float32 ``(n, channels, 10, 10)`` observation.
+
+    One scatter for all objects (cheaper than one-hot comparisons per object).
+
+    Args:
+        points: ``(channel, y, x, valid)`` per group of objects; ``channel`` an int or
+            an int64 tensor broadcastable to ``y``; ``y``/``x`` int64 ``(n,)`` or
+            ``(n, k)``; ``valid`` bool of the same shape or None (all valid). Invalid
+            or off-screen objects are dropped.
+    """
+    trash = channels * 100
+    idx = []
+    for ch, y, x, valid in points:
+        if y.dim() == 1:
+            y, x = y[:, None], x[:, None]
+            if valid is not None:
+                valid = valid[:, None]
+            if isinstance(ch, Tensor) and ch.dim() == 1:
+                ch = ch[:, None]
+        ok = (y >= 0) & (y < 10) & (x >= 0) & (x < 10)
+        if valid is not None:
+            ok = ok & valid
+        idx.append(torch.where(ok, ch * 100 + y * 10 + x, trash))
+    index = torch.cat(idx, dim=1)
+    flat = torch.zeros(n, trash + 1, dtype=torch.float32, device=device)
+    flat.scatter_(1, index, 1.0)
+    return flat[:, :trash].view(n, channels, 10, 10)
+
+
+def arange_grid(device: torch.device) -> tuple[Tensor, Tensor]:
+    """Row and column index grids, int64 ``(10, 10)`` each."""
+    r = torch.arange(10, device=device)
+    return r.view(10, 1).expand(10, 10), r.view(1, 10).expand(10, 10)

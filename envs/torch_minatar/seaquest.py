@@ -1,0 +1,5 @@
+from maskrl.envs.torch_minatar._base import TorchMinAtarGame
+
+
+class Seaquest(TorchMinAtarGame):
+    name = "seaquest"

@@ -1,0 +1,443 @@
+"""Gymnasium vector envs over the batched MinAtar games, on CPU or CUDA.
+
+Everything stays on the env's device: observations, rewards, flags, masks and
+episode statistics are tensors, and a step is a fixed sequence of tensor
+operations over all envs (no Python loop over envs). Autoreset is same-step:
+where an episode ended, ``obs`` and ``infos["action_mask"]`` already belong to
+the new episode and ``infos["final_obs"]`` holds the last observation.
+
+Infos after ``reset`` and ``step`` (always present, so nothing waits on a
+device-to-host sync to decide which keys exist):
+
+* ``"action_mask"``: bool ``(N, 6)``, the game's minimal action set per slot.
+* ``"final_obs"`` (step only): float32 ``(N, C, 10, 10)`` (a dict like ``obs``
+  for several games); rows are meaningful where ``"_final_obs"`` (bool ``(N,)``)
+  is True, i.e. where ``terminated | truncated``.
+* ``"episode"`` (step only): ``{"r": float32 (N,), "l": int64 (N,)}``, the return
+  and length of the episodes that ended this step, where ``"_episode"`` is True
+  (zero elsewhere).
+* ``"game_id"`` (several games only): int64 ``(N,)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from torch import Tensor
+
+from maskrl.envs.torch_minatar._base import State, TorchMinAtarGame, merge_states
+from maskrl.envs.torch_minatar.asterix import Asterix
+from maskrl.envs.torch_minatar.breakout import Breakout
+from maskrl.envs.torch_minatar.freeway import Freeway
+from maskrl.envs.torch_minatar.seaquest import Seaquest
+from maskrl.envs.torch_minatar.space_invaders import SpaceInvaders
+
+__all__ = [
+    "TORCH_MINATAR_IDS",
+    "GameBatch",
+    "TorchMinAtarMultiGameVectorEnv",
+    "TorchMinAtarVectorEnv",
+    "make_game",
+]
+
+#: maskrl id -> batched game class.
+TORCH_MINATAR_IDS: dict[str, type[TorchMinAtarGame]] = {
+    "maskrl/MinAtar-Asterix-v0": Asterix,
+    "maskrl/MinAtar-Breakout-v0": Breakout,
+    "maskrl/MinAtar-Freeway-v0": Freeway,
+    "maskrl/MinAtar-Seaquest-v0": Seaquest,
+    "maskrl/MinAtar-SpaceInvaders-v0": SpaceInvaders,
+}
+
+_DEFAULT_MAX_STEPS = 10_000  # = maskrl.envs.MINATAR_MAX_EPISODE_STEPS (not imported: keeps ids light)
+
+
+def make_game(env_id: str, difficulty_ramping: bool = True) -> TorchMinAtarGame:
+    """The batched game of a maskrl MinAtar id (``ValueError`` for other ids)."""
+    try:
+        cls = TORCH_MINATAR_IDS[env_id]
+    except KeyError:
+        raise ValueError(
+            f"no batched torch version of {env_id!r}; backend='torch' supports "
+            f"{sorted(TORCH_MINATAR_IDS)}"
+        ) from None
+    return cls(ramping=difficulty_ramping)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``torch.device`` with an explicit index for CUDA (``"cuda"`` -> ``cuda:<current>``).
+
+    Raises:
+        ValueError: CUDA requested but not available, or an index beyond the device count.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s)"
+            )
+        dev = torch.device("cuda", index)
+    return dev
+
+
+class GameBatch:
+    """``n`` envs of one game: sticky actions, time limit, episode statistics, autoreset.
+
+    The building block of the vector envs and of the conformance replay. All
+    randomness comes in through ``draws`` arguments, so the same object runs from a
+    ``torch.Generator`` or from draws recorded from MinAtar.
+
+    Args:
+        game: the batched game.
+        n: number of envs.
+        device: where the state lives.
+        sticky_action_prob: probability of repeating the previous action (MinAtar: 0.1).
+        max_episode_steps: truncation after this many steps (the registered ids: 10,000).
+    """
+
+    def __init__(
+        self,
+        game: TorchMinAtarGame,
+        n: int,
+        device: torch.device,
+        sticky_action_prob: float = 0.1,
+        max_episode_steps: int | None = _DEFAULT_MAX_STEPS,
+    ) -> None:
+        self.game = game
+        self.n = n
+        self.device = device
+        self.sticky_action_prob = sticky_action_prob
+        self.max_episode_steps = max_episode_steps
+        #: columns of a step's draws: sticky, the game's step draws, the game's reset draws.
+        self.draw_width = 1 + game.step_draws + game.reset_draws
+        self.state: State = {}
+        self.last_action = torch.zeros(n, dtype=torch.int64, device=device)
+        self.ep_return = torch.zeros(n, dtype=torch.float32, device=device)
+        self.ep_length = torch.zeros(n, dtype=torch.int64, device=device)
+
+    def reset(self, draws: Tensor) -> Tensor:
+        """Start all episodes; ``draws`` ``(n, reset_draws)``; returns obs ``(n, C, 10, 10)``."""
+        self.state = self.game.reset(self.n, draws, self.device)
+        self.last_action.zero_()
+        self.ep_return.zero_()
+        self.ep_length.zero_()
+        return self.game.render(self.state)
+
+    def step(self, action: Tensor, draws: Tensor) -> tuple[Tensor, ...]:
+        """One step of every env with same-step autoreset.
+
+        Args:
+            action: int64 ``(n,)``, already validated.
+            draws: ``(n, draw_width)`` uniforms: sticky, step draws, reset draws.
+
+        Returns:
+            ``obs, reward, terminated, truncated, final_obs, done, episode_r, episode_l``:
+            obs/final_obs float32 ``(n, C, 10, 10)``, reward/episode_r float32 ``(n,)``,
+            flags bool ``(n,)``, episode_l int64 ``(n,)`` (zero where not done).
+        """
+        game = self.game
+        sticky = draws[:, 0] < self.sticky_action_prob
+        action = torch.where(sticky, self.last_action, action)
+        s = 1 + game.step_draws
+        state, reward, terminated = game.step(self.state, action, draws[:, 1:s])
+        final_obs = game.render(state)
+        self.ep_return += reward
+        self.ep_length += 1
+        if self.max_episode_steps is None:
+            truncated = torch.zeros_like(terminated)
+        else:
+            # As Gymnasium's TimeLimit: truncated at the limit, even if also terminated.
+            truncated = self.ep_length >= self.max_episode_steps
+        done = terminated | truncated
+        fresh = game.reset(self.n, draws[:, s:], self.device)
+        self.state = merge_states(done, fresh, state)
+        obs = torch.where(done[:, None, None, None], game.render(fresh), final_obs)
+        zero_f = torch.zeros_like(self.ep_return)
+        episode_r = torch.where(done, self.ep_return, zero_f)
+        episode_l = torch.where(done, self.ep_length, torch.zeros_like(self.ep_length))
+        self.ep_return = torch.where(done, zero_f, self.ep_return)
+        self.ep_length = torch.where(done, torch.zeros_like(self.ep_length), self.ep_length)
+        # MinAtar's wrapper starts each episode with last_action = 0 (no sticky carry-over).
+        self.last_action = torch.where(done, torch.zeros_like(action), action)
+        return obs, reward, terminated, truncated, final_obs, done, episode_r, episode_l
+
+
+class _TorchMinAtarBase(VectorEnv[Any, Tensor, Tensor]):
+    """Shared body of the one-game and several-game torch vector envs."""
+
+    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "obs_layout": "CHW"}
+    #: Read by trainers: observations, rewards and masks are tensors on ``device``.
+    backend = "torch"
+
+    def __init__(
+        self,
+        env_ids: Sequence[str],
+        num_envs: int,
+        device: str | torch.device,
+        seed: int | None,
+        sticky_action_prob: float,
+        difficulty_ramping: bool,
+        max_episode_steps: int | None,
+        check_actions: bool,
+    ) -> None:
+        if num_envs < len(env_ids):
+            raise ValueError(
+                f"num_envs={num_envs} is smaller than the number of games ({len(env_ids)})"
+            )
+        if not 0.0 <= sticky_action_prob <= 1.0:
+            raise ValueError(f"sticky_action_prob must be in [0, 1], got {sticky_action_prob}")
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
+        self.device = resolve_device(device)
+        self.env_ids = list(env_ids)
+        self.num_envs = num_envs
+        self.check_actions = check_actions
+        games = [make_game(i, difficulty_ramping) for i in self.env_ids]
+        k = len(games)
+        # Slot i plays game i % k (as the numpy multi-game env); batch g holds slots g::k.
+        self._batches = [
+            GameBatch(
+                g,
+                len(range(j, num_envs, k)),
+                self.device,
+                sticky_action_prob,
+                max_episode_steps,
+            )
+            for j, g in enumerate(games)
+        ]
+        self._channels = max(g.channels for g in games)
+        masks = torch.zeros(num_envs, 6, dtype=torch.bool, device=self.device)
+        for j, g in enumerate(games):
+            masks[j::k, list(g.minimal_actions)] = True
+        self._masks = masks
+        self._game_id = torch.arange(num_envs, device=self.device) % k
+        self._generator = torch.Generator(device=self.device)
+        if seed is None:
+            self._generator.seed()  # nondeterministic; touches no global generator
+        else:
+            self._generator.manual_seed(seed)
+        self._started = False
+        self._steps = 0
+        self.single_action_space = spaces.Discrete(6)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _rand(self, n: int, width: int) -> Tensor:
+        return torch.rand(n, width, generator=self._generator, device=self.device)
+
+    def _assemble(self, parts: Sequence[Tensor]) -> Tensor:
+        """Per-game ``(n_g, C_g, 10, 10)`` -> ``(N, Cmax, 10, 10)``, zero-padded channels."""
+        if len(parts) == 1 and parts[0].shape[1] == self._channels:
+            return parts[0]
+        k = len(parts)
+        out = torch.zeros(self.num_envs, self._channels, 10, 10, device=self.device)
+        for j, p in enumerate(parts):
+            out[j::k, : p.shape[1]] = p
+        return out
+
+    def _flat(self, parts: Sequence[Tensor]) -> Tensor:
+        """Per-game ``(n_g,)`` -> ``(N,)`` in slot order."""
+        if len(parts) == 1:
+            return parts[0]
+        k = len(parts)
+        out = torch.empty(self.num_envs, dtype=parts[0].dtype, device=self.device)
+        for j, p in enumerate(parts):
+            out[j::k] = p
+        return out
+
+    def _wrap_obs(self, obs: Tensor) -> Any:
+        return obs
+
+    def _validate(self, actions: Any) -> Tensor:
+        if not isinstance(actions, Tensor):
+            raise ValueError(
+                f"actions must be a torch.Tensor of int64 on {self.device}, got "
+                f"{type(actions).__name__}"
+            )
+        if actions.shape != (self.num_envs,):
+            raise ValueError(
+                f"actions must have shape ({self.num_envs},), got {tuple(actions.shape)}"
+            )
+        if actions.dtype != torch.int64:
+            raise ValueError(f"actions must be int64, got {actions.dtype}")
+        if actions.device != self.device:
+            raise ValueError(f"actions are on {actions.device}, the env is on {self.device}")
+        if self.check_actions:
+            inside = (actions >= 0) & (actions < 6)
+            ok = inside & self._masks.gather(1, actions.clamp(0, 5)[:, None])[:, 0]
+            if not bool(ok.all()):  # one device sync per step: check_actions=False skips it
+                bad = torch.nonzero(~ok).flatten()[:5].tolist()
+                detail = "; ".join(
+                    f"slot {i} ({self.env_ids[i % len(self.env_ids)]}) took "
+                    f"{int(actions[i])}, valid {torch.nonzero(self._masks[i]).flatten().tolist()}"
+                    for i in bad
+                )
+                raise ValueError(f"invalid action(s) at vector step {self._steps}: {detail}")
+        return actions
+
+    def _extra_infos(self, infos: dict[str, Any]) -> dict[str, Any]:
+        return infos
+
+    # -- VectorEnv API ---------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Start all episodes; ``seed`` reseeds the env's own ``torch.Generator``.
+
+        Returns:
+            ``(obs, infos)``; infos hold ``"action_mask"`` bool ``(N, 6)``.
+        """
+        if seed is not None:
+            if not isinstance(seed, int):
+                raise ValueError(f"seed must be an int or None for this env, got {seed!r}")
+            self._generator.manual_seed(seed)
+        parts = [b.reset(self._rand(b.n, b.game.reset_draws)) for b in self._batches]
+        self._started = True
+        self._steps = 0
+        infos = self._extra_infos({"action_mask": self._masks.clone()})
+        return self._wrap_obs(self._assemble(parts)), infos
+
+    def step(self, actions: Tensor) -> tuple[Any, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """Step all envs with int64 ``(N,)`` actions on the env's device.
+
+        Raises:
+            ValueError: actions of the wrong type, shape, dtype or device; with
+                ``check_actions`` (default, costs one device sync per step) an action
+                outside a slot's minimal action set.
+            RuntimeError: ``step`` before ``reset``.
+        """
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        actions = self._validate(actions)
+        self._steps += 1
+        k = len(self._batches)
+        outs = [
+            b.step(actions[j::k] if k > 1 else actions, self._rand(b.n, b.draw_width))
+            for j, b in enumerate(self._batches)
+        ]
+        obs = self._assemble([o[0] for o in outs])
+        reward, terminated, truncated = (self._flat([o[i] for o in outs]) for i in (1, 2, 3))
+        final_obs = self._assemble([o[4] for o in outs])
+        done, ep_r, ep_l = (self._flat([o[i] for o in outs]) for i in (5, 6, 7))
+        infos: dict[str, Any] = {
+            "action_mask": self._masks.clone(),
+            "final_obs": self._wrap_obs(final_obs),
+            "_final_obs": done,
+            "episode": {"r": ep_r, "l": ep_l},
+            "_episode": done.clone(),
+        }
+        return self._wrap_obs(obs), reward, terminated, truncated, self._extra_infos(infos)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Nothing to release (the state is plain tensors)."""
+
+
+class TorchMinAtarVectorEnv(_TorchMinAtarBase):
+    """``num_envs`` copies of one MinAtar game, stepped as one batched torch program.
+
+    Observations float32 ``(N, C, 10, 10)``; actions int64 ``(N,)``; rewards float32,
+    flags bool, all on ``device``. See the module docstring for the infos.
+
+    Args:
+        env_id: one of :data:`TORCH_MINATAR_IDS` (``"maskrl/MinAtar-Breakout-v0"``, ...).
+        num_envs: number of envs.
+        device: ``"cpu"``, ``"cuda"``, ``torch.device(...)``.
+        seed: seeds the env's ``torch.Generator`` (the first ``reset()`` continues from
+            it); None: a nondeterministic seed. ``reset(seed=s)`` reseeds it.
+        sticky_action_prob: MinAtar's sticky actions (default 0.1).
+        difficulty_ramping: MinAtar's difficulty ramping (default on).
+        max_episode_steps: truncation limit (default 10,000 as the registered ids; None: none).
+        check_actions: raise ``ValueError`` on an action outside the minimal set (default
+            True; costs one device sync per step).
+
+    Example:
+        >>> envs = TorchMinAtarVectorEnv("maskrl/MinAtar-Breakout-v0", 4, seed=0)
+        >>> obs, infos = envs.reset()
+        >>> tuple(obs.shape), infos["action_mask"][0].nonzero().flatten().tolist()
+        ((4, 4, 10, 10), [0, 1, 3])
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        sticky_action_prob: float = 0.1,
+        difficulty_ramping: bool = True,
+        max_episode_steps: int | None = _DEFAULT_MAX_STEPS,
+        check_actions: bool = True,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        super().__init__(
+            [env_id],
+            num_envs,
+            device,
+            seed,
+            sticky_action_prob,
+            difficulty_ramping,
+            max_episode_steps,
+            check_actions,
+        )
+        self.single_observation_space = spaces.Box(
+            0.0, 1.0, (self._channels, 10, 10), np.float32
+        )
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+
+
+class TorchMinAtarMultiGameVectorEnv(_TorchMinAtarBase):
+    """Several MinAtar games in one batch: slot ``i`` plays ``env_ids[i % k]``.
+
+    Observation ``{"obs": float32 (N, Cmax, 10, 10), "game_id": int64 (N,)}``; a
+    game with fewer channels than ``Cmax`` gets zero channels at the end. Infos
+    also hold ``"game_id"`` int64 ``(N,)``; ``infos["final_obs"]`` has the same
+    dict form. Arguments as :class:`TorchMinAtarVectorEnv`, with ``env_ids``.
+    """
+
+    def __init__(
+        self,
+        env_ids: Sequence[str],
+        num_envs: int,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        sticky_action_prob: float = 0.1,
+        difficulty_ramping: bool = True,
+        max_episode_steps: int | None = _DEFAULT_MAX_STEPS,
+        check_actions: bool = True,
+    ) -> None:
+        if not env_ids:
+            raise ValueError("make_multigame_vec needs at least one env id")
+        super().__init__(
+            env_ids,
+            num_envs,
+            device,
+            seed,
+            sticky_action_prob,
+            difficulty_ramping,
+            max_episode_steps,
+            check_actions,
+        )
+        self.single_observation_space = spaces.Dict(
+            {
+                "obs": spaces.Box(0.0, 1.0, (self._channels, 10, 10), np.float32),
+                "game_id": spaces.Discrete(len(self.env_ids)),
+            }
+        )
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+
+    def _wrap_obs(self, obs: Tensor) -> Any:
+        return {"obs": obs, "game_id": self._game_id.clone()}
+
+    def _extra_infos(self, infos: dict[str, Any]) -> dict[str, Any]:
+        infos["game_id"] = self._game_id.clone()
+        return infos
