@@ -1,0 +1,1070 @@
+"""Quantization-aware training (QAT) and int8 export.
+
+The pieces, bottom up:
+
+* :func:`fake_quantize` -- TensorFlow's ``fake_quant_with_min_max_vars``: the
+  range ``[x_min, x_max]`` is *nudged* so that zero is exactly representable,
+  the forward pass rounds onto the ``2**num_bits``-level grid and clamps, and
+  the backward pass is the straight-through estimator (gradient 1 inside the
+  nudged range, 0 outside), with the range ends receiving the summed gradients
+  of the inputs clamped at them.
+* :class:`FakeQuant` -- a module that fake-quantizes with a range that is
+  either *observed* (moving-average min/max, as TF's QAT does for activations;
+  the current min/max for weights) or *learned* (an LSQ step size, Esser et
+  al. 2020), per tensor (activations) or per output channel (weights).
+* :class:`QATLinear` / :class:`QATConv2d` -- ``nn.Linear`` / ``nn.Conv2d``
+  that fake-quantize their input (per tensor, 8-bit unsigned with a zero point)
+  and their weight (per output channel, symmetric, narrow range ``[-127, 127]``
+  for 8 bits); their output stays float, so the logits of a policy head are
+  never rounded (a rounded logit would turn near-ties into exact ties).
+* :func:`prepare_qat` swaps every ``nn.Linear`` / ``nn.Conv2d`` of a network
+  for those, in place; :func:`set_qat_step` turns fake quantization on after
+  ``start_after`` steps (QuaRL, Krishnan et al. 2019/2022, train in float for a
+  while, then quantize: the observers keep observing during the delay, so the
+  ranges are already warm when quantization starts).
+* :func:`convert_int8` turns a prepared network into a real integer one:
+  int8 weights with per-channel scales, uint8 activations, int32 accumulation
+  in oneDNN's quantized kernels (``torch.ops.onednn.qlinear_pointwise`` /
+  ``qconv2d_pointwise``), float output. It computes the same numbers as the
+  fake-quantized network (the integer products are exact; only the float
+  rescaling may differ in the last bit), so its greedy actions match.
+* :func:`quant_spec` / :func:`apply_quant_spec` describe a prepared network as
+  plain data, so that a checkpoint read with ``torch.load(weights_only=True)``
+  can rebuild it from a fresh float network.
+
+What stays float: ``nn.Embedding`` tables (a lookup, no arithmetic; the
+multi-game embedding is ``num_games x features`` floats, small against the
+layers), activation-by-activation products (attention weights times values),
+and activation-by-parameter products that are not a layer (the additive
+attention pool's context vector ``u @ c`` and the multi-head pool's queries
+``k @ q``: vectors of ``dim`` floats). Softmax, masking, ReLU and tanh run in
+float on dequantized values.
+
+Example:
+    >>> from maskrl.networks import ActorCritic, MinAtarCNN
+    >>> net = prepare_qat(ActorCritic(MinAtarCNN(4), 6), start_after=0)
+    >>> _ = net(torch.rand(8, 4, 10, 10))  # observes ranges, then fake-quantizes
+    >>> int8 = convert_int8(net.eval())
+    >>> bool((int8(torch.rand(2, 4, 10, 10))[0].argmax(-1) >= 0).all())
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "FakeQuant",
+    "Int8Conv2d",
+    "Int8Linear",
+    "QATConv2d",
+    "QATLinear",
+    "apply_quant_spec",
+    "check_convertible",
+    "convert_int8",
+    "fake_quantize",
+    "is_convertible",
+    "prepare_qat",
+    "quant_spec",
+    "set_qat_step",
+]
+
+Mode = Literal["observed", "learned"]
+MODES = ("observed", "learned")
+SPEC_VERSION = 1
+
+# ---------------------------------------------------------------------------
+# fake_quantize: TF's fake_quant_with_min_max_vars
+# ---------------------------------------------------------------------------
+
+
+def _quant_bounds(num_bits: int, narrow_range: bool) -> tuple[int, int]:
+    """The integer grid ``[qmin, qmax]``: ``[0, 2**b - 1]``, or ``[1, 2**b - 1]`` when narrow."""
+    return (1 if narrow_range else 0), (1 << num_bits) - 1
+
+
+def _nudge(
+    x_min: Tensor, x_max: Tensor, qmin: int, qmax: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Nudge ``[x_min, x_max]`` so that zero lies on the grid (TF's ``Nudge``).
+
+    Returns ``(scale, zero_point, nudged_min, nudged_max)``, float32 tensors of
+    the broadcast shape of ``x_min`` and ``x_max``; ``zero_point`` holds an
+    integer in ``[qmin, qmax]``.
+
+    TensorFlow (``tensorflow/core/kernels/fake_quant_ops_functor.h``) computes
+    ``scale = (max - min) / (qmax - qmin)`` and the real-valued zero point
+    ``qmin - min / scale``, rounds it half away from zero into ``[qmin, qmax]``,
+    and moves both ends by the same amount, so the range keeps its width and
+    ``0.0`` becomes the grid point ``zero_point``. A range that does not contain
+    zero is thereby moved to start or end at zero (``[0.5, 2.5]`` becomes
+    ``[0, 2]``). A zero-width range (``min == max``) would divide by zero in TF;
+    here its scale is floored at the smallest normal float, which quantizes
+    everything to zero's neighbourhood instead of to NaN.
+    """
+    x_min = x_min.float()
+    x_max = x_max.float()
+    scale = ((x_max - x_min) / float(qmax - qmin)).clamp_min(torch.finfo(torch.float32).tiny)
+    zero_point_from_min = qmin - x_min / scale
+    # Clamping to the integer ends first, then floor(z + 0.5), is TF's
+    # round-half-away-from-zero of a value that is never negative here.
+    zero_point = torch.floor(zero_point_from_min.clamp(qmin, qmax) + 0.5)
+    nudged_min = (qmin - zero_point) * scale
+    nudged_max = (qmax - zero_point) * scale
+    return scale, zero_point, nudged_min, nudged_max
+
+
+def _quantize_grid(
+    x: Tensor, inv_scale: Tensor, zero_point: Tensor, qmin: int, qmax: int
+) -> Tensor:
+    """Integer levels ``clamp(round(x * inv_scale) + zero_point, qmin, qmax)`` as floats.
+
+    This is exactly the arithmetic of ``torch.fake_quantize_per_tensor_affine``
+    on CPU (``x * (1 / scale)`` in float32, round half to even, then clamp), so
+    the two agree bit for bit; :class:`Int8Linear` quantizes its input with the
+    same expression, so the integer model sees the same integers.
+    """
+    return torch.round(x * inv_scale).add_(zero_point).clamp_(qmin, qmax)
+
+
+class _FakeQuantMinMax(torch.autograd.Function):
+    """Forward: quantize-dequantize on the nudged grid. Backward: TF's straight-through rule."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, x_min: Tensor, x_max: Tensor, qmin: int, qmax: int
+    ) -> Tensor:
+        scale, zero_point, nudged_min, nudged_max = _nudge(x_min, x_max, qmin, qmax)
+        xf = x.float()
+        q = _quantize_grid(xf, 1.0 / scale, zero_point, qmin, qmax)
+        out = ((q - zero_point) * scale).to(x.dtype)
+        ctx.save_for_backward(xf, nudged_min, nudged_max)
+        ctx.min_shape, ctx.max_shape = x_min.shape, x_max.shape
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        xf, nudged_min, nudged_max = ctx.saved_tensors
+        below = xf < nudged_min
+        above = xf > nudged_max
+        # Straight-through estimator (TF's FakeQuantWithMinMaxVarsGradient):
+        # round() is treated as the identity inside the nudged range, and the
+        # clamp cuts the gradient outside it.
+        grad_x = grad.masked_fill(below | above, 0) if ctx.needs_input_grad[0] else None
+        grad_min = grad_max = None
+        g = grad.float()
+        # A clamped input equals the range end, so its gradient goes to that
+        # end: summed over the elements each end stands for (all of them per
+        # tensor, one channel's per channel).
+        if ctx.needs_input_grad[1]:
+            grad_min = torch.where(below, g, 0.0).sum_to_size(ctx.min_shape)
+        if ctx.needs_input_grad[2]:
+            grad_max = torch.where(above, g, 0.0).sum_to_size(ctx.max_shape)
+        return grad_x, grad_min, grad_max, None, None
+
+
+def _as_range_tensor(v: Tensor | float, like: Tensor, name: str) -> Tensor:
+    if isinstance(v, Tensor):
+        if not v.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor or a float, got {v.dtype}")
+        return v
+    return torch.tensor(float(v), dtype=torch.float32, device=like.device)
+
+
+def _check_bits(num_bits: int) -> None:
+    if not isinstance(num_bits, int) or not 2 <= num_bits <= 16:
+        raise ValueError(f"num_bits must be an integer in [2, 16] (as in TF), got {num_bits!r}")
+
+
+def fake_quantize(
+    x: Tensor,
+    x_min: Tensor | float,
+    x_max: Tensor | float,
+    num_bits: int = 8,
+    narrow_range: bool = False,
+) -> Tensor:
+    """Fake-quantize ``x`` on ``[x_min, x_max]`` as TF's ``fake_quant_with_min_max_vars``.
+
+    Args:
+        x: Floating-point tensor of any shape.
+        x_min, x_max: The range; floats, or tensors broadcastable to ``x``
+            (0-dim for a per-tensor range, ``[C, 1, ..., 1]`` for a per-channel
+            one) that may require grad. ``x_min <= x_max`` elementwise.
+        num_bits: Bits of the grid, 2 to 16: levels ``0 .. 2**num_bits - 1``.
+        narrow_range: Use levels ``1 .. 2**num_bits - 1`` (symmetric ranges
+            then put zero on level ``2**(num_bits - 1)``, and the integer
+            weights span ``[-127, 127]`` for 8 bits).
+
+    Returns:
+        A tensor of ``x``'s shape and dtype whose every entry is a grid point
+        ``(q - zero_point) * scale``.
+
+    Semantics:
+        * **Nudging.** ``scale = (x_max - x_min) / (qmax - qmin)``; the range
+          is shifted (keeping its width) so that ``0.0`` is a grid point:
+          ``zero_point = round(qmin - x_min / scale)`` clamped to
+          ``[qmin, qmax]``, ``nudged_min = (qmin - zero_point) * scale``,
+          ``nudged_max = (qmax - zero_point) * scale``. A range above zero
+          slides down to start at 0, one below zero slides up to end at 0.
+        * **Forward.** ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``
+          (``x * (1 / scale)`` in float32, round half to even), output
+          ``(q - zero_point) * scale``: the same as
+          ``torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin,
+          qmax)``, bit for bit. (TF rounds ties up; the two differ only for
+          inputs exactly halfway between grid points.)
+        * **Backward** (straight-through estimator, Bengio et al. 2013, as in
+          TF): ``dx = dy`` where ``nudged_min <= x <= nudged_max``, else 0;
+          ``d x_min = sum(dy where x < nudged_min)``, ``d x_max = sum(dy where
+          x > nudged_max)`` (summed over the elements each end covers).
+
+    Gradients of 2, 3 or 4 when the range is the input's own min and max:
+        With ``y = fake_quantize(x, x.min(), x.max(), num_bits=3)`` and
+        ``y.sum().backward()``, most entries of ``x.grad`` are 1, a few are 0
+        and one may be 2, 3, 4, ... Nudging moves the range by up to half a
+        step (``scale / 2``, about 0.36 for a normal 10x10 sample with 3 bits),
+        so one end of the nudged range moves *inside* ``[x.min(), x.max()]``:
+        when the zero point rounds down the range slides up and the ``k``
+        smallest entries fall below ``nudged_min``; when it rounds up, the
+        ``k`` largest rise above ``nudged_max``. Those ``k`` entries get 0
+        through the straight-through path, and the range end collects their
+        summed gradient, ``k``. That gradient then flows through ``x.min()``
+        (or ``x.max()``) into the single argmin (argmax) element, which is one
+        of the ``k``: it ends with ``0 + k``. So ``x.grad`` is 1 inside,
+        0 at the other ``k - 1`` clamped entries, and ``k`` at the extreme one
+        (1 when only the extreme itself is clamped). The other end lies
+        outside the data and receives nothing. ``tests/test_quant.py`` checks
+        the exact counts.
+
+    Raises:
+        ValueError: for a non-floating ``x``, ``num_bits`` outside ``[2, 16]``,
+            or ``x_min > x_max`` anywhere (checking reads the range back from
+            the device: :class:`FakeQuant` skips it, its ranges are valid by
+            construction).
+
+    Example:
+        >>> x = torch.tensor([-1.0, -0.1, 0.0, 0.26, 2.0])
+        >>> fake_quantize(x, 0.5, 2.5, num_bits=3)  # nudged to [0, 2]: step 2/7
+        tensor([0.0000, 0.0000, 0.0000, 0.2857, 2.0000])
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        what = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating-point tensor, got {what}")
+    _check_bits(num_bits)
+    lo = _as_range_tensor(x_min, x, "x_min")
+    hi = _as_range_tensor(x_max, x, "x_max")
+    if bool((lo > hi).any()):
+        raise ValueError("x_min must be <= x_max (elementwise)")
+    qmin, qmax = _quant_bounds(num_bits, narrow_range)
+    out: Tensor = _FakeQuantMinMax.apply(x, lo, hi, qmin, qmax)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# FakeQuant module: observed or learned range
+# ---------------------------------------------------------------------------
+
+
+def _round_ste(x: Tensor) -> Tensor:
+    """``round(x)`` forward, identity backward."""
+    return x + (torch.round(x) - x).detach()
+
+
+def _grad_scale(x: Tensor, factor: float) -> Tensor:
+    """``x`` forward, gradient times ``factor`` backward (LSQ's step-size gradient scaling)."""
+    return (x - x * factor).detach() + x * factor
+
+
+class FakeQuant(nn.Module):
+    """Fake-quantize a tensor with an observed or a learned range.
+
+    Args:
+        num_bits: Bits per value (2 to 16; :func:`convert_int8` needs <= 8).
+        mode: ``"observed"``: the range is the moving average of each batch's
+            min and max (TF's ``MovingAvgQuantize``), used through
+            :func:`fake_quantize` with its nudging. ``"learned"``: LSQ (Esser
+            et al. 2020, "Learned Step Size Quantization"): the step size is a
+            parameter trained through the straight-through estimator, its
+            gradient scaled by ``1 / sqrt(N * qmax)`` (``N`` the elements per
+            step) so it learns at the pace of the weights. The step and the
+            zero point start from the observed range when quantization is
+            switched on; the zero point then stays fixed (LSQ has none for
+            unsigned data; here it also covers signed activations such as
+            tanh outputs or raw observations).
+        per_channel: ``None`` for one range over the tensor (activations), or
+            the number of channels along dim 0 (weights: one range per output
+            channel of a Linear or Conv2d).
+        symmetric: Symmetric range ``[-a, a]`` on the narrow grid (zero point
+            exactly in the middle, the integer values ``[-127, 127]`` for 8
+            bits): what int8 weight kernels expect. Weights use it.
+        averaging_constant: Weight of a new batch in the moving average of
+            the observed min/max (``0.01``: TF's decay 0.99 per update); ``1.0``
+            keeps the latest batch's range (what weights use: they are known
+            exactly).
+
+    State (all tensors, in ``state_dict``): ``min_val`` and ``max_val`` (``[]``
+    or ``[C]``), ``zero_point`` and, in learned mode, the parameter ``step``,
+    plus the flags ``observed`` (a range has been seen), ``enabled`` (fake
+    quantization is on) and ``step_ready`` (learned step initialised).
+
+    Behaviour:
+        * While ``training`` (and always before the first batch has been
+          seen) the module observes its input's range -- also while
+          fake quantization is still off, so the range is warm when it starts.
+          In learned mode observation stops once the step is initialised.
+        * Fake quantization is applied only when :attr:`enabled`; otherwise the
+          input passes through unchanged. :func:`set_qat_step` switches it.
+
+    Shapes: any ``[C, ...]`` (per channel) or any shape (per tensor) -> same.
+    """
+
+    min_val: Tensor
+    max_val: Tensor
+    zero_point: Tensor
+    observed: Tensor
+    enabled_flag: Tensor
+    step_ready: Tensor
+
+    def __init__(
+        self,
+        num_bits: int = 8,
+        mode: Mode = "observed",
+        per_channel: int | None = None,
+        symmetric: bool = False,
+        averaging_constant: float = 0.01,
+    ) -> None:
+        super().__init__()
+        _check_bits(num_bits)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if per_channel is not None and per_channel < 1:
+            raise ValueError(
+                f"per_channel must be None or a positive channel count, got {per_channel}"
+            )
+        if not 0.0 < averaging_constant <= 1.0:
+            raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
+        self.num_bits = num_bits
+        self.mode: Mode = mode
+        self.per_channel = per_channel
+        self.symmetric = symmetric
+        self.averaging_constant = averaging_constant
+        self.qmin, self.qmax = _quant_bounds(num_bits, narrow_range=symmetric)
+        shape = () if per_channel is None else (per_channel,)
+        self.register_buffer("min_val", torch.zeros(shape))
+        self.register_buffer("max_val", torch.zeros(shape))
+        self.register_buffer("zero_point", torch.zeros(shape))
+        self.step: nn.Parameter | None = (
+            nn.Parameter(torch.ones(shape)) if mode == "learned" else None
+        )
+        self.register_buffer("observed", torch.tensor(False))
+        self.register_buffer("enabled_flag", torch.tensor(False))
+        self.register_buffer("step_ready", torch.tensor(False))
+        # Python mirrors of the flags, so forward never reads a tensor back
+        # from the device; refreshed after load_state_dict.
+        self._observed = False
+        self._enabled = False
+        self._step_ready = False
+        self.register_load_state_dict_post_hook(_refresh_flags)
+
+    # -- flags ---------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        """Whether fake quantization is applied (see :func:`set_qat_step`)."""
+        return self._enabled
+
+    def set_enabled(self, flag: bool) -> None:
+        """Switch fake quantization on or off (observation goes on either way)."""
+        self._enabled = bool(flag)
+        self.enabled_flag.fill_(self._enabled)
+
+    # -- range ---------------------------------------------------------------
+    def _view(self, t: Tensor, x: Tensor) -> Tensor:
+        """Reshape a per-channel ``[C]`` tensor to broadcast along dim 0 of ``x``."""
+        if self.per_channel is None:
+            return t
+        return t.view(-1, *([1] * (x.dim() - 1)))
+
+    @torch.no_grad()
+    def _observe(self, x: Tensor) -> None:
+        x = x.detach().float()
+        if self.per_channel is None:
+            lo, hi = torch.aminmax(x)
+        else:
+            if x.shape[0] != self.per_channel:
+                raise ValueError(
+                    f"FakeQuant expects {self.per_channel} channels along dim 0, got {x.shape[0]}"
+                )
+            lo, hi = torch.aminmax(x.reshape(x.shape[0], -1), dim=1)
+        if not self._observed:
+            self.min_val.copy_(lo)
+            self.max_val.copy_(hi)
+            self._observed = True
+            self.observed.fill_(True)
+        else:
+            c = self.averaging_constant
+            self.min_val.add_(c * (lo - self.min_val))
+            self.max_val.add_(c * (hi - self.max_val))
+
+    def _range(self) -> tuple[Tensor, Tensor]:
+        """The range handed to :func:`fake_quantize` (symmetric ranges: ``[-a, a]``)."""
+        if self.symmetric:
+            a = torch.maximum(self.min_val.abs(), self.max_val.abs())
+            return -a, a
+        return self.min_val, self.max_val
+
+    def qparams(self) -> tuple[Tensor, Tensor]:
+        """Current ``(scale, zero_point)`` (float32, ``[]`` or ``[C]``), as the forward uses them."""
+        if self.mode == "learned" and self._step_ready:
+            assert self.step is not None
+            return self.step.detach().abs().clamp_min(_MIN_STEP), self.zero_point.clone()
+        lo, hi = self._range()
+        scale, zero_point, _, _ = _nudge(lo, hi, self.qmin, self.qmax)
+        return scale, zero_point
+
+    @torch.no_grad()
+    def _init_step(self) -> None:
+        assert self.step is not None
+        scale, zero_point = self.qparams()
+        self.step.copy_(scale)
+        self.zero_point.copy_(zero_point)
+        self._step_ready = True
+        self.step_ready.fill_(True)
+
+    # -- forward -------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """Fake-quantize ``x`` (or return it unchanged while disabled)."""
+        learned_ready = self.mode == "learned" and self._step_ready
+        if (self.training and not learned_ready) or not self._observed:
+            self._observe(x)
+        if not self._enabled:
+            return x
+        if self.mode == "observed":
+            lo, hi = self._range()
+            return _FakeQuantMinMax.apply(
+                x, self._view(lo, x), self._view(hi, x), self.qmin, self.qmax
+            )
+        if not self._step_ready:
+            self._init_step()
+        return self._lsq(x)
+
+    def _lsq(self, x: Tensor) -> Tensor:
+        """LSQ fake quantization: ``(round(clamp(x / s + z)) - z) * s`` with a trained ``s``."""
+        assert self.step is not None
+        n = x.numel() if self.per_channel is None else x[0].numel()
+        if self.per_channel is None and x.dim() > 1:
+            n //= x.shape[0]  # per-tensor activations: features per sample (LSQ's N_F)
+        g = 1.0 / math.sqrt(max(n, 1) * self.qmax)
+        s = self._view(_grad_scale(self.step.abs().clamp_min(_MIN_STEP), g), x)
+        z = self._view(self.zero_point, x)
+        xf = x.float()
+        # Same arithmetic as the observed path (x * (1 / s)), so that the int8
+        # model's input quantization reproduces it exactly. Autograd gives
+        # LSQ's step gradient: round(x/s) - x/s inside, qmin - z or qmax - z
+        # at the clamped ends.
+        q = _round_ste(torch.clamp(xf * (1.0 / s) + z, self.qmin, self.qmax))
+        return ((q - z) * s).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        chan = "per_tensor" if self.per_channel is None else f"per_channel={self.per_channel}"
+        return (
+            f"num_bits={self.num_bits}, mode={self.mode}, {chan}, symmetric={self.symmetric}, "
+            f"enabled={self._enabled}"
+        )
+
+
+_MIN_STEP = 1e-8
+
+
+def _refresh_flags(module: nn.Module, incompatible_keys: Any) -> None:
+    """Re-read the Python mirrors of a :class:`FakeQuant`'s flags after ``load_state_dict``."""
+    assert isinstance(module, FakeQuant)
+    module._observed = bool(module.observed)
+    module._enabled = bool(module.enabled_flag)
+    module._step_ready = bool(module.step_ready)
+
+
+# ---------------------------------------------------------------------------
+# QAT layers
+# ---------------------------------------------------------------------------
+
+
+class _QATMixin:
+    """Fake quantization of a layer's input (per tensor) and weight (per output channel)."""
+
+    input_quant: FakeQuant
+    weight_quant: FakeQuant
+    start_after: int
+
+    def _init_quant(
+        self,
+        out_channels: int,
+        num_bits: int,
+        mode: Mode,
+        start_after: int,
+        averaging_constant: float,
+        device: torch.device,
+    ) -> None:
+        self.input_quant = FakeQuant(num_bits, mode, None, False, averaging_constant).to(device)
+        # Weights: symmetric per-channel on the narrow grid ([-127, 127] for
+        # 8 bits), the layout int8 kernels take; their range is the current
+        # one (averaging constant 1), since the weight is known exactly.
+        self.weight_quant = FakeQuant(num_bits, mode, out_channels, True, 1.0).to(device)
+        self.start_after = int(start_after)
+
+
+class QATLinear(nn.Linear, _QATMixin):
+    """``nn.Linear`` with fake-quantized input and weight (output float).
+
+    Shapes: ``[*, in_features]`` -> ``[*, out_features]``, like ``nn.Linear``.
+    ``state_dict`` keeps ``weight`` and ``bias`` under their usual names and
+    adds ``input_quant.*`` and ``weight_quant.*``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        num_bits: int = 8,
+        mode: Mode = "observed",
+        start_after: int = 0,
+        averaging_constant: float = 0.01,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        quant_device = torch.device("cpu") if self.weight.is_meta else self.weight.device
+        self._init_quant(
+            out_features, num_bits, mode, start_after, averaging_constant, quant_device
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+class QATConv2d(nn.Conv2d, _QATMixin):
+    """``nn.Conv2d`` with fake-quantized input and weight (output float).
+
+    Shapes: as ``nn.Conv2d``. ``state_dict`` as :class:`QATLinear`.
+    """
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        num_bits: int = 8,
+        mode: Mode = "observed",
+        start_after: int = 0,
+        averaging_constant: float = 0.01,
+    ) -> None:
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]
+            stride=conv.stride,  # type: ignore[arg-type]
+            padding=conv.padding,  # type: ignore[arg-type]
+            dilation=conv.dilation,  # type: ignore[arg-type]
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self._init_quant(
+            conv.out_channels, num_bits, mode, start_after, averaging_constant, conv.weight.device
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+def _qat_linear_from(linear: nn.Linear, **cfg: Any) -> QATLinear:
+    """A :class:`QATLinear` sharing ``linear``'s parameters (an optimizer built before keeps them)."""
+    q = QATLinear(
+        linear.in_features, linear.out_features, linear.bias is not None, device="meta", **cfg
+    )
+    q.weight = linear.weight
+    q.bias = linear.bias
+    q.input_quant.to(linear.weight.device)  # built on the CPU next to the meta weight
+    q.weight_quant.to(linear.weight.device)
+    return q
+
+
+QAT_LAYERS = (QATLinear, QATConv2d)
+
+
+# ---------------------------------------------------------------------------
+# prepare_qat / set_qat_step / spec
+# ---------------------------------------------------------------------------
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _float_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every float ``nn.Linear`` / ``nn.Conv2d`` (not yet prepared)."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(m, QAT_LAYERS) and name
+    ]
+
+
+def prepare_qat(
+    model: nn.Module,
+    num_bits: int = 8,
+    start_after: int = 0,
+    mode: Mode = "observed",
+    averaging_constant: float = 0.01,
+    layers: list[str] | None = None,
+) -> nn.Module:
+    """Put fake quantization on every ``nn.Linear`` and ``nn.Conv2d`` of ``model``, in place.
+
+    Each layer is replaced by a :class:`QATLinear` / :class:`QATConv2d` that
+    shares its weight and bias (the same ``Parameter`` objects) and
+    fake-quantizes its input (per tensor) and weight (per output channel).
+    Nothing else changes: the forward signature, the other modules, the
+    ``weight``/``bias`` keys of ``state_dict``. ``nn.Embedding`` stays float
+    (see the module docstring).
+
+    Fake quantization starts switched off unless ``start_after <= 0``: the
+    trainer calls :func:`set_qat_step` once per update with its global step,
+    and quantization turns on once ``step >= start_after`` (QuaRL's delay).
+    The observers watch the ranges from the first forward pass on.
+
+    Args:
+        model: A network whose layers are called as modules (all of maskrl's
+            are). The root module itself is not replaced, so pass a container.
+        num_bits: Bits for weights and activations (<= 8 to convert to int8).
+        start_after: Step at which fake quantization starts.
+        mode: ``"observed"`` or ``"learned"`` ranges (see :class:`FakeQuant`).
+            In learned mode, build the optimizer after this call so that it
+            sees the new step-size parameters.
+        averaging_constant: Moving-average weight of each batch's activation range.
+        layers: Only these qualified names (default: every Linear/Conv2d).
+
+    Returns:
+        ``model`` itself, prepared.
+
+    Raises:
+        ValueError: for bad arguments, a model already prepared, a name in
+            ``layers`` that is not a float Linear/Conv2d, or a model with none.
+    """
+    _check_bits(num_bits)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if any(isinstance(m, (*QAT_LAYERS, *INT8_LAYERS)) for m in model.modules()):
+        raise ValueError("model is already prepared for QAT (or converted); prepare a float model")
+    if isinstance(model, (nn.Linear, nn.Conv2d)):
+        raise ValueError(
+            "prepare_qat replaces layers inside a model: wrap a bare layer in a module"
+        )
+    found = dict(_float_layers(model))
+    if layers is None:
+        names = list(found)
+    else:
+        missing = [n for n in layers if n not in found]
+        if missing:
+            raise ValueError(f"no float nn.Linear / nn.Conv2d named {missing} in the model")
+        names = list(layers)
+    if not names:
+        raise ValueError("model has no nn.Linear or nn.Conv2d layer to quantize")
+    cfg: dict[str, Any] = dict(
+        num_bits=num_bits,
+        mode=mode,
+        start_after=start_after,
+        averaging_constant=averaging_constant,
+    )
+    for name in names:
+        m = found[name]
+        new: nn.Module
+        if isinstance(m, nn.Conv2d):
+            new = QATConv2d(m, **cfg)
+        else:
+            assert isinstance(m, nn.Linear)
+            new = _qat_linear_from(m, **cfg)
+        new.train(m.training)
+        _swap(model, name, new)
+    set_qat_step(model, 0)
+    return model
+
+
+def _qat_layers(model: nn.Module) -> list[tuple[str, QATLinear | QATConv2d]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QAT_LAYERS)]
+
+
+def set_qat_step(model: nn.Module, step: int) -> bool:
+    """Switch fake quantization on where ``step >= start_after`` (off before).
+
+    Call once per update with the trainer's global step (in whatever unit
+    ``start_after`` was given). Cheap: no tensor is read back from the device.
+
+    Returns:
+        Whether fake quantization is on (in any layer) after the call.
+    """
+    on = False
+    for _, layer in _qat_layers(model):
+        flag = step >= layer.start_after
+        layer.input_quant.set_enabled(flag)
+        layer.weight_quant.set_enabled(flag)
+        on = on or flag
+    return on
+
+
+def quant_spec(model: nn.Module) -> dict[str, Any] | None:
+    """Plain data describing how ``model`` is quantized, or None for a float model.
+
+    The dict holds only strings, numbers, booleans and lists, so it can sit in
+    a checkpoint read with ``torch.load(weights_only=True)``; pass it to
+    :func:`apply_quant_spec` on a freshly built float network of the same
+    architecture to make it accept the saved ``state_dict``. Keys:
+    ``version``, ``num_bits``, ``mode``, ``start_after``,
+    ``averaging_constant``, ``layers`` (qualified names of the quantized
+    layers) and ``converted`` (True for a :func:`convert_int8` model).
+    """
+    qat = _qat_layers(model)
+    int8 = [(n, m) for n, m in model.named_modules() if isinstance(m, INT8_LAYERS)]
+    if not qat and not int8:
+        return None
+    if qat and int8:
+        raise ValueError("model mixes QAT and int8 layers; quant_spec cannot describe it")
+    if qat:
+        first = qat[0][1]
+        cfg = {
+            "num_bits": first.input_quant.num_bits,
+            "mode": first.input_quant.mode,
+            "start_after": first.start_after,
+            "averaging_constant": first.input_quant.averaging_constant,
+        }
+        for name, m in qat:
+            other = {
+                "num_bits": m.input_quant.num_bits,
+                "mode": m.input_quant.mode,
+                "start_after": m.start_after,
+                "averaging_constant": m.input_quant.averaging_constant,
+            }
+            if other != cfg:
+                raise ValueError(f"layer {name!r} is quantized differently ({other} vs {cfg})")
+        names = [n for n, _ in qat]
+        converted = False
+    else:
+        i8: Int8Linear | Int8Conv2d = int8[0][1]
+        cfg = {
+            "num_bits": i8.num_bits,
+            "mode": "observed",
+            "start_after": 0,
+            "averaging_constant": 0.01,
+        }
+        names = [n for n, _ in int8]
+        converted = True
+    return {"version": SPEC_VERSION, **cfg, "layers": names, "converted": converted}
+
+
+def apply_quant_spec(model: nn.Module, spec: dict[str, Any] | None) -> nn.Module:
+    """Re-prepare a freshly built float ``model`` as :func:`quant_spec` described it.
+
+    After this, ``model.load_state_dict(saved_state)`` loads the saved QAT (or
+    int8) weights, ranges and flags. ``spec=None`` leaves the model float.
+
+    Raises:
+        ValueError: for a spec of another version or with missing keys, or a
+            model whose float layers do not match the spec's layer names.
+    """
+    if spec is None:
+        return model
+    if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
+        raise ValueError(f"not a quant spec of version {SPEC_VERSION}: {spec!r}")
+    keys = ("num_bits", "mode", "start_after", "averaging_constant", "layers", "converted")
+    missing = [k for k in keys if k not in spec]
+    if missing:
+        raise ValueError(f"quant spec lacks {missing}")
+    prepare_qat(
+        model,
+        num_bits=int(spec["num_bits"]),
+        start_after=int(spec["start_after"]),
+        mode=spec["mode"],
+        averaging_constant=float(spec["averaging_constant"]),
+        layers=list(spec["layers"]),
+    )
+    if spec["converted"]:
+        return _convert(model, copy_model=False, check=False)
+    return model
+
+
+# ---------------------------------------------------------------------------
+# int8 layers and conversion
+# ---------------------------------------------------------------------------
+
+
+def _onednn_available() -> bool:
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.onednn, "qlinear_pointwise")
+        and hasattr(torch.ops.onednn, "qconv2d_pointwise")
+    )
+
+
+_ONEDNN = _onednn_available()
+
+
+class _Int8Base(nn.Module):
+    """Shared state of the int8 layers: integer weight, scales, input quantization.
+
+    Buffers (all in ``state_dict``): ``weight`` (int8, the layer's weight
+    shape), ``weight_scale`` (float32 ``[out]``), ``bias`` (float32 ``[out]``
+    or absent), ``input_scale`` and ``input_zero_point`` (0-dim float32; the
+    zero point holds an integer in ``[0, 2**num_bits - 1]``).
+
+    The kernel-specific packed weight is built on first use and cached outside
+    ``state_dict``; it is dropped whenever buffers are loaded or moved.
+    """
+
+    weight: Tensor
+    weight_scale: Tensor
+    bias: Tensor | None
+    input_scale: Tensor
+    input_zero_point: Tensor
+
+    def __init__(self, weight_shape: tuple[int, ...], has_bias: bool, num_bits: int) -> None:
+        super().__init__()
+        out = weight_shape[0]
+        self.num_bits = num_bits
+        self.qmin, self.qmax = _quant_bounds(num_bits, narrow_range=False)
+        self.register_buffer("weight", torch.zeros(weight_shape, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out))
+        self.register_buffer("bias", torch.zeros(out) if has_bias else None)
+        self.register_buffer("input_scale", torch.tensor(1.0))
+        self.register_buffer("input_zero_point", torch.tensor(0.0))
+        self._cache: dict[str, Any] | None = None
+        self.register_load_state_dict_post_hook(_drop_cache)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
+        self._cache = None
+        return super()._apply(fn, recurse)
+
+    def _set_from(self, layer: QATLinear | QATConv2d) -> None:
+        """Take the integer weight and the scales from a prepared layer."""
+        with torch.no_grad():
+            w_scale, w_zp = layer.weight_quant.qparams()
+            w = layer.weight.detach().float()
+            view = (-1,) + (1,) * (w.dim() - 1)
+            # Symmetric narrow grid: zero point 2**(b-1) on levels [1, 2**b - 1],
+            # i.e. signed integers in [-(2**(b-1) - 1), 2**(b-1) - 1].
+            q = _quantize_grid(
+                w,
+                (1.0 / w_scale).view(view),
+                w_zp.view(view),
+                layer.weight_quant.qmin,
+                layer.weight_quant.qmax,
+            )
+            self.weight.copy_((q - w_zp.view(view)).to(torch.int8))
+            self.weight_scale.copy_(w_scale)
+            if self.bias is not None:
+                assert layer.bias is not None
+                self.bias.copy_(layer.bias.detach().float())
+            x_scale, x_zp = layer.input_quant.qparams()
+            self.input_scale.copy_(x_scale)
+            self.input_zero_point.copy_(x_zp)
+        self._cache = None
+
+    def _quantize_input(self, x: Tensor) -> Tensor:
+        """``uint8`` levels of ``x``, by the same arithmetic as the fake-quantized layer."""
+        inv = 1.0 / self.input_scale
+        return _quantize_grid(x.float(), inv, self.input_zero_point, self.qmin, self.qmax).to(
+            torch.uint8
+        )
+
+    def _common_cache(self) -> dict[str, Any]:
+        return {
+            "x_scale": float(self.input_scale),
+            "x_zp": int(self.input_zero_point),
+            "w_zp": torch.zeros(self.weight.shape[0], dtype=torch.int64, device=self.weight.device),
+        }
+
+    def _use_onednn(self, x: Tensor) -> bool:
+        return _ONEDNN and x.device.type == "cpu" and self.weight.device.type == "cpu"
+
+    def _dequantized(self, q: Tensor) -> tuple[Tensor, Tensor]:
+        """Reference path (no oneDNN, or not on CPU): float math on the integer values."""
+        x = (q.float() - self.input_zero_point) * self.input_scale
+        view = (-1,) + (1,) * (self.weight.dim() - 1)
+        return x, self.weight.float() * self.weight_scale.view(view)
+
+    def extra_repr(self) -> str:
+        return f"weight={tuple(self.weight.shape)}, num_bits={self.num_bits}, bias={self.bias is not None}"
+
+
+def _drop_cache(module: nn.Module, incompatible_keys: Any) -> None:
+    assert isinstance(module, _Int8Base)
+    module._cache = None
+
+
+class Int8Linear(_Int8Base):
+    """A linear layer in integers: uint8 input levels x int8 weights -> int32 -> float.
+
+    ``y = (sum_k (q_x - z_x) q_w) * s_x * s_w + b`` with per-tensor ``s_x, z_x``
+    and per-output-channel ``s_w``, computed by oneDNN's
+    ``torch.ops.onednn.qlinear_pointwise`` (u8 x s8, int32 accumulation, fp32
+    output) on CPU.
+
+    Shapes: ``[*, in_features]`` (float) -> ``[*, out_features]`` (float32).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, num_bits: int) -> None:
+        super().__init__((out_features, in_features), bias, num_bits)
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        q = self._quantize_input(x.reshape(-1, self.in_features))
+        if self._use_onednn(q):
+            if self._cache is None:
+                self._cache = self._common_cache()
+                self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.weight, None)
+            c = self._cache
+            y = torch.ops.onednn.qlinear_pointwise(
+                q, c["x_scale"], c["x_zp"], c["packed"], self.weight_scale, c["w_zp"],
+                self.bias, 1.0, 0, torch.float32, "none", [], "",
+            )  # fmt: skip
+        else:
+            xf, wf = self._dequantized(q)
+            y = F.linear(xf, wf, self.bias)
+        return y.reshape(*lead, self.out_features)
+
+
+class Int8Conv2d(_Int8Base):
+    """A 2-D convolution in integers (oneDNN ``qconv2d_pointwise``), float in and out.
+
+    Zero padding pads with the input's zero point (the real value 0), as the
+    fake-quantized convolution does. Shapes: as ``nn.Conv2d``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, num_bits: int) -> None:
+        super().__init__(tuple(conv.weight.shape), conv.bias is not None, num_bits)
+        self.stride = list(conv.stride)
+        self.padding = list(conv.padding)  # type: ignore[arg-type]
+        self.dilation = list(conv.dilation)
+        self.groups = conv.groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        q = self._quantize_input(x)
+        if self._use_onednn(q):
+            if self._cache is None:
+                c = self._cache = self._common_cache()
+                c["packed"] = torch.ops.onednn.qconv_prepack(
+                    self.weight, self.weight_scale, c["x_scale"], c["x_zp"],
+                    self.stride, self.padding, self.dilation, self.groups, None,
+                )  # fmt: skip
+            c = self._cache
+            return torch.ops.onednn.qconv2d_pointwise(
+                q, c["x_scale"], c["x_zp"], c["packed"], self.weight_scale, c["w_zp"],
+                self.bias, self.stride, self.padding, self.dilation, self.groups,
+                1.0, 0, torch.float32, "none", [], None,
+            )  # fmt: skip
+        xf, wf = self._dequantized(q)
+        return F.conv2d(xf, wf, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, stride={self.stride}, padding={self.padding}"
+
+
+INT8_LAYERS = (Int8Linear, Int8Conv2d)
+
+
+def check_convertible(model: nn.Module) -> list[str]:
+    """Why :func:`convert_int8` would refuse ``model``: one line per problem, empty if none.
+
+    A model converts when it has at least one prepared layer and every
+    prepared layer uses at most 8 bits, has fake quantization switched on
+    (otherwise the fake-quantized model is still the float one, and there is
+    nothing for the integer model to match), has seen data (its input range is
+    known), and, for convolutions, uses zero padding.
+    """
+    layers = _qat_layers(model)
+    if not layers:
+        return ["model has no QAT layer: call prepare_qat first"]
+    problems = []
+    for name, m in layers:
+        why = []
+        if m.input_quant.num_bits > 8:
+            why.append(f"{m.input_quant.num_bits}-bit quantization does not fit int8")
+        if not m.input_quant.enabled:
+            why.append(
+                f"fake quantization is not on yet (start_after={m.start_after}; "
+                "call set_qat_step with a later step)"
+            )
+        if not m.input_quant._observed:
+            why.append("its input range was never observed (run a forward pass first)")
+        if isinstance(m, QATConv2d) and m.padding_mode != "zeros":
+            why.append(f"padding_mode={m.padding_mode!r} (only 'zeros' converts)")
+        if isinstance(m, QATConv2d) and isinstance(m.padding, str):
+            why.append(f"padding={m.padding!r} (give the padding as numbers)")
+        problems += [f"layer {name!r} ({type(m).__name__}): {w}" for w in why]
+    return problems
+
+
+def is_convertible(model: nn.Module) -> bool:
+    """Whether :func:`convert_int8` accepts ``model`` (see :func:`check_convertible`)."""
+    return not check_convertible(model)
+
+
+def convert_int8(model: nn.Module) -> nn.Module:
+    """A real int8 copy of a prepared model: same forward signature, integer layers.
+
+    Every :class:`QATLinear` / :class:`QATConv2d` becomes an
+    :class:`Int8Linear` / :class:`Int8Conv2d` holding its int8 weight, the
+    per-channel weight scales, the float bias and the input's scale and zero
+    point; everything else is copied as is. The copy is in eval mode and the
+    original is left untouched.
+
+    Numerics: each integer layer computes exactly what the fake-quantized layer
+    computes (same input levels by the same arithmetic, exact integer dot
+    products), up to float rounding in the final rescaling, so the greedy
+    actions agree on real observations.
+
+    Kernels: on CPU, oneDNN's quantized linear / convolution with fp32
+    output (``torch.ops.onednn.qlinear_pointwise`` / ``qconv2d_pointwise``,
+    the kernels behind PyTorch's x86 quantization; they read plain
+    ``uint8``/``int8`` tensors, need no process-wide quantized engine, and use
+    VNNI where the CPU has it). Elsewhere (another device, a build without
+    oneDNN) the same integers are multiplied in float, which gives the same
+    answer without the speed.
+
+    Raises:
+        ValueError: naming each layer that cannot be converted and why
+            (see :func:`check_convertible`).
+    """
+    return _convert(model, copy_model=True, check=True)
+
+
+def _convert(model: nn.Module, copy_model: bool, check: bool) -> nn.Module:
+    if check:
+        problems = check_convertible(model)
+        if problems:
+            raise ValueError("cannot convert to int8: " + "; ".join(problems))
+    elif not _qat_layers(model):
+        raise ValueError("model has no QAT layer: call prepare_qat first")
+    out = copy.deepcopy(model) if copy_model else model
+    for name, m in _qat_layers(out):
+        if m.input_quant.num_bits > 8:
+            raise ValueError(f"layer {name!r}: {m.input_quant.num_bits} bits do not fit int8")
+        new: Int8Linear | Int8Conv2d
+        if isinstance(m, QATConv2d):
+            new = Int8Conv2d(m, m.input_quant.num_bits)
+        else:
+            new = Int8Linear(
+                m.in_features, m.out_features, m.bias is not None, m.input_quant.num_bits
+            )
+        new.to(m.weight.device)
+        if check:
+            new._set_from(m)
+        _swap(out, name, new)
+    return out.eval() if copy_model else out
