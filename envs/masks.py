@@ -1,6 +1,7 @@
 """Action masks in maskrl's convention, and a wrapper that produces them from any source.
 
-The convention (see ``docs``/DESIGN): a mask is a boolean numpy array, ``True`` = valid.
+The convention (README.md, "The one mask convention"; the reasons behind it are in
+docs/design-notes.md, "Masks"): a mask is a boolean numpy array, ``True`` = valid.
 
 * ``Discrete(n)``: shape ``(n,)``; entry ``k`` is action ``start + k``.
 * ``MultiDiscrete(nvec)`` (1-D ``nvec``): the per-dimension masks concatenated,
@@ -98,6 +99,12 @@ def _segments(action_space: spaces.Space[Any]) -> list[tuple[int, int]]:
     raise ValueError(f"unsupported action space {action_space}")
 
 
+def _where(env_id: str, env_index: int | None, step: int) -> str:
+    """``env 'X' (index i of the vector env) at step t``: where a mask error happened."""
+    index = "" if env_index is None else f" (index {env_index} of the vector env)"
+    return f"env '{env_id}'{index} at step {step}"
+
+
 def validate_mask(
     mask: Any,
     action_space: spaces.Space[Any],
@@ -105,32 +112,43 @@ def validate_mask(
     env_id: str = "<env>",
     step: int = 0,
     allow_empty: bool = False,
+    env_index: int | None = None,
 ) -> np.ndarray:
     """Check a mask against ``action_space`` and return it as a boolean array.
 
+    The dtype rule is the package's one rule (:func:`maskrl.as_bool_mask` and
+    :class:`maskrl.MaskedCategorical` follow it too): **boolean, or integers that
+    are all 0 or 1; floating-point masks are refused**, even when they hold only
+    0.0 and 1.0. A float mask is usually a probability vector or a score passed by
+    mistake, and accepting the exact 0/1 case would make such a bug pass silently
+    until the first fractional value.
+
     Args:
-        mask: array-like; boolean, or integer/float holding only 0 and 1
+        mask: array-like; boolean, or integers holding only 0 and 1
             (e.g. Gymnasium Taxi's ``int8`` masks, PettingZoo's ``int8`` masks).
         action_space: the env's action space (decides the expected shape).
         env_id: named in error messages.
         step: step number since the last reset (0 = the reset), named in errors.
         allow_empty: accept a mask with no valid action (the mask of a terminal
             observation, e.g. a finished board game, where no action follows).
+        env_index: the env's index in a vector env, named in error messages
+            (None: not in a vector env, or unknown).
 
     Returns:
         ``np.ndarray`` of dtype ``np.bool_`` and shape ``(mask_size(action_space),)``
         (the input itself when it already is one; never a view of a non-bool input).
 
     Raises:
-        ValueError: wrong shape (expected vs got), a dtype that is not boolean and
-            values other than 0/1, or a dimension with no valid action (naming the
-            MultiDiscrete dimension or MultiBinary bit). An all-invalid mask is an
-            environment bug: sampling from it could only pick an invalid action.
+        ValueError: wrong shape (expected vs got), a floating-point (or other
+            non-boolean, non-integer) dtype, integers other than 0/1, or a
+            dimension with no valid action (naming the MultiDiscrete dimension or
+            MultiBinary bit). An all-invalid mask is an environment bug: sampling
+            from it could only pick an invalid action.
 
     >>> validate_mask(np.array([0, 1, 1], dtype=np.int8), spaces.Discrete(3))
     array([False,  True,  True])
     """
-    where = f"env '{env_id}' at step {step}"
+    where = _where(env_id, env_index, step)
     arr = np.asarray(mask)
     n = mask_size(action_space)
     if arr.shape != (n,):
@@ -138,10 +156,16 @@ def validate_mask(
             f"action mask of {where} has shape {arr.shape}, expected ({n},) for {action_space}"
         )
     if arr.dtype != np.bool_:
-        if arr.dtype.kind not in "iuf" or not np.all((arr == 0) | (arr == 1)):
+        if arr.dtype.kind not in "iu":
+            raise ValueError(
+                f"action mask of {where} has dtype {arr.dtype}; a mask must be boolean "
+                "(True = valid) or integers 0/1, never floating point or other types"
+            )
+        if not np.all((arr == 0) | (arr == 1)):
             raise ValueError(
                 f"action mask of {where} has dtype {arr.dtype} and is not 0/1 "
-                f"(values {np.unique(arr)[:5].tolist()}); a mask must be boolean (True = valid) or 0/1"
+                f"(values {np.unique(arr)[:5].tolist()}); a mask must be boolean (True = valid) "
+                "or integers 0/1"
             )
         arr = arr.astype(np.bool_)
     if allow_empty:
@@ -205,11 +229,13 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
        1-4 raises :class:`ValueError` at its first ``reset``
        (:func:`maskrl.envs.make_vec` probes it at construction).
 
-    Every mask is validated (:func:`validate_mask`): shape, boolean or 0/1
-    dtype, at least one valid action (per dimension) — except for the mask of a
-    terminal or truncated observation, after which no action is taken; errors
-    name the env id and the step number since the reset (0 = the reset itself). Masks handed out are
-    read-only boolean arrays of shape ``(mask_size(action_space),)``.
+    Every mask is validated (:func:`validate_mask`): shape, boolean or integer
+    0/1 dtype (floats are refused), at least one valid action (per dimension) —
+    except for the mask of a terminal or truncated observation, after which no
+    action is taken; errors name the env id, its index in the vector env (when
+    ``env_index`` is given) and the step number since the reset (0 = the reset
+    itself). Masks handed out are read-only boolean arrays of shape
+    ``(mask_size(action_space),)``.
 
     Args:
         env: the env to wrap (Discrete, MultiDiscrete or MultiBinary actions).
@@ -217,6 +243,8 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
         check_actions: when True (default), ``step`` raises :class:`ValueError`
             for an action the current mask forbids, naming env id and step,
             instead of passing it on. It costs one array lookup per step.
+        env_index: the env's index in a vector env (:func:`maskrl.envs.make_vec`
+            passes it), named in every error so that the failing slot can be found.
 
     Example:
         >>> import gymnasium as gym
@@ -234,11 +262,13 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
         mask_fn: MaskFn | None = None,
         *,
         check_actions: bool = True,
+        env_index: int | None = None,
     ) -> None:
         super().__init__(env)
         self._n = mask_size(env.action_space)  # raises for unsupported spaces
         self._mask_fn = mask_fn
         self._check_actions = check_actions
+        self._env_index = env_index
         self._mask: np.ndarray | None = None
         self._steps = 0
         self._obs_key: str | None = None  # set when the mask rides in a Dict observation
@@ -270,6 +300,9 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
     def _env_id(self) -> str:
         # Looked up when needed: gym.make sets the spec only after the entry point returns.
         return env_label(self.env)
+
+    def _where(self, step: int) -> str:
+        return _where(self._env_id, self._env_index, step)
 
     def _inner_method(self) -> Callable[[], Any] | None:
         try:
@@ -312,7 +345,12 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
                 raise self._no_source_error()
             raw = info["action_mask"]
         mask = validate_mask(
-            raw, self.env.action_space, env_id=self._env_id, step=self._steps, allow_empty=done
+            raw,
+            self.env.action_space,
+            env_id=self._env_id,
+            step=self._steps,
+            allow_empty=done,
+            env_index=self._env_index,
         )
         if mask is raw:
             # Never hand out (or keep) an array the env may mutate later.
@@ -342,7 +380,7 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
             mask = self.action_masks()
             if not action_is_valid(action, mask, self.env.action_space):
                 raise ValueError(
-                    f"invalid action {action!r} in env '{self._env_id}' at step {self._steps + 1}: "
+                    f"invalid action {action!r} in {self._where(self._steps + 1)}: "
                     f"the mask allows entries {np.flatnonzero(mask).tolist()}"
                 )
         obs, reward, terminated, truncated, info = self.env.step(action)

@@ -6,18 +6,36 @@ heavy: MinAtar, ale-py and PettingZoo are imported only when an id is made.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import gymnasium as gym
 
 from maskrl.envs.atari import ATARI_GAMES, atari_game_name
 from maskrl.envs.minatar_games import MINATAR_GAMES, MINATAR_MAX_EPISODE_STEPS
 
-__all__ = ["atari_ids", "minatar_ids", "missing_dependency", "register_envs", "registered_ids"]
+__all__ = [
+    "atari_ids",
+    "install_hint",
+    "minatar_ids",
+    "missing_dependency",
+    "optional_extra",
+    "register_envs",
+    "registered_ids",
+]
 
-#: id prefix -> (modules needed, pip requirement that provides them).
-_OPTIONAL: dict[str, tuple[tuple[str, ...], str]] = {
-    "maskrl/Atari-": (("ale_py", "cv2"), "ale-py and opencv-python (gymnasium[other])"),
-    "maskrl/ConnectFour-": (("pettingzoo", "pygame"), "pettingzoo[classic]"),
-    "maskrl/TicTacToe-": (("pettingzoo", "pygame"), "pettingzoo[classic]"),
+#: id prefix -> the maskrl extra (``[project.optional-dependencies]`` in
+#: pyproject.toml) that installs what the id imports when it is made.
+_ID_EXTRAS: dict[str, str] = {
+    "maskrl/Atari-": "atari",
+    "maskrl/ConnectFour-": "pettingzoo",
+    "maskrl/TicTacToe-": "pettingzoo",
+}
+
+#: extra -> the modules its ids import (PettingZoo's classic games import pygame).
+_EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "atari": ("ale_py", "cv2"),
+    "pettingzoo": ("pettingzoo", "pygame"),
 }
 
 
@@ -36,20 +54,62 @@ def registered_ids() -> list[str]:
     return [k for k in gym.registry if k.startswith("maskrl/")]
 
 
+def optional_extra(env_id: str) -> str | None:
+    """The maskrl extra an id needs (``"atari"``, ``"pettingzoo"``), or None if it needs none.
+
+    Accepts Gymnasium's ``"module:id"`` form too (the part after the colon is the id).
+
+    >>> optional_extra("maskrl/Atari-Pong-v0"), optional_extra("maskrl/MinAtar-Breakout-v0")
+    ('atari', None)
+    """
+    base_id = env_id.rpartition(":")[2]
+    return next((extra for prefix, extra in _ID_EXTRAS.items() if base_id.startswith(prefix)), None)
+
+
+def install_hint(extra: str) -> str:
+    """How to install a maskrl extra, from PyPI or from a checkout (one line).
+
+    >>> install_hint("atari")
+    'pip install "maskrl[atari]" (or pip install -e ".[atari]" from a checkout)'
+    """
+    return f'pip install "maskrl[{extra}]" (or pip install -e ".[{extra}]" from a checkout)'
+
+
 def missing_dependency(env_id: str) -> str | None:
-    """What an id needs that is not installed, or None (looks modules up without importing them).
+    """One line saying what an id needs that is not installed, or None if nothing is missing.
+
+    Modules are looked up with :func:`importlib.util.find_spec`, never imported,
+    so the check is cheap and has no side effects; an installed module that fails
+    to import is reported when the id is made (:func:`maskrl.envs.make_vec`).
+    Accepts Gymnasium's ``"module:id"`` form.
 
     >>> missing_dependency("maskrl/MinAtar-Breakout-v0") is None
     True
     """
-    import importlib.util
+    extra = optional_extra(env_id)
+    if extra is None:
+        return None
+    missing = [m for m in _EXTRA_MODULES[extra] if not _module_present(m)]
+    if not missing:
+        return None
+    return (
+        f"{env_id.rpartition(':')[2]} needs maskrl's {extra!r} extra, which is not installed "
+        f"(missing module{'s' if len(missing) > 1 else ''}: {', '.join(missing)}): "
+        f"{install_hint(extra)}"
+    )
 
-    for prefix, (modules, requirement) in _OPTIONAL.items():
-        if env_id.startswith(prefix):
-            missing = [m for m in modules if importlib.util.find_spec(m) is None]
-            if missing:
-                return f"{env_id} needs {requirement}; missing: {', '.join(missing)}"
-    return None
+
+def _module_present(module: str) -> bool:
+    """Whether ``module`` can be found (without importing it).
+
+    ``sys.modules[module] = None`` (how Python marks a module as blocked) counts
+    as absent; ``find_spec`` raises ValueError for a module object that sits in
+    ``sys.modules`` without a ``__spec__``, which is present.
+    """
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:
+        return sys.modules.get(module) is not None
 
 
 def _register(env_id: str, entry_point: str, **kwargs: object) -> None:

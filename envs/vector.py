@@ -27,6 +27,7 @@ pickles only the id and keyword arguments; unpickling the builder imports
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Literal, SupportsFloat
@@ -44,6 +45,7 @@ from gymnasium.vector import (
 from gymnasium.wrappers import RecordEpisodeStatistics
 
 from maskrl.envs.masks import ActionMaskWrapper, MaskFn, _has_convention_marker, mask_size
+from maskrl.envs.registration import install_hint, missing_dependency, optional_extra
 
 __all__ = ["GameSlotWrapper", "episodes_by_game", "make_multigame_vec", "make_vec"]
 
@@ -61,18 +63,82 @@ def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
     raise ValueError(f"autoreset_mode must be 'same_step' or 'next_step', got {mode!r}")
 
 
-def _check_id(env_id: str) -> None:
-    """Raise a helpful ValueError for an id Gymnasium does not know."""
+def _check_id(env_id: str) -> str:
+    """Check an env id before anything is built; return the registered id it names.
+
+    Accepts Gymnasium's ``"module:id"`` form, as ``gym.make`` does: ``module`` is
+    imported here (importing it registers ``id``), so a user's own env can be
+    named on the command line, e.g. ``--env mypackage.envs:MyGame-v0``. The
+    optional dependencies of maskrl's own ids are looked up without importing
+    them, so a missing extra is reported before any import can fail.
+
+    Returns:
+        The id without its module part (``"MyGame-v0"`` for ``"mypackage.envs:MyGame-v0"``).
+
+    Raises:
+        ValueError: one line each for: not a string; a malformed ``module:id``; a
+            module that cannot be imported (naming it); an unknown id (with close
+            matches); an id whose optional dependency is not installed (naming the
+            maskrl extra to install).
+    """
+    if not isinstance(env_id, str):
+        raise ValueError(f"an env id must be a string, got {type(env_id).__name__} {env_id!r}")
+    module, colon, name = env_id.rpartition(":")
+    if colon:
+        # gym.make splits on every colon, so exactly one is allowed; the module
+        # part must be an absolute dotted name (import_module rejects relative ones
+        # with a TypeError, not an ImportError).
+        if (
+            not name
+            or env_id.count(":") != 1
+            or not all(part.isidentifier() for part in module.split("."))
+        ):
+            raise ValueError(
+                f"malformed env id {env_id!r}: the module form is 'module:id' with an "
+                "importable module name and one colon, e.g. 'mypackage.envs:MyGame-v0'"
+            )
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(
+                f"cannot import module {module!r} of env id {env_id!r} ({err}); the "
+                "'module:id' form imports the module that registers the id, so it must be "
+                "installed or on PYTHONPATH"
+            ) from err
     try:
-        gym.spec(env_id)
+        gym.spec(name)
     except gym.error.Error as err:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(name, list(gym.registry), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"unknown env id {env_id!r} ({err}).{hint} maskrl's ids are registered by "
-            "`import maskrl.envs` (see maskrl.envs.registered_ids()); register your own env "
-            "with gymnasium.register(...) first."
-        ) from err
+        where = (
+            f"module {module!r} was imported but did not register it"
+            if colon
+            else "maskrl's ids are registered by `import maskrl.envs` (see "
+            "maskrl.envs.registered_ids()); register your own env with "
+            "gymnasium.register(...) first, or name the module that registers it as "
+            "'module:id'"
+        )
+        reason = str(err).rstrip(".")
+        raise ValueError(f"unknown env id {name!r} ({reason}).{hint} {where}.") from err
+    missing = missing_dependency(name)
+    if missing is not None:
+        raise ValueError(missing)
+    return name
+
+
+def _check_unique(env_ids: Sequence[str]) -> None:
+    """Raise a ValueError naming any game listed twice (it would train as two games)."""
+    seen: dict[str, str] = {}
+    for env_id in env_ids:
+        # "module:id" and "id" name the same game.
+        key = env_id.rpartition(":")[2] if isinstance(env_id, str) else env_id
+        if key in seen:
+            same = "" if seen[key] == env_id else f" (as {seen[key]!r} and {env_id!r})"
+            raise ValueError(
+                f"env id {key!r} is listed twice{same} in {list(env_ids)!r}: each game may "
+                "appear once (use more envs, not repeated ids, to give a game more slots)"
+            )
+        seen[key] = env_id
 
 
 def _make_masked_env(
@@ -80,15 +146,30 @@ def _make_masked_env(
     mask_fn: MaskFn | None,
     env_kwargs: Mapping[str, Any],
     seed: int | None = None,
+    index: int | None = None,
 ) -> gym.Env[Any, Any]:
     """Build one env of ``env_id`` following the mask convention (wrapping it if needed).
 
     With ``seed``, the env is reset once with it, so that the vector env's first
-    ``reset()`` without a seed continues from a seeded generator.
+    ``reset()`` without a seed continues from a seeded generator. ``index`` is the
+    env's slot in the vector env, named in the wrapper's mask errors.
+
+    Raises:
+        ValueError: an installed optional dependency of the id fails to import
+            (e.g. a broken ale-py or OpenCV build): one line naming the extra.
     """
-    env = gym.make(env_id, **env_kwargs)
+    try:
+        env = gym.make(env_id, **env_kwargs)
+    except ImportError as err:
+        extra = optional_extra(env_id)
+        if extra is None:
+            raise
+        raise ValueError(
+            f"{env_id} needs maskrl's {extra!r} extra, and importing it failed ({err}): "
+            f"{install_hint(extra)}"
+        ) from err
     if mask_fn is not None or not _has_convention_marker(env):
-        env = ActionMaskWrapper(env, mask_fn=mask_fn)
+        env = ActionMaskWrapper(env, mask_fn=mask_fn, env_index=index)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -264,7 +345,7 @@ def make_vec(
         # instead of per env (keeps the plumbing well under 10% of a MinAtar step).
         env_kwargs.update(mask_in_info=False, check_actions=False)
     fns = [
-        partial(_make_masked_env, env_id, mask_fn, env_kwargs, _slot_seed(seed, i))
+        partial(_make_masked_env, env_id, mask_fn, env_kwargs, _slot_seed(seed, i), index=i)
         for i in range(num_envs)
     ]
     envs = _build(fns, vectorization, autoreset_mode, vector_kwargs)
@@ -376,8 +457,10 @@ def _make_slot(
     obs_space: spaces.Box,
     n_actions: int,
     seed: int | None,
+    index: int | None = None,
 ) -> gym.Env[Any, Any]:
-    env = _make_masked_env(env_id, None, {})
+    """Slot ``index`` of a multi-game vector env: ``env_id`` as game ``game_id``, padded."""
+    env = _make_masked_env(env_id, None, {}, index=index)
     env = RecordEpisodeStatistics(env)
     slot = GameSlotWrapper(env, game_id, num_games, obs_space, n_actions)
     if seed is not None:
@@ -445,6 +528,7 @@ def make_multigame_vec(
     env_ids = list(env_ids)
     if not env_ids:
         raise ValueError("make_multigame_vec needs at least one env id")
+    _check_unique(env_ids)
     if num_envs < len(env_ids):
         raise ValueError(
             f"num_envs={num_envs} is smaller than the number of games ({len(env_ids)}): "
@@ -475,6 +559,7 @@ def make_multigame_vec(
             obs_space,
             n_actions,
             _slot_seed(seed, i),
+            index=i,
         )
         for i in range(num_envs)
     ]

@@ -157,7 +157,8 @@ def test_masks_handed_out_are_read_only_and_not_the_envs_array() -> None:
         ([1, 0], r"shape \(2,\), expected \(3,\)"),
         ([[1, 0, 1]], r"shape \(1, 3\), expected \(3,\)"),
         ([0, 2, 1], r"dtype int64 and is not 0/1"),
-        ([0.0, 0.5, 1.0], r"dtype float64 and is not 0/1"),
+        ([0.0, 0.5, 1.0], r"dtype float64; a mask must be boolean .* never floating point"),
+        ([0.0, 1.0, 1.0], r"dtype float64; a mask must be boolean .* never floating point"),
         (["a", "b", "c"], r"dtype <U1"),
         ([0, 0, 0], r"no valid action at all"),
         ([False, False, False], r"no valid action at all"),
@@ -249,6 +250,59 @@ def test_unsupported_action_space_and_unknown_id() -> None:
         ValueError, match=r"unknown env id 'maskrl/MinAtar-Breakout-v9'.*Did you mean"
     ):
         make_vec("maskrl/MinAtar-Breakout-v9", 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_float_masks_are_refused_even_when_exactly_0_1(dtype: Any) -> None:
+    # One rule for the whole package (as maskrl.as_bool_mask / MaskedCategorical):
+    # boolean, or integers that are all 0/1; floats never.
+    with pytest.raises(
+        ValueError, match=rf"env '<env>' at step 0 has dtype {np.dtype(dtype).name}; .*floating"
+    ):
+        validate_mask(np.array([1.0, 0.0, 1.0], dtype=dtype), spaces.Discrete(3))
+    env = ActionMaskWrapper(ScriptedEnv([np.array([1.0, 0.0, 1.0], dtype=dtype)], "method"))
+    with pytest.raises(ValueError, match="never floating point"):
+        env.reset()
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.uint8, np.int32, np.int64])
+def test_bool_and_integer_0_1_masks_are_accepted(dtype: Any) -> None:
+    out = validate_mask(np.array([1, 0, 1], dtype=dtype), spaces.Discrete(3))
+    assert out.dtype == np.bool_ and out.tolist() == [True, False, True]
+
+
+def test_package_wide_mask_dtype_rule_agrees_with_the_core() -> None:
+    import torch
+
+    from maskrl import MaskedCategorical, as_bool_mask
+
+    logits = torch.zeros(3)
+    for arr in (np.array([1, 0, 1], dtype=np.int8), np.array([True, False, True])):
+        validate_mask(arr, spaces.Discrete(3))
+        as_bool_mask(arr, logits)
+        MaskedCategorical(logits=logits, mask=torch.from_numpy(arr))
+    floats = np.array([1.0, 0.0, 1.0], dtype=np.float32)
+    with pytest.raises(ValueError):
+        validate_mask(floats, spaces.Discrete(3))
+    with pytest.raises(ValueError):
+        as_bool_mask(floats, logits)
+    with pytest.raises(ValueError):
+        MaskedCategorical(logits=logits, mask=torch.from_numpy(floats))
+
+
+def test_errors_name_the_env_index_when_given() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"action mask of env 'x' \(index 3 of the vector env\) at step 7 has no valid",
+    ):
+        validate_mask([0, 0, 0], spaces.Discrete(3), env_id="x", step=7, env_index=3)
+    env = ActionMaskWrapper(ScriptedEnv(GOOD, "info"), env_index=5)
+    env.reset()
+    with pytest.raises(
+        ValueError,
+        match=r"invalid action 1 in env 'ScriptedEnv' \(index 5 of the vector env\) at step 1",
+    ):
+        env.step(1)
 
 
 def test_validate_mask_returns_input_when_already_bool() -> None:

@@ -244,6 +244,63 @@ def test_async_spawn_registers_ids_in_the_subprocess() -> None:
         envs.close()
 
 
+class EmptyMaskAtStepEnv(gym.Env[np.ndarray, np.int64]):
+    """Publishes an info mask that has no valid action at step 2 -- only when seeded with ``bad_seed``.
+
+    ``make_vec(..., seed=0)`` seeds slot ``i`` with ``0 + i``, so exactly slot ``bad_seed`` goes bad.
+    """
+
+    def __init__(self, bad_seed: int = 1) -> None:
+        self.bad_seed = bad_seed
+        self.observation_space = spaces.Box(0.0, 10.0, (1,), np.float32)
+        self.action_space = spaces.Discrete(3)
+        self._t, self._bad = 0, False
+
+    def _out(self) -> tuple[np.ndarray, dict[str, Any]]:
+        empty = self._bad and self._t == 2
+        mask = np.zeros(3, np.int8) if empty else np.ones(3, np.int8)
+        return np.array([self._t], np.float32), {"action_mask": mask}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._bad = seed == self.bad_seed
+        self._t = 0
+        return self._out()
+
+    def step(self, action: Any) -> Any:
+        self._t += 1
+        obs, info = self._out()
+        return obs, 0.0, False, False, info
+
+
+@pytest.mark.parametrize("multigame", [False, True])
+def test_empty_mask_in_a_vector_env_names_env_id_index_and_step(multigame: bool) -> None:
+    # In the multi-game env slot i plays game i % 2: slot 2 is the second slot of EmptyAt2.
+    bad = 2 if multigame else 1
+    gym.register("test/EmptyAt2-v0", entry_point=EmptyMaskAtStepEnv, kwargs={"bad_seed": bad})
+    try:
+        envs = (
+            make_multigame_vec(["test/EmptyAt2-v0", TOY_A], 3, seed=0)
+            if multigame
+            else make_vec("test/EmptyAt2-v0", 3, seed=0)
+        )
+        try:
+            rng = np.random.default_rng(0)
+            _, infos = envs.reset()
+            _, _, _, _, infos = envs.step(sample_valid(infos["action_mask"], rng))
+            with pytest.raises(
+                ValueError,
+                match=rf"action mask of env 'test/EmptyAt2-v0' \(index {bad} of the vector env\) "
+                r"at step 2 has no valid action at all",
+            ):
+                envs.step(sample_valid(infos["action_mask"], rng))
+        finally:
+            envs.close()
+    finally:
+        del gym.registry["test/EmptyAt2-v0"]
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="autoreset_mode"):
         make_vec(TOY_A, 2, autoreset_mode="sometimes")  # type: ignore[arg-type]
