@@ -13,6 +13,7 @@ after which the env is reset with ``last_action = 0``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ class RecordingRandomState(np.random.RandomState):
     def rand(self, *args: int) -> Any:  # type: ignore[override]
         """``RandomState.rand``, recorded."""
         value = super().rand(*args)
-        self.calls.append(("rand", args, value))
+        self.calls.append(("rand", args, np.copy(value) if args else value))
         return value
 
     def randint(  # type: ignore[override]
@@ -46,7 +47,8 @@ class RecordingRandomState(np.random.RandomState):
     ) -> Any:
         """``RandomState.randint``, recorded."""
         value = super().randint(low, high, size, dtype)
-        self.calls.append(("randint", (low, high, size), value))
+        # A copy: freeway.py multiplies its speed array in place after drawing it.
+        self.calls.append(("randint", (low, high, size), np.copy(value)))
         return value
 
     def take(self) -> list[Call]:
@@ -94,12 +96,14 @@ def check_conformance(
     sticky_action_prob: float = 0.1,
     difficulty_ramping: bool = True,
     max_episode_steps: int | None = 10_000,
+    action_probs: Sequence[float] | None = None,
 ) -> ConformanceResult:
     """Run MinAtar and the batched game side by side and compare every step.
 
-    Actions are uniform over the game's minimal action set (a separate numpy
-    generator seeded with ``seed``); MinAtar env ``i`` is seeded with
-    ``seed * 1000 + i``.
+    Actions are drawn over the game's minimal action set (a separate numpy
+    generator seeded with ``seed``), uniformly or with ``action_probs`` (e.g. to
+    make Freeway's chicken cross the road, which a uniform policy rarely does);
+    MinAtar env ``i`` is seeded with ``seed * 1000 + i``.
 
     Returns:
         A :class:`ConformanceResult`; ``mismatch`` names the first step, env and
@@ -144,7 +148,7 @@ def check_conformance(
     total = 0.0
     filler = [0.5] * game.reset_draws
     for t in range(1, steps + 1):
-        actions = rng.choice(minimal, size=num_envs)
+        actions = rng.choice(minimal, size=num_envs, p=action_probs)
         draws = []
         rewards = np.zeros(num_envs, dtype=np.float32)
         terms = np.zeros(num_envs, dtype=np.bool_)
