@@ -29,14 +29,62 @@ def make(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
     return gym.make(env_id, **kwargs)
 
 
-def checked(env_id: str) -> None:
-    """Gymnasium's env checker on the env as gym.make builds it (random, unmasked actions)."""
+def same(a: Any, b: Any) -> bool:
+    """Exact equality of observations (arrays, or dicts of arrays)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def trajectory(env_id: str, seed: int, steps: int) -> list[tuple[Any, float, bool, bool, Any]]:
+    """``steps`` steps of valid actions chosen by a fixed rule, every value checked on the way.
+
+    Checks at every step: the observation lies in the observation space (shape,
+    dtype, bounds), the mask is a ``bool`` array of the action space's size with a
+    valid action (except after a terminal step), ``action_masks()`` agrees with
+    the info, the reward is a finite float. Episodes that end are reset without a
+    seed, so the run continues from the env's own generator.
+    """
+    env = make(env_id)
+    n = maskrl.envs.mask_size(env.action_space)
+    obs, info = env.reset(seed=seed)
+    out = []
+    for t in range(steps):
+        assert env.observation_space.contains(obs), f"step {t}: observation outside the space"
+        mask = info["action_mask"]
+        assert mask.dtype == np.bool_ and mask.shape == (n,) and mask.any(), mask
+        np.testing.assert_array_equal(env.get_wrapper_attr("action_masks")(), mask)
+        valid = np.flatnonzero(mask)
+        action = int(valid[(7 * t) % len(valid)])  # deterministic, and not always the same
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert isinstance(reward, float | int | np.floating) and np.isfinite(reward)
+        assert isinstance(terminated, bool) and isinstance(truncated, bool)
+        out.append((obs, float(reward), terminated, truncated, mask))
+        if terminated or truncated:
+            assert env.observation_space.contains(obs)  # the last observation too
+            obs, info = env.reset()
+    env.close()
+    return out
+
+
+def checked(env_id: str, expected_mask: np.ndarray | None = None, steps: int = 60) -> None:
+    """Gymnasium's env checker on the env as gym.make builds it (random, unmasked actions),
+    then the values: spaces and dtypes of what the env returns, the mask (``expected_mask``
+    when the game's mask is constant), and that one seed gives one trajectory.
+    """
     env = make(env_id, check_actions=False)
     with warnings.catch_warnings():
         # The checker notes that a gym.make stack differs from env.unwrapped: intended here.
         warnings.filterwarnings("ignore", message=".*is different from the unwrapped version.*")
         check_env(env, skip_render_check=True)
     env.close()
+    a = trajectory(env_id, seed=3, steps=steps)
+    b = trajectory(env_id, seed=3, steps=steps)
+    for t, (x, y) in enumerate(zip(a, b, strict=True)):
+        assert same(x[0], y[0]) and x[1:4] == y[1:4] and same(x[4], y[4]), f"differs at step {t}"
+    if expected_mask is not None:
+        for t, step in enumerate(a):
+            np.testing.assert_array_equal(step[4], expected_mask, err_msg=f"step {t}")
 
 
 # ------------------------------------------------------------------ registration
@@ -94,8 +142,17 @@ def test_minatar_mask_is_the_games_minimal_action_set(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(MINATAR_GAMES))
-def test_minatar_passes_env_checker(name: str) -> None:
-    checked(f"maskrl/MinAtar-{name}-v0")
+def test_minatar_passes_env_checker_and_its_values_are_right(name: str) -> None:
+    from minatar import Environment
+
+    game = Environment(MINATAR_GAMES[name])
+    env_id = f"maskrl/MinAtar-{name}-v0"
+    env = gym.make(env_id)
+    c = game.state_shape()[2]
+    assert env.observation_space == gym.spaces.Box(0.0, 1.0, (c, 10, 10), np.float32)
+    assert env.action_space == gym.spaces.Discrete(6)
+    env.close()
+    checked(env_id, expected_mask=np.isin(np.arange(6), game.minimal_action_set()))
 
 
 def test_minatar_observation_is_the_transposed_state_and_seeding_reproduces() -> None:
@@ -142,8 +199,20 @@ def test_atari_mask_is_ales_minimal_action_set(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["Breakout", "Pong"])
-def test_atari_passes_env_checker(name: str) -> None:
-    checked(f"maskrl/Atari-{name}-v0")
+def test_atari_passes_env_checker_and_its_values_are_right(name: str) -> None:
+    import ale_py
+
+    env = make(f"maskrl/Atari-{name}-v0")
+    assert env.observation_space == gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    assert env.action_space == gym.spaces.Discrete(18)
+    env.close()
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    rom = next(r for r in ATARI_GAMES if atari_game_name(r) == name)
+    ale.loadROM(ale_py.roms.get_rom_path(rom))
+    minimal = np.zeros(18, dtype=bool)
+    minimal[[a.value for a in ale.getMinimalActionSet()]] = True
+    checked(f"maskrl/Atari-{name}-v0", expected_mask=minimal, steps=30)
 
 
 def test_atari_settings_are_the_documented_ones() -> None:
@@ -211,7 +280,16 @@ def test_illegal_moves_are_refused_with_env_id_and_step() -> None:
 
 
 @pytest.mark.parametrize("env_id", list(BOARD))
-def test_board_game_passes_env_checker(env_id: str) -> None:
+def test_board_game_passes_env_checker_and_its_values_are_right(env_id: str) -> None:
+    n, shape = BOARD[env_id]
+    env = make(env_id)
+    assert env.observation_space == gym.spaces.Box(0.0, 1.0, shape, np.float32)
+    assert env.action_space == gym.spaces.Discrete(n)
+    assert env.metadata["obs_layout"] == "HWC"  # channels last: the default network reads this
+    obs, info = env.reset(seed=0)
+    assert obs.dtype == np.float32 and set(np.unique(obs)) <= {0.0, 1.0}
+    assert info["action_mask"].all()  # the agent moves first on an empty board
+    env.close()
     checked(env_id)
 
 
@@ -300,7 +378,18 @@ def test_knapsack_invalid_pick_errors() -> None:
         env.step(first)
 
 
-def test_knapsack_passes_env_checker() -> None:
+def test_knapsack_passes_env_checker_and_its_values_are_right() -> None:
+    env = gym.make("maskrl/Knapsack-v0")
+    space = env.observation_space
+    assert isinstance(space, gym.spaces.Dict)
+    assert set(space.spaces) == {"item_features", "item_mask", "capacity"}
+    n_max = space["item_features"].shape[0]
+    assert space["item_features"].shape == (n_max, 2)
+    assert space["item_features"].dtype == np.float32
+    assert space["capacity"] == gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+    assert space["item_mask"] == gym.spaces.MultiBinary(n_max)
+    assert env.action_space == gym.spaces.Discrete(n_max)
+    env.close()
     checked("maskrl/Knapsack-v0")
 
 
