@@ -295,6 +295,8 @@ def make_vec(
     autoreset_mode: AutoresetName | AutoresetMode = "same_step",
     mask_fn: MaskFn | None = None,
     vector_kwargs: Mapping[str, Any] | None = None,
+    backend: Literal["numpy", "torch"] = "numpy",
+    device: Any = None,
     **env_kwargs: Any,
 ) -> VectorEnv[Any, Any, Any]:
     """A Gymnasium vector env of ``num_envs`` copies of ``env_id`` with batched masks.
@@ -314,15 +316,27 @@ def make_vec(
         mask_fn: optional ``mask_fn(env) -> array`` for envs with no mask of their own.
         vector_kwargs: extra keyword arguments for ``SyncVectorEnv``/``AsyncVectorEnv``
             (e.g. ``{"context": "spawn"}``).
-        **env_kwargs: passed to ``gym.make(env_id, ...)``.
+        backend: ``"numpy"`` (default: Gymnasium vector env of Python envs) or
+            ``"torch"``: the game as one batched torch program on ``device``
+            (:class:`maskrl.envs.torch_minatar.TorchMinAtarVectorEnv`; the five
+            MinAtar ids only; same-step autoreset; observations, rewards, flags and
+            masks are tensors; actions must be an int64 tensor on ``device``).
+            ``vectorization``, ``mask_fn`` and ``vector_kwargs`` do not apply to it;
+            ``seed`` seeds its ``torch.Generator``.
+        device: ``"cpu"`` (default), ``"cuda"``, ... (torch backend only).
+        **env_kwargs: passed to ``gym.make(env_id, ...)``; for the torch backend:
+            ``sticky_action_prob``, ``difficulty_ramping``, ``max_episode_steps``,
+            ``check_actions``.
 
     Returns:
         A vector env whose ``reset``/``step`` infos hold ``"action_mask"``:
-        ``np.bool_`` array ``(num_envs, n)``.
+        ``np.bool_`` array ``(num_envs, n)`` (a bool tensor for the torch backend).
 
     Raises:
         ValueError: unknown id (with suggestions), an env with no mask source
-            (at construction), bad ``vectorization``/``autoreset_mode``.
+            (at construction), bad ``vectorization``/``autoreset_mode``, a bad
+            ``backend``, ``backend="torch"`` for an id without a torch version, or
+            ``device`` with the numpy backend.
 
     Example:
         >>> import maskrl.envs
@@ -333,6 +347,32 @@ def make_vec(
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+    if backend == "torch":
+        name = _check_id(env_id)
+        from maskrl.envs.registration import minatar_ids
+
+        torch_ids = minatar_ids()
+        if name not in torch_ids:
+            raise ValueError(
+                f"backend='torch' supports only the batched MinAtar games {torch_ids}, "
+                f"not {env_id!r}"
+            )
+        if vectorization != "sync" or mask_fn is not None or vector_kwargs:
+            raise ValueError(
+                "vectorization, mask_fn and vector_kwargs do not apply to backend='torch'"
+            )
+        if _autoreset_mode(autoreset_mode) != AutoresetMode.SAME_STEP:
+            raise ValueError("backend='torch' supports only autoreset_mode='same_step'")
+        # Imported here: maskrl.envs itself stays free of torch.
+        from maskrl.envs.torch_minatar import TorchMinAtarVectorEnv
+
+        return TorchMinAtarVectorEnv(
+            name, num_envs, device="cpu" if device is None else device, seed=seed, **env_kwargs
+        )
+    if device is not None:
+        raise ValueError(f"device={device!r} applies only to backend='torch'")
     _check_id(env_id)
     probe = _probe(env_id, mask_fn, env_kwargs)
     constant = _constant_mask(probe) if mask_fn is None else None
@@ -492,6 +532,9 @@ def make_multigame_vec(
     seed: int | None = None,
     autoreset_mode: AutoresetName | AutoresetMode = "same_step",
     vector_kwargs: Mapping[str, Any] | None = None,
+    backend: Literal["numpy", "torch"] = "numpy",
+    device: Any = None,
+    **env_kwargs: Any,
 ) -> VectorEnv[Any, Any, Any]:
     """One vector env whose slots play several games (the Actor-Mimic setting).
 
@@ -516,6 +559,14 @@ def make_multigame_vec(
         env_ids: registered ids with ``Discrete`` actions and ``Box`` observations.
         num_envs: number of slots (``>= len(env_ids)`` so every game plays).
         vectorization, seed, autoreset_mode, vector_kwargs: as in :func:`make_vec`.
+        backend, device: as in :func:`make_vec`. With ``backend="torch"`` (MinAtar ids
+            only) all games step in one batched torch program
+            (:class:`maskrl.envs.torch_minatar.TorchMinAtarMultiGameVectorEnv`):
+            ``obs["obs"]``/``obs["game_id"]``, ``infos["game_id"]`` and the dict
+            ``infos["final_obs"]`` are tensors on ``device``, and episode statistics
+            are batched in ``infos["episode"]``/``infos["_episode"]`` directly.
+        **env_kwargs: torch backend only: ``sticky_action_prob``,
+            ``difficulty_ramping``, ``max_episode_steps``, ``check_actions``.
 
     Example:
         >>> import maskrl.envs
@@ -533,6 +584,36 @@ def make_multigame_vec(
         raise ValueError(
             f"num_envs={num_envs} is smaller than the number of games ({len(env_ids)}): "
             "some games would never be played"
+        )
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+    if backend == "torch":
+        from maskrl.envs.registration import minatar_ids
+
+        torch_ids = minatar_ids()
+        names = [_check_id(env_id) for env_id in env_ids]
+        unsupported = [i for i in names if i not in torch_ids]
+        if unsupported:
+            raise ValueError(
+                f"backend='torch' supports only the batched MinAtar games {torch_ids}, "
+                f"not {unsupported}"
+            )
+        if vectorization != "sync" or vector_kwargs:
+            raise ValueError("vectorization and vector_kwargs do not apply to backend='torch'")
+        if _autoreset_mode(autoreset_mode) != AutoresetMode.SAME_STEP:
+            raise ValueError("backend='torch' supports only autoreset_mode='same_step'")
+        # Imported here: maskrl.envs itself stays free of torch.
+        from maskrl.envs.torch_minatar import TorchMinAtarMultiGameVectorEnv
+
+        return TorchMinAtarMultiGameVectorEnv(
+            names, num_envs, device="cpu" if device is None else device, seed=seed, **env_kwargs
+        )
+    if device is not None:
+        raise ValueError(f"device={device!r} applies only to backend='torch'")
+    if env_kwargs:
+        raise ValueError(
+            f"make_multigame_vec takes env keyword arguments only with backend='torch', "
+            f"got {sorted(env_kwargs)}"
         )
     obs_spaces = []
     n_per_game = []
