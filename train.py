@@ -10,22 +10,29 @@
 
 Every flag is a field of a configuration dataclass (maskrl.agents.PPOConfig,
 maskrl.agents.runner.RunConfig); ``--help`` shows each one's documentation.
-Bad input prints one line and exits with status 2; Ctrl-C saves a checkpoint
-and exits with status 130.
+Bad input prints one line and exits with status 2; Ctrl-C (or SIGTERM, as a
+cluster scheduler sends before it kills a job) finishes the current update,
+saves a checkpoint and exits with status 130 (143 for SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
+import signal
 import sys
+import threading
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def _flag(name: str) -> str:
@@ -120,7 +127,82 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Signals:
+    """The command line's SIGINT/SIGTERM handlers: the first asks the run to stop after its
+    current update (it then saves and exits 130 / 143); a second SIGINT stops at once.
+
+    Installed as the very first thing ``main`` does -- before any environment is
+    built (MinAtar imports matplotlib inside a bare ``try/except`` that would
+    swallow a KeyboardInterrupt) -- and restored when ``main`` returns. Only the
+    command line installs handlers; the library takes a ``StopRequest``.
+    """
+
+    def __init__(self) -> None:
+        from maskrl.agents.runner import StopRequest
+
+        self.stop = StopRequest()
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        first = not self.stop.requested
+        self.stop.request(signum)
+        if first:
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(
+                f"\n{name}: stopping after the current update and saving a checkpoint "
+                "(press Ctrl-C again to stop at once, without saving)",
+                file=sys.stderr,
+            )
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Signals]:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                current = signal.getsignal(sig)
+                # A signal someone chose to ignore stays ignored.
+                if current in (signal.default_int_handler, signal.SIG_DFL):
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, prev in self._previous.items():
+                signal.signal(sig, prev)
+            self._previous.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
+    signals = _Signals()
+    with signals.installed():
+        try:
+            return _main(argv, signals)
+        except KeyboardInterrupt:
+            print("train.py: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _check_seed(seed: int, flag: str = "--seed") -> None:
+    from maskrl.agents.config import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{flag} must be in [0, {MAX_SEED}], got {seed}")
+
+
+def _check_output(path: str | None) -> None:
+    """Refuse an --output that cannot be written before any work is done."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"--output {path} is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"--output {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--output {path}: folder {parent} is not writable")
+
+
+def _main(argv: list[str] | None, signals: _Signals) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["ppo"]  # the default real job
@@ -129,69 +211,105 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return EXIT_USAGE
+    from maskrl.agents.runner import TrainingInterrupted
+
     try:
         if ns.command == "ppo":
             from maskrl.agents.config import PPOConfig
-            from maskrl.agents.runner import RunConfig, TrainingInterrupted, train_ppo
+            from maskrl.agents.runner import RunConfig
 
             run_cfg, ppo_cfg = _pick(ns, RunConfig), _pick(ns, PPOConfig)
             given = _explicit_flags(argv)
             if run_cfg.preset is not None:
                 ppo_cfg = apply_preset(ppo_cfg, run_cfg.preset, keep=given)
             if run_cfg.resume:
-                # A resumed run keeps the settings in its config.json; silently
-                # ignoring a changed setting would be worse than refusing it.
-                allowed = {
-                    "resume",
-                    "runs_dir",
-                    "total_timesteps",
-                    "eval_episodes",
-                    "progress",
-                    "device",
-                }
-                fixed = sorted(given - allowed)
-                if fixed:
-                    raise ValueError(
-                        f"--resume continues a run with its saved settings; these flags cannot "
-                        f"change on resume: {', '.join(_flag(f) for f in fixed)}"
-                    )
-            try:
-                summary = train_ppo(run_cfg, ppo_cfg)
-            except TrainingInterrupted as e:
-                print(
-                    f"train.py: {e}; continue with: python train.py ppo --resume {e.run_dir}",
-                    file=sys.stderr,
-                )
-                return EXIT_INTERRUPTED
-            ev = summary.get("eval")
-            print(f"run folder: {summary['run_dir']}")
-            print(
-                f"trained {summary['global_step']} steps in {summary['train_seconds']:.0f} s ({summary['train_sps']:.0f} steps/s)"
-            )
-            if ev is not None:
-                _print_eval(ev)
+                _check_resume_flags(given)
+            summary = _runner().train_ppo(run_cfg, ppo_cfg, signals.stop)
+            _print_summary(summary)
             return 0
         if ns.command == "eval":
-            from maskrl.agents import PPO, evaluate
-
-            agent = PPO.load(ns.checkpoint, device=ns.device)
-            env = ns.env or agent.env_ids
-            if not env:
-                raise ValueError("the checkpoint does not record its env; pass --env")
-            res = evaluate(agent, env, ns.episodes, seed=ns.seed, deterministic=ns.deterministic)
-            _print_eval(res)
-            if ns.output:
-                with open(ns.output, "w") as f:
-                    json.dump(res, f, indent=2)
-            return 0
-    except KeyboardInterrupt:
-        print("train.py: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            return _eval(ns)
+    except TrainingInterrupted as e:
+        how = "--resume" if e.saved else "a new run"
+        print(
+            f"train.py: {e}"
+            + (
+                f"; continue with: python train.py {ns.command} --resume {e.run_dir}"
+                if e.saved
+                else ""
+            )
+            + ("" if e.saved else f" (start {how})"),
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
     except ValueError as e:
         # Bad input: one clear line (whatever line breaks the message had), no traceback.
         print(f"train.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_USAGE
+
+
+def _runner() -> Any:
+    from maskrl.agents import runner
+
+    return runner
+
+
+#: Flags a resumed run accepts: the length of the run and the bookkeeping of this
+#: invocation. Everything else comes from the run's config.json.
+RESUME_FLAGS = {"resume", "total_timesteps", "eval_episodes", "progress", "device"}
+
+
+def _check_resume_flags(given: set[str]) -> None:
+    # A resumed run keeps the settings in its config.json; silently ignoring a
+    # changed setting would be worse than refusing it.
+    fixed = sorted(given - RESUME_FLAGS)
+    if fixed:
+        raise ValueError(
+            f"--resume continues a run with its saved settings; these flags cannot "
+            f"change on resume: {', '.join(_flag(f) for f in fixed)}"
+        )
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"run folder: {summary['run_dir']}")
+    print(
+        f"trained {summary['steps_trained']} steps in {summary['train_seconds']:.0f} s "
+        f"({summary['train_sps']:.0f} steps/s; the run is at step {summary['global_step']})"
+    )
+    ev = summary.get("eval")
+    if ev is not None:
+        _print_eval(ev)
+
+
+def _eval(ns: argparse.Namespace) -> int:
+    from maskrl.agents import evaluate, load_policy
+
+    _check_seed(ns.seed)
+    if ns.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {ns.episodes}")
+    _check_output(ns.output)
+    policy = load_policy(ns.checkpoint, device=ns.device, seed=ns.seed)
+    env = ns.env or policy.env_ids
+    if not env:
+        raise ValueError("the checkpoint does not record its env; pass --env")
+    if ns.env and policy.env_ids:
+        asked = [e.strip() for e in ns.env.split(",") if e.strip()]
+        if asked != list(policy.env_ids):
+            print(
+                f"train.py: note: evaluating on {', '.join(asked)}; the policy was trained on "
+                f"{', '.join(policy.env_ids)}",
+                file=sys.stderr,
+            )
+    res = evaluate(policy, env, ns.episodes, seed=ns.seed, deterministic=ns.deterministic)
+    _print_eval(res)
+    if ns.output:
+        try:
+            with open(ns.output, "w") as f:
+                json.dump(res, f, indent=2)
+        except OSError as e:
+            raise ValueError(f"--output {ns.output}: {e.strerror}") from e
+    return 0
 
 
 def _explicit_flags(argv: list[str]) -> set[str]:

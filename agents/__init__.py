@@ -1,21 +1,36 @@
-"""Training algorithms over masked vector environments (installed as ``maskrl.agents``)."""
+"""Training algorithms over masked vector environments (installed as ``maskrl.agents``).
 
-from maskrl.agents.config import PPOConfig
+* :class:`PPO` -- masked PPO; :class:`MaskedPolicy` / :func:`load_policy` -- a
+  trained policy alone (inference, or a teacher);
+* the trainer core every trainer shares (:mod:`maskrl.agents.trainer`,
+  :mod:`maskrl.agents.rollout`, the run harness :mod:`maskrl.agents.runner`);
+* :func:`build_actor_critic` -- the default network for a pair of spaces.
+"""
+
+from maskrl.agents.config import PRESETS, PPOConfig
 from maskrl.agents.evaluate import evaluate
 from maskrl.agents.networks import build_actor_critic
-from maskrl.agents.ppo import PPO, MaskedPolicyHead, compute_gae, ppo_loss, resolve_device
+from maskrl.agents.policy import MaskedPolicy, load_policy
+from maskrl.agents.ppo import PPO, compute_gae, ppo_loss
 from maskrl.agents.rollout import EpisodeStats, RolloutBuffer, collect_rollout, read_masks
+from maskrl.agents.trainer import NonFiniteError, TrainerRNG, resolve_device
+from maskrl.distributions import MaskedPolicyHead
 
 __all__ = [
     "PPO",
+    "PRESETS",
     "EpisodeStats",
+    "MaskedPolicy",
     "MaskedPolicyHead",
+    "NonFiniteError",
     "PPOConfig",
     "RolloutBuffer",
+    "TrainerRNG",
+    "build_actor_critic",
     "collect_rollout",
     "compute_gae",
-    "build_actor_critic",
     "evaluate",
+    "load_policy",
     "ppo_loss",
     "read_masks",
     "resolve_device",

@@ -3,6 +3,10 @@
 * Written atomically: to a temporary file in the same folder, flushed and
   fsynced, then renamed over the target, so a crash or Ctrl-C mid-write never
   leaves a truncated checkpoint where a good one was.
+* Verified before they are read: ``torch.save`` writes a zip archive with a
+  CRC-32 per member, which ``torch.load`` does not check; :func:`load_checkpoint`
+  checks every member's CRC first, so a damaged file is refused with one line
+  instead of loading damaged tensors (NaN in the weights or Adam's moments).
 * Read with ``torch.load(..., weights_only=True)``: only tensors and plain
   containers are unpickled, never arbitrary objects. Everything stored is
   therefore tensors, numbers, strings, lists and dicts -- Gymnasium spaces are
@@ -14,13 +18,35 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["load_checkpoint", "save_checkpoint", "space_from_dict", "space_to_dict"]
+__all__ = [
+    "clean_stale_temporaries",
+    "load_checkpoint",
+    "save_checkpoint",
+    "space_from_dict",
+    "space_to_dict",
+]
+
+
+def clean_stale_temporaries(folder: str | Path, name: str = "checkpoint.pt") -> list[Path]:
+    """Remove ``.{name}.*.tmp`` files a killed writer left in ``folder``; returns what was removed.
+
+    Call it only while holding the folder's lock (no other writer is active).
+    """
+    removed = []
+    for p in Path(folder).glob(f".{name}.*.tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -52,6 +78,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            damaged = zf.testzip()  # reads every member and checks its CRC-32
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({e})") from e
+    if damaged is not None:
+        raise ValueError(
+            f"checkpoint {path} is damaged: member {damaged!r} fails its CRC check "
+            "(the file was changed after it was written)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupt files

@@ -8,8 +8,15 @@ one source of truth for defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+#: Largest accepted seed: env slot ``i`` is seeded with ``seed + i``, and
+#: Gymnasium / numpy seeds must stay below 2**32.
+MAX_SEED = 2**31 - 1
 
 
 def _f(default: Any, help: str) -> Any:
@@ -66,7 +73,13 @@ class PPOConfig:
     )
     torch_threads: int | None = _f(
         None,
-        "CPU threads for torch (None: leave torch's default); 1 is often fastest for small nets",
+        "CPU threads for torch while training (None: leave torch's default); restored "
+        "afterwards; 1 is often fastest for small nets",
+    )
+    env_backend: str = _f(
+        "numpy",
+        "numpy: Python-stepped Gymnasium envs; torch: the MinAtar games as batched torch "
+        "programs on the training device (MinAtar ids only)",
     )
 
     @property
@@ -78,27 +91,49 @@ class PPOConfig:
         return self.batch_size // self.num_minibatches
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the offending field for an impossible config."""
+        """Raise ``ValueError`` naming the offending field (and its flag) for an impossible config."""
+        check_types(self)
         for name in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            _check(self, name, getattr(self, name) >= 1, ">= 1")
+        _check(self, "num_envs", self.num_envs <= 1_000_000, "<= 1,000,000")
         if self.batch_size % self.num_minibatches:
             raise ValueError(
-                f"num_minibatches={self.num_minibatches} does not divide the batch "
+                f"num_minibatches={self.num_minibatches} (--num-minibatches) does not divide the batch "
                 f"num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size}"
             )
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        if not 0.0 <= self.gae_lambda <= 1.0:
-            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        if self.reward_scale <= 0:
-            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
-        if self.clip_coef <= 0:
-            raise ValueError(f"clip_coef must be > 0, got {self.clip_coef}")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        _check(self, "learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]")
+        _check(self, "gamma", 0.0 <= self.gamma <= 1.0, "in [0, 1]")
+        _check(self, "gae_lambda", 0.0 <= self.gae_lambda <= 1.0, "in [0, 1]")
+        _check(self, "clip_coef", 0 < self.clip_coef < math.inf, "finite and > 0")
+        _check(self, "ent_coef", 0 <= self.ent_coef < math.inf, "finite and >= 0")
+        _check(self, "vf_coef", 0 <= self.vf_coef < math.inf, "finite and >= 0")
+        _check(self, "reward_scale", 0 < self.reward_scale < math.inf, "finite and > 0")
+        # A negative norm would flip the gradient's sign (training would climb the loss).
+        _check(self, "max_grad_norm", 0 < self.max_grad_norm < math.inf, "finite and > 0")
+        if self.target_kl is not None:
+            _check(self, "target_kl", 0 < self.target_kl < math.inf, "finite and > 0, or None")
+        _check(self, "adam_eps", 0 < self.adam_eps < 1, "in (0, 1)")
+        _check(
+            self,
+            "seed",
+            0 <= self.seed <= MAX_SEED - self.num_envs,
+            f"in [0, {MAX_SEED} - num_envs]",
+        )
+        if self.torch_threads is not None:
+            cpus = os.cpu_count() or 1
+            _check(
+                self,
+                "torch_threads",
+                1 <= self.torch_threads <= cpus,
+                f"in [1, {cpus}] (this machine's CPUs), or None",
+            )
+        _check(self, "env_backend", self.env_backend in ("numpy", "torch"), "'numpy' or 'torch'")
+        _check(
+            self,
+            "device",
+            isinstance(self.device, str) and self.device != "",
+            "cpu, cuda, cuda:N or auto",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,7 +144,56 @@ class PPOConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown PPOConfig field(s): {sorted(unknown)}")
-        return cls(**d)
+        cfg = cls(**d)
+        check_types(cfg)
+        return cfg
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a config field: ``learning_rate`` -> ``--learning-rate``."""
+    return "--" + name.replace("_", "-")
+
+
+def _check(cfg: Any, name: str, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(
+            f"{name} ({flag_name(name)}) must be {allowed}, got {getattr(cfg, name)!r}"
+        )
+
+
+def check_types(cfg: Any) -> None:
+    """Check each dataclass field's value against its annotation (int, float, bool, str, or None).
+
+    Catches a hand-edited ``config.json`` (``"env": 123``, ``"checkpoint_every": "abc"``)
+    before it reaches the trainer. NaN floats pass here; range checks refuse them.
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        tp = hints[f.name]
+        args = typing.get_args(tp)
+        allowed = [a for a in args if a is not type(None)] if args else [tp]
+        if value is None:
+            if type(None) in args:
+                continue
+            raise ValueError(f"{f.name} ({flag_name(f.name)}) must not be None")
+        ok = False
+        for a in allowed:
+            if a is bool:
+                ok = ok or isinstance(value, bool)
+            elif a is int:
+                ok = ok or (isinstance(value, int) and not isinstance(value, bool))
+            elif a is float:
+                ok = ok or (isinstance(value, int | float) and not isinstance(value, bool))
+            elif a is str:
+                ok = ok or isinstance(value, str)
+            else:
+                ok = True
+        if not ok:
+            names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
+            raise ValueError(
+                f"{f.name} ({flag_name(f.name)}) must be {names}, got {value!r} ({type(value).__name__})"
+            )
 
 
 #: Named settings for ``train.py ppo --preset NAME`` (flags given explicitly win).

@@ -21,6 +21,7 @@ episode was truncated rather than terminated.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,6 +190,44 @@ class EpisodeStats:
         self.game_ids.clear()
 
 
+def _spec_bytes(spec: Any) -> int:
+    if isinstance(spec, dict):
+        return sum(_spec_bytes(s) for s in spec.values())
+    shape, dtype = spec
+    return int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+
+
+def buffer_bytes(
+    obs_spec: Any, n_logits: int, action_shape: tuple[int, ...], num_steps: int, num_envs: int
+) -> int:
+    """Bytes a :class:`RolloutBuffer` of ``num_steps x num_envs`` needs on its device."""
+    per_slot = _spec_bytes(obs_spec) + n_logits  # observation + bool mask, T + 1 slots
+    per_step = 8 * max(1, int(np.prod(action_shape))) + 4 * 7 + 4 * 3  # actions, scalars, host copy
+    return (num_steps + 1) * num_envs * per_slot + num_steps * num_envs * per_step
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except RuntimeError:
+            return None
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits(need: int, device: torch.device, num_steps: int, num_envs: int) -> None:
+    avail = _available_bytes(device)
+    if avail is not None and need > avail:
+        raise ValueError(
+            f"the rollout buffer of num_steps x num_envs = {num_steps} x {num_envs} needs "
+            f"{need / 2**30:.1f} GiB but {device} has {avail / 2**30:.1f} GiB free: lower "
+            "--num-steps or --num-envs"
+        )
+
+
 class RolloutBuffer:
     """Preallocated rollout storage on one device.
 
@@ -213,6 +252,9 @@ class RolloutBuffer:
         self.device = device
         self.obs_spec = _space_spec(observation_space)
         T, N = num_steps, num_envs
+        _check_fits(
+            buffer_bytes(self.obs_spec, n_logits, action_shape, T, N), device, num_steps, num_envs
+        )
         self.obs = alloc_obs(self.obs_spec, (T + 1, N), device)
         self.masks = torch.zeros((T + 1, N, n_logits), dtype=torch.bool, device=device)
         self.actions = torch.zeros((T, N) + action_shape, dtype=torch.int64, device=device)
@@ -233,6 +275,10 @@ class RolloutBuffer:
         # Value of the final observation of an episode truncated at step t (else 0).
         self.final_values = torch.zeros((T, N), device=device)
         self.next_value = torch.zeros(N, device=device)
+
+    def host_rewards_view(self) -> torch.Tensor:
+        """The rewards of the rollout being collected, ``[T, N]``, as gathered on the host."""
+        return torch.from_numpy(self.host_scalars[0])
 
     def count_invalid_actions(self) -> int:
         """How many stored actions were masked out at the step they were taken."""
@@ -255,6 +301,50 @@ class RolloutBuffer:
         else:
             self.obs[0].copy_(self.obs[T])
         self.masks[0].copy_(self.masks[T])
+
+
+def _first_bad(bad: torch.Tensor) -> tuple[int, int] | None:
+    """``(t, env)`` of the first True in a ``[T, N]`` bool tensor, or None."""
+    if not bool(bad.any()):
+        return None
+    flat = int(bad.reshape(-1).nonzero()[0])
+    return flat // bad.shape[1], flat % bad.shape[1]
+
+
+def check_rollout_finite(buffer: RolloutBuffer, steps_before: int) -> None:
+    """Stop at the first non-finite reward or observation of a filled rollout.
+
+    One reduction per rollout (not per step). Observation slot ``t + 1`` holds
+    what step ``t`` returned.
+
+    Raises:
+        NonFiniteError: naming the env index, the rollout step and the run's
+            env-step count at which it appeared.
+    """
+    from maskrl.agents.trainer import NonFiniteError
+
+    T, N = buffer.num_steps, buffer.num_envs
+    where = _first_bad(~torch.isfinite(buffer.host_rewards_view()))
+    if where is not None:
+        t, i = where
+        raise NonFiniteError(
+            f"non-finite reward from env index {i} at rollout step {t} "
+            f"(env step {steps_before + t * N + i} of the run); the env returned "
+            f"{float(buffer.host_rewards_view()[t, i])}"
+        )
+    leaves = buffer.obs.items() if isinstance(buffer.obs, dict) else [(None, buffer.obs)]
+    for key, o in leaves:
+        if not o.is_floating_point():
+            continue
+        bad = ~torch.isfinite(o[1:].reshape(T, N, -1)).all(-1)
+        where = _first_bad(bad)
+        if where is not None:
+            t, i = where
+            what = "observation" if key is None else f"observation[{key!r}]"
+            raise NonFiniteError(
+                f"non-finite {what} from env index {i} at rollout step {t} "
+                f"(env step {steps_before + t * N + i} of the run)"
+            )
 
 
 @dataclass
@@ -335,6 +425,7 @@ def collect_rollout(
                     stats.game_ids.append(int(state.game_ids[i]))
                 state.episode_returns[done] = 0.0
                 state.episode_lengths[done] = 0
+        check_rollout_finite(buf, state.steps)
         buf.next_value.copy_(value_fn(index_obs(buf.obs, T)))
         # Counted once per rollout, never corrected: a policy that picks a masked
         # action is a bug the invalid_action_rate chart must show.

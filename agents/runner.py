@@ -1,40 +1,67 @@
-"""Training runs: a run folder, tensorboard logging, a progress bar, checkpoints, resume.
+"""The run harness every trainer goes through: run folder, logging, checkpoints, resume.
 
 Every run writes ``runs/<name>/``:
 
-* tensorboard event files (``charts/episodic_return`` -- per game too when
-  there are several --, ``charts/episodic_length``, ``charts/SPS``,
-  ``charts/invalid_action_rate`` (0 unless something is broken),
-  ``charts/learning_rate``, ``losses/policy``, ``losses/value``,
-  ``losses/entropy``, ``losses/approx_kl``, ``losses/clipfrac``,
-  ``losses/explained_variance``, and the hyperparameters as a text table);
+* tensorboard event files: whatever scalars the trainer reports after each
+  update (a name with a ``/`` is used as the tag; ``SPS``,
+  ``invalid_action_rate`` and ``learning_rate`` go under ``charts/``, any other
+  plain name under ``losses/``), ``charts/episodic_return`` (per game too when
+  there are several), ``charts/episodic_length``, and the hyperparameters as a
+  text table;
 * ``config.json``, the resolved configuration;
 * ``checkpoint.pt``, rewritten atomically every ``checkpoint_every`` steps, at
-  the end, and on Ctrl-C;
+  the end, and when the run is stopped (Ctrl-C or SIGTERM);
 * ``eval.json``, the final evaluation.
+
+A trainer is anything with ``global_step``, ``steps_per_update``,
+``episode_stats``, ``envs``, ``learn(total, callback)``, ``save(path)`` and a
+``policy`` to evaluate (:class:`~maskrl.agents.PPO`,
+:class:`~maskrl.agents.ActorMimic`).
+
+Guarantees: the run folder is locked while a training writes to it (a second
+training into it is refused); it is checked to be writable before anything
+is trained; a stopped, crashed or interrupted run keeps its last good
+checkpoint (a non-finite model is never saved over it); temporaries that a
+killed run left are removed when the folder is next used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import math
 import os
 import re
-import signal
-import sys
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from maskrl.agents.config import PPOConfig
+from maskrl.agents.checkpoint import clean_stale_temporaries
+from maskrl.agents.config import PPOConfig, check_types
 from maskrl.agents.evaluate import evaluate
 from maskrl.agents.ppo import PPO
+from maskrl.agents.trainer import NonFiniteError
 
-__all__ = ["RunConfig", "TrainingInterrupted", "train_ppo"]
+__all__ = [
+    "DEFAULT_TOTAL_TIMESTEPS",
+    "RunConfig",
+    "RunLock",
+    "StopRequest",
+    "TrainingInterrupted",
+    "run_training",
+    "train_ppo",
+]
+
+#: ``total_timesteps`` of a new run when none is given.
+DEFAULT_TOTAL_TIMESTEPS = 1_000_000
+#: Longest run-folder name accepted (file systems allow 255 bytes; leave room for suffixes).
+MAX_RUN_NAME = 128
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -43,14 +70,18 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass
 class RunConfig:
-    """What to train on and where the run goes (the rest is :class:`PPOConfig`)."""
+    """What to train on and where the run goes (the rest is the trainer's config)."""
 
     env: str = _f(
         "maskrl/MinAtar-Breakout-v0",
-        "Gymnasium id with an action-mask source; several ids separated by commas train one "
-        "multi-game agent",
+        "Gymnasium id with an action-mask source (or module:id, which imports the module "
+        "that registers it); several ids separated by commas train one multi-game agent",
     )
-    total_timesteps: int = _f(1_000_000, "environment steps to train for (all envs counted)")
+    total_timesteps: int | None = _f(
+        None,
+        f"environment steps to train for, all envs counted (default: {DEFAULT_TOTAL_TIMESTEPS:,} "
+        "for a new run; on --resume, the run's own total)",
+    )
     run_name: str | None = _f(
         None, "run folder name under --runs-dir (default: <env>__<seed>__<time>)"
     )
@@ -60,7 +91,7 @@ class RunConfig:
     )
     preset: str | None = _f(
         None,
-        "PPO settings preset from maskrl.agents.PRESETS ('reference', 'fast'); "
+        "settings preset from maskrl.agents.PRESETS ('reference', 'fast'); "
         "flags given explicitly override it",
     )
     checkpoint_every: int = _f(100_000, "write checkpoint.pt every this many steps")
@@ -68,71 +99,158 @@ class RunConfig:
     progress: bool = _f(True, "show a progress bar")
 
     def validate(self) -> None:
-        if self.total_timesteps < 1:
-            raise ValueError(f"total_timesteps must be >= 1, got {self.total_timesteps}")
+        """Raise ``ValueError`` naming the field and flag of an impossible value."""
+        check_types(self)
+        if self.total_timesteps is not None and not 1 <= self.total_timesteps <= 10**13:
+            raise ValueError(
+                f"total_timesteps (--total-timesteps) must be in [1, 1e13], got {self.total_timesteps}"
+            )
         if self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+            raise ValueError(
+                f"checkpoint_every (--checkpoint-every) must be >= 1, got {self.checkpoint_every}"
+            )
         if self.eval_episodes < 0:
-            raise ValueError(f"eval_episodes must be >= 0, got {self.eval_episodes}")
-        if not [e for e in self.env.split(",") if e.strip()]:
-            raise ValueError("env is empty")
+            raise ValueError(
+                f"eval_episodes (--eval-episodes) must be >= 0, got {self.eval_episodes}"
+            )
+        if not self.env_ids:
+            raise ValueError("env (--env) is empty")
+        dup = sorted({e for e in self.env_ids if self.env_ids.count(e) > 1})
+        if dup:
+            raise ValueError(f"env (--env) lists {', '.join(dup)} more than once")
+        if self.run_name is not None:
+            check_run_name(self.run_name)
 
     @property
     def env_ids(self) -> list[str]:
         return [e.strip() for e in self.env.split(",") if e.strip()]
 
+    @property
+    def total(self) -> int:
+        return self.total_timesteps if self.total_timesteps is not None else DEFAULT_TOTAL_TIMESTEPS
+
+
+def check_run_name(name: str) -> None:
+    """A run name is a plain folder name: letters, digits and ``._+=@-``, at most 128 characters."""
+    if len(name) > MAX_RUN_NAME:
+        raise ValueError(
+            f"run_name (--run-name) is {len(name)} characters long; at most {MAX_RUN_NAME} are allowed"
+        )
+    if not _RUN_NAME.match(name) or name in (".", ".."):
+        raise ValueError(
+            f"run_name (--run-name) {name!r} must be a plain folder name "
+            "(letters, digits and ._+=@-, not starting with a dot or dash)"
+        )
+
 
 class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C once the checkpoint is safely written."""
+    """Raised when a stop was requested, once the checkpoint is safely written.
 
-    def __init__(self, run_dir: Path, step: int) -> None:
-        super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}")
-        self.run_dir, self.step = run_dir, step
+    ``signum`` is the signal that asked (``signal.SIGINT`` or ``signal.SIGTERM``).
+    """
+
+    def __init__(self, run_dir: Path, step: int, signum: int, saved: bool) -> None:
+        what = f"checkpoint saved in {run_dir}" if saved else "nothing was trained, nothing saved"
+        super().__init__(f"stopped at step {step}; {what}")
+        self.run_dir, self.step, self.signum, self.saved = run_dir, step, signum, saved
 
 
-class _StopOnCtrlC:
-    """While active, a first Ctrl-C asks training to stop after the current update.
+class StopRequest:
+    """A flag that asks a training to stop after its current update.
 
-    A KeyboardInterrupt raised in the middle of an update would leave the network
-    with only some of its minibatch steps (possibly inside ``optimizer.step()``)
-    while the counters still say the previous update: the checkpoint would mix
-    two states. So the first Ctrl-C only sets :attr:`requested`; a second one
-    raises KeyboardInterrupt at once. Installed only in the main thread and only
-    over Python's default handler (a SIGINT that is ignored stays ignored).
+    The command line sets it from its SIGINT/SIGTERM handlers (a library never
+    installs signal handlers itself); a program embedding maskrl can set it
+    from anywhere with :meth:`request`.
     """
 
     def __init__(self) -> None:
-        self.requested = False
-        self.installed = False
-        self._previous: Any = None
+        self.signum: int | None = None
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(
-            "\nCtrl-C: stopping after the current update and saving a checkpoint "
-            "(press Ctrl-C again to stop at once, without saving)",
-            file=sys.stderr,
-        )
+    def request(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
 
-    def __enter__(self) -> _StopOnCtrlC:
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-            self.installed = True
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``.lock``), held while a training writes to it.
+
+    Raises:
+        ValueError: another process holds it (the message names its pid), or the
+            folder cannot be written.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ValueError(f"run folder {self.path.parent} is not writable ({e.strerror})") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = ""
+            try:
+                holder = os.read(fd, 64).decode().strip()
+            except OSError:
+                pass
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise ValueError(
+                    f"run folder {self.path.parent} is in use by another training"
+                    + (f" (pid {holder})" if holder else "")
+                    + "; wait for it to finish or choose another --run-name"
+                ) from e
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        if self.installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self.installed = False
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def prepare_run_dir(run_dir: Path) -> RunLock:
+    """Create (if needed), check writable, lock and tidy a run folder; returns the held lock."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run folder {run_dir} exists and is not a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create run folder {run_dir} ({e.strerror or e})") from e
+    lock = RunLock(run_dir).acquire()
+    try:
+        probe = run_dir / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        lock.release()
+        raise ValueError(
+            f"run folder {run_dir} is not writable ({e.strerror or e}): nothing could be saved"
+        ) from e
+    clean_stale_temporaries(run_dir)
+    return lock
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def _game_label(env_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", env_id.split("/")[-1])
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", env_id.split("/")[-1].split(":")[-1])
 
 
 def _hparam_table(d: dict[str, Any]) -> str:
@@ -140,107 +258,97 @@ def _hparam_table(d: dict[str, Any]) -> str:
     return f"|param|value|\n|-|-|\n{rows}"
 
 
-def train_ppo(run: RunConfig, config: PPOConfig) -> dict[str, Any]:
-    """Train (or resume) a masked PPO run and evaluate it; returns the evaluation summary.
+#: Metrics the trainer core itself reports (logged under charts/); every other
+#: plain metric name is a loss term (losses/<name>).
+_CHART_METRICS = {"SPS", "invalid_action_rate", "learning_rate"}
+
+
+def metric_tag(name: str) -> str:
+    """Tensorboard tag of a trainer metric (see the module docstring)."""
+    if "/" in name:
+        return name
+    return f"charts/{name}" if name in _CHART_METRICS else f"losses/{name}"
+
+
+def run_training(
+    trainer: Any,
+    run_dir: Path,
+    run: RunConfig,
+    hparams: dict[str, Any],
+    resumed: bool,
+    stop: StopRequest | None = None,
+    eval_fn: Callable[[Any, list[str], int, int], dict[str, Any]] | None = None,
+    eval_seed: int = 10_000,
+) -> dict[str, Any]:
+    """Train ``trainer`` to ``run.total`` steps in ``run_dir`` and evaluate it.
+
+    The caller has prepared (and locked) ``run_dir`` and written ``config.json``.
+
+    Returns:
+        ``{"run_dir", "global_step", "steps_trained", "train_seconds", "train_sps",
+        "last_100_episode_return", "eval"?}``, also written to ``eval.json``.
 
     Raises:
-        ValueError: bad input (unknown env, no mask source, impossible config,
-            missing or corrupt checkpoint).
-        TrainingInterrupted: after Ctrl-C, once the checkpoint is written.
+        TrainingInterrupted: ``stop`` was requested; the checkpoint is written
+            (if anything was trained).
+        ValueError: a non-finite value stopped training, or a checkpoint could
+            not be written; the message says where the last good checkpoint is.
     """
     from torch.utils.tensorboard import SummaryWriter
 
-    run.validate()
-    config.validate()
-    if run.resume:
-        run_dir = Path(run.resume)
-        ckpt = run_dir / "checkpoint.pt"
-        if not ckpt.is_file():
-            raise ValueError(f"cannot resume: {ckpt} does not exist")
+    ckpt_path = run_dir / "checkpoint.pt"
+    labels = [_game_label(e) for e in run.env_ids]
+    total = run.total
+    step_start = trainer.global_step
+    last_good: dict[str, Any] = {"step": step_start if ckpt_path.exists() else None}
+
+    def save() -> None:
         try:
-            saved = json.loads((run_dir / "config.json").read_text())
-            saved_run = RunConfig(**{**saved["run"], "resume": str(run_dir)})
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(
-                f"cannot resume: {run_dir / 'config.json'} is missing or unreadable ({e})"
-            ) from e
-        # What the user asked for now wins for the length of the run and the
-        # bookkeeping; what shapes the network and the data comes from the run.
-        saved_run.total_timesteps = run.total_timesteps
-        saved_run.progress, saved_run.eval_episodes = run.progress, run.eval_episodes
-        run = saved_run
-        agent = PPO.load(ckpt, device=config.device)
-        from maskrl.envs import make_multigame_vec, make_vec
-
-        c = agent.config
-        ids = run.env_ids
-        envs = (
-            make_vec(ids[0], c.num_envs, seed=c.seed)
-            if len(ids) == 1
-            else make_multigame_vec(ids, c.num_envs, seed=c.seed)
-        )
-        agent.envs = envs
-        agent.env_ids = ids
-        config = c
-    else:
-        seed = config.seed
-        name = (
-            run.run_name
-            or f"{_game_label(run.env_ids[0])}{'+' if len(run.env_ids) > 1 else ''}__{seed}__{int(time.time())}"
-        )
-        if "/" in name or name in ("", ".", ".."):
-            raise ValueError(f"run_name {name!r} must be a plain folder name")
-        run_dir = Path(run.runs_dir) / name
-        if (run_dir / "checkpoint.pt").exists():
-            raise ValueError(
-                f"run folder {run_dir} already holds a checkpoint: use --resume {run_dir} or another --run-name"
+            trainer.save(ckpt_path)
+        except (OSError, ValueError) as e:
+            where = (
+                f"the last good checkpoint is {ckpt_path} (step {last_good['step']})"
+                if last_good["step"] is not None
+                else "no checkpoint was written"
             )
-        agent = PPO(run.env_ids, config)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        run.run_name = name
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ValueError(f"could not write {ckpt_path} ({reason}); {where}") from e
+        last_good["step"] = trainer.global_step
 
-    resolved = {
-        "run": dataclasses.asdict(run),
-        "ppo": config.to_dict(),
-        "device": str(agent.device),
-    }
-    tmp = run_dir / ".config.json.tmp"
-    tmp.write_text(json.dumps(resolved, indent=2))
-    os.replace(tmp, run_dir / "config.json")
+    if stop is not None and stop.requested:
+        # Stopped while the envs were being built: nothing new to save.
+        trainer.envs.close()
+        raise TrainingInterrupted(run_dir, trainer.global_step, stop.signum or 2, saved=False)
 
     # On resume, drop what was logged after the checkpoint (work that was lost); the
     # points at the checkpoint's own step belong to the update it saved, so they stay.
-    writer = SummaryWriter(str(run_dir), purge_step=agent.global_step + 1 if run.resume else None)
-    if not run.resume:
-        writer.add_text(
-            "hyperparameters", _hparam_table({**dataclasses.asdict(run), **config.to_dict()})
-        )
-    labels = [_game_label(e) for e in run.env_ids]
+    writer = SummaryWriter(str(run_dir), purge_step=trainer.global_step + 1 if resumed else None)
+    if not resumed:
+        writer.add_text("hyperparameters", _hparam_table(hparams))
     bar = None
+    per_update = int(trainer.steps_per_update)
+    # The run does whole updates: size the bar to the step count it will reach.
+    remaining = max(0, total - step_start)
+    end_step = step_start + math.ceil(remaining / per_update) * per_update
     if run.progress:
         from tqdm import tqdm
 
-        # mininterval: one refresh a second is plenty, and keeps logs of
-        # non-interactive runs short.
         bar = tqdm(
-            total=run.total_timesteps,
-            initial=agent.global_step,
+            total=end_step,
+            initial=step_start,
             unit="step",
             dynamic_ncols=True,
-            mininterval=1.0,
+            mininterval=1.0,  # one refresh a second keeps non-interactive logs short
         )
-    next_ckpt = (agent.global_step // run.checkpoint_every + 1) * run.checkpoint_every
+    next_ckpt = (trainer.global_step // run.checkpoint_every + 1) * run.checkpoint_every
     recent: list[float] = []
-    seen = len(agent.episode_stats.returns)
+    seen = len(trainer.episode_stats.returns)
     t_start = time.perf_counter()
-    step_start = agent.global_step
 
-    stop = _StopOnCtrlC()
-
-    def on_update(a: PPO, m: dict[str, float]) -> bool:
+    def on_update(t: Any, m: dict[str, float]) -> bool:
         nonlocal seen, next_ckpt
-        s = a.global_step
-        st = a.episode_stats
+        s = t.global_step
+        st = t.episode_stats
         new_r, new_l, new_g = st.returns[seen:], st.lengths[seen:], st.game_ids[seen:]
         seen = len(st.returns)
         if new_r:
@@ -248,77 +356,171 @@ def train_ppo(run: RunConfig, config: PPOConfig) -> dict[str, Any]:
             writer.add_scalar("charts/episodic_length", float(np.mean(new_l)), s)
             if len(labels) > 1:
                 for g, lab in enumerate(labels):
-                    rg = [r for r, gi in zip(new_r, new_g, strict=False) if gi == g]
+                    rg = [r for r, gi in zip(new_r, new_g, strict=True) if gi == g]
                     if rg:
                         writer.add_scalar(f"charts/episodic_return/{lab}", float(np.mean(rg)), s)
             recent.extend(new_r)
             del recent[:-100]
-        # Keep the statistics bounded on long runs.
-        if len(st.returns) > 10_000:
+        if len(st.returns) > 10_000:  # keep the statistics bounded on long runs
             st.clear()
             seen = 0
-        writer.add_scalar("charts/SPS", m["SPS"], s)
-        writer.add_scalar("charts/invalid_action_rate", m["invalid_action_rate"], s)
-        writer.add_scalar("charts/learning_rate", m["learning_rate"], s)
-        for k in ("policy", "value", "entropy", "approx_kl", "clipfrac", "explained_variance"):
-            writer.add_scalar(f"losses/{k}", m[k], s)
+        for k, v in m.items():
+            writer.add_scalar(metric_tag(k), v, s)
         if bar is not None:
             bar.update(s - bar.n)
-            bar.set_postfix(SPS=f"{m['SPS']:.0f}", ret=f"{np.mean(recent):.2f}" if recent else "-")
+            sps = m.get("SPS")
+            bar.set_postfix(
+                SPS=f"{sps:.0f}" if sps is not None else "-",
+                ret=f"{np.mean(recent):.2f}" if recent else "-",
+            )
         if s >= next_ckpt:
-            a.save(run_dir / "checkpoint.pt")
+            save()
             next_ckpt = (s // run.checkpoint_every + 1) * run.checkpoint_every
-        return not stop.requested
+        return not (stop is not None and stop.requested)
 
     try:
-        with stop:
-            agent.learn(run.total_timesteps, callback=on_update)
-    except KeyboardInterrupt:
-        writer.close()
-        if bar is not None:
-            bar.close()
-        agent.envs.close()
-        if stop.requested:
-            # A second Ctrl-C stopped an update midway: keep the last good checkpoint.
-            raise
-        # Ctrl-C reached us as a KeyboardInterrupt (a SIGINT handler other than
-        # Python's default was in place): save what there is.
-        agent.save(run_dir / "checkpoint.pt")
-        raise TrainingInterrupted(run_dir, agent.global_step) from None
+        trainer.learn(total, callback=on_update)
+    except NonFiniteError as e:
+        where = (
+            f"the last good checkpoint is {ckpt_path} (step {last_good['step']})"
+            if last_good["step"] is not None
+            else "no checkpoint was written"
+        )
+        raise NonFiniteError(f"training stopped: {e}; {where}") from e
     finally:
         if bar is not None:
             bar.close()
-    if stop.requested:
-        # The model is at the end of its last completed update; save it so that
-        # --resume continues from there.
-        agent.save(run_dir / "checkpoint.pt")
+        writer.flush()
+    try:
+        if stop is not None and stop.requested:
+            # The model is at the end of its last completed update; save it so that
+            # --resume continues from there.
+            trained = trainer.global_step > step_start
+            if trained:
+                save()
+            raise TrainingInterrupted(run_dir, trainer.global_step, stop.signum or 2, trained)
+        save()
+        elapsed = time.perf_counter() - t_start
+        steps = trainer.global_step - step_start
+        summary: dict[str, Any] = {
+            "run_dir": str(run_dir),
+            "global_step": trainer.global_step,
+            "steps_trained": steps,
+            "train_seconds": elapsed,
+            "train_sps": steps / max(elapsed, 1e-9),
+            "last_100_episode_return": float(np.mean(recent)) if recent else None,
+        }
+        if run.eval_episodes > 0:
+            fn = eval_fn or _default_eval
+            ev = fn(trainer.policy, run.env_ids, run.eval_episodes, eval_seed)
+            summary["eval"] = ev
+            if "per_game" in ev:
+                for e, r in ev["per_game"].items():
+                    writer.add_scalar(
+                        f"eval/return/{_game_label(e)}", r["mean"], trainer.global_step
+                    )
+            writer.add_scalar("eval/return", ev["mean"], trainer.global_step)
+        _write_json(run_dir / "eval.json", summary)
+        return summary
+    finally:
         writer.close()
-        agent.envs.close()
-        raise TrainingInterrupted(run_dir, agent.global_step)
-    agent.save(run_dir / "checkpoint.pt")
-    elapsed = time.perf_counter() - t_start
-    summary: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "global_step": agent.global_step,
-        "train_seconds": elapsed,
-        "train_sps": (agent.global_step - step_start) / max(elapsed, 1e-9),
-        "last_100_episode_return": float(np.mean(recent)) if recent else None,
-    }
-    if run.eval_episodes > 0:
-        ev = evaluate(
-            agent,
-            run.env_ids if len(run.env_ids) > 1 else run.env_ids[0],
-            run.eval_episodes,
-            seed=config.seed + 10_000,
+        trainer.envs.close()
+
+
+def _default_eval(policy: Any, ids: list[str], episodes: int, seed: int) -> dict[str, Any]:
+    return evaluate(policy, ids if len(ids) > 1 else ids[0], episodes, seed=seed)
+
+
+# ---------------------------------------------------------------------- PPO
+
+
+def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The run's saved ``config.json``: its :class:`RunConfig` and the whole dict."""
+    path = run_dir / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+        run = RunConfig(**{**saved["run"], "resume": str(run_dir)})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot resume: {path} is missing or unreadable ({e})") from e
+    try:
+        run.validate()
+    except ValueError as e:
+        raise ValueError(f"cannot resume: {path} holds a bad value: {e}") from e
+    return run, saved
+
+
+def new_run_dir(run: RunConfig, seed: int) -> Path:
+    """``runs_dir/run_name`` (default name ``<game>[+]__<seed>__<time>``), refused if it holds a run."""
+    name = run.run_name or (
+        f"{_game_label(run.env_ids[0])}{'+' if len(run.env_ids) > 1 else ''}__{seed}__{int(time.time())}"
+    )
+    check_run_name(name)
+    runs_dir = Path(run.runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise ValueError(f"runs_dir (--runs-dir) {runs_dir} exists and is not a folder")
+    run_dir = runs_dir / name
+    if (run_dir / "checkpoint.pt").exists():
+        raise ValueError(
+            f"run folder {run_dir} already holds a checkpoint: use --resume {run_dir} or another --run-name"
         )
-        summary["eval"] = ev
-        if "per_game" in ev:
-            for e, r in ev["per_game"].items():
-                writer.add_scalar(f"eval/return/{_game_label(e)}", r["mean"], agent.global_step)
-        writer.add_scalar("eval/return", ev["mean"], agent.global_step)
-    tmp = run_dir / ".eval.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, run_dir / "eval.json")
-    writer.close()
-    agent.envs.close()
-    return summary
+    run.run_name = name
+    return run_dir
+
+
+def train_ppo(
+    run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
+) -> dict[str, Any]:
+    """Train (or resume) a masked PPO run and evaluate it; returns the evaluation summary.
+
+    Raises:
+        ValueError: bad input (unknown env, no mask source, impossible config,
+            missing or corrupt checkpoint, an unusable run folder, a run folder
+            in use), or a non-finite value stopped training.
+        TrainingInterrupted: after a stop request, once the checkpoint is written.
+    """
+    run.validate()
+    config.validate()
+    lock: RunLock | None = None
+    try:
+        if run.resume:
+            run_dir = Path(run.resume)
+            ckpt = run_dir / "checkpoint.pt"
+            if not ckpt.is_file():
+                raise ValueError(f"cannot resume: {ckpt} does not exist")
+            saved_run, _ = load_run_config(run_dir)
+            # What the user asked for now wins for the length of the run and the
+            # bookkeeping; what shapes the network and the data comes from the run.
+            if run.total_timesteps is not None:
+                saved_run.total_timesteps = run.total_timesteps
+            saved_run.progress, saved_run.eval_episodes = run.progress, run.eval_episodes
+            run = saved_run
+            lock = prepare_run_dir(run_dir)
+            agent = PPO.load(ckpt, device=config.device)
+            agent.envs = _make_env(agent.config, run.env_ids, agent.device)
+            agent.env_ids = run.env_ids
+            config = agent.config
+        else:
+            run_dir = new_run_dir(run, config.seed)
+            if run.total_timesteps is None:
+                run.total_timesteps = DEFAULT_TOTAL_TIMESTEPS
+            agent = PPO(run.env_ids, config)
+            agent.allocate()  # fails on an impossible buffer before a folder is made
+            lock = prepare_run_dir(run_dir)
+        hparams = {**dataclasses.asdict(run), **config.to_dict()}
+        # Written only now that everything loaded: a failed resume leaves config.json alone.
+        _write_json(
+            run_dir / "config.json",
+            {"run": dataclasses.asdict(run), "ppo": config.to_dict(), "device": str(agent.device)},
+        )
+        return run_training(
+            agent, run_dir, run, hparams, bool(run.resume), stop, eval_seed=config.seed + 10_000
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _make_env(config: PPOConfig, ids: list[str], device: Any) -> Any:
+    from maskrl.agents.trainer import make_training_env
+
+    return make_training_env(ids, config.num_envs, config.seed, config.env_backend, device)

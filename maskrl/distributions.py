@@ -26,9 +26,62 @@ from torch.distributions import Categorical, Distribution, constraints
 
 from maskrl.masking import _masked_log_softmax, as_bool_mask
 
-__all__ = ["MaskedCategorical", "MaskedMultiCategorical"]
+__all__ = [
+    "MaskedCategorical",
+    "MaskedMultiCategorical",
+    "MaskedPolicyHead",
+    "gumbel_argmax",
+    "masked_entropy",
+]
 
 _ROW_HINT = "(for a vector env, the row is the env index)"
+
+
+def gumbel_argmax(
+    log_p: Tensor, mask: Tensor | None, generator: torch.Generator | None = None
+) -> Tensor:
+    """Draw from ``softmax(log_p)`` restricted to ``mask`` by the Gumbel-max trick.
+
+    ``argmax(log_p + G)``, ``G = -log(E)``, ``E ~ Exp(1)``, is a draw from the
+    softmax of ``log_p`` (unnormalised log-probabilities are fine). The noise is
+    added first and masked entries are set to ``-inf`` afterwards, so a masked
+    action can never win, whatever its logit or noise (even ``inf`` noise from
+    an ``E`` of 0 could not make ``-inf + inf = NaN`` there). ``E`` is clamped
+    to the smallest positive float so the noise is finite. Every row must have
+    a valid entry (callers check). The one sampling path of maskrl: the
+    distributions' ``sample`` and the trainers' rollouts both call it.
+
+    Args:
+        log_p: ``[..., n]`` floating logits or log-probabilities.
+        mask: bool ``[..., n]`` (True = valid), or None.
+        generator: the torch generator to draw from (None: torch's default).
+
+    Returns:
+        ``int64`` ``[...]``.
+    """
+    x = log_p.to(torch.promote_types(log_p.dtype, torch.float32))
+    e = torch.empty_like(x).exponential_(generator=generator)
+    scores = x - e.clamp_(min=torch.finfo(x.dtype).tiny).log_()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    return scores.argmax(dim=-1)
+
+
+def masked_entropy(log_p: Tensor, mask: Tensor | None) -> Tensor:
+    """Entropy ``-sum p log p`` over the valid entries of normalised ``log_p`` ``[..., n]``.
+
+    ``log_p`` comes from :func:`maskrl.masked_log_softmax` (masked entries at the
+    finite ``finfo.min``). The ``where`` before the product keeps masked entries
+    out of the sum and of its gradient: they add exactly ``0``, never
+    ``0 * -inf = NaN``.
+    """
+    if mask is None:
+        return -(log_p.exp() * log_p).sum(dim=-1)
+    safe = torch.where(mask, log_p, torch.zeros((), dtype=log_p.dtype, device=log_p.device))
+    p_log_p = torch.where(
+        mask, safe.exp() * safe, torch.zeros((), dtype=log_p.dtype, device=log_p.device)
+    )
+    return -p_log_p.sum(dim=-1)
 
 
 def _empty_rows(mask: Tensor) -> Tensor:
@@ -137,34 +190,22 @@ class MaskedCategorical(Categorical):
     def sample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
         """Draw actions of shape ``sample_shape + batch_shape`` (``int64``).
 
-        Uses the Gumbel-max trick, ``argmax(log_p + Gumbel noise)``, with
-        masked entries set to ``-inf`` (safe: every row has a valid, finite
+        Uses the Gumbel-max trick (:func:`gumbel_argmax`), with masked entries
+        set to ``-inf`` after the noise (safe: every row has a valid, finite
         entry), so a masked action can never win -- a structural guarantee
         rather than a property of a zero-width interval in an inverse-CDF
         search.
         """
         shape = torch.Size(sample_shape) + self.logits.shape
         with torch.no_grad():
-            logp = self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))
-            u = torch.rand(shape, dtype=logp.dtype, device=logp.device)
-            # Keep u inside (0, 1) so the noise is finite: u == 0 would give
-            # -inf noise for every entry and an arbitrary argmax.
-            tiny = torch.finfo(logp.dtype).tiny
-            u = u.clamp_(min=tiny, max=1.0 - torch.finfo(logp.dtype).eps)
-            scores = logp - torch.log(-torch.log(u))
-            if self.mask is not None:
-                scores = scores.masked_fill(~self.mask, -math.inf)
-            return scores.argmax(dim=-1)
+            mask = None if self.mask is None else self.mask.expand(shape)
+            return gumbel_argmax(self.logits.expand(shape), mask)
 
     def entropy(self) -> Tensor:
         """Entropy over the valid actions, shape ``batch_shape``."""
         if self.mask is None:
             return super().entropy()
-        p_log_p = self.probs * self.logits
-        # Masked entries are 0 * finfo.min == 0 already; the where makes the
-        # "valid actions only" rule explicit and independent of rounding.
-        p_log_p = torch.where(self.mask, p_log_p, torch.zeros((), dtype=p_log_p.dtype))
-        return -p_log_p.sum(dim=-1)
+        return masked_entropy(self.logits, self.mask)
 
     @property
     def mode(self) -> Tensor:
@@ -331,3 +372,85 @@ class MaskedMultiCategorical(Distribution):
         return (
             f"{type(self).__name__}(nvec={list(self.nvec)}, batch_shape={tuple(self.batch_shape)})"
         )
+
+
+class MaskedPolicyHead:
+    """Masked action sampling and scoring for ``Discrete`` and ``MultiDiscrete`` actions.
+
+    The functional form of :class:`MaskedCategorical` /
+    :class:`MaskedMultiCategorical` for a trainer's hot loop: it works on raw
+    logits ``[B, sum(nvec)]`` and a bool mask of the same shape (True = valid;
+    per-dimension masks concatenated for ``MultiDiscrete``), without building a
+    distribution object on every step, and draws from an explicit
+    ``torch.Generator``. It computes with the same functions as the
+    distributions (:func:`gumbel_argmax`, :func:`maskrl.masked_log_softmax`,
+    :func:`masked_entropy`), so there is one masking path; ``distribution``
+    returns the equivalent distribution object.
+
+    Every row (every dimension of every row, for ``MultiDiscrete``) must have a
+    valid action: rollouts check this when they read an env's masks, and
+    ``predict`` before it samples.
+
+    Example:
+        >>> head = MaskedPolicyHead([3])
+        >>> logits = torch.zeros(2, 3)
+        >>> mask = torch.tensor([[True, False, True], [False, True, False]])
+        >>> action, logp = head.sample(logits, mask, deterministic=True)
+        >>> action.tolist(), logp.exp().tolist()
+        ([0, 1], [0.5, 1.0])
+    """
+
+    def __init__(self, nvec: Sequence[int]) -> None:
+        self.nvec = list(_as_nvec(nvec))
+        self.multi = len(self.nvec) > 1
+
+    def _split(self, x: Tensor) -> tuple[Tensor, ...]:
+        return (x,) if not self.multi else torch.split(x, self.nvec, dim=-1)
+
+    def log_probs(self, logits: Tensor, mask: Tensor) -> list[Tensor]:
+        """Per-dimension masked log-softmax, each ``[B, nvec[d]]``."""
+        return [
+            _masked_log_softmax(lg, m, -1)
+            for lg, m in zip(self._split(logits), self._split(mask), strict=True)
+        ]
+
+    def sample(
+        self,
+        logits: Tensor,
+        mask: Tensor,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Return ``(action, log_prob)``: action ``[B]`` (Discrete) or ``[B, len(nvec)]``."""
+        actions, logps = [], []
+        for lp, m in zip(self.log_probs(logits, mask), self._split(mask), strict=True):
+            # Masked entries are finfo.min, never the argmax (every row has a valid action).
+            a = lp.argmax(-1) if deterministic else gumbel_argmax(lp, m, generator)
+            actions.append(a)
+            logps.append(lp.gather(-1, a.unsqueeze(-1)).squeeze(-1))
+        if not self.multi:
+            return actions[0], logps[0]
+        return torch.stack(actions, -1), torch.stack(logps, -1).sum(-1)
+
+    def evaluate(self, logits: Tensor, mask: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(log_prob [B], entropy [B])`` of ``action`` under ``mask``."""
+        acts = action.unsqueeze(-1) if not self.multi else action
+        logp: Tensor | None = None
+        ent: Tensor | None = None
+        for d, (lp, m) in enumerate(
+            zip(self.log_probs(logits, mask), self._split(mask), strict=True)
+        ):
+            lpa = lp.gather(-1, acts[:, d : d + 1].long()).squeeze(-1)
+            e = masked_entropy(lp, m)
+            logp = lpa if logp is None else logp + lpa
+            ent = e if ent is None else ent + e
+        assert logp is not None and ent is not None
+        return logp, ent
+
+    def distribution(
+        self, logits: Tensor, mask: Tensor
+    ) -> MaskedCategorical | MaskedMultiCategorical:
+        """The equivalent :mod:`torch.distributions` object (checks the mask)."""
+        if self.multi:
+            return MaskedMultiCategorical(logits=logits, mask=mask, nvec=self.nvec)
+        return MaskedCategorical(logits=logits, mask=mask)

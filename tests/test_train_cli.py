@@ -144,9 +144,15 @@ def test_no_arguments_runs_the_default_ppo_job(monkeypatch: pytest.MonkeyPatch) 
 
     calls: list[tuple[RunConfig, PPOConfig]] = []
 
-    def fake_train_ppo(run: RunConfig, config: PPOConfig) -> dict[str, Any]:
+    def fake_train_ppo(run: RunConfig, config: PPOConfig, stop: Any = None) -> dict[str, Any]:
         calls.append((run, config))
-        return {"run_dir": "runs/x", "global_step": 0, "train_seconds": 0.0, "train_sps": 0.0}
+        return {
+            "run_dir": "runs/x",
+            "global_step": 0,
+            "steps_trained": 0,
+            "train_seconds": 0.0,
+            "train_sps": 0.0,
+        }
 
     monkeypatch.setattr(runner_mod, "train_ppo", fake_train_ppo)
     assert train.main([]) == 0
@@ -426,7 +432,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path: Path) -> None:
     assert ckpt["num_updates"] * BATCH == step
     # Saved between updates, not in the middle of one: 2 Adam steps per update.
     assert float(ckpt["optimizer"]["state"][0]["step"]) == 2 * ckpt["num_updates"]
-    assert f"interrupted at step {step}" in err
+    assert f"stopped at step {step}" in err
     # Resume from exactly there for two more updates.
     resume = ["ppo", "--resume", str(run_dir), "--total-timesteps", str(step + 2 * BATCH)]
     assert train.main([*resume, "--eval-episodes", "1", "--no-progress", "--device", "cpu"]) == 0
@@ -505,6 +511,7 @@ def test_bad_input_exits_2_with_one_line(
     (tmp_path / "no_config").mkdir()  # a checkpoint but no config.json
     torch.save({"format": "maskrl.ppo/1"}, tmp_path / "no_config" / "checkpoint.pt")
     ppo = ["ppo", "--runs-dir", runs, "--no-progress", "--device", "cpu"]
+    res = ["ppo", "--no-progress", "--device", "cpu"]  # --runs-dir is refused on resume
     cases: list[tuple[list[str], tuple[str, ...]]] = [
         ([*ppo, "--env", "maskrl/MinAtar-Breakoot-v0"], ("unknown env id", BREAKOUT)),
         ([*ppo, "--env", "CartPole-v1"], ("CartPole-v1", "no action-mask source")),
@@ -515,9 +522,9 @@ def test_bad_input_exits_2_with_one_line(
             ("num_minibatches=3", "1024"),
         ),
         ([*ppo, "--num-envs", "0"], ("num_envs",)),
-        ([*ppo, "--resume", str(tmp_path / "no_ckpt")], ("cannot resume", "no_ckpt")),
-        ([*ppo, "--resume", str(tmp_path / "absent")], ("cannot resume", "absent")),
-        ([*ppo, "--resume", str(tmp_path / "no_config")], ("cannot resume", "config.json")),
+        ([*res, "--resume", str(tmp_path / "no_ckpt")], ("cannot resume", "no_ckpt")),
+        ([*res, "--resume", str(tmp_path / "absent")], ("cannot resume", "absent")),
+        ([*res, "--resume", str(tmp_path / "no_config")], ("cannot resume", "config.json")),
         (["eval", "--checkpoint", str(tmp_path / "missing.pt")], ("not found", "missing.pt")),
         (["eval", "--checkpoint", str(corrupt)], ("corrupt", "corrupt.pt")),
         (["eval", "--checkpoint", str(truncated)], ("corrupt", "truncated.pt")),

@@ -1,0 +1,285 @@
+"""A trained masked policy on its own: network, spaces, env ids, for inference or as a teacher.
+
+:class:`MaskedPolicy` is what a trainer trains and what :func:`load_policy`
+gives back from any maskrl checkpoint (a PPO agent, an expert, an Actor-Mimic
+student) *without* an optimizer and without touching torch's global random
+generator: loading five experts as teachers changes nothing else in the
+program.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from maskrl.agents.checkpoint import load_checkpoint, space_from_dict, space_to_dict
+from maskrl.agents.networks import build_actor_critic
+from maskrl.agents.rollout import Obs, _empty_message, _space_spec, empty_mask_rows, obs_to_tensor
+from maskrl.agents.trainer import TrainerRNG, check_finite_params, resolve_device
+from maskrl.distributions import MaskedPolicyHead
+
+__all__ = ["CHECKPOINT_FORMATS", "MaskedPolicy", "action_layout", "load_policy"]
+
+#: Checkpoint formats this version reads (``format`` key of a checkpoint).
+CHECKPOINT_FORMATS = ("maskrl.ppo/1", "maskrl.ppo/2", "maskrl.mimic/1")
+
+
+def action_layout(action_space: Any) -> tuple[list[int], tuple[int, ...]]:
+    """``(nvec, action_shape)`` of a ``Discrete`` or ``MultiDiscrete`` space starting at 0.
+
+    Raises:
+        ValueError: any other action space, or one whose actions do not start at 0
+            (mask entry ``k`` must be action ``k``).
+    """
+    from gymnasium import spaces
+
+    if isinstance(action_space, spaces.Discrete | spaces.MultiDiscrete) and np.any(
+        np.asarray(action_space.start) != 0
+    ):
+        raise ValueError(
+            f"action space {action_space} does not start at 0: mask index k must be action k "
+            "(wrap the env with gymnasium.wrappers.TransformAction to shift it)"
+        )
+    if isinstance(action_space, spaces.Discrete):
+        return [int(action_space.n)], ()
+    if isinstance(action_space, spaces.MultiDiscrete):
+        nvec = [int(n) for n in np.asarray(action_space.nvec).ravel()]
+        return nvec, (len(nvec),)
+    raise ValueError(f"maskrl supports Discrete and MultiDiscrete actions, got {action_space}")
+
+
+def _shape_of(spec: Any) -> Any:
+    if isinstance(spec, dict):
+        return {k: _shape_of(v) for k, v in spec.items()}
+    return spec[0]
+
+
+class MaskedPolicy:
+    """A network mapping observations to ``(logits, value)``, with what it needs to act.
+
+    Args:
+        net: the network (``forward(obs) -> (logits [B, n], value [B])``).
+        observation_space, action_space: the env's single spaces.
+        env_ids: the ids it was trained on (several: a multi-game policy, in that order).
+        network_kwargs: how the default network was built (keyword arguments of
+            :func:`maskrl.agents.build_actor_critic`); None for a custom network.
+        device: where the network runs.
+        seed: seeds the policy's own generator (used by :meth:`predict` when it samples).
+
+    The mask is part of every call: a policy is only defined together with the
+    actions that are valid.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        observation_space: Any,
+        action_space: Any,
+        env_ids: list[str] | None = None,
+        network_kwargs: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.observation_space, self.action_space = observation_space, action_space
+        self.env_ids = list(env_ids) if env_ids else None
+        self.network_kwargs = network_kwargs
+        nvec, self.action_shape = action_layout(action_space)
+        self.head = MaskedPolicyHead(nvec)
+        self.n_logits = sum(nvec)
+        self.obs_spec = _space_spec(observation_space)
+        self.net = net.to(self.device)
+        self.rng = TrainerRNG(seed, self.device)
+
+    @classmethod
+    def build(
+        cls,
+        observation_space: Any,
+        action_space: Any,
+        env_ids: list[str] | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        **network_kwargs: Any,
+    ) -> MaskedPolicy:
+        """A policy with the default network for the spaces (see :func:`build_actor_critic`).
+
+        The network's initial weights are drawn from a generator seeded with
+        ``seed`` (torch's global generator is left as it was).
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_actor_critic(observation_space, action_space, **network_kwargs)
+        return cls(net, observation_space, action_space, env_ids, network_kwargs, device, seed)
+
+    # ------------------------------------------------------------------ acting
+    def _check_obs(self, obs: Any, batch: int, single: bool) -> Any:
+        """``obs`` as numpy with a batch dim; ValueError naming expected and given shapes."""
+        expected = _shape_of(self.obs_spec)
+        if isinstance(expected, dict):
+            if not isinstance(obs, dict):
+                raise ValueError(
+                    f"observation must be a dict with keys {sorted(expected)}, got {type(obs).__name__}"
+                )
+            missing = sorted(set(expected) - set(obs))
+            if missing:
+                raise ValueError(f"observation is missing key(s) {missing}")
+            return {k: self._check_leaf(obs[k], s, batch, single, k) for k, s in expected.items()}
+        return self._check_leaf(obs, expected, batch, single, None)
+
+    @staticmethod
+    def _check_leaf(
+        x: Any, shape: tuple[int, ...], batch: int, single: bool, key: str | None
+    ) -> Any:
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        want = tuple(shape) if single else (batch, *shape)
+        if arr.shape != want:
+            what = f"observation[{key!r}]" if key else "observation"
+            raise ValueError(
+                f"{what} has shape {arr.shape}, expected {want} "
+                f"({'one observation' if single else f'a batch of {batch} matching action_mask'})"
+            )
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise ValueError(f"observation has non-numeric dtype {arr.dtype}")
+        return arr[None] if single else arr
+
+    def check_mask(self, action_mask: Any) -> tuple[np.ndarray, bool]:
+        """``(mask (B, n) bool, single)``; ValueError for a bad shape, dtype or an empty row."""
+        mask = np.asarray(action_mask)
+        single = mask.ndim == 1
+        if single:
+            mask = mask[None]
+        if mask.ndim != 2 or mask.shape[1] != self.n_logits:
+            raise ValueError(
+                f"action_mask has shape {np.asarray(action_mask).shape}, expected (n,) or (B, n) "
+                f"with n={self.n_logits}"
+            )
+        if mask.dtype != np.bool_:
+            # The package's one rule: boolean, or integers that are all 0/1; floats are refused.
+            if not np.issubdtype(mask.dtype, np.integer) or not np.isin(mask, (0, 1)).all():
+                raise ValueError(
+                    f"action_mask must be boolean or 0/1 integers, got dtype {mask.dtype}"
+                )
+            mask = mask.astype(bool)
+        empty = empty_mask_rows(mask, self.head.nvec)
+        if empty:
+            raise ValueError(_empty_message(empty, "row(s)", self.head.multi))
+        return mask, single
+
+    def predict(self, obs: Any, action_mask: Any, deterministic: bool = False) -> np.ndarray:
+        """Choose actions for one observation or a batch; never a masked action.
+
+        Shapes: ``obs`` as the env's observation (or with a leading batch dim
+        ``B``), ``action_mask`` ``(n,)`` or ``(B, n)``. Returns a numpy action
+        per observation (``int64``).
+
+        Raises:
+            ValueError: a mask of the wrong shape or dtype, a row with no valid
+                action, or an observation whose shape is not the policy's.
+        """
+        mask, single = self.check_mask(action_mask)
+        arr = self._check_obs(obs, mask.shape[0], single)
+        with torch.inference_mode():
+            t_obs = obs_to_tensor(arr, self.device, self.obs_spec)
+            logits, _ = self.net(t_obs)
+            action, _ = self.head.sample(
+                logits,
+                torch.as_tensor(mask, device=self.device),
+                deterministic,
+                generator=self.rng.device,
+            )
+        out = action.cpu().numpy()
+        return out[0] if single else out
+
+    def logits_and_features(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [B, n], features [B, F])`` of a batch of tensor observations (a teacher's labels)."""
+        features = self.net.features(obs)  # type: ignore[operator]
+        logits, _ = self.net(obs)
+        return logits, features
+
+    # ------------------------------------------------------------- persistence
+    def checkpoint_entries(self) -> dict[str, Any]:
+        """The checkpoint keys that describe the policy (shared by every trainer's checkpoint)."""
+        return {
+            "env_ids": self.env_ids,
+            "observation_space": space_to_dict(self.observation_space),
+            "action_space": space_to_dict(self.action_space),
+            "custom_network": self.network_kwargs is None,
+            "network_kwargs": self.network_kwargs,
+            "obs_layout": (self.network_kwargs or {}).get("obs_layout", "CHW"),
+            "model": self.net.state_dict(),
+        }
+
+
+def policy_from_checkpoint(
+    ckpt: dict[str, Any],
+    path: str | Path,
+    device: str | torch.device,
+    network: nn.Module | None,
+    seed: int = 0,
+) -> MaskedPolicy:
+    """Rebuild the policy stored in a loaded checkpoint dict (see :meth:`MaskedPolicy.checkpoint_entries`)."""
+    fmt = ckpt.get("format")
+    if fmt not in CHECKPOINT_FORMATS:
+        raise ValueError(
+            f"checkpoint {path} has format {fmt!r}, which this version of maskrl does not read "
+            f"(it reads {', '.join(CHECKPOINT_FORMATS)})"
+        )
+    try:
+        obs_space = space_from_dict(ckpt["observation_space"])
+        act_space = space_from_dict(ckpt["action_space"])
+        kwargs = ckpt.get("network_kwargs")
+        if kwargs is None and not ckpt.get("custom_network"):
+            kwargs = {"obs_layout": ckpt.get("obs_layout", "CHW")}  # format maskrl.ppo/1
+        if network is None:
+            if kwargs is None:
+                raise ValueError(
+                    f"checkpoint {path} was trained with a custom network; pass network="
+                )
+            policy = MaskedPolicy.build(
+                obs_space, act_space, ckpt.get("env_ids"), device, seed, **dict(kwargs)
+            )
+        else:
+            policy = MaskedPolicy(
+                network, obs_space, act_space, ckpt.get("env_ids"), None, device, seed
+            )
+        policy.net.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {path} is not a valid maskrl checkpoint: {e}") from e
+    bad = check_finite_params(policy.net)
+    if bad is not None:
+        raise ValueError(
+            f"checkpoint {path} holds non-finite weights (in {bad}); it cannot be used"
+        )
+    return policy
+
+
+def load_policy(
+    path: str | Path,
+    device: str | torch.device = "auto",
+    network: nn.Module | None = None,
+    seed: int = 0,
+) -> MaskedPolicy:
+    """Load the policy of any maskrl checkpoint for inference or as a teacher.
+
+    No optimizer is built and torch's global random generator is untouched.
+
+    Args:
+        path: a ``checkpoint.pt`` (PPO, expert or Actor-Mimic student).
+        device: where the network runs.
+        network: required if the policy was trained with a custom network.
+        seed: seeds the policy's own sampling generator.
+
+    Raises:
+        ValueError: a missing, corrupt, unknown-format or non-finite checkpoint.
+
+    Example::
+
+        policy = load_policy("runs/breakout/checkpoint.pt", device="cpu")
+        action = policy.predict(obs, info["action_mask"])
+    """
+    ckpt = load_checkpoint(path)
+    return policy_from_checkpoint(ckpt, path, device, network, seed)
