@@ -814,17 +814,29 @@ def _onednn_available() -> bool:
 
 _ONEDNN = _onednn_available()
 
+#: Layers with fewer weights than this multiply their integers in float (the
+#: dequantized int8 weight against the dequantized input levels: the same
+#: numbers, bit for bit, as the fake-quantized layer). A oneDNN int8 call costs
+#: about 15 us of fixed overhead on a small CPU, several times a float GEMM of
+#: a 128 x 6 policy head; the integer kernel pays off only for larger layers.
+MIN_INT8_KERNEL_WEIGHTS = 4096
+
 
 class _Int8Base(nn.Module):
     """Shared state of the int8 layers: integer weight, scales, input quantization.
 
     Buffers (all in ``state_dict``): ``weight`` (int8, the layer's weight
-    shape), ``weight_scale`` (float32 ``[out]``), ``bias`` (float32 ``[out]``
-    or absent), ``input_scale`` and ``input_zero_point`` (0-dim float32; the
-    zero point holds an integer in ``[0, 2**num_bits - 1]``).
+    shape, values in ``[-(2**(b-1) - 1), 2**(b-1) - 1]``), ``weight_scale``
+    (float32 ``[out]``), ``bias`` (float32 ``[out]`` or absent),
+    ``input_scale`` and ``input_zero_point`` (0-dim float32; the zero point
+    holds an integer in ``[0, 2**num_bits - 1]``).
 
-    The kernel-specific packed weight is built on first use and cached outside
-    ``state_dict``; it is dropped whenever buffers are loaded or moved.
+    Kernel: oneDNN's u8 x s8 -> s32 kernels (fp32 output) on CPU for layers of
+    at least :data:`MIN_INT8_KERNEL_WEIGHTS` weights; otherwise (small layers,
+    other devices, builds without oneDNN) the same integers multiplied in
+    float. Whatever is derived for the kernel (packed weight, Python copies of
+    the scales) is cached outside ``state_dict`` and dropped whenever buffers
+    are loaded or moved.
     """
 
     weight: Tensor
@@ -843,6 +855,7 @@ class _Int8Base(nn.Module):
         self.register_buffer("bias", torch.zeros(out) if has_bias else None)
         self.register_buffer("input_scale", torch.tensor(1.0))
         self.register_buffer("input_zero_point", torch.tensor(0.0))
+        self.int8_kernel = math.prod(weight_shape) >= MIN_INT8_KERNEL_WEIGHTS
         self._cache: dict[str, Any] | None = None
         self.register_load_state_dict_post_hook(_drop_cache)
 
@@ -875,31 +888,52 @@ class _Int8Base(nn.Module):
             self.input_zero_point.copy_(x_zp)
         self._cache = None
 
-    def _quantize_input(self, x: Tensor) -> Tensor:
-        """``uint8`` levels of ``x``, by the same arithmetic as the fake-quantized layer."""
-        inv = 1.0 / self.input_scale
-        return _quantize_grid(x.float(), inv, self.input_zero_point, self.qmin, self.qmax).to(
-            torch.uint8
+    def _use_onednn(self, x: Tensor) -> bool:
+        return (
+            self.int8_kernel
+            and _ONEDNN
+            and x.device.type == "cpu"
+            and self.weight.device.type == "cpu"
         )
 
-    def _common_cache(self) -> dict[str, Any]:
+    def _base_cache(self) -> dict[str, Any]:
+        """Python copies of the input's quantization, read once, not on every call."""
+        # 1 / scale as a float32 tensor op, then kept as a Python float: the
+        # very value the fake-quantized layer multiplies by.
+        inv = float(1.0 / self.input_scale)
         return {
             "x_scale": float(self.input_scale),
+            "x_inv": inv,
             "x_zp": int(self.input_zero_point),
-            "w_zp": torch.zeros(self.weight.shape[0], dtype=torch.int64, device=self.weight.device),
         }
 
-    def _use_onednn(self, x: Tensor) -> bool:
-        return _ONEDNN and x.device.type == "cpu" and self.weight.device.type == "cpu"
+    def _levels_u8(self, x: Tensor, c: dict[str, Any]) -> Tensor:
+        """``uint8`` input levels ``clamp(round(x / s) + z)``, as the fake-quantized layer rounds."""
+        q = torch.round(x.float() * c["x_inv"])
+        if c["x_zp"]:  # after a ReLU the zero point is 0: one pass fewer
+            q.add_(c["x_zp"])
+        return q.clamp_(self.qmin, self.qmax).to(torch.uint8)
 
-    def _dequantized(self, q: Tensor) -> tuple[Tensor, Tensor]:
-        """Reference path (no oneDNN, or not on CPU): float math on the integer values."""
-        x = (q.float() - self.input_zero_point) * self.input_scale
+    def _float_inputs(self, x: Tensor, c: dict[str, Any]) -> Tensor:
+        """Dequantized input levels ``(q - z) * s``, by the fused fake-quantize kernel.
+
+        ``torch.fake_quantize_per_tensor_affine`` does the arithmetic of
+        :func:`_quantize_grid` (tested bit for bit), in one pass.
+        """
+        return torch.fake_quantize_per_tensor_affine(
+            x.float(), c["x_scale"], c["x_zp"], self.qmin, self.qmax
+        )
+
+    def _float_weight(self) -> Tensor:
         view = (-1,) + (1,) * (self.weight.dim() - 1)
-        return x, self.weight.float() * self.weight_scale.view(view)
+        return self.weight.float() * self.weight_scale.view(view)
 
     def extra_repr(self) -> str:
-        return f"weight={tuple(self.weight.shape)}, num_bits={self.num_bits}, bias={self.bias is not None}"
+        kernel = "onednn-int8" if self.int8_kernel and _ONEDNN else "float-on-int8-values"
+        return (
+            f"weight={tuple(self.weight.shape)}, num_bits={self.num_bits}, "
+            f"bias={self.bias is not None}, kernel={kernel}"
+        )
 
 
 def _drop_cache(module: nn.Module, incompatible_keys: Any) -> None:
@@ -908,12 +942,13 @@ def _drop_cache(module: nn.Module, incompatible_keys: Any) -> None:
 
 
 class Int8Linear(_Int8Base):
-    """A linear layer in integers: uint8 input levels x int8 weights -> int32 -> float.
+    """A linear layer on integers: uint8 input levels x int8 weights -> int32 -> float.
 
     ``y = (sum_k (q_x - z_x) q_w) * s_x * s_w + b`` with per-tensor ``s_x, z_x``
     and per-output-channel ``s_w``, computed by oneDNN's
     ``torch.ops.onednn.qlinear_pointwise`` (u8 x s8, int32 accumulation, fp32
-    output) on CPU.
+    output) on CPU; small layers multiply the same integers in float (see
+    :data:`MIN_INT8_KERNEL_WEIGHTS`).
 
     Shapes: ``[*, in_features]`` (float) -> ``[*, out_features]`` (float32).
     """
@@ -923,28 +958,32 @@ class Int8Linear(_Int8Base):
         self.in_features, self.out_features = in_features, out_features
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._cache is None:
+            self._cache = self._base_cache()
+        c = self._cache
+        if not self._use_onednn(x):
+            if "w" not in c:
+                c["w"] = self._float_weight()
+            return F.linear(self._float_inputs(x, c), c["w"], self.bias)
+        if "packed" not in c:
+            c["packed"] = torch.ops.onednn.qlinear_prepack(self.weight, None)
+            c["w_zp"] = torch.zeros(self.out_features, dtype=torch.int64)
         lead = x.shape[:-1]
-        q = self._quantize_input(x.reshape(-1, self.in_features))
-        if self._use_onednn(q):
-            if self._cache is None:
-                self._cache = self._common_cache()
-                self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.weight, None)
-            c = self._cache
-            y = torch.ops.onednn.qlinear_pointwise(
-                q, c["x_scale"], c["x_zp"], c["packed"], self.weight_scale, c["w_zp"],
-                self.bias, 1.0, 0, torch.float32, "none", [], "",
-            )  # fmt: skip
-        else:
-            xf, wf = self._dequantized(q)
-            y = F.linear(xf, wf, self.bias)
+        q = self._levels_u8(x.reshape(-1, self.in_features), c)
+        y = torch.ops.onednn.qlinear_pointwise(
+            q, c["x_scale"], c["x_zp"], c["packed"], self.weight_scale, c["w_zp"],
+            self.bias, 1.0, 0, torch.float32, "none", [], "",
+        )  # fmt: skip
         return y.reshape(*lead, self.out_features)
 
 
 class Int8Conv2d(_Int8Base):
-    """A 2-D convolution in integers (oneDNN ``qconv2d_pointwise``), float in and out.
+    """A 2-D convolution on integers (oneDNN ``qconv2d_pointwise``), float in and out.
 
     Zero padding pads with the input's zero point (the real value 0), as the
-    fake-quantized convolution does. Shapes: as ``nn.Conv2d``.
+    fake-quantized convolution does. Shapes: as ``nn.Conv2d``; the output may
+    be laid out channels-last (oneDNN's choice), which ``flatten``/``reshape``
+    handle.
     """
 
     def __init__(self, conv: nn.Conv2d, num_bits: int) -> None:
@@ -955,22 +994,27 @@ class Int8Conv2d(_Int8Base):
         self.groups = conv.groups
 
     def forward(self, x: Tensor) -> Tensor:
-        q = self._quantize_input(x)
-        if self._use_onednn(q):
-            if self._cache is None:
-                c = self._cache = self._common_cache()
-                c["packed"] = torch.ops.onednn.qconv_prepack(
-                    self.weight, self.weight_scale, c["x_scale"], c["x_zp"],
-                    self.stride, self.padding, self.dilation, self.groups, None,
-                )  # fmt: skip
-            c = self._cache
-            return torch.ops.onednn.qconv2d_pointwise(
-                q, c["x_scale"], c["x_zp"], c["packed"], self.weight_scale, c["w_zp"],
-                self.bias, self.stride, self.padding, self.dilation, self.groups,
-                1.0, 0, torch.float32, "none", [], None,
+        if self._cache is None:
+            self._cache = self._base_cache()
+        c = self._cache
+        if not self._use_onednn(x):
+            if "w" not in c:
+                c["w"] = self._float_weight()
+            xf = self._float_inputs(x, c)
+            return F.conv2d(
+                xf, c["w"], self.bias, self.stride, self.padding, self.dilation, self.groups
+            )
+        if "packed" not in c:
+            c["packed"] = torch.ops.onednn.qconv_prepack(
+                self.weight, self.weight_scale, c["x_scale"], c["x_zp"],
+                self.stride, self.padding, self.dilation, self.groups, None,
             )  # fmt: skip
-        xf, wf = self._dequantized(q)
-        return F.conv2d(xf, wf, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            c["w_zp"] = torch.zeros(self.weight.shape[0], dtype=torch.int64)
+        return torch.ops.onednn.qconv2d_pointwise(
+            self._levels_u8(x, c), c["x_scale"], c["x_zp"], c["packed"], self.weight_scale,
+            c["w_zp"], self.bias, self.stride, self.padding, self.dilation, self.groups,
+            1.0, 0, torch.float32, "none", [], None,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, stride={self.stride}, padding={self.padding}"
