@@ -97,13 +97,15 @@ def check_conformance(
     difficulty_ramping: bool = True,
     max_episode_steps: int | None = 10_000,
     action_probs: Sequence[float] | None = None,
+    lazy_reset: bool | None = None,
 ) -> ConformanceResult:
     """Run MinAtar and the batched game side by side and compare every step.
 
     Actions are drawn over the game's minimal action set (a separate numpy
     generator seeded with ``seed``), uniformly or with ``action_probs`` (e.g. to
     make Freeway's chicken cross the road, which a uniform policy rarely does);
-    MinAtar env ``i`` is seeded with ``seed * 1000 + i``.
+    MinAtar env ``i`` is seeded with ``seed * 1000 + i``. ``lazy_reset`` picks the
+    batch's autoreset path (see :class:`~maskrl.envs.torch_minatar.GameBatch`).
 
     Returns:
         A :class:`ConformanceResult`; ``mismatch`` names the first step, env and
@@ -128,7 +130,7 @@ def check_conformance(
         env.env.random = rec
         refs.append(env)
         recs.append(rec)
-    batch = GameBatch(game, num_envs, dev, sticky_action_prob, max_episode_steps)
+    batch = GameBatch(game, num_envs, dev, sticky_action_prob, max_episode_steps, lazy_reset)
 
     reset_cols = []
     for env, rec in zip(refs, recs, strict=True):

@@ -6,8 +6,8 @@ collision. Here every list is a fixed number of slots with an ``alive`` flag and
 a ``seq`` number (the step-wide counter at append time), so list order is
 ``seq`` order without compaction:
 
-* friendly bullets ``fb_*`` (3 slots; at most 2 exist: one shot per 5 steps, each
-  gone after at most 9 steps), divers ``dv_*`` (4 slots; one spawn per 30 steps,
+* friendly bullets ``fb_*`` (2 slots: one shot per 5 steps, and a bullet is gone
+  by the end of its 9th step, so a third shot never meets the first), divers ``dv_*`` (4 slots; one spawn per 30 steps,
   each gone after at most 61), enemy fish ``fish_*`` and enemy subs ``esub_*``
   (:data:`ENEMY_SLOTS` each; at most one enemy spawns per step and each leaves
   the screen after at most 61 steps at the slowest speed or 31 at the fastest,
@@ -19,7 +19,7 @@ a ``seq`` number (the step-wide counter at append time), so list order is
 The sequential loops of seaquest.py become:
 
 * friendly bullets (reverse order, each hits the first fish, else the first sub,
-  at its cell): a loop over the 3 bullet ranks, vectorised over enemies;
+  at its cell): a loop over the 2 bullet ranks, vectorised over enemies;
 * divers (reverse order, collected while ``diver_count < 6``): a count of the
   earlier candidates in processing order decides (the cap is greedy);
 * enemy subs/fish (reverse order, each takes the first bullet at its cell): the
@@ -65,7 +65,7 @@ _DIVER_MOVE_INTERVAL = 5
 
 #: Slots for enemy fish and for enemy subs (each).
 ENEMY_SLOTS = 32
-_BULLET_SLOTS = 3
+_BULLET_SLOTS = 2
 _DIVER_SLOTS = 4
 _BIG = 1 << 62
 
@@ -243,9 +243,9 @@ class Seaquest(TorchMinAtarGame):
         fb_x = torch.where(fb_alive, _step_x(s["fb_x"], fb_right), s["fb_x"])
         fb_y = s["fb_y"]
         fb_alive = fb_alive & (fb_x >= 0) & (fb_x <= 9)
-        fb_key = torch.where(fb_alive, s["fb_seq"], -1)
+        order = torch.argsort(torch.where(fb_alive, s["fb_seq"], -1), dim=1, descending=True)
         for rank in range(_BULLET_SLOTS):
-            b = torch.argsort(fb_key, dim=1, descending=True)[:, rank]
+            b = order[:, rank]
             live = fb_alive.gather(1, b[:, None])[:, 0]
             bx = fb_x.gather(1, b[:, None])
             by = fb_y.gather(1, b[:, None])
@@ -296,9 +296,9 @@ class Seaquest(TorchMinAtarGame):
             timer = torch.where(due, ms[:, None], s[f"{p}_timer"] - 1)
             new_alive = alive & ~off
             gained = torch.zeros(n, dtype=torch.int64, device=dev)
-            key = torch.where(fb_alive, s["fb_seq"], _BIG)
+            order = torch.argsort(torch.where(fb_alive, s["fb_seq"], _BIG), dim=1)
             for rank in range(_BULLET_SLOTS):
-                b = torch.argsort(key, dim=1)[:, rank]  # bullets in list order
+                b = order[:, rank]  # bullets in list order
                 live = fb_alive.gather(1, b[:, None])[:, 0]
                 bx = fb_x.gather(1, b[:, None])
                 by = fb_y.gather(1, b[:, None])

@@ -102,6 +102,10 @@ class GameBatch:
         device: where the state lives.
         sticky_action_prob: probability of repeating the previous action (MinAtar: 0.1).
         max_episode_steps: truncation after this many steps (the registered ids: 10,000).
+        lazy_reset: reset only the envs that ended, found with a device-to-host read
+            (default: on CPU, where that read is free). Off, every step resets all envs
+            and keeps the ended ones with ``torch.where``: no sync, as a GPU wants.
+            Both give the same results.
     """
 
     def __init__(
@@ -111,8 +115,10 @@ class GameBatch:
         device: torch.device,
         sticky_action_prob: float = 0.1,
         max_episode_steps: int | None = _DEFAULT_MAX_STEPS,
+        lazy_reset: bool | None = None,
     ) -> None:
         self.game = game
+        self.lazy_reset = device.type == "cpu" if lazy_reset is None else lazy_reset
         self.n = n
         self.device = device
         self.sticky_action_prob = sticky_action_prob
@@ -158,9 +164,20 @@ class GameBatch:
             # As Gymnasium's TimeLimit: truncated at the limit, even if also terminated.
             truncated = self.ep_length >= self.max_episode_steps
         done = terminated | truncated
-        fresh = game.reset(self.n, draws[:, s:], self.device)
-        self.state = merge_states(done, fresh, state)
-        obs = torch.where(done[:, None, None, None], game.render(fresh), final_obs)
+        if self.lazy_reset:
+            # Reset only the envs that ended (knowing which costs a sync: free on CPU).
+            ended = torch.nonzero(done).flatten()
+            obs = final_obs.clone()
+            if ended.numel():
+                fresh = game.reset(int(ended.numel()), draws[ended, s:], self.device)
+                state = {k: v.index_copy(0, ended, fresh[k]) for k, v in state.items()}
+                obs.index_copy_(0, ended, game.render(fresh))
+            self.state = state
+        else:
+            # A fixed sequence of operations, no sync: reset everything, keep what ended.
+            fresh = game.reset(self.n, draws[:, s:], self.device)
+            self.state = merge_states(done, fresh, state)
+            obs = torch.where(done[:, None, None, None], game.render(fresh), final_obs)
         zero_f = torch.zeros_like(self.ep_return)
         episode_r = torch.where(done, self.ep_return, zero_f)
         episode_l = torch.where(done, self.ep_length, torch.zeros_like(self.ep_length))
