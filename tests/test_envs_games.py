@@ -187,7 +187,9 @@ def test_atari_mask_is_ales_minimal_action_set(name: str) -> None:
     ale = ale_py.ALEInterface()
     ale.setLoggerMode(ale_py.LoggerMode.Error)
     rom = next(r for r in ATARI_GAMES if atari_game_name(r) == name)
-    ale.loadROM(ale_py.roms.get_rom_path(rom))
+    rom_path = ale_py.roms.get_rom_path(rom)
+    assert rom_path is not None, f"ale-py ships no ROM for {rom}"
+    ale.loadROM(rom_path)
     expected = np.zeros(18, dtype=bool)
     expected[[a.value for a in ale.getMinimalActionSet()]] = True
     np.testing.assert_array_equal(info["action_mask"], expected)
@@ -209,7 +211,9 @@ def test_atari_passes_env_checker_and_its_values_are_right(name: str) -> None:
     ale = ale_py.ALEInterface()
     ale.setLoggerMode(ale_py.LoggerMode.Error)
     rom = next(r for r in ATARI_GAMES if atari_game_name(r) == name)
-    ale.loadROM(ale_py.roms.get_rom_path(rom))
+    rom_path = ale_py.roms.get_rom_path(rom)
+    assert rom_path is not None, f"ale-py ships no ROM for {rom}"
+    ale.loadROM(rom_path)
     minimal = np.zeros(18, dtype=bool)
     minimal[[a.value for a in ale.getMinimalActionSet()]] = True
     checked(f"maskrl/Atari-{name}-v0", expected_mask=minimal, steps=30)
@@ -383,7 +387,9 @@ def test_knapsack_passes_env_checker_and_its_values_are_right() -> None:
     space = env.observation_space
     assert isinstance(space, gym.spaces.Dict)
     assert set(space.spaces) == {"item_features", "item_mask", "capacity"}
-    n_max = space["item_features"].shape[0]
+    items = space["item_features"]
+    assert isinstance(items, gym.spaces.Box)
+    n_max = items.shape[0]
     assert space["item_features"].shape == (n_max, 2)
     assert space["item_features"].dtype == np.float32
     assert space["capacity"] == gym.spaces.Box(0.0, 1.0, (1,), np.float32)

@@ -145,8 +145,7 @@ def test_missing_dependency_lists_every_missing_module_and_ignores_ids_without_e
 
 
 def test_the_named_extras_exist_in_pyproject_and_install_the_modules() -> None:
-    import tomllib
-
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]

@@ -41,6 +41,7 @@ class ScriptedEnv(gym.Env[np.ndarray, Any]):
         self._t = 0
         n = mask_size(self.action_space)
         board = spaces.Box(0.0, 1.0, (2,), np.float32)
+        self.observation_space: spaces.Space[Any]
         if channel == "obs":
             self.observation_space = spaces.Dict(
                 {"observation": board, "action_mask": spaces.Box(0, 1, (n,), np.int8)}
@@ -168,7 +169,8 @@ def test_masks_handed_out_are_read_only_and_not_the_envs_array() -> None:
 def test_bad_masks_raise_with_env_id_and_step(bad: Any, message: str, at_step: int) -> None:
     script: list[Any] = [[1, 1, 1]] * 4
     script[at_step] = bad
-    gym.register("test/Scripted-v0", entry_point=ScriptedEnv)
+    creator: Any = ScriptedEnv  # an Env class is an entry point at runtime
+    gym.register("test/Scripted-v0", entry_point=creator)
     try:
         env = ActionMaskWrapper(gym.make("test/Scripted-v0", masks=script, channel="info"))
         with pytest.raises(ValueError, match=message) as err:

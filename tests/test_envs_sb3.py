@@ -64,7 +64,7 @@ def tiny_cnn_kwargs() -> dict[str, Any]:
     return {"features_extractor_class": TinyCNN, "net_arch": [32]}
 
 
-CASES = [
+CASES: list[tuple[str, str, dict[str, Any]]] = [
     *[(env_id, "MlpPolicy", {}) for env_id in maskrl.envs.minatar_ids()],
     ("maskrl/Knapsack-v0", "MultiInputPolicy", {}),
     ("maskrl/ConnectFour-v0", "MlpPolicy", {}),

@@ -31,13 +31,13 @@ class MaskToyEnv(gym.Env[np.ndarray, np.int64]):
     """
 
     def __init__(self, n_actions: int = 4, obs_len: int = 3, max_len: int = 7) -> None:
-        self.n_actions, self.max_len = n_actions, max_len
+        self.n_actions, self.max_len, self.obs_len = n_actions, max_len, obs_len
         self.observation_space = spaces.Box(0.0, 1000.0, (obs_len,), np.float32)
         self.action_space = spaces.Discrete(n_actions)
         self._t, self._len, self._episode = 0, 1, -1
 
     def _out(self) -> tuple[np.ndarray, dict[str, Any]]:
-        obs = np.zeros(self.observation_space.shape, dtype=np.float32)
+        obs = np.zeros(self.obs_len, dtype=np.float32)
         obs[:3] = (self._t, self._len, self._episode)
         return obs, {"action_mask": toy_mask(obs, self.n_actions).astype(np.int8)}
 
@@ -60,8 +60,10 @@ TOY_A, TOY_B = "test/MaskToyA-v0", "test/MaskToyB-v0"
 
 @pytest.fixture(scope="module", autouse=True)
 def _toys() -> Any:
-    gym.register(TOY_A, entry_point=MaskToyEnv, kwargs={"n_actions": 4, "obs_len": 3, "max_len": 5})
-    gym.register(TOY_B, entry_point=MaskToyEnv, kwargs={"n_actions": 6, "obs_len": 5, "max_len": 9})
+    # gymnasium types entry points as keyword-only creators; an Env class is one at runtime.
+    toy: Any = MaskToyEnv
+    gym.register(TOY_A, entry_point=toy, kwargs={"n_actions": 4, "obs_len": 3, "max_len": 5})
+    gym.register(TOY_B, entry_point=toy, kwargs={"n_actions": 6, "obs_len": 5, "max_len": 9})
     yield
     del gym.registry[TOY_A], gym.registry[TOY_B]
 
@@ -97,7 +99,7 @@ def test_make_vec_masks_match_observations_across_autoresets(
             obs, rewards, term, trunc, infos = envs.step(sample_valid(masks, rng))
             if autoreset == "same_step" and (term | trunc).any():
                 final_obs, final = infos["final_obs"], infos["final_info"]
-                for i in np.flatnonzero(term | trunc):
+                for i in np.flatnonzero(term | trunc).tolist():
                     finals += 1
                     assert obs[i][0] == 0  # the returned observation is the reset one
                     assert final["_action_mask"][i]
@@ -155,7 +157,7 @@ def test_multigame_slots_masks_and_game_ids_at_every_step(
                 prev_done = done
             else:
                 steps_in_episode += 1
-            for i in np.flatnonzero(done):
+            for i in np.flatnonzero(done).tolist():
                 ended[i % 2] += 1
                 episode_lengths[i % 2].append(int(steps_in_episode[i]))
                 steps_in_episode[i] = 0
@@ -278,7 +280,8 @@ class EmptyMaskAtStepEnv(gym.Env[np.ndarray, np.int64]):
 def test_empty_mask_in_a_vector_env_names_env_id_index_and_step(multigame: bool) -> None:
     # In the multi-game env slot i plays game i % 2: slot 2 is the second slot of EmptyAt2.
     bad = 2 if multigame else 1
-    gym.register("test/EmptyAt2-v0", entry_point=EmptyMaskAtStepEnv, kwargs={"bad_seed": bad})
+    creator: Any = EmptyMaskAtStepEnv  # an Env class is an entry point at runtime
+    gym.register("test/EmptyAt2-v0", entry_point=creator, kwargs={"bad_seed": bad})
     try:
         envs = (
             make_multigame_vec(["test/EmptyAt2-v0", TOY_A], 3, seed=0)
