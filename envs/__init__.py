@@ -25,7 +25,13 @@ from maskrl.envs.registration import (
     register_envs,
     registered_ids,
 )
-from maskrl.envs.vector import episodes_by_game, make_multigame_vec, make_vec
+from maskrl.envs.vector import (
+    episodes_by_game,
+    game_observation,
+    make_multigame_vec,
+    make_vec,
+    multigame_layout,
+)
 
 register_envs()
 
@@ -36,11 +42,13 @@ __all__ = [
     "action_is_valid",
     "atari_ids",
     "episodes_by_game",
+    "game_observation",
     "make_multigame_vec",
     "make_vec",
     "mask_size",
     "minatar_ids",
     "missing_dependency",
+    "multigame_layout",
     "register_envs",
     "registered_ids",
     "validate_mask",

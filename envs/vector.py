@@ -47,7 +47,14 @@ from gymnasium.wrappers import RecordEpisodeStatistics
 from maskrl.envs.masks import ActionMaskWrapper, MaskFn, _has_convention_marker, mask_size
 from maskrl.envs.registration import install_hint, missing_dependency, optional_extra
 
-__all__ = ["GameSlotWrapper", "episodes_by_game", "make_multigame_vec", "make_vec"]
+__all__ = [
+    "GameSlotWrapper",
+    "episodes_by_game",
+    "game_observation",
+    "make_multigame_vec",
+    "make_vec",
+    "multigame_layout",
+]
 
 Vectorization = Literal["sync", "async"]
 AutoresetName = Literal["same_step", "next_step"]
@@ -681,3 +688,106 @@ def episodes_by_game(infos: Mapping[str, Any]) -> dict[int, list[tuple[float, in
             game = int(games[i]) if games is not None else 0
             out.setdefault(game, []).append((float(ep["r"][i]), int(ep["l"][i])))
     return out
+
+
+def multigame_layout(env_ids: Sequence[str]) -> list[tuple[int, ...]]:
+    """Each game's own observation shape, in game-id order, for :func:`make_multigame_vec`.
+
+    Game ``g`` of ``make_multigame_vec(env_ids, ...)`` is ``env_ids[g]``; its
+    observation sits in the first ``shape[g][k]`` entries of every axis ``k``
+    of the padded ``obs["obs"]`` (:class:`GameSlotWrapper` pads at the end of
+    every axis), and the padded shape is the elementwise maximum of the shapes.
+    The channel count of a channels-first game is ``shape[g][0]``.
+
+    Args:
+        env_ids: the ids passed to :func:`make_multigame_vec`, in the same order.
+
+    Returns:
+        ``[shape_0, shape_1, ...]``, one tuple per game. Each env is built once
+        to read its space (and closed), so call this once, not per step.
+
+    Raises:
+        ValueError: unknown id, or an env whose observation space is not a ``Box``.
+
+    Example:
+        >>> import maskrl.envs
+        >>> multigame_layout(["maskrl/MinAtar-Breakout-v0", "maskrl/MinAtar-Seaquest-v0"])
+        [(4, 10, 10), (10, 10, 10)]
+    """
+    shapes = []
+    for env_id in env_ids:
+        _check_id(env_id)
+        probe = _probe(env_id, None, {})
+        space = probe.observation_space
+        probe.close()
+        if not isinstance(space, spaces.Box):
+            raise ValueError(f"multi-game envs need Box observations; {env_id!r} has {space}")
+        shapes.append(tuple(int(s) for s in space.shape))
+    return shapes
+
+
+def game_observation(
+    padded_obs: Any,
+    game_id: int,
+    layout: Sequence[str] | Sequence[Sequence[int]],
+) -> Any:
+    """Game ``game_id``'s own observation, recovered from a padded multi-game one.
+
+    This is exactly what a single-game env of that game (e.g. its expert's
+    training env) returns: :class:`GameSlotWrapper` copies the game's
+    observation into the leading corner of a zero array, and this takes that
+    corner back out.
+
+    Args:
+        padded_obs: a padded observation ``obs["obs"]`` of
+            :func:`make_multigame_vec`, one ``(*padded_shape)`` or a batch
+            ``(..., *padded_shape)`` whose rows all belong to game ``game_id``
+            (select them first, e.g. ``obs["obs"][obs["game_id"] == g]``).
+            A NumPy array, or anything that slices like one (a torch tensor).
+        game_id: the game's index, its position in the ids.
+        layout: the env ids given to :func:`make_multigame_vec` (each env is
+            then built once to read its shape), or the shapes
+            :func:`multigame_layout` returned for them (cheap: pass these in
+            loops).
+
+    Returns:
+        A view of ``padded_obs`` of shape ``(..., *shape_of_game)``: the same
+        values as the game's own observation. The dtype is the padded one
+        (the common dtype of all games, which holds each game's values
+        exactly); cast it if an expert needs its own dtype.
+
+    Raises:
+        ValueError: ``game_id`` out of range, ranks that differ between games,
+            or ``padded_obs`` whose trailing shape is not the padded shape.
+
+    Example:
+        >>> import numpy as np
+        >>> shapes = [(4, 10, 10), (10, 10, 10)]
+        >>> padded = np.zeros((3, 10, 10, 10), dtype=np.float32)  # three rows of game 0
+        >>> game_observation(padded, 0, shapes).shape
+        (3, 4, 10, 10)
+    """
+    entries: list[Any] = list(layout)
+    if entries and all(isinstance(e, str) for e in entries):
+        shapes = multigame_layout(entries)
+    else:
+        shapes = [tuple(int(s) for s in e) for e in entries]
+    if not shapes:
+        raise ValueError("layout is empty: pass the env ids or their shapes")
+    if not 0 <= int(game_id) < len(shapes):
+        raise ValueError(f"game_id {game_id} is out of range for {len(shapes)} games")
+    ranks = {len(s) for s in shapes}
+    if len(ranks) != 1:
+        raise ValueError(f"the games' observations have different ranks: {shapes}")
+    rank = ranks.pop()
+    padded_shape = tuple(int(s) for s in np.max(shapes, axis=0))
+    trailing = tuple(int(s) for s in padded_obs.shape[len(padded_obs.shape) - rank :])
+    if len(padded_obs.shape) < rank or trailing != padded_shape:
+        raise ValueError(
+            f"padded_obs of shape {tuple(padded_obs.shape)} does not end in the padded "
+            f"shape {padded_shape} of these games"
+        )
+    own = shapes[int(game_id)]
+    # Padding is at the end of every axis, so the game's own data is the
+    # leading corner: plain slices, a view with no copy.
+    return padded_obs[(Ellipsis,) + tuple(slice(0, s) for s in own)]
