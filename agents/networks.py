@@ -14,7 +14,8 @@ Connect Four's ``(6, 7, 2)`` is a plausible ``(C, H, W)`` too.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from torch import nn
 
@@ -29,11 +30,15 @@ from maskrl.networks import (
     OneHotEncoder,
     SetActorCritic,
 )
+from maskrl.tokens import GridTokenEncoder
 
-__all__ = ["OBS_LAYOUTS", "build_actor_critic", "obs_layout_of"]
+__all__ = ["MULTIGAME_ENCODERS", "OBS_LAYOUTS", "build_actor_critic", "obs_layout_of"]
 
 #: Image layouts an env may declare in ``metadata["obs_layout"]``.
 OBS_LAYOUTS = ("CHW", "HWC")
+
+#: Encoders :func:`build_actor_critic` offers for multi-game observations.
+MULTIGAME_ENCODERS = ("cnn", "tokens")
 
 
 def obs_layout_of(env: Any) -> str:
@@ -67,8 +72,38 @@ def _encoder_for_box(shape: tuple[int, ...], layout: str) -> nn.Module:
     return MLPEncoder(int(math.prod(shape)))
 
 
+def _token_encoder(
+    shape: tuple[int, ...],
+    layout: str,
+    num_games: int,
+    channels_per_game: Sequence[int] | None,
+) -> GridTokenEncoder:
+    if channels_per_game is None:
+        raise ValueError(
+            'multigame_encoder="tokens" needs channels_per_game, the channel count of each '
+            "game's own observation (maskrl.envs.multigame_layout(env_ids) gives the shapes)"
+        )
+    if len(shape) != 3 or layout != "CHW":
+        raise ValueError(
+            'multigame_encoder="tokens" reads channels-first (C, H, W) grids; got '
+            f"{layout} observations of shape {shape}"
+        )
+    channels = [int(c) for c in channels_per_game]
+    if len(channels) != num_games or max(channels) != shape[0]:
+        raise ValueError(
+            f"channels_per_game={channels} does not match the observation space: "
+            f"{num_games} games, padded to {shape[0]} channels"
+        )
+    return GridTokenEncoder(channels, shape[1], shape[2])
+
+
 def build_actor_critic(
-    observation_space: Any, action_space: Any, obs_layout: str = "CHW"
+    observation_space: Any,
+    action_space: Any,
+    obs_layout: str = "CHW",
+    *,
+    multigame_encoder: Literal["cnn", "tokens"] = "cnn",
+    channels_per_game: Sequence[int] | None = None,
 ) -> nn.Module:
     """Pick a default actor-critic from Gymnasium spaces.
 
@@ -78,7 +113,11 @@ def build_actor_critic(
       :class:`~maskrl.networks.MLPEncoder`.
     * ``Discrete`` observations: one-hot, then an MLP.
     * ``Dict`` with ``"obs"`` and ``"game_id"`` (the multi-game vector env):
-      :class:`~maskrl.networks.MultiGameActorCritic`.
+      :class:`~maskrl.networks.MultiGameActorCritic` around the encoder
+      ``multigame_encoder`` names: ``"cnn"``, the default encoder of the padded
+      ``obs`` as above; ``"tokens"``, a :class:`~maskrl.tokens.GridTokenEncoder`
+      that reads each game's own channels as a set of cell tokens (needs
+      ``channels_per_game`` and channels-first grids).
     * ``Dict`` with ``"item_features"`` (or ``"items"``) and ``"item_mask"`` (a
       padded set) and a ``Discrete(N)`` action, ``N`` the number of item slots:
       :class:`~maskrl.networks.SetActorCritic`; its other ``Box`` keys are
@@ -88,14 +127,45 @@ def build_actor_critic(
         observation_space, action_space: the env's single spaces.
         obs_layout: ``"CHW"`` or ``"HWC"``, how 3-D ``Box`` observations are laid out
             (see :func:`obs_layout_of`).
+        multigame_encoder: ``"cnn"`` or ``"tokens"``; only for multi-game
+            observations.
+        channels_per_game: the channel count of each game's own observation,
+            in game-id order (e.g. ``[s[0] for s in
+            maskrl.envs.multigame_layout(env_ids)]``); required by
+            ``multigame_encoder="tokens"``, unused otherwise.
 
     Raises:
-        ValueError: for a space it has no default for (pass your own network).
+        ValueError: for a space it has no default for (pass your own network);
+            ``multigame_encoder="tokens"`` without ``channels_per_game``, with
+            channel counts that do not match the space, or for observations
+            that are not multi-game grids.
+
+    Example:
+        >>> import maskrl.envs
+        >>> ids = ["maskrl/MinAtar-Breakout-v0", "maskrl/MinAtar-Seaquest-v0"]
+        >>> envs = maskrl.envs.make_multigame_vec(ids, 2)
+        >>> channels = [s[0] for s in maskrl.envs.multigame_layout(ids)]
+        >>> net = build_actor_critic(envs.single_observation_space, envs.single_action_space,
+        ...                          multigame_encoder="tokens", channels_per_game=channels)
+        >>> type(net.encoder).__name__, channels
+        ('GridTokenEncoder', [4, 10])
     """
     from gymnasium import spaces
 
     if obs_layout not in OBS_LAYOUTS:
         raise ValueError(f"obs_layout must be one of {OBS_LAYOUTS}, got {obs_layout!r}")
+    if multigame_encoder not in MULTIGAME_ENCODERS:
+        raise ValueError(
+            f"multigame_encoder must be one of {MULTIGAME_ENCODERS}, got {multigame_encoder!r}"
+        )
+    is_multigame = isinstance(observation_space, spaces.Dict) and {"obs", "game_id"} <= set(
+        observation_space.spaces
+    )
+    if multigame_encoder == "tokens" and not is_multigame:
+        raise ValueError(
+            'multigame_encoder="tokens" needs a multi-game observation space (a Dict with '
+            f'"obs" and "game_id"), got {observation_space}'
+        )
     if isinstance(action_space, spaces.Discrete):
         n_logits = int(action_space.n)
     elif isinstance(action_space, spaces.MultiDiscrete):
@@ -106,15 +176,25 @@ def build_actor_critic(
     if isinstance(observation_space, spaces.Dict):
         keys = set(observation_space.spaces)
         if {"obs", "game_id"} <= keys:
-            inner = observation_space["obs"]
-            game = observation_space["game_id"]
-            return MultiGameActorCritic(
-                _encoder_for_box(tuple(inner.shape), obs_layout), n_logits, int(game.n)
-            )
+            inner, game = observation_space["obs"], observation_space["game_id"]
+            if not isinstance(inner, spaces.Box) or not isinstance(game, spaces.Discrete):
+                raise ValueError(
+                    'a multi-game observation needs a Box "obs" and a Discrete "game_id", got '
+                    f"{observation_space}"
+                )
+            num_games = int(game.n)
+            encoder: nn.Module
+            if multigame_encoder == "tokens":
+                encoder = _token_encoder(
+                    tuple(inner.shape), obs_layout, num_games, channels_per_game
+                )
+            else:
+                encoder = _encoder_for_box(tuple(inner.shape), obs_layout)
+            return MultiGameActorCritic(encoder, n_logits, num_games)
         items_key = next((k for k in SET_ITEM_KEYS if k in keys), None)
         if items_key is not None and "item_mask" in keys:
             items = observation_space[items_key]
-            if len(items.shape) != 2:
+            if not isinstance(items, spaces.Box) or len(items.shape) != 2:
                 raise ValueError(f"{items_key!r} must have shape (N, F), got {items.shape}")
             if not isinstance(action_space, spaces.Discrete) or action_space.n != items.shape[0]:
                 raise ValueError(
@@ -122,7 +202,7 @@ def build_actor_critic(
                     f"Discrete({items.shape[0]}) (pick an item), got {action_space}"
                 )
             ctx_keys = tuple(sorted(keys - {items_key, "item_mask"}))
-            ctx_dim = sum(int(math.prod(observation_space[k].shape)) for k in ctx_keys)
+            ctx_dim = sum(int(math.prod(observation_space[k].shape or ())) for k in ctx_keys)
             return SetActorCritic(int(items.shape[1]), ctx_keys, ctx_dim, items_key=items_key)
         raise ValueError(
             f"no default network for Dict observations with keys {sorted(keys)}; "
@@ -131,7 +211,5 @@ def build_actor_critic(
     if isinstance(observation_space, spaces.Discrete):
         return ActorCritic(OneHotEncoder(int(observation_space.n)), n_logits)
     if isinstance(observation_space, spaces.MultiBinary | spaces.Box):
-        return ActorCritic(
-            _encoder_for_box(tuple(observation_space.shape), obs_layout), n_logits
-        )
+        return ActorCritic(_encoder_for_box(tuple(observation_space.shape), obs_layout), n_logits)
     raise ValueError(f"no default network for observation space {observation_space}; pass your own")

@@ -236,6 +236,11 @@ class MultiGameActorCritic(nn.Module):
     features; one policy head spans the union of all games' actions (each game's
     action mask removes the actions it lacks); each game has its own value output,
     because returns differ in scale between games.
+
+    An encoder whose class sets ``uses_game_id = True`` (such as
+    :class:`maskrl.tokens.GridTokenEncoder`, which embeds each game's channels
+    separately) is called as ``encoder(obs["obs"], obs["game_id"])``; any other
+    encoder as ``encoder(obs["obs"])``.
     """
 
     def __init__(self, encoder: nn.Module, n_logits: int, num_games: int) -> None:
@@ -249,8 +254,16 @@ class MultiGameActorCritic(nn.Module):
         self.value_head = layer_init(nn.Linear(feat, num_games), std=VALUE_GAIN)
 
     def features(self, obs: Obs) -> torch.Tensor:
+        """Hidden features ``[B, F]``: the encoded screen plus the game embedding."""
         assert isinstance(obs, dict)
-        return self.encoder(obs["obs"]) + self.game_embedding(obs["game_id"].long())
+        game_id = obs["game_id"]
+        # Looked up per call (not cached at init), so swapping the encoder
+        # module later (e.g. for quantization-aware training) stays correct.
+        if getattr(self.encoder, "uses_game_id", False):
+            h = self.encoder(obs["obs"], game_id)
+        else:
+            h = self.encoder(obs["obs"])
+        return h + self.game_embedding(game_id.long())
 
     def _select_value(self, v: torch.Tensor, game_id: torch.Tensor) -> torch.Tensor:
         return v.gather(1, game_id.long().view(-1, 1)).squeeze(1)

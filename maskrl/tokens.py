@@ -1,0 +1,241 @@
+"""Read a multi-game grid screen as a set of tokens, one per occupied cell.
+
+Games with different channel counts share one vector env by zero-padding their
+channels at the end (:func:`maskrl.envs.make_multigame_vec`): MinAtar's
+Breakout has 4 channels, Seaquest 10, and a CNN over the padded ``[10, H, W]``
+grid sees Breakout's channel 2 and Seaquest's channel 2 through the same
+filter although they mean different things. :class:`GridTokenEncoder` instead
+reads a screen as a set:
+
+* each occupied cell (a cell where one of the game's own channels is nonzero)
+  is a token;
+* its embedding is the sum, over the game's channels, of the cell's value
+  times a per-(game, channel) embedding (for 0/1 grids: the sum of the
+  embeddings of the objects in the cell), plus a row and a column embedding;
+* a small per-token MLP encodes each token, and :class:`maskrl.AttentionPool`
+  pools the set, with empty cells masked out.
+
+So a game's padded channels are never read (whatever they hold, NaN
+included), empty cells never matter, an empty screen pools to zeros, and no
+channel is shared between games unless the network learns to share it.
+
+This module needs torch only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from maskrl.attention import AttentionPool
+from maskrl.init import layer_init
+
+__all__ = ["GridTokenEncoder"]
+
+
+class GridTokenEncoder(nn.Module):
+    """Encode padded multi-game grids ``[B, Cmax, H, W]`` as pooled sets of cell tokens.
+
+    Args:
+        channels_per_game: ``channels_per_game[g]`` is the number of channels
+            ``C_g`` of game ``g``'s own observation; its channels are the first
+            ``C_g`` of the padded grid (``Cmax = max C_g``).
+        height, width: the grid size (10 x 10 for MinAtar).
+        dim: token width (embeddings, per-token MLP and pooled output).
+        max_tokens: the most tokens (occupied cells) a screen may have.
+            ``None`` (default): no limit, every one of the ``H * W`` cells can be
+            a token, so no screen can overflow; the token set of a batch is
+            padded to the largest number of occupied cells in it (MinAtar:
+            at most 33 of 100), so the cost follows what is on the screens,
+            not the grid size. An integer ``K``: the set is padded to exactly
+            ``K`` slots (a fixed shape), and a screen with more than ``K``
+            occupied cells raises :class:`ValueError` naming its rows --
+            dropping cells would blind the policy to objects with no sign of
+            it. Either way the occupied cells are gathered in raster order and
+            one number is read back from the device per forward (on a GPU, a
+            synchronisation).
+        pool: ``"additive"`` or ``"multihead"`` (see :class:`maskrl.AttentionPool`).
+        num_heads: heads for ``pool="multihead"`` (``dim`` divisible by it).
+        out_dim: ``None``: the output is the pooled token, size ``dim``.
+            Otherwise a linear projection of it (still exactly zero for an
+            empty screen).
+
+    Attributes:
+        out_dim: output feature size.
+        uses_game_id: ``True``: ``forward`` takes ``(obs, game_id)``, and
+            :class:`maskrl.networks.MultiGameActorCritic` passes the game id.
+
+    Shapes:
+        ``forward(obs [B, Cmax, H, W], game_id [B]) -> [B, out_dim]``. ``obs`` may
+        be any real dtype (``bool``, ``uint8``, float); values are read as
+        floats. Channels ``>= C_g`` of a row of game ``g`` are ignored.
+
+    Example:
+        >>> enc = GridTokenEncoder([4, 10], 10, 10, dim=32)
+        >>> obs = torch.zeros(2, 10, 10, 10)
+        >>> obs[0, 1, 3, 4] = 1.0  # game 0: one object; row 1 (game 1): empty screen
+        >>> out = enc(obs, torch.tensor([0, 1]))
+        >>> out.shape, bool((out[1] == 0).all())
+        (torch.Size([2, 32]), True)
+    """
+
+    uses_game_id = True
+    channel_index: Tensor  # [G, Cmax] embedding row of each (game, channel); buffer
+    channel_valid: Tensor  # [G, Cmax] True for a game's own channels; buffer
+
+    def __init__(
+        self,
+        channels_per_game: Sequence[int],
+        height: int,
+        width: int,
+        dim: int = 64,
+        max_tokens: int | None = None,
+        pool: Literal["additive", "multihead"] = "additive",
+        num_heads: int = 1,
+        out_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        channels = [int(c) for c in channels_per_game]
+        if not channels or min(channels) < 1:
+            raise ValueError(
+                f"channels_per_game must be a non-empty list of positive counts, got {channels}"
+            )
+        if height < 1 or width < 1:
+            raise ValueError(f"height and width must be positive, got {height} x {width}")
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        cells = height * width
+        if max_tokens is not None and not 1 <= max_tokens <= cells:
+            raise ValueError(f"max_tokens must be in [1, H*W = {cells}] or None, got {max_tokens}")
+        self.channels_per_game = channels
+        self.num_games = len(channels)
+        self.max_channels = max(channels)
+        self.height, self.width = height, width
+        self.dim = dim
+        self.max_tokens = max_tokens
+        self.num_tokens = cells if max_tokens is None else max_tokens
+
+        # One embedding row per (game, channel), plus a zero row (padding_idx)
+        # that every padded channel of every game points to: it has no
+        # gradient, so padded channels own no parameters that could drift.
+        total = sum(channels)
+        self.channel_embedding = nn.Embedding(total + 1, dim, padding_idx=total)
+        index = torch.full((self.num_games, self.max_channels), total, dtype=torch.long)
+        offset = 0
+        for g, c in enumerate(channels):
+            index[g, :c] = torch.arange(offset, offset + c)
+            offset += c
+        self.register_buffer("channel_index", index, persistent=False)  # [G, Cmax]
+        valid = torch.arange(self.max_channels)[None, :] < torch.tensor(channels)[:, None]
+        self.register_buffer("channel_valid", valid, persistent=False)  # [G, Cmax]
+        # Row + column embeddings: an object's position is coded the same way
+        # in every row or column, with H + W vectors rather than H * W.
+        self.row_embedding = nn.Parameter(torch.randn(height, dim) / math.sqrt(2.0))
+        self.col_embedding = nn.Parameter(torch.randn(width, dim) / math.sqrt(2.0))
+        # Token embedding (linear in the cell's channels and position) -> ReLU ->
+        # Linear -> ReLU: a two-layer per-token MLP whose first layer is the
+        # embedding itself, so only one dim x dim product runs per token.
+        self.token_mlp = layer_init(nn.Linear(dim, dim))
+        self.pool = AttentionPool(dim, num_heads=num_heads, kind=pool, out_dim=out_dim)
+        self.out_dim = dim if out_dim is None else out_dim
+
+    def _check(self, obs: Tensor, game_id: Tensor) -> None:
+        want = (self.max_channels, self.height, self.width)
+        if obs.dim() != 4 or tuple(obs.shape[1:]) != want:
+            raise ValueError(
+                f"obs must have shape [B, Cmax, H, W] = [B, {', '.join(map(str, want))}], "
+                f"got {tuple(obs.shape)}"
+            )
+        if game_id.shape != obs.shape[:1]:
+            raise ValueError(
+                f"game_id must have shape [B] = ({obs.shape[0]},), got {tuple(game_id.shape)}"
+            )
+        if game_id.is_floating_point() or game_id.dtype == torch.bool:
+            raise ValueError(f"game_id must be an integer tensor, got {game_id.dtype}")
+
+    def tokenize(self, obs: Tensor, game_id: Tensor) -> tuple[Tensor, Tensor]:
+        """The screen as token embeddings and their presence mask.
+
+        Args:
+            obs: ``[B, Cmax, H, W]`` padded grids, channels first.
+            game_id: ``[B]`` integer game index per row.
+
+        Returns:
+            ``(tokens [B, K, dim], present [B, K])``: ``K`` is ``max_tokens``,
+            or the largest number of occupied cells in the batch (at least 1)
+            when it is ``None``. Row ``b``'s occupied cells fill its first
+            slots in raster order and ``present`` marks them; the other slots
+            hold values that mean nothing and that :meth:`encode` ignores.
+
+        Raises:
+            ValueError: bad shapes, or (with ``max_tokens``) a screen with more
+                occupied cells than slots.
+        """
+        self._check(obs, game_id)
+        game_id = game_id.long()
+        b = obs.shape[0]
+        cells = self.height * self.width
+        dtype = self.row_embedding.dtype
+        valid = self.channel_valid[game_id]  # [B, Cmax]
+        # torch.where, not a product with the mask: NaN in a padded channel
+        # would survive multiplication by 0.
+        x = obs.to(dtype) if obs.dtype != dtype else obs
+        x = torch.where(valid[:, :, None, None], x, torch.zeros((), dtype=dtype, device=x.device))
+        x = x.flatten(2).transpose(1, 2)  # [B, HW, Cmax]
+        present = (x != 0).any(dim=-1)  # [B, HW]
+        count = present.sum(dim=1)  # [B] occupied cells per screen
+        # One host read: the slot count (or the overflow check) depends on the data.
+        most = int(count.max()) if b else 0
+        if self.max_tokens is None:
+            # At least one slot, so that an all-empty batch still has a set to pool.
+            k = max(most, 1)
+        else:
+            k = self.max_tokens
+            if most > k:
+                rows = (count > k).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"row(s) {rows} have {count[rows].tolist()} occupied cells, more than "
+                    f"max_tokens={k}; raise max_tokens (None: every cell can be a token)"
+                )
+        # Compact the occupied cells to the front, in raster order, with one
+        # scatter of a permutation: occupied cell j goes to slot "occupied
+        # cells before j", empty cells after all occupied ones. O(H*W), no
+        # sort, and unique indices (deterministic on every device).
+        empty_rank = count[:, None] + (~present).cumsum(dim=1) - 1
+        slot = torch.where(present, present.cumsum(dim=1) - 1, empty_rank)  # [B, HW]
+        cell = torch.arange(cells, device=x.device).expand(b, cells)
+        order = torch.empty(b, cells, dtype=torch.long, device=x.device)
+        order = order.scatter(1, slot, cell)[:, :k]  # [B, K] cell index of each slot
+        present = torch.arange(k, device=x.device)[None, :] < count[:, None]  # [B, K]
+        x = x.gather(1, order[:, :, None].expand(-1, -1, self.max_channels))  # [B, K, Cmax]
+        pos = (self.row_embedding[:, None, :] + self.col_embedding[None, :, :]).reshape(
+            cells, self.dim
+        )  # [HW, dim]
+        cell_pos = pos[order]  # [B, K, dim]
+        emb = self.channel_embedding(self.channel_index[game_id])  # [B, Cmax, dim]
+        tokens = torch.bmm(x, emb) + cell_pos  # [B, K, dim]
+        return tokens, present
+
+    def encode(self, tokens: Tensor, present: Tensor) -> Tensor:
+        """Per-token MLP and attention pooling over the present tokens.
+
+        ``tokens [B, K, dim]``, ``present [B, K]`` -> ``[B, out_dim]``. Tokens
+        that are not present may hold anything (NaN included): they are
+        replaced by zeros first, so neither the output nor any gradient sees
+        them. A row with no present token gives zeros.
+        """
+        # Zero absent slots *before* the MLP: NaN there would reach the weight
+        # gradients through the linear layer (0 * NaN = NaN).
+        zero = torch.zeros((), dtype=tokens.dtype, device=tokens.device)
+        h = torch.relu(torch.where(present[..., None], tokens, zero))
+        h = torch.relu(self.token_mlp(h))
+        return self.pool(h, present)
+
+    def forward(self, obs: Tensor, game_id: Tensor) -> Tensor:
+        """Encode ``obs [B, Cmax, H, W]`` of games ``game_id [B]`` into ``[B, out_dim]``."""
+        tokens, present = self.tokenize(obs, game_id)
+        return self.encode(tokens, present)
