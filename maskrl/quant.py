@@ -988,9 +988,11 @@ class Int8Conv2d(_Int8Base):
 
     def __init__(self, conv: nn.Conv2d, num_bits: int) -> None:
         super().__init__(tuple(conv.weight.shape), conv.bias is not None, num_bits)
-        self.stride = list(conv.stride)
-        self.padding = list(conv.padding)  # type: ignore[arg-type]
-        self.dilation = list(conv.dilation)
+        if isinstance(conv.padding, str):
+            raise ValueError(f"padding={conv.padding!r}: give the padding as numbers to convert")
+        self.stride = [int(v) for v in conv.stride]
+        self.padding = [int(v) for v in conv.padding]
+        self.dilation = [int(v) for v in conv.dilation]
         self.groups = conv.groups
 
     def forward(self, x: Tensor) -> Tensor:
