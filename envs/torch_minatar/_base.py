@@ -74,6 +74,11 @@ class TorchMinAtarGame:
         """Observation float32 ``(N, C, 10, 10)``."""
         raise NotImplementedError
 
+    def match_shapes(self, fresh: State, like: State) -> State:
+        """``fresh`` (reset rows) shaped like ``like`` for row copies; games whose
+        object lists grow (Seaquest on CPU) pad here."""
+        return fresh
+
     # Replay: recorded RandomState calls of one act()/reset() -> this game's draw columns.
     def step_draws_from_calls(self, calls: Sequence[Call]) -> list[float]:
         """The ``step_draws`` columns reproducing ``calls`` (those after the sticky draw)."""
@@ -125,7 +130,11 @@ def render_points(
             ``(n, k)``; ``valid`` bool of the same shape or None (all valid). Invalid
             or off-screen objects are dropped.
     """
-    trash = channels * 100
+    # Global flat indices into one contiguous buffer (the observation itself, plus a
+    # trash element for dropped objects), so the result needs no copy.
+    size = channels * 100
+    trash = n * size
+    base = (torch.arange(n, device=device) * size)[:, None]
     idx = []
     for ch, y, x, valid in points:
         if y.dim() == 1:
@@ -137,11 +146,11 @@ def render_points(
         ok = (y >= 0) & (y < 10) & (x >= 0) & (x < 10)
         if valid is not None:
             ok = ok & valid
-        idx.append(torch.where(ok, ch * 100 + y * 10 + x, trash))
-    index = torch.cat(idx, dim=1)
-    flat = torch.zeros(n, trash + 1, dtype=torch.float32, device=device)
-    flat.scatter_(1, index, 1.0)
-    return flat[:, :trash].view(n, channels, 10, 10)
+        idx.append(torch.where(ok, base + ch * 100 + y * 10 + x, trash))
+    index = torch.cat(idx, dim=1).flatten()
+    flat = torch.zeros(trash + 1, dtype=torch.float32, device=device)
+    flat.scatter_(0, index, 1.0)
+    return flat[:trash].view(n, channels, 10, 10)
 
 
 def arange_grid(device: torch.device) -> tuple[Tensor, Tensor]:

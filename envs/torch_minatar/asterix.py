@@ -77,7 +77,7 @@ class Asterix(TorchMinAtarGame):
         lr = draws[:, 0] < 0.5
         is_gold = draws[:, 1] < 1.0 / 3.0
         free = ~alive
-        n_free = free.sum(dim=1)
+        n_free = free.long().sum(dim=1)
         k = uniform_to_int(draws[:, 2], n_free)
         rank = torch.cumsum(free.to(torch.int64), dim=1) - 1
         new = (spawn & (n_free > 0))[:, None] & free & (rank == k[:, None])
@@ -97,7 +97,7 @@ class Asterix(TorchMinAtarGame):
         row = slot_idx + 1
         in_row = row == py[:, None]
         touch = alive & in_row & (ex == px[:, None])
-        reward = (touch & gold).sum(dim=1)
+        reward = (touch & gold).long().sum(dim=1)
         terminal = state["terminal"] | (touch & ~gold).any(dim=1)
         alive = alive & ~(touch & gold)
 
@@ -108,7 +108,7 @@ class Asterix(TorchMinAtarGame):
         ex = torch.where(go, ex + torch.where(right, 1, -1), ex)
         alive = alive & ~(go & ((ex < 0) | (ex > 9)))
         touch = go & alive & in_row & (ex == px[:, None])
-        reward = reward + (touch & gold).sum(dim=1)
+        reward = reward + (touch & gold).long().sum(dim=1)
         terminal = terminal | (touch & ~gold).any(dim=1)
         alive = alive & ~(touch & gold)
 

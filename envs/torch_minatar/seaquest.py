@@ -9,10 +9,12 @@ a ``seq`` number (the step-wide counter at append time), so list order is
 * friendly bullets ``fb_*`` (2 slots: one shot per 5 steps, and a bullet is gone
   by the end of its 9th step, so a third shot never meets the first), divers ``dv_*`` (4 slots; one spawn per 30 steps,
   each gone after at most 61), enemy fish ``fish_*`` and enemy subs ``esub_*``
-  (:data:`ENEMY_SLOTS` each; at most one enemy spawns per step and each leaves
-  the screen after at most 61 steps at the slowest speed or 31 at the fastest,
-  which is only reached at the fastest spawn rate, so 32 slots are never all
-  used in any reachable state);
+  (:data:`ENEMY_SLOTS` each on a GPU: at most one enemy spawns per step and each
+  leaves the screen after at most 61 steps at the slowest speed or 31 at the
+  fastest, which is only reached at the fastest spawn rate, so 32 slots are never
+  all used in any reachable state; on CPU the lists start with
+  :data:`CPU_ENEMY_SLOTS` slots and double whenever a spawn finds one full, which
+  costs a device read per step -- free on CPU -- and keeps every op small);
 * enemy bullets are a bool grid per direction ``(N, 2, 10, 10)``: they interact
   only with the player, so their order and multiplicity never matter.
 
@@ -53,7 +55,7 @@ from maskrl.envs.torch_minatar._base import (
     render_points,
 )
 
-__all__ = ["ENEMY_SLOTS", "Seaquest"]
+__all__ = ["CPU_ENEMY_SLOTS", "ENEMY_SLOTS", "Seaquest"]
 
 _MAX_OXYGEN = 200
 _INIT_SPAWN_SPEED = 20
@@ -63,8 +65,11 @@ _SHOT_COOL_DOWN = 5
 _ENEMY_SHOT_INTERVAL = 10
 _DIVER_MOVE_INTERVAL = 5
 
-#: Slots for enemy fish and for enemy subs (each).
+#: Slots for enemy fish and for enemy subs (each), fixed, off the CPU.
 ENEMY_SLOTS = 32
+#: Initial slots for each enemy list on CPU (grown on demand).
+CPU_ENEMY_SLOTS = 8
+_ENEMY_FIELDS = {"fish": ("timer",), "esub": ("timer", "shot")}
 _BULLET_SLOTS = 2
 _DIVER_SLOTS = 4
 _BIG = 1 << 62
@@ -83,6 +88,15 @@ def _append(
     place = cond[:, None] & first
     out = {k: torch.where(place, v[:, None], s) for k, (s, v) in fields.items()}
     return alive | place, out
+
+
+def _grow(state: State, prefix: str, extra: int) -> None:
+    """Add ``extra`` empty slots to enemy list ``prefix`` (in place in ``state``)."""
+    for name in ("alive", "right", "x", "y", "seq", *_ENEMY_FIELDS[prefix]):
+        key = f"{prefix}_{name}"
+        old = state[key]
+        pad = torch.zeros(old.shape[0], extra, dtype=old.dtype, device=old.device)
+        state[key] = torch.cat([old, pad], dim=1)
 
 
 def _onehot(index: Tensor, k: int, where: Tensor) -> Tensor:
@@ -132,11 +146,12 @@ class Seaquest(TorchMinAtarGame):
             "seq": full(0),
             "eb": torch.zeros(n, 2, 10, 10, dtype=torch.bool, device=device),
         }
+        k_enemy = CPU_ENEMY_SLOTS if device.type == "cpu" else ENEMY_SLOTS
         for prefix, k, extra in (
             ("fb", _BULLET_SLOTS, ()),
             ("dv", _DIVER_SLOTS, ("timer",)),
-            ("fish", ENEMY_SLOTS, ("timer",)),
-            ("esub", ENEMY_SLOTS, ("timer", "shot")),
+            ("fish", k_enemy, ("timer",)),
+            ("esub", k_enemy, ("timer", "shot")),
         ):
             state[f"{prefix}_alive"] = flags(k)
             state[f"{prefix}_right"] = flags(k)
@@ -162,6 +177,10 @@ class Seaquest(TorchMinAtarGame):
             clash = s[f"{p}_alive"] & (s[f"{p}_y"] == y[:, None]) & (s[f"{p}_right"] != lr[:, None])
             blocked = blocked | clash.any(dim=1)
         do = spawn & ~blocked
+        if action.device.type == "cpu":
+            for p, want in (("esub", do & is_sub), ("fish", do & ~is_sub)):
+                if bool((want & s[f"{p}_alive"].all(dim=1)).any()):
+                    _grow(s, p, s[f"{p}_alive"].shape[1])
         x0 = torch.where(lr, 0, 9)
         ms = s["move_speed"]
         s["esub_alive"], upd = _append(
@@ -271,9 +290,9 @@ class Seaquest(TorchMinAtarGame):
         at_after = due & ~off & (moved_x == sx[:, None]) & (dv_y == sy[:, None])
         cand = at_before | at_after
         dv_seq = s["dv_seq"]
-        earlier = (cand[:, None, :] & (dv_seq[:, None, :] > dv_seq[:, :, None])).sum(dim=2)
+        earlier = (cand[:, None, :] & (dv_seq[:, None, :] > dv_seq[:, :, None])).long().sum(dim=2)
         collect = cand & (count[:, None] + earlier < 6)
-        count = count + collect.sum(dim=1)
+        count = count + collect.long().sum(dim=1)
         s["dv_alive"] = dv_alive & ~collect & ~off
         s["dv_x"] = moved_x
         s["dv_timer"] = torch.where(due, _DIVER_MOVE_INTERVAL, dv_timer - 1)
@@ -384,6 +403,15 @@ class Seaquest(TorchMinAtarGame):
             fb_x=fb_x,
         )
         return s, reward.to(torch.float32), terminal
+
+    def match_shapes(self, fresh: State, like: State) -> State:
+        """``fresh`` with as many enemy slots as ``like`` (after growth on CPU)."""
+        out = dict(fresh)
+        for p in _ENEMY_FIELDS:
+            extra = like[f"{p}_alive"].shape[1] - out[f"{p}_alive"].shape[1]
+            if extra > 0:
+                _grow(out, p, extra)
+        return out
 
     def render(self, state: State) -> Tensor:
         """Observation float32 ``(N, 10, 10, 10)``."""

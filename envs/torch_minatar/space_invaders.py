@@ -83,7 +83,7 @@ class SpaceInvaders(TorchMinAtarGame):
         interval = state["move_interval"]
         terminal = terminal | alien[rows, 9, pos]
         move = move_timer == 0
-        count = alien.flatten(1).sum(dim=1)
+        count = alien.flatten(1).long().sum(dim=1)
         move_timer = torch.where(move, torch.minimum(count, interval), move_timer)
         at_left = alien[:, :, 0].any(dim=1)
         at_right = alien[:, :, 9].any(dim=1)
@@ -120,7 +120,7 @@ class SpaceInvaders(TorchMinAtarGame):
         e_bullet = e_bullet | shot
 
         kill = alien & f_bullet
-        reward = kill.flatten(1).sum(dim=1).to(torch.float32)
+        reward = kill.flatten(1).long().sum(dim=1).to(torch.float32)
         alien = alien & ~kill
         f_bullet = f_bullet & ~kill
 

@@ -155,6 +155,7 @@ class GameBatch:
         action = torch.where(sticky, self.last_action, action)
         s = 1 + game.step_draws
         state, reward, terminated = game.step(self.state, action, draws[:, 1:s])
+        terminated = terminated.clone()  # it is also state["terminal"], which resets overwrite
         final_obs = game.render(state)
         self.ep_return += reward
         self.ep_length += 1
@@ -170,8 +171,12 @@ class GameBatch:
             obs = final_obs.clone()
             if ended.numel():
                 fresh = game.reset(int(ended.numel()), draws[ended, s:], self.device)
-                state = {k: v.index_copy(0, ended, fresh[k]) for k, v in state.items()}
                 obs.index_copy_(0, ended, game.render(fresh))
+                fresh = game.match_shapes(fresh, state)
+                # In place: a step returns fresh tensors (or the previous state's, which
+                # is dropped), so no one else sees these.
+                for k, v in state.items():
+                    v.index_copy_(0, ended, fresh[k])
             self.state = state
         else:
             # A fixed sequence of operations, no sync: reset everything, keep what ended.
