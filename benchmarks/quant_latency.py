@@ -94,7 +94,8 @@ def time_pair(
     for _ in range(max(calls // 4, 5)):  # warm-up (packing, caches, allocator)
         fa()
         fb()
-    ta, tb = [], []
+    ta: list[float] = []
+    tb: list[float] = []
     for r in range(repeats):
         order = [(fa, ta), (fb, tb)] if r % 2 == 0 else [(fb, tb), (fa, ta)]
         for f, out in order:
@@ -116,7 +117,8 @@ def bench_network(
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     net = build()
-    layer_init(net.policy_head, std=1.0)  # type: ignore[arg-type]
+    head = net.get_submodule("policy_head")
+    layer_init(head, std=1.0)
     float_net = build()
     float_net.load_state_dict(net.state_dict())
     float_net.eval()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,9 @@ from maskrl.networks import (
     SetActorCritic,
 )
 from maskrl.quant import FakeQuant, convert_int8, fake_quantize, prepare_qat, set_qat_step
+from maskrl.tokens import GridTokenEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tf_nudge(lo: float, hi: float, num_bits: int, narrow: bool) -> tuple[float, int, float, float]:
@@ -280,6 +285,11 @@ NETWORKS = {
         lambda b: {"obs": (torch.rand(b, 4, 10, 10) > 0.8).float(), "game_id": torch.arange(b) % 3},
         6,
     ),
+    "multigame_tokens": (
+        lambda: MultiGameActorCritic(GridTokenEncoder([4, 6], 10, 10, dim=32), 6, 2),
+        lambda b: {"obs": (torch.rand(b, 6, 10, 10) > 0.9).float(), "game_id": torch.arange(b) % 2},
+        6,
+    ),
     "set_additive": (
         lambda: SetActorCritic(3, ("capacity",), 1, items_key="item_features"),
         _set_obs,
@@ -528,3 +538,16 @@ def test_spec_rejects_mismatched_networks() -> None:
         Q.apply_quant_spec(ActorCritic(MLPEncoder(4), 6), spec)
     with pytest.raises(ValueError, match="version"):
         Q.apply_quant_spec(ActorCritic(MinAtarCNN(4), 6), {"version": 99})
+
+
+def test_latency_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "quant_latency", ROOT / "benchmarks" / "quant_latency.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rc = bench.main(["--repeats", "1", "--calls", "1", "--steps", "2", "--networks", "minatar"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "MinAtar Breakout (CNN)" in out and "greedy agree" in out
