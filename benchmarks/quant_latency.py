@@ -34,6 +34,7 @@ import io
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -140,7 +141,7 @@ def bench_network(
     with torch.inference_mode():
         for b in (1, 64):
             x = take(obs, b)
-            tf, ti, ratio = time_pair(lambda: float_net(x), lambda: int8(x), repeats, calls)
+            tf, ti, ratio = time_pair(partial(float_net, x), partial(int8, x), repeats, calls)
             row[f"float_b{b}"], row[f"int8_b{b}"], row[f"ratio_b{b}"] = tf, ti, ratio
     return row
 
