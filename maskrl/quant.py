@@ -25,9 +25,12 @@ The pieces, bottom up:
 * :func:`convert_int8` turns a prepared network into a real integer one:
   int8 weights with per-channel scales, uint8 activations, int32 accumulation
   in oneDNN's quantized kernels (``torch.ops.onednn.qlinear_pointwise`` /
-  ``qconv2d_pointwise``), float output. It computes the same numbers as the
-  fake-quantized network (the integer products are exact; only the float
-  rescaling may differ in the last bit), so its greedy actions match.
+  ``qconv2d_pointwise``), float output; layers under
+  :data:`MIN_INT8_KERNEL_WEIGHTS` weights (policy and value heads, MinAtar's
+  3x3 convolution) multiply the same integers in float, which is cheaper
+  there. It computes the same numbers as the fake-quantized network (the
+  integer products are exact; only the float rescaling may differ in the last
+  bit), so its greedy actions match.
 * :func:`quant_spec` / :func:`apply_quant_spec` describe a prepared network as
   plain data, so that a checkpoint read with ``torch.load(weights_only=True)``
   can rebuild it from a fresh float network.
@@ -324,9 +327,10 @@ class FakeQuant(nn.Module):
             exactly in the middle, the integer values ``[-127, 127]`` for 8
             bits): what int8 weight kernels expect. Weights use it.
         averaging_constant: Weight of a new batch in the moving average of
-            the observed min/max (``0.01``: TF's decay 0.99 per update); ``1.0``
-            keeps the latest batch's range (what weights use: they are known
-            exactly).
+            the observed min/max (``0.01``, as torch's moving-average
+            observer; TF's ``MovingAvgQuantize`` decays by 0.999, i.e.
+            0.001); ``1.0`` keeps the latest batch's range (what weights use:
+            they are known exactly).
 
     State (all tensors, in ``state_dict``): ``min_val`` and ``max_val`` (``[]``
     or ``[C]``), ``zero_point`` and, in learned mode, the parameter ``step``,
@@ -1105,9 +1109,16 @@ def convert_int8(model: nn.Module) -> nn.Module:
     output (``torch.ops.onednn.qlinear_pointwise`` / ``qconv2d_pointwise``,
     the kernels behind PyTorch's x86 quantization; they read plain
     ``uint8``/``int8`` tensors, need no process-wide quantized engine, and use
-    VNNI where the CPU has it). Elsewhere (another device, a build without
-    oneDNN) the same integers are multiplied in float, which gives the same
-    answer without the speed.
+    VNNI where the CPU has it). The alternatives in torch 2.13 lose:
+    ``torch.ops.quantized.*`` need ``quint8``/``qint8`` tensors, which torch
+    now deprecates; dynamic quantization picks its own input scale per batch,
+    so it would not reproduce the trained ranges; ``torch._int_mm`` needs the
+    zero-point correction and rescaling as extra passes; and
+    ``torch._weight_int8pack_mm`` (int8 weights, float activations) was about
+    30x slower than float at batch 64 here. Layers smaller than
+    :data:`MIN_INT8_KERNEL_WEIGHTS` weights, other devices and builds without
+    oneDNN multiply the same integers in float: the same answer, bit for bit
+    the fake-quantized one.
 
     Raises:
         ValueError: naming each layer that cannot be converted and why
