@@ -98,7 +98,9 @@ def bench_numpy(game: str, num_envs: int, seconds: float, seed: int) -> float:
 
 def bench_torch(game: str, num_envs: int, seconds: float, seed: int, device: str) -> float:
     """:func:`maskrl.envs.make_vec` with ``backend="torch"``; env steps/s (synced)."""
-    envs = make_vec(f"maskrl/MinAtar-{game}-v0", num_envs, backend="torch", device=device, seed=seed)
+    envs = make_vec(
+        f"maskrl/MinAtar-{game}-v0", num_envs, backend="torch", device=device, seed=seed
+    )
     envs.reset()
     dev = envs.device  # type: ignore[attr-defined]
     valid = torch.as_tensor(_minimal_actions(game), device=dev)

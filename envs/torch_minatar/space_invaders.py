@@ -104,7 +104,9 @@ class SpaceInvaders(TorchMinAtarGame):
         # its lowest row. The map is never empty here: it is refilled at the end of a step.
         shot_timer = state["shot_timer"]
         shoot = shot_timer == 0
-        shot_timer = torch.where(shoot, torch.full_like(shot_timer, _ENEMY_SHOT_INTERVAL), shot_timer)
+        shot_timer = torch.where(
+            shoot, torch.full_like(shot_timer, _ENEMY_SHOT_INTERVAL), shot_timer
+        )
         occupied = alien.any(dim=1)  # (N, 10) columns
         key = (cols[None, :] - pos[:, None]).abs() * 16 + cols[None, :]
         key = torch.where(occupied, key, torch.full_like(key, 1 << 20))

@@ -55,7 +55,8 @@ TORCH_MINATAR_IDS: dict[str, type[TorchMinAtarGame]] = {
     "maskrl/MinAtar-SpaceInvaders-v0": SpaceInvaders,
 }
 
-_DEFAULT_MAX_STEPS = 10_000  # = maskrl.envs.MINATAR_MAX_EPISODE_STEPS (not imported: keeps ids light)
+# = maskrl.envs.MINATAR_MAX_EPISODE_STEPS, the registered ids' time limit.
+_DEFAULT_MAX_STEPS = 10_000
 
 
 def make_game(env_id: str, difficulty_ramping: bool = True) -> TorchMinAtarGame:
@@ -411,9 +412,7 @@ class TorchMinAtarVectorEnv(_TorchMinAtarBase):
             max_episode_steps,
             check_actions,
         )
-        self.single_observation_space = spaces.Box(
-            0.0, 1.0, (self._channels, 10, 10), np.float32
-        )
+        self.single_observation_space = spaces.Box(0.0, 1.0, (self._channels, 10, 10), np.float32)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
 
 
