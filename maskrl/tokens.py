@@ -57,7 +57,10 @@ class GridTokenEncoder(nn.Module):
             dropping cells would blind the policy to objects with no sign of
             it. Either way the occupied cells are gathered in raster order and
             one number is read back from the device per forward (on a GPU, a
-            synchronisation).
+            synchronisation). ``None`` is the default because a limit is a
+            property of a game, not of the encoder: a cap that fits Breakout
+            today fails on a busier game later, while padding to the batch's
+            own maximum costs nothing on sparse screens.
         pool: ``"additive"`` or ``"multihead"`` (see :class:`maskrl.AttentionPool`).
         num_heads: heads for ``pool="multihead"`` (``dim`` divisible by it).
         out_dim: ``None``: the output is the pooled token, size ``dim``.
@@ -70,9 +73,18 @@ class GridTokenEncoder(nn.Module):
             :class:`maskrl.networks.MultiGameActorCritic` passes the game id.
 
     Shapes:
-        ``forward(obs [B, Cmax, H, W], game_id [B]) -> [B, out_dim]``. ``obs`` may
-        be any real dtype (``bool``, ``uint8``, float); values are read as
-        floats. Channels ``>= C_g`` of a row of game ``g`` are ignored.
+        ``forward(obs [B, Cmax, H, W], game_id [B]) -> [B, out_dim]``, with
+        ``0 <= game_id < len(channels_per_game)``. ``obs`` may be any real
+        dtype (``bool``, ``uint8``, float); values are read as floats, so a
+        cell's embedding is ``sum_c obs[c] * E[game, c]``. Channels ``>= C_g``
+        of a row of game ``g`` are ignored. Each row is encoded on its own:
+        its output does not depend on the other rows of the batch.
+
+    Cost:
+        No Python loop over the batch or the games. On MinAtar screens (at
+        most 33 occupied cells) a forward costs a few times the
+        :class:`maskrl.networks.MinAtarCNN`'s on CPU; most of it is the
+        per-token work of the MLP and the attention pool over ``B x K x dim``.
 
     Example:
         >>> enc = GridTokenEncoder([4, 10], 10, 10, dim=32)
@@ -117,7 +129,6 @@ class GridTokenEncoder(nn.Module):
         self.height, self.width = height, width
         self.dim = dim
         self.max_tokens = max_tokens
-        self.num_tokens = cells if max_tokens is None else max_tokens
 
         # One embedding row per (game, channel), plus a zero row (padding_idx)
         # that every padded channel of every game points to: it has no
