@@ -300,8 +300,14 @@ def _round_ste(x: Tensor) -> Tensor:
 
 
 def _grad_scale(x: Tensor, factor: float) -> Tensor:
-    """``x`` forward, gradient times ``factor`` backward (LSQ's step-size gradient scaling)."""
-    return (x - x * factor).detach() + x * factor
+    """``x`` forward, gradient times ``factor`` backward (LSQ's step-size gradient scaling).
+
+    Written as ``x + (y - y.detach())`` with ``y = x * factor``, whose forward
+    value is ``x`` exactly (``y - y`` is 0); ``(x - y).detach() + y`` could be
+    off by one unit in the last place, and the int8 model must see the same scale.
+    """
+    y = x * factor
+    return x.detach() + (y - y.detach())
 
 
 class FakeQuant(nn.Module):
@@ -478,7 +484,7 @@ class FakeQuant(nn.Module):
         return self._lsq(x)
 
     def _lsq(self, x: Tensor) -> Tensor:
-        """LSQ fake quantization: ``(round(clamp(x / s + z)) - z) * s`` with a trained ``s``."""
+        """LSQ fake quantization: ``round(clamp(x / s, qmin - z, qmax - z)) * s``, ``s`` trained."""
         assert self.step is not None
         n = x.numel() if self.per_channel is None else x[0].numel()
         if self.per_channel is None and x.dim() > 1:
@@ -487,12 +493,14 @@ class FakeQuant(nn.Module):
         s = self._view(_grad_scale(self.step.abs().clamp_min(_MIN_STEP), g), x)
         z = self._view(self.zero_point, x)
         xf = x.float()
-        # Same arithmetic as the observed path (x * (1 / s)), so that the int8
-        # model's input quantization reproduces it exactly. Autograd gives
-        # LSQ's step gradient: round(x/s) - x/s inside, qmin - z or qmax - z
-        # at the clamped ends.
-        q = _round_ste(torch.clamp(xf * (1.0 / s) + z, self.qmin, self.qmax))
-        return ((q - z) * s).to(x.dtype)
+        # Same arithmetic as the observed path (x * (1 / s), then clamped to
+        # the integer levels around the zero point), so that the int8 model's
+        # input quantization reproduces it exactly; clamping before rounding
+        # gives the same integers (the bounds are integers) and LSQ's
+        # gradients: d/dx = 1 inside and 0 outside, d/ds = round(x/s) - x/s
+        # inside and qmin - z or qmax - z at the clamped ends.
+        q = _round_ste(torch.clamp(xf * (1.0 / s), self.qmin - z, self.qmax - z))
+        return (q * s).to(x.dtype)
 
     def extra_repr(self) -> str:
         chan = "per_tensor" if self.per_channel is None else f"per_channel={self.per_channel}"

@@ -553,3 +553,21 @@ def test_latency_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 0
     out = capsys.readouterr().out
     assert "MinAtar Breakout (CNN)" in out and "greedy agree" in out
+
+
+@pytest.mark.parametrize("mode", ["observed", "learned"])
+def test_small_int8_layers_equal_the_fake_quantized_ones_bit_for_bit(mode: str) -> None:
+    # Below MIN_INT8_KERNEL_WEIGHTS a layer multiplies its integers in float:
+    # the same arithmetic as the fake-quantized layer, after training moved
+    # the learned steps away from their initial values.
+    torch.manual_seed(0)
+    net = prepare_qat(nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4)), mode=mode)  # type: ignore[arg-type]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(5):
+        opt.zero_grad()
+        net(torch.randn(32, 16)).square().mean().backward()
+        opt.step()
+    net.eval()
+    x = torch.randn(64, 16)
+    with torch.no_grad():
+        assert torch.equal(convert_int8(net)(x), net(x))
