@@ -57,10 +57,11 @@ def _check_pair(student_logits: Tensor, expert_logits: Tensor) -> None:
 def _checked_mask(mask: Tensor | np.ndarray, logits: Tensor) -> Tensor:
     """The mask as bool ``[B, n]``; ValueError naming every row with no valid action."""
     mask = as_bool_mask(mask, logits, name="mask").expand(logits.shape)
-    # One host read per call: an empty row is an environment bug (design note
-    # "all positions masked"), and silently scoring it would hide that.
-    empty = (~mask.any(dim=-1)).nonzero().flatten().tolist()
-    if empty:
+    # One scalar host read per call: an empty row is an environment bug (design
+    # note "all positions masked"), and silently scoring it would hide that.
+    has_valid = mask.any(dim=-1)
+    if not bool(has_valid.all()):
+        empty = (~has_valid).nonzero().flatten().tolist()
         raise ValueError(f"mask has no valid action in row(s) {empty}")
     return mask
 
