@@ -4,7 +4,7 @@ For each game, in one run on one machine, random valid actions (uniform over the
 game's minimal action set, sampled inside the timed loop on every side):
 
 * ``sync8``: MinAtar's own Gymnasium envs (``minatar.gym.register_envs()``,
-  ``MinAtar/<Game>-v0``) in Gymnasium's ``SyncVectorEnv`` of ``--sync-envs`` envs;
+  ``MinAtar/<Game>-v1``, the minimal action set) in Gymnasium's ``SyncVectorEnv`` of ``--sync-envs`` envs;
 * ``numpy8``: :func:`maskrl.envs.make_vec` (numpy backend) with as many envs;
 * ``torch<N>``: :func:`maskrl.envs.make_vec` with ``backend="torch"`` on
   ``--device`` for each ``N`` in ``--num-envs``.
@@ -67,19 +67,23 @@ def _timed(step: Callable[[], Any], seconds: float, per_call: int, warmup: int =
 
 
 def bench_sync(game: str, num_envs: int, seconds: float, seed: int) -> float:
-    """MinAtar's own envs in Gymnasium's ``SyncVectorEnv``; env steps/s."""
+    """MinAtar's own envs in Gymnasium's ``SyncVectorEnv``; env steps/s.
+
+    ``MinAtar/<Game>-v1`` acts in the minimal action set (action ``i`` is the set's
+    ``i``-th action), so uniform indices are uniform valid actions.
+    """
     import minatar.gym
 
-    if f"MinAtar/{game}-v0" not in gym.registry:
+    if f"MinAtar/{game}-v1" not in gym.registry:
         minatar.gym.register_envs()
     envs = gym.vector.SyncVectorEnv(
-        [lambda: gym.make(f"MinAtar/{game}-v0") for _ in range(num_envs)]
+        [lambda: gym.make(f"MinAtar/{game}-v1") for _ in range(num_envs)]
     )
     envs.reset(seed=seed)
-    valid = _minimal_actions(game)
+    n_valid = len(_minimal_actions(game))
     rng = np.random.default_rng(seed)
     try:
-        return _timed(lambda: envs.step(rng.choice(valid, size=num_envs)), seconds, num_envs)
+        return _timed(lambda: envs.step(rng.integers(n_valid, size=num_envs)), seconds, num_envs)
     finally:
         envs.close()
 
