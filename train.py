@@ -48,12 +48,17 @@ def _parse_optional(inner: type) -> Any:
 
 
 def add_dataclass_args(
-    parser: argparse.ArgumentParser, cls: type, defaults: dict[str, Any] | None = None
+    parser: argparse.ArgumentParser,
+    cls: type,
+    defaults: dict[str, Any] | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> None:
     """Add one flag per dataclass field, with the field's ``metadata["help"]`` as help."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
         tp = hints[f.name]
         default = (defaults or {}).get(f.name, f.default)
         help_ = f"{f.metadata.get('help', '')} (default: {default})"
@@ -81,11 +86,14 @@ def add_dataclass_args(
 
 
 def _pick(ns: argparse.Namespace, cls: type) -> Any:
-    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+    return cls(
+        **{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)}
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from maskrl.agents.config import PPOConfig
+    from maskrl.agents.mimic import MimicConfig
     from maskrl.agents.runner import RunConfig
 
     # allow_abbrev=False: an abbreviated flag would escape the explicit-flag
@@ -105,6 +113,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dataclass_args(ppo, RunConfig)
     add_dataclass_args(ppo, PPOConfig)
+    ex = sub.add_parser(
+        "experts",
+        allow_abbrev=False,
+        help="train one masked-PPO expert per game (for Actor-Mimic)",
+        description="Train one masked-PPO expert per game into runs/<name>/<game>/ and write "
+        "runs/<name>/experts.json with each expert's evaluated mean return. A game whose run "
+        "finished is kept; an interrupted one is resumed.",
+    )
+    ex.add_argument("--env", required=True, help="env ids, comma-separated (one expert each)")
+    ex.add_argument(
+        "--total-timesteps", type=int, default=1_000_000, help="steps per expert (default: 1000000)"
+    )
+    ex.add_argument("--run-name", required=True, help="folder under --runs-dir for the experts")
+    ex.add_argument("--runs-dir", default="runs", help="parent folder (default: runs)")
+    ex.add_argument(
+        "--eval-episodes", type=int, default=50, help="evaluation episodes per expert (default: 50)"
+    )
+    ex.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
+    )
+    ex.add_argument("--preset", default=None, help="PPO settings preset (reference, fast)")
+    add_dataclass_args(ex, PPOConfig)
+    mi = sub.add_parser(
+        "mimic",
+        allow_abbrev=False,
+        help="distil per-game experts into one multi-game student (Actor-Mimic)",
+        description="Actor-Mimic: the student plays all the experts' games at once and "
+        "regresses onto each expert's temperature softmax over the game's valid actions "
+        "(plus beta x feature regression); writes runs/<name>/.",
+    )
+    mi.add_argument("--experts", default=None, help="a folder written by train.py experts")
+    mi.add_argument(
+        "--finetune-ppo",
+        type=int,
+        default=0,
+        help="then train the student this many more steps with multi-game masked PPO, "
+        "in <run>/finetune (default: 0)",
+    )
+    add_dataclass_args(mi, RunConfig, exclude=frozenset({"env", "preset"}))
+    add_dataclass_args(mi, MimicConfig)
     ev = sub.add_parser(
         "eval",
         allow_abbrev=False,
@@ -138,16 +186,29 @@ class _Signals:
     """
 
     def __init__(self) -> None:
-        from maskrl.agents.runner import StopRequest
-
-        self.stop = StopRequest()
+        # No maskrl import here: the handlers must be in place before torch and the
+        # envs are imported. This object is the run's stop request itself (the
+        # harness reads ``requested`` and ``signum``, as on maskrl's StopRequest).
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
+    @property
+    def stop(self) -> _Signals:
+        return self
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
+
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.stop.requested and signum == signal.SIGINT:
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        first = not self.stop.requested
-        self.stop.request(signum)
+        first = not self.requested
+        self.request(signum)
         if first:
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             print(
@@ -227,6 +288,25 @@ def _main(argv: list[str] | None, signals: _Signals) -> int:
             summary = _runner().train_ppo(run_cfg, ppo_cfg, signals.stop)
             _print_summary(summary)
             return 0
+        if ns.command == "experts":
+            return _experts(ns, argv, signals)
+        if ns.command == "mimic":
+            from maskrl.agents.mimic import MimicConfig
+            from maskrl.agents.runner import RunConfig
+
+            run_cfg, mimic_cfg = _pick(ns, RunConfig), _pick(ns, MimicConfig)
+            if run_cfg.resume:
+                _check_resume_flags(_explicit_flags(argv))
+            if ns.finetune_ppo < 0:
+                raise ValueError(f"--finetune-ppo must be >= 0, got {ns.finetune_ppo}")
+            summary = _runner().train_mimic(
+                run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo
+            )
+            _print_summary(summary)
+            if "finetune" in summary:
+                print("after PPO fine-tuning:")
+                _print_summary(summary["finetune"])
+            return 0
         if ns.command == "eval":
             return _eval(ns)
     except TrainingInterrupted as e:
@@ -247,6 +327,28 @@ def _main(argv: list[str] | None, signals: _Signals) -> int:
         print(f"train.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_USAGE
+
+
+def _experts(ns: argparse.Namespace, argv: list[str], signals: _Signals) -> int:
+    from maskrl.agents.config import PPOConfig
+
+    cfg = _pick(ns, PPOConfig)
+    if ns.preset is not None:
+        cfg = apply_preset(cfg, ns.preset, keep=_explicit_flags(argv))
+    if ns.total_timesteps < 1:
+        raise ValueError(f"--total-timesteps must be >= 1, got {ns.total_timesteps}")
+    ids = [e.strip() for e in ns.env.split(",") if e.strip()]
+    out = _runner().train_experts(
+        ids, cfg, ns.total_timesteps, ns.run_name, ns.runs_dir, ns.eval_episodes,
+        ns.progress, signals.stop,
+    )  # fmt: skip
+    for e in out["experts"]:
+        print(
+            f"expert {e['env_id']}: mean return {e['mean_return']:.2f} +- {e['std']:.2f} over "
+            f"{e['episodes']} episodes ({e['steps']} steps, {e['train_seconds']:.0f} s)"
+        )
+    print(f"experts: {out['run_dir']}/experts.json")
+    return 0
 
 
 def _runner() -> Any:

@@ -218,9 +218,11 @@ class PPO:
                 observation_space, action_space, self.env_ids, self.device, config.seed, **kwargs
             )
         else:
+            # network_kwargs with a network: it is a default network built with them
+            # (e.g. an Actor-Mimic student fine-tuned by PPO), so checkpoints rebuild it.
             self.policy = MaskedPolicy(
-                network, observation_space, action_space, self.env_ids, None, self.device,
-                config.seed,
+                network, observation_space, action_space, self.env_ids, network_kwargs,
+                self.device, config.seed,
             )  # fmt: skip
         self.observation_space, self.action_space = observation_space, action_space
         self.net = self.policy.net

@@ -54,6 +54,8 @@ __all__ = [
     "StopRequest",
     "TrainingInterrupted",
     "run_training",
+    "train_experts",
+    "train_mimic",
     "train_ppo",
 ]
 
@@ -467,9 +469,7 @@ def new_run_dir(run: RunConfig, seed: int) -> Path:
     return run_dir
 
 
-def train_ppo(
-    run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
-) -> dict[str, Any]:
+def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None) -> dict[str, Any]:
     """Train (or resume) a masked PPO run and evaluate it; returns the evaluation summary.
 
     Raises:
@@ -500,12 +500,17 @@ def train_ppo(
             agent.env_ids = run.env_ids
             config = agent.config
         else:
-            run_dir = new_run_dir(run, config.seed)
             if run.total_timesteps is None:
                 run.total_timesteps = DEFAULT_TOTAL_TIMESTEPS
+            # The envs first: a bad id is reported as such, not as a bad folder name.
             agent = PPO(run.env_ids, config)
-            agent.allocate()  # fails on an impossible buffer before a folder is made
-            lock = prepare_run_dir(run_dir)
+            try:
+                agent.allocate()  # fails on an impossible buffer before a folder is made
+                run_dir = new_run_dir(run, config.seed)
+                lock = prepare_run_dir(run_dir)
+            except BaseException:
+                agent.envs.close()
+                raise
         hparams = {**dataclasses.asdict(run), **config.to_dict()}
         # Written only now that everything loaded: a failed resume leaves config.json alone.
         _write_json(
@@ -524,3 +529,168 @@ def _make_env(config: PPOConfig, ids: list[str], device: Any) -> Any:
     from maskrl.agents.trainer import make_training_env
 
     return make_training_env(ids, config.num_envs, config.seed, config.env_backend, device)
+
+
+# ------------------------------------------------------------- Actor-Mimic
+
+
+def train_experts(
+    env_ids: list[str],
+    config: PPOConfig,
+    total_timesteps: int,
+    run_name: str,
+    runs_dir: str = "runs",
+    eval_episodes: int = 50,
+    progress: bool = True,
+    stop: StopRequest | None = None,
+    checkpoint_every: int = 100_000,
+) -> dict[str, Any]:
+    """Train one masked-PPO expert per game into ``runs_dir/run_name/<game>/``.
+
+    Each expert is a normal run (``train.py eval`` accepts it). A game whose run
+    already finished (it has ``eval.json``) is kept; one with only a checkpoint
+    is resumed. Writes ``runs_dir/run_name/experts.json``::
+
+        {"experts": [{"env_id", "checkpoint", "run_dir", "mean_return", "std",
+                      "episodes", "steps", "train_seconds"}, ...]}
+
+    Returns that dict.
+    """
+    check_run_name(run_name)
+    if eval_episodes < 1:
+        raise ValueError(f"eval_episodes (--eval-episodes) must be >= 1, got {eval_episodes}")
+    if len(set(env_ids)) != len(env_ids) or not env_ids:
+        raise ValueError(f"--env must list distinct ids, got {env_ids}")
+    config.validate()
+    root = Path(runs_dir) / run_name
+    entries = []
+    for env_id in env_ids:
+        label = _game_label(env_id)
+        run_dir = root / label
+        done = run_dir / "eval.json"
+        if done.is_file():
+            summary = json.loads(done.read_text())
+        elif (run_dir / "checkpoint.pt").is_file():
+            summary = train_ppo(
+                RunConfig(
+                    env=env_id, total_timesteps=total_timesteps, resume=str(run_dir),
+                    eval_episodes=eval_episodes, progress=progress,
+                ),
+                config,
+                stop,
+            )  # fmt: skip
+        else:
+            summary = train_ppo(
+                RunConfig(
+                    env=env_id, total_timesteps=total_timesteps, run_name=label,
+                    runs_dir=str(root), eval_episodes=eval_episodes, progress=progress,
+                    checkpoint_every=checkpoint_every,
+                ),
+                dataclasses.replace(config),
+                stop,
+            )  # fmt: skip
+        ev = summary.get("eval") or {}
+        entries.append(
+            {
+                "env_id": env_id,
+                "checkpoint": f"{label}/checkpoint.pt",
+                "run_dir": label,
+                "mean_return": ev.get("mean"),
+                "std": ev.get("std"),
+                "episodes": ev.get("episodes"),
+                "steps": summary.get("global_step"),
+                "train_seconds": summary.get("train_seconds"),
+            }
+        )
+        _write_json(root / "experts.json", {"experts": entries})
+    return {"experts": entries, "run_dir": str(root)}
+
+
+def train_mimic(
+    run: RunConfig,
+    config: Any,
+    experts_dir: str | None,
+    stop: StopRequest | None = None,
+    finetune_ppo: int = 0,
+    ppo_config: PPOConfig | None = None,
+) -> dict[str, Any]:
+    """Distil the experts of ``experts_dir`` into one student (or resume a distillation run).
+
+    With ``finetune_ppo > 0``, the student then trains that many more steps with
+    multi-game masked PPO, in ``<run>/finetune`` (a normal PPO run).
+    """
+    from maskrl.agents.mimic import ActorMimic, MimicConfig, load_experts
+
+    run.validate()
+    lock: RunLock | None = None
+    try:
+        if run.resume:
+            run_dir = Path(run.resume)
+            ckpt = run_dir / "checkpoint.pt"
+            if not ckpt.is_file():
+                raise ValueError(f"cannot resume: {ckpt} does not exist")
+            saved_run, saved = load_run_config(run_dir)
+            if run.total_timesteps is not None:
+                saved_run.total_timesteps = run.total_timesteps
+            saved_run.progress, saved_run.eval_episodes = run.progress, run.eval_episodes
+            run = saved_run
+            lock = prepare_run_dir(run_dir)
+            trainer = ActorMimic.load(ckpt, device=config.device)
+            experts_dir = saved.get("experts")
+        else:
+            if not experts_dir:
+                raise ValueError("--experts is required: a folder written by train.py experts")
+            assert isinstance(config, MimicConfig)
+            config.validate()
+            experts = load_experts(experts_dir, device=config.device)
+            run.env = ",".join(x.env_id for x in experts)
+            run_dir = new_run_dir(run, config.seed)
+            if run.total_timesteps is None:
+                run.total_timesteps = DEFAULT_TOTAL_TIMESTEPS
+            trainer = ActorMimic(experts, config)
+            trainer.allocate()
+            lock = prepare_run_dir(run_dir)
+        hparams = {**dataclasses.asdict(run), **trainer.config.to_dict()}
+        _write_json(
+            run_dir / "config.json",
+            {
+                "run": dataclasses.asdict(run),
+                "mimic": trainer.config.to_dict(),
+                "experts": str(experts_dir),
+                "device": str(trainer.device),
+            },
+        )
+        summary = run_training(
+            trainer, run_dir, run, hparams, bool(run.resume), stop,
+            eval_seed=trainer.config.seed + 10_000,
+        )  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
+    if finetune_ppo > 0:
+        pcfg = dataclasses.replace(ppo_config or PPOConfig(), device=str(trainer.device))
+        pcfg.seed = trainer.config.seed
+        agent = PPO(
+            run.env_ids, pcfg, trainer.policy.net, network_kwargs=trainer.policy.network_kwargs
+        )
+        frun = RunConfig(
+            env=run.env, total_timesteps=finetune_ppo, run_name="finetune", runs_dir=str(run_dir),
+            eval_episodes=run.eval_episodes, progress=run.progress,
+        )  # fmt: skip
+        flock = prepare_run_dir(run_dir / "finetune")
+        try:
+            _write_json(
+                run_dir / "finetune" / "config.json",
+                {
+                    "run": dataclasses.asdict(frun),
+                    "ppo": pcfg.to_dict(),
+                    "device": str(agent.device),
+                },
+            )
+            summary["finetune"] = run_training(
+                agent, run_dir / "finetune", frun, {**dataclasses.asdict(frun), **pcfg.to_dict()},
+                False, stop, eval_seed=pcfg.seed + 10_000,
+            )  # fmt: skip
+        finally:
+            flock.release()
+    return summary

@@ -1,0 +1,524 @@
+"""Actor-Mimic: one multi-game student distilled from per-game experts.
+
+Parisotto, Ba & Salakhutdinov, "Actor-Mimic: Deep Multitask and Transfer
+Reinforcement Learning" (ICLR 2016). The student is one network over the
+union of the games' actions (each game's mask removes what it lacks); it acts
+in the multi-game vector env, all games at once, and every state it visits
+is labelled by that game's expert:
+
+* **policy regression**: cross-entropy from the expert's softmax at temperature
+  ``tau`` over the game's valid actions to the student's masked softmax
+  (:func:`~maskrl.agents.mimic_losses.policy_regression_loss`);
+* **feature regression**: ``beta`` times the mean squared error between
+  ``f_i(h_student)`` (per-game linear heads) and expert ``i``'s hidden features.
+
+Data is on-policy: each update rolls the student out for ``num_steps`` steps
+of ``num_envs`` slots (slot ``j`` plays game ``j % k``, so every game gets an
+equal share of every batch), with probability ``epsilon`` of a uniformly
+random valid action instead of the student's, then runs epochs of minibatches
+of the distillation loss. Everything but the labelling and the loss is the
+shared trainer core: the rollout (:func:`~maskrl.agents.rollout.collect_rollout`),
+the optimisation loop (:func:`~maskrl.agents.trainer.optimize_minibatches`),
+the policy (:class:`~maskrl.agents.MaskedPolicy`) and the run harness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
+from maskrl.agents.config import MAX_SEED, _check, check_types
+from maskrl.agents.mimic_losses import (
+    FeatureRegressionHeads,
+    greedy_agreement,
+    policy_regression_loss,
+)
+from maskrl.agents.policy import MaskedPolicy, load_policy, policy_from_checkpoint
+from maskrl.agents.rollout import (
+    EpisodeStats,
+    Obs,
+    RolloutBuffer,
+    RolloutState,
+    collect_rollout,
+    flatten_obs,
+    index_obs,
+    start_rollouts,
+)
+from maskrl.agents.trainer import (
+    check_finite_state,
+    cpu_rollout_mode,
+    linear_schedule,
+    make_adam,
+    optimize_minibatches,
+    resolve_device,
+    set_learning_rate,
+    torch_threads,
+)
+from maskrl.distributions import gumbel_argmax
+
+__all__ = ["ActorMimic", "Expert", "MimicConfig", "load_experts"]
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class MimicConfig:
+    """Actor-Mimic distillation hyperparameters (defaults: the paper's ``tau = 1``, ``beta = 0.01``)."""
+
+    num_envs: int = _f(40, "student's vector env slots (a multiple of the number of games)")
+    num_steps: int = _f(32, "steps per slot per rollout")
+    num_epochs: int = _f(2, "passes over each rollout")
+    num_minibatches: int = _f(4, "minibatches per epoch; must divide num_envs * num_steps")
+    learning_rate: float = _f(1e-3, "Adam learning rate")
+    anneal_lr: bool = _f(False, "decay the learning rate linearly to 0 over total_timesteps")
+    tau: float = _f(1.0, "temperature of the experts' softmax (the targets)")
+    beta: float = _f(0.01, "weight of the feature-regression loss")
+    epsilon: float = _f(0.0, "probability of a uniformly random valid action while acting")
+    max_grad_norm: float = _f(0.5, "gradient norm clipping")
+    adam_eps: float = _f(1e-5, "Adam epsilon")
+    multigame_encoder: str = _f(
+        "cnn", "student's observation encoder: cnn (padded channels) or tokens (attention-pooled)"
+    )
+    device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    seed: int = _f(1, "seed of the student's initial weights, sampling and the envs")
+    cpu_rollout_tuning: bool = _f(
+        True, "on a CPU, run the rollout single-threaded without oneDNN (restored afterwards)"
+    )
+    torch_threads: int | None = _f(None, "CPU threads for torch while training (None: default)")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field (and its flag) of an impossible value."""
+        check_types(self)
+        for name in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
+            _check(self, name, getattr(self, name) >= 1, ">= 1")
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches={self.num_minibatches} (--num-minibatches) does not divide "
+                f"num_envs * num_steps = {self.batch_size}"
+            )
+        _check(self, "learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]")
+        _check(self, "tau", 0 < self.tau < float("inf"), "finite and > 0")
+        _check(self, "beta", 0 <= self.beta < float("inf"), "finite and >= 0")
+        _check(self, "epsilon", 0 <= self.epsilon <= 1, "in [0, 1]")
+        _check(self, "max_grad_norm", 0 < self.max_grad_norm < float("inf"), "finite and > 0")
+        _check(self, "adam_eps", 0 < self.adam_eps < 1, "in (0, 1)")
+        _check(
+            self, "multigame_encoder", self.multigame_encoder in ("cnn", "tokens"), "cnn or tokens"
+        )
+        _check(
+            self,
+            "seed",
+            0 <= self.seed <= MAX_SEED - self.num_envs,
+            f"in [0, {MAX_SEED} - num_envs]",
+        )
+        if self.torch_threads is not None:
+            _check(self, "torch_threads", self.torch_threads >= 1, ">= 1 or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MimicConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown MimicConfig field(s): {sorted(unknown)}")
+        cfg = cls(**d)
+        check_types(cfg)
+        return cfg
+
+
+@dataclass
+class Expert:
+    """A trained per-game expert: its env id, checkpoint and policy."""
+
+    env_id: str
+    checkpoint: Path
+    policy: MaskedPolicy
+    mean_return: float | None = None
+
+
+def load_experts(folder: str | Path, device: str | torch.device = "cpu") -> list[Expert]:
+    """The experts listed in ``folder/experts.json`` (written by ``train.py experts``).
+
+    Raises:
+        ValueError: the folder or ``experts.json`` is missing or unreadable, it lists
+            no expert, a checkpoint is missing or unusable, or the experts disagree
+            on the size of their action space.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"--experts {folder} is not a folder")
+    index = folder / "experts.json"
+    if not index.is_file():
+        raise ValueError(
+            f"--experts {folder} holds no experts.json: train them with "
+            f"python train.py experts --env ID1,ID2 --run-name {folder.name}"
+        )
+    try:
+        entries = json.loads(index.read_text())["experts"]
+        if not isinstance(entries, list):
+            raise TypeError("'experts' is not a list")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{index} is unreadable ({e})") from e
+    if not entries:
+        raise ValueError(f"{index} lists no experts")
+    experts = []
+    for e in entries:
+        try:
+            ckpt = folder / e["checkpoint"]
+            env_id = str(e["env_id"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{index}: bad entry {e!r} ({err})") from err
+        policy = load_policy(ckpt, device=device)
+        experts.append(Expert(env_id, ckpt, policy, e.get("mean_return")))
+    sizes = {x.env_id: x.policy.n_logits for x in experts}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"the experts in {folder} disagree on action space size: {sizes}")
+    ids = [x.env_id for x in experts]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{index} lists an env more than once: {ids}")
+    return experts
+
+
+def _game_slice(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A game's own observations ``[B, *shape]`` from padded multi-game ones ``[B, *padded]``.
+
+    The multi-game env pads each axis at its end (see
+    :class:`maskrl.envs.vector.GameSlotWrapper`), so the game's observation is the
+    leading block of every axis: exactly what its expert saw.
+    """
+    return x[(slice(None), *(slice(0, s) for s in shape))]
+
+
+class ActorMimic:
+    """The Actor-Mimic distillation trainer.
+
+    Args:
+        experts: per-game experts (:func:`load_experts`), in game order.
+        config: :class:`MimicConfig`.
+
+    The student is a :class:`~maskrl.agents.MaskedPolicy` over the multi-game env
+    (``self.policy``); ``learn``, ``save`` and ``load`` follow the same contract
+    as :class:`~maskrl.agents.PPO`, so the same run harness drives both.
+    """
+
+    FORMAT = "maskrl.mimic/1"
+
+    def __init__(self, experts: list[Expert], config: MimicConfig | None = None) -> None:
+        from maskrl.envs import make_multigame_vec
+
+        self.config = c = config or MimicConfig()
+        c.validate()
+        if not experts:
+            raise ValueError("ActorMimic needs at least one expert")
+        k = len(experts)
+        if c.num_envs % k:
+            raise ValueError(
+                f"num_envs (--num-envs) = {c.num_envs} must be a multiple of the number of games "
+                f"({k}) so that every game gets an equal share of every batch"
+            )
+        self.device = resolve_device(c.device)
+        self.experts = experts
+        for x in experts:
+            x.policy.net.to(self.device).eval()
+            x.policy.device = self.device
+        self.env_ids = [x.env_id for x in experts]
+        self.envs = make_multigame_vec(self.env_ids, c.num_envs, seed=c.seed)
+        obs_space = self.envs.single_observation_space
+        act_space = self.envs.single_action_space
+        net_kwargs: dict[str, Any] = {"obs_layout": "CHW"}
+        if c.multigame_encoder != "cnn":
+            net_kwargs["multigame_encoder"] = c.multigame_encoder
+            net_kwargs["channels_per_game"] = [
+                int(x.policy.observation_space.shape[0]) for x in experts
+            ]
+        self.policy = MaskedPolicy.build(
+            obs_space, act_space, self.env_ids, self.device, c.seed, **net_kwargs
+        )
+        self.net = self.policy.net
+        self.head = self.policy.head
+        self.rng = self.policy.rng
+        with torch.inference_mode():
+            probe = {
+                "obs": torch.zeros((1, *obs_space["obs"].shape), device=self.device),
+                "game_id": torch.zeros(1, dtype=torch.int64, device=self.device),
+            }
+            student_dim = int(self.net.features(probe).shape[-1])  # type: ignore[operator]
+            expert_dims = [
+                int(
+                    x.policy.net.features(  # type: ignore[operator]
+                        torch.zeros((1, *x.policy.observation_space.shape), device=self.device)
+                    ).shape[-1]
+                )
+                for x in experts
+            ]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed + 1)
+            self.feature_heads = FeatureRegressionHeads(student_dim, expert_dims).to(self.device)
+        self.optimizer = make_adam(
+            list(self.net.parameters()) + list(self.feature_heads.parameters()),
+            c.learning_rate,
+            c.adam_eps,
+        )
+        self.global_step = 0
+        self.num_updates = 0
+        self.episode_stats = EpisodeStats()
+        self._buffer: RolloutBuffer | None = None
+        self._state: RolloutState | None = None
+        n = self.policy.n_logits
+        T, N = c.num_steps, c.num_envs
+        self._expert_logits = torch.zeros((T, N, n), device=self.device)
+        self._expert_features = torch.zeros((T, N, self.feature_heads.out_dim), device=self.device)
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.config.batch_size
+
+    # ------------------------------------------------------------------ acting
+    def _act(self, obs: Obs, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, value = self.net(obs)
+        action, logp = self.head.sample(logits, mask, generator=self.rng.device)
+        eps = self.config.epsilon
+        if eps > 0:
+            g = self.rng.device
+            explore = torch.rand(action.shape, device=action.device, generator=g) < eps
+            uniform = gumbel_argmax(torch.zeros_like(logits), mask, g)
+            action = torch.where(explore, uniform, action)
+        return action, logp, value
+
+    def _value(self, obs: Obs) -> torch.Tensor:
+        return self.net(obs)[1]
+
+    def allocate(self) -> RolloutBuffer:
+        if self._buffer is None:
+            c = self.config
+            self._buffer = RolloutBuffer(
+                self.envs.single_observation_space, self.policy.n_logits, self.policy.action_shape,
+                c.num_steps, c.num_envs, self.device, self.head.nvec,
+            )  # fmt: skip
+        return self._buffer
+
+    def _label(self, buffer: RolloutBuffer) -> None:
+        """Fill the experts' logits and features for every step of the rollout."""
+        T, k = self.config.num_steps, len(self.experts)
+        assert isinstance(buffer.obs, dict)
+        padded = buffer.obs["obs"][:T]
+        with torch.inference_mode():
+            for g, x in enumerate(self.experts):
+                # Slot j plays game j % k: this game's slots are g, g + k, ...
+                own = _game_slice(padded[:, g::k].flatten(0, 1), x.policy.observation_space.shape)
+                logits, feats = x.policy.logits_and_features(own)
+                n_g, d_g = logits.shape[-1], feats.shape[-1]
+                rows = self._expert_logits[:, g::k]
+                rows[..., :n_g] = logits.view(T, -1, n_g).float()
+                self._expert_features[:, g::k, :d_g] = feats.view(T, -1, d_g).float()
+
+    # ---------------------------------------------------------------- training
+    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
+        """One distillation update on a labelled rollout; returns logged scalars."""
+        c = self.config
+        T, N = c.num_steps, c.num_envs
+        B = T * N
+        b_obs = flatten_obs(index_obs(buffer.obs, slice(0, T)), B)
+        assert isinstance(b_obs, dict)
+        b_masks = buffer.masks[:T].reshape(B, -1)
+        b_logits = self._expert_logits.reshape(B, -1)
+        b_feats = self._expert_features.reshape(B, -1)
+        net = self.net
+        heads = self.feature_heads
+
+        def student(obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            h = net.features(obs)  # type: ignore[operator]
+            return net.policy_head(h), h  # type: ignore[operator]
+
+        def loss_fn(mb: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            obs = index_obs(b_obs, mb)
+            assert isinstance(obs, dict)
+            logits, h = student(obs)
+            pol = policy_regression_loss(logits, b_logits[mb], b_masks[mb], c.tau)
+            feat = heads.loss(h, obs["game_id"], b_feats[mb])
+            loss = pol + c.beta * feat
+            return loss, {"policy_regression": pol.detach(), "feature_regression": feat.detach()}
+
+        # Per-game metrics of the acting student on this batch, before the update.
+        per_game: dict[str, float] = {}
+        with torch.no_grad():
+            logits, h = student(b_obs)
+            gid = b_obs["game_id"]
+            for g, x in enumerate(self.experts):
+                sel = gid == g
+                label = x.env_id.split("/")[-1]
+                m = b_masks[sel]
+                per_game[f"mimic/{label}/policy_regression"] = float(
+                    policy_regression_loss(logits[sel], b_logits[sel], m, c.tau)
+                )
+                per_game[f"mimic/{label}/feature_regression"] = float(
+                    heads.loss(h[sel], gid[sel], b_feats[sel])
+                )
+                per_game[f"mimic/{label}/agreement"] = float(
+                    greedy_agreement(logits[sel], b_logits[sel], m)
+                )
+        out = optimize_minibatches(
+            loss_fn,
+            self.optimizer,
+            [p for group in self.optimizer.param_groups for p in group["params"]],
+            B,
+            c.num_minibatches,
+            c.num_epochs,
+            c.max_grad_norm,
+            self.rng.device,
+            self.device,
+        )
+        out.pop("epochs")
+        out.update(per_game)
+        return out
+
+    def learn(
+        self,
+        total_timesteps: int,
+        callback: Callable[[ActorMimic, dict[str, float]], bool | None] | None = None,
+    ) -> ActorMimic:
+        """Distil until ``global_step >= total_timesteps`` (student env steps, all slots counted).
+
+        ``callback(trainer, metrics)`` runs after every update; ``False`` stops.
+        """
+        c = self.config
+        buffer = self.allocate()
+        if self._state is None:
+            self._state = start_rollouts(self.envs, buffer, seed=c.seed + self.global_step)
+        state = self._state
+        with torch_threads(c.torch_threads):
+            while self.global_step < total_timesteps:
+                if c.anneal_lr:
+                    set_learning_rate(
+                        self.optimizer,
+                        linear_schedule(c.learning_rate, self.global_step, total_timesteps),
+                    )
+                t0 = time.perf_counter()
+                invalid_before = state.invalid_actions
+                self.net.eval()
+                with cpu_rollout_mode(self.device, c.cpu_rollout_tuning):
+                    collect_rollout(
+                        self.envs, buffer, state, self._act, self._value, self.episode_stats
+                    )
+                self._label(buffer)
+                self.net.train()
+                metrics = self.update(buffer)
+                buffer.roll_over()
+                self.global_step += c.batch_size
+                self.num_updates += 1
+                metrics["SPS"] = c.batch_size / (time.perf_counter() - t0)
+                metrics["invalid_action_rate"] = (
+                    state.invalid_actions - invalid_before
+                ) / c.batch_size
+                metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
+                if callback is not None and callback(self, metrics) is False:
+                    break
+        return self
+
+    # ------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.FORMAT,
+            "config": self.config.to_dict(),
+            **self.policy.checkpoint_entries(),
+            "experts": [
+                {"env_id": x.env_id, "checkpoint": str(x.checkpoint)} for x in self.experts
+            ],
+            "feature_heads": self.feature_heads.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "global_step": self.global_step,
+            "num_updates": self.num_updates,
+            "rng": self.rng.state_dict(),
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint atomically; refuses non-finite weights."""
+        state = self.state_dict()
+        bad = check_finite_state(
+            {"model": state["model"], "feature_heads": state["feature_heads"],
+             "optimizer": state["optimizer"]}
+        )  # fmt: skip
+        if bad is not None:
+            raise ValueError(f"refusing to save {path}: non-finite value in {bad}")
+        save_checkpoint(state, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> ActorMimic:
+        """Resume a distillation run from its checkpoint (its experts must still exist)."""
+        ckpt = load_checkpoint(path)
+        if ckpt.get("format") != cls.FORMAT:
+            raise ValueError(
+                f"checkpoint {path} has format {ckpt.get('format')!r}, not {cls.FORMAT}"
+            )
+        try:
+            config = MimicConfig.from_dict(dict(ckpt["config"]))
+            config.device = device
+            experts = [
+                Expert(e["env_id"], Path(e["checkpoint"]), load_policy(e["checkpoint"], device))
+                for e in ckpt["experts"]
+            ]
+            trainer = cls(experts, config)
+            policy = policy_from_checkpoint(ckpt, path, device, None, config.seed)
+            trainer.net.load_state_dict(policy.net.state_dict())
+            trainer.feature_heads.load_state_dict(ckpt["feature_heads"])
+            trainer.optimizer.load_state_dict(ckpt["optimizer"])
+            trainer.global_step = int(ckpt["global_step"])
+            trainer.num_updates = int(ckpt["num_updates"])
+            trainer.rng.load_state_dict(ckpt["rng"])
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"checkpoint {path} is not a valid Actor-Mimic checkpoint: {e}") from e
+        return trainer
+
+
+def student_agreement(
+    policy: MaskedPolicy, experts: list[Expert], steps: int = 200, seed: int = 0
+) -> dict[str, float]:
+    """Greedy agreement of a student with each expert on states the student visits (a check)."""
+    from maskrl.envs import make_multigame_vec
+
+    k = len(experts)
+    envs = make_multigame_vec([x.env_id for x in experts], 2 * k, seed=seed)
+    agree = np.zeros(k)
+    count = np.zeros(k)
+    try:
+        obs, infos = envs.reset(seed=seed)
+        for _ in range(steps):
+            mask = np.asarray(infos["action_mask"])
+            with torch.inference_mode():
+                t_obs = {
+                    "obs": torch.as_tensor(obs["obs"], device=policy.device),
+                    "game_id": torch.as_tensor(obs["game_id"], device=policy.device),
+                }
+                s_logits, _ = policy.net(t_obs)
+                m = torch.as_tensor(mask, device=policy.device)
+                for g, x in enumerate(experts):
+                    sel = t_obs["game_id"] == g
+                    own = _game_slice(t_obs["obs"][sel], x.policy.observation_space.shape)
+                    e_logits, _ = x.policy.net(own)
+                    n_g = e_logits.shape[-1]
+                    agree[g] += float(
+                        greedy_agreement(s_logits[sel][:, :n_g], e_logits, m[sel][:, :n_g])
+                    ) * int(sel.sum())
+                    count[g] += int(sel.sum())
+            action = policy.predict(obs, mask, deterministic=True)
+            obs, _, _, _, infos = envs.step(action)
+    finally:
+        envs.close()
+    return {x.env_id: float(agree[g] / max(count[g], 1)) for g, x in enumerate(experts)}
