@@ -47,6 +47,9 @@ def _check_pair(student_logits: Tensor, expert_logits: Tensor) -> None:
             raise ValueError(f"{name} must be a floating-point tensor, got {what}")
         if t.dim() != 2:
             raise ValueError(f"{name} must have shape [B, n], got {tuple(t.shape)}")
+    if student_logits.shape[0] == 0:
+        # The mean over no rows is NaN: fail here rather than poison a run.
+        raise ValueError("the batch is empty (B = 0)")
     if student_logits.shape != expert_logits.shape:
         raise ValueError(
             f"student_logits {tuple(student_logits.shape)} and expert_logits "
@@ -132,8 +135,9 @@ def policy_regression_loss(
         whatever the masked logits of either side hold.
 
     Raises:
-        ValueError: shapes differ or are not ``[B, n]``; a row with no valid
-            action (the rows are named); ``tau`` not positive and finite.
+        ValueError: shapes differ or are not ``[B, n]``; an empty batch; a
+            row with no valid action (the rows are named); ``tau`` not
+            positive and finite.
 
     Example:
         >>> student = torch.zeros(1, 3, requires_grad=True)

@@ -168,6 +168,10 @@ def test_bad_shapes_and_dtypes_are_value_errors() -> None:
         policy_regression_loss(torch.zeros(3), torch.zeros(3), mask[0])
     with pytest.raises(ValueError, match="floating-point"):
         policy_regression_loss(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3), mask)
+    with pytest.raises(ValueError, match="empty"):
+        policy_regression_loss(torch.zeros(0, 3), torch.zeros(0, 3), torch.ones(0, 3).bool())
+    with pytest.raises(ValueError, match="empty"):
+        greedy_agreement(torch.zeros(0, 3), torch.zeros(0, 3), torch.ones(0, 3).bool())
     with pytest.raises(ValueError, match="does not broadcast"):
         policy_regression_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4).bool())
 
