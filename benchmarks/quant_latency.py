@@ -146,6 +146,93 @@ def bench_network(
     return row
 
 
+def kernel_table(repeats: int, calls: int, k: int = 1024, n: int = 128) -> None:
+    """Time the int8 linear kernels torch offers on CPU against float, for one layer.
+
+    The layer is the MinAtar network's dense layer (``k -> n``); the input is
+    quantized with a fixed scale and zero point (what a trained QAT layer
+    has). Each kernel is timed against float in interleaved rounds and its
+    output is compared with the fake-quantized reference (``max |err|``;
+    ``dynamic`` picks its own input scale per batch, hence its larger error).
+    """
+    import warnings
+
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    w_int = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    w_scale = torch.rand(n, generator=g) * 0.01 + 1e-3
+    bias = torch.randn(n, generator=g)
+    w_float = w_int.float() * w_scale[:, None]
+    x_scale, x_zp = 4.0 / 255, 64
+    inv = float(1.0 / torch.tensor(x_scale))
+    w_zp = torch.zeros(n, dtype=torch.int64)
+    packed_onednn = torch.ops.onednn.qlinear_prepack(w_int, None)
+    with warnings.catch_warnings():
+        # quint8/qint8 tensors (needed by the quantized:: ops) are deprecated.
+        warnings.simplefilter("ignore")
+        qw = torch.quantize_per_channel(
+            w_float, w_scale.double(), torch.zeros(n, dtype=torch.long), 0, torch.qint8
+        )
+        packed_fbgemm = torch.ops.quantized.linear_prepack(qw, bias)
+    # _int_mm: signed input levels (q - 128), zero point folded into the bias.
+    s_out = torch.tensor(x_scale) * w_scale
+    b_int = bias - s_out * (x_zp - 128) * w_int.sum(1, dtype=torch.int32)
+    w_t = w_int.t()
+
+    def levels(x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * inv).add_(x_zp).clamp_(0, 255)
+
+    print(
+        f"\nint8 linear kernels, {k} -> {n} (median us per call; ratio to float in the same rounds)"
+    )
+    head = f"{'kernel':<44} {'b1':>8} {'x f32':>6} {'b64':>8} {'x f32':>6} {'max |err|':>10}"
+    print(head)
+    print("-" * len(head))
+
+    def onednn(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.onednn.qlinear_pointwise(
+            levels(x).to(torch.uint8), x_scale, x_zp, packed_onednn, w_scale, w_zp,
+            bias, 1.0, 0, torch.float32, "none", [], "",
+        )  # fmt: skip
+
+    def fbgemm(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            x, x_scale, x_zp, packed_fbgemm
+        )
+
+    def int_mm(x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(b_int, torch._int_mm((levels(x) - 128).to(torch.int8), w_t), s_out)
+
+    def weight_only(x: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm((levels(x) - x_zp) * x_scale, w_int, w_scale) + bias
+
+    candidates: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "float F.linear (reference speed)": lambda x: F.linear(x, w_float, bias),
+        "onednn.qlinear_pointwise (chosen)": onednn,
+        "quantized.linear_..._output_fp32 (fbgemm)": fbgemm,
+        "quantized.linear_dynamic (own input scale)": lambda x: torch.ops.quantized.linear_dynamic(
+            x, packed_fbgemm
+        ),
+        "_int_mm + rescale": int_mm,
+        "_weight_int8pack_mm (float activations)": weight_only,
+    }
+    results: dict[str, list[str]] = {}
+    for b in (1, 64):
+        x = torch.rand(b, k, generator=g) * 4 - 1
+        ref = F.linear((levels(x) - x_zp) * x_scale, w_float, bias)
+        base = partial(candidates["float F.linear (reference speed)"], x)
+        for name, f in candidates.items():
+            with torch.inference_mode():
+                err = float((f(x) - ref).abs().max())
+                _, tk, ratio = time_pair(base, partial(f, x), repeats, calls)
+            results.setdefault(name, []).extend([f"{tk:>8.1f}", f"{ratio:>6.2f}"])
+            if b == 64:
+                results[name].append(f"{err:>10.2e}")
+    for name, cells in results.items():
+        print(f"{name:<44} " + " ".join(cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=21, help="interleaved timing rounds")
@@ -159,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=["minatar", "multigame-cnn", "multigame-tokens"],
         choices=["minatar", "multigame-cnn", "multigame-tokens"],
+    )
+    p.add_argument(
+        "--kernels",
+        action="store_true",
+        help="also time the int8 linear kernels torch offers, for the MinAtar dense layer",
     )
     args = p.parse_args(argv)
     if args.threads:
@@ -215,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['int8_b64']:>8.1f} {r['ratio_b64']:>5.2f} | "
             f"{100 * r['agree']:.1f}% of {r['n_obs']}"
         )
+    if args.kernels:
+        kernel_table(args.repeats, args.calls)
     return 0
 
 

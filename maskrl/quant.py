@@ -24,8 +24,7 @@ The pieces, bottom up:
   ranges are already warm when quantization starts).
 * :func:`convert_int8` turns a prepared network into a real integer one:
   int8 weights with per-channel scales, uint8 activations, int32 accumulation
-  in oneDNN's quantized kernels (``torch.ops.onednn.qlinear_pointwise`` /
-  ``qconv2d_pointwise``), float output; layers under
+  in FBGEMM's and oneDNN's quantized kernels, float output; layers under
   :data:`MIN_INT8_KERNEL_WEIGHTS` weights (policy and value heads, MinAtar's
   3x3 convolution) multiply the same integers in float, which is cheaper
   there. It computes the same numbers as the fake-quantized network (the
@@ -54,8 +53,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import warnings
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -144,18 +146,22 @@ def _fake_quantize_grid(
     qmin: int,
     qmax: int,
 ) -> Tensor:
-    """``(clamp(round(x * inv_scale) + z, qmin, qmax) - z) * scale`` in three passes.
+    """``(clamp(round(x * inv_scale) + z, qmin, qmax) - z) * scale`` in four passes.
 
     Clamping ``round(x / s)`` to ``[qmin - z, qmax - z]`` is the same, exactly,
     as adding the integer ``z``, clamping and subtracting it again; equal bit
     for bit to ``torch.fake_quantize_per_tensor_affine``, and several times
     faster than it on large CPU tensors (its kernel also writes a mask).
     """
+    # "+ 0.0" turns the -0.0 that round() gives small negative inputs into
+    # +0.0, as torch's kernel (integer arithmetic) has it.
     if isinstance(zero_point, Tensor):
         lo: Tensor | float = qmin - zero_point
         hi: Tensor | float = qmax - zero_point
-        return torch.round(x * inv_scale).clamp_(lo, hi).mul_(scale)  # type: ignore[arg-type]
-    return torch.round(x * inv_scale).clamp_(qmin - zero_point, qmax - zero_point).mul_(scale)
+        q = torch.round(x * inv_scale).clamp_(lo, hi).add_(0.0)  # type: ignore[arg-type]
+    else:
+        q = torch.round(x * inv_scale).clamp_(qmin - zero_point, qmax - zero_point).add_(0.0)
+    return q.mul_(scale)
 
 
 class _FakeQuantMinMax(torch.autograd.Function):
@@ -978,14 +984,56 @@ def _drop_cache(module: nn.Module, incompatible_keys: Any) -> None:
     module._cache = None
 
 
+@contextlib.contextmanager
+def _quantized_engine(name: str) -> Iterator[None]:
+    """Set ``torch.backends.quantized.engine`` (process-wide) for the block only."""
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = old
+
+
+_FBGEMM_OP = "linear_with_input_q_dq_qweight_dq_output_fp32"
+
+
+def _fbgemm_pack(weight: Tensor, scale: Tensor, bias: Tensor | None) -> Any | None:
+    """FBGEMM's packed weight for its fused fp32-output linear, or None where it is missing.
+
+    The packing step needs a ``qint8`` tensor, a dtype torch now deprecates:
+    the tensor lives only here, its warning is silenced here, and if a later
+    torch drops it, the layer falls back to oneDNN.
+    """
+    engines = torch.backends.quantized.supported_engines
+    engine = "x86" if "x86" in engines else "fbgemm" if "fbgemm" in engines else None
+    if engine is None or not hasattr(torch.ops.quantized, _FBGEMM_OP):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            qw = torch._make_per_channel_quantized_tensor(
+                weight, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
+            )
+            with _quantized_engine(engine):
+                return torch.ops.quantized.linear_prepack(qw, bias)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return None
+
+
 class Int8Linear(_Int8Base):
     """A linear layer on integers: uint8 input levels x int8 weights -> int32 -> float.
 
     ``y = (sum_k (q_x - z_x) q_w) * s_x * s_w + b`` with per-tensor ``s_x, z_x``
-    and per-output-channel ``s_w``, computed by oneDNN's
-    ``torch.ops.onednn.qlinear_pointwise`` (u8 x s8, int32 accumulation, fp32
-    output) on CPU; small layers multiply the same integers in float (see
-    :data:`MIN_INT8_KERNEL_WEIGHTS`).
+    and per-output-channel ``s_w``. On CPU, 8-bit layers use FBGEMM's
+    ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``, which
+    quantizes the float input with the given scale and zero point, multiplies
+    u8 x s8 into int32 and rescales to fp32 in one call (the quantization
+    fused into the kernel makes it 2-4x faster than quantizing first and
+    calling oneDNN, ``benchmarks/quant_latency.py --kernels``); other bit
+    widths, and builds without FBGEMM, use oneDNN's ``qlinear_pointwise`` on
+    levels quantized here; small layers multiply the same integers in float
+    (see :data:`MIN_INT8_KERNEL_WEIGHTS`).
 
     Shapes: ``[*, in_features]`` (float) -> ``[*, out_features]`` (float32).
     """
@@ -1002,11 +1050,24 @@ class Int8Linear(_Int8Base):
             if "w" not in c:
                 c["w"] = self._float_weight()
             return F.linear(self._float_inputs(x, c), c["w"], self.bias)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if "fbgemm" not in c:
+            # FBGEMM quantizes onto [0, 255]: only for 8-bit activations.
+            c["fbgemm"] = (
+                _fbgemm_pack(self.weight, self.weight_scale, self.bias)
+                if self.num_bits == 8
+                else None
+            )
+        if c["fbgemm"] is not None:
+            y = getattr(torch.ops.quantized, _FBGEMM_OP)(
+                x2.float().contiguous(), c["x_scale"], c["x_zp"], c["fbgemm"]
+            )
+            return y.reshape(*lead, self.out_features)
         if "packed" not in c:
             c["packed"] = torch.ops.onednn.qlinear_prepack(self.weight, None)
             c["w_zp"] = torch.zeros(self.out_features, dtype=torch.int64)
-        lead = x.shape[:-1]
-        q = self._levels_u8(x.reshape(-1, self.in_features), c)
+        q = self._levels_u8(x2, c)
         y = torch.ops.onednn.qlinear_pointwise(
             q, c["x_scale"], c["x_zp"], c["packed"], self.weight_scale, c["w_zp"],
             self.bias, 1.0, 0, torch.float32, "none", [], "",
@@ -1113,20 +1174,28 @@ def convert_int8(model: nn.Module) -> nn.Module:
     products), up to float rounding in the final rescaling, so the greedy
     actions agree on real observations.
 
-    Kernels: on CPU, oneDNN's quantized linear / convolution with fp32
-    output (``torch.ops.onednn.qlinear_pointwise`` / ``qconv2d_pointwise``,
-    the kernels behind PyTorch's x86 quantization; they read plain
-    ``uint8``/``int8`` tensors, need no process-wide quantized engine, and use
-    VNNI where the CPU has it). The alternatives in torch 2.13 lose:
-    ``torch.ops.quantized.*`` need ``quint8``/``qint8`` tensors, which torch
-    now deprecates; dynamic quantization picks its own input scale per batch,
-    so it would not reproduce the trained ranges; ``torch._int_mm`` needs the
-    zero-point correction and rescaling as extra passes; and
-    ``torch._weight_int8pack_mm`` (int8 weights, float activations) was about
-    30x slower than float at batch 64 here. Layers smaller than
-    :data:`MIN_INT8_KERNEL_WEIGHTS` weights, other devices and builds without
-    oneDNN multiply the same integers in float: the same answer, bit for bit
-    the fake-quantized one.
+    Kernels (CPU; measured by ``benchmarks/quant_latency.py --kernels``):
+    linear layers of 8 bits use FBGEMM's fused
+    ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32`` (float input
+    quantized with the layer's own scale and zero point inside the kernel,
+    u8 x s8 -> s32, fp32 output); convolutions, and linear layers of fewer
+    bits, use oneDNN's ``torch.ops.onednn.qlinear_pointwise`` /
+    ``qconv2d_pointwise`` (plain ``uint8``/``int8`` tensors, fp32 output; the
+    kernels behind PyTorch's x86 quantization). Both use VNNI where the CPU has
+    it. The alternatives lose: dynamic quantization picks its own input scale
+    per batch, so it does not reproduce the trained ranges; ``torch._int_mm``
+    needs the zero-point correction and rescaling as extra passes (slower
+    than FBGEMM at both batch sizes); ``torch._weight_int8pack_mm`` (int8
+    weights, float activations) was about 30x slower than float at batch 64.
+    Layers smaller than :data:`MIN_INT8_KERNEL_WEIGHTS` weights, other devices
+    and builds without these kernels multiply the same integers in float: the
+    same answer, bit for bit the fake-quantized one. No process-wide setting
+    changes (FBGEMM's weight packing sets the quantized engine inside a block
+    that restores it).
+
+    On CPUs without VNNI (AVX2 only), u8 x s8 kernels add pairs of products in
+    16 bits, which can saturate for large weights and activations; PyTorch's
+    own observers reduce the activation range to 7 bits there for this reason.
 
     Raises:
         ValueError: naming each layer that cannot be converted and why

@@ -71,7 +71,7 @@ def test_forward_equals_torch_fake_quantize(
     qmin, qmax = (1 if narrow else 0), 2**num_bits - 1
     expected = torch.fake_quantize_per_tensor_affine(x, scale, zp, qmin, qmax)
     got = fake_quantize(x, torch.tensor(lo), torch.tensor(hi), num_bits, narrow)
-    assert torch.equal(got, expected)
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))  # bits, signs of 0 too
 
 
 def test_nudging_moves_ranges_without_zero_to_zero() -> None:
@@ -479,6 +479,16 @@ def test_library_leaves_process_state_alone() -> None:
     net((torch.rand(64, 4, 10, 10) > 0.5).float())
     convert_int8(net)((torch.rand(64, 4, 10, 10) > 0.5).float())
     assert torch.backends.quantized.engine == engine and torch.get_num_threads() == threads
+    if "qnnpack" in torch.backends.quantized.supported_engines:
+        # A user's engine choice neither breaks conversion nor is overwritten.
+        torch.backends.quantized.engine = "qnnpack"
+        try:
+            x = (torch.rand(8, 4, 10, 10) > 0.5).float()
+            net.eval()
+            torch.testing.assert_close(convert_int8(net)(x), net(x), atol=1e-2, rtol=0)
+            assert torch.backends.quantized.engine == "qnnpack"
+        finally:
+            torch.backends.quantized.engine = engine
 
 
 # ---------------------------------------------------------------------------
