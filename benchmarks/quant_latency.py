@@ -153,7 +153,8 @@ def kernel_table(repeats: int, calls: int, k: int = 1024, n: int = 128) -> None:
     quantized with a fixed scale and zero point (what a trained QAT layer
     has). Each kernel is timed against float in interleaved rounds and its
     output is compared with the fake-quantized reference (``max |err|``;
-    ``dynamic`` picks its own input scale per batch, hence its larger error).
+    float's is the quantization error itself; ``dynamic`` picks its own input
+    scale per batch, hence its larger error).
     """
     import warnings
 
@@ -208,9 +209,9 @@ def kernel_table(repeats: int, calls: int, k: int = 1024, n: int = 128) -> None:
         return torch._weight_int8pack_mm((levels(x) - x_zp) * x_scale, w_int, w_scale) + bias
 
     candidates: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "float F.linear (reference speed)": lambda x: F.linear(x, w_float, bias),
-        "onednn.qlinear_pointwise (chosen)": onednn,
-        "quantized.linear_..._output_fp32 (fbgemm)": fbgemm,
+        "float F.linear (no quantization)": lambda x: F.linear(x, w_float, bias),
+        "onednn.qlinear_pointwise (convs, < 8 bits)": onednn,
+        "quantized.linear_..._fp32 (FBGEMM, chosen)": fbgemm,
         "quantized.linear_dynamic (own input scale)": lambda x: torch.ops.quantized.linear_dynamic(
             x, packed_fbgemm
         ),
@@ -221,7 +222,7 @@ def kernel_table(repeats: int, calls: int, k: int = 1024, n: int = 128) -> None:
     for b in (1, 64):
         x = torch.rand(b, k, generator=g) * 4 - 1
         ref = F.linear((levels(x) - x_zp) * x_scale, w_float, bias)
-        base = partial(candidates["float F.linear (reference speed)"], x)
+        base = partial(candidates["float F.linear (no quantization)"], x)
         for name, f in candidates.items():
             with torch.inference_mode():
                 err = float((f(x) - ref).abs().max())
