@@ -695,7 +695,9 @@ def prepare_qat(
 
     Raises:
         ValueError: for bad arguments, a model already prepared, a name in
-            ``layers`` that is not a float Linear/Conv2d, or a model with none.
+            ``layers`` that is not a float Linear/Conv2d, a model with none,
+            or one holding an ``nn.MultiheadAttention`` (it does not call its
+            projections as modules).
     """
     _check_bits(num_bits)
     if mode not in MODES:
@@ -705,6 +707,14 @@ def prepare_qat(
     if isinstance(model, (nn.Linear, nn.Conv2d)):
         raise ValueError(
             "prepare_qat replaces layers inside a model: wrap a bare layer in a module"
+        )
+    # nn.MultiheadAttention hands its projection weights to a functional
+    # kernel instead of calling them as modules: a swapped layer would never run.
+    mha = [n or "<root>" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    if mha:
+        raise ValueError(
+            f"nn.MultiheadAttention at {mha} reads its projection weights directly, so "
+            "fake quantization cannot see them; use maskrl.AttentionPool or nn.Linear layers"
         )
     found = dict(_float_layers(model))
     if layers is None:

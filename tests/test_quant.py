@@ -471,6 +471,8 @@ def test_convert_refuses_with_reasons() -> None:
     assert any("never observed" in p for p in Q.check_convertible(unseen))
     with pytest.raises(ValueError, match="already prepared"):
         prepare_qat(unseen)
+    with pytest.raises(ValueError, match="MultiheadAttention"):
+        prepare_qat(nn.Sequential(nn.MultiheadAttention(8, 2)))
 
 
 def test_library_leaves_process_state_alone() -> None:
