@@ -883,10 +883,11 @@ class _Int8Base(nn.Module):
     ``input_scale`` and ``input_zero_point`` (0-dim float32; the zero point
     holds an integer in ``[0, 2**num_bits - 1]``).
 
-    Kernel: oneDNN's u8 x s8 -> s32 kernels (fp32 output) on CPU for layers of
+    Kernel: u8 x s8 -> s32 kernels with fp32 output on CPU (FBGEMM for 8-bit
+    linear layers, oneDNN otherwise; see :func:`convert_int8`) for layers of
     at least :data:`MIN_INT8_KERNEL_WEIGHTS` weights; otherwise (small layers,
-    other devices, builds without oneDNN) the same integers multiplied in
-    float. Whatever is derived for the kernel (packed weight, Python copies of
+    other devices, builds without those kernels) the same integers multiplied
+    in float. Whatever is derived for the kernel (packed weight, Python copies of
     the scales) is cached outside ``state_dict`` and dropped whenever buffers
     are loaded or moved.
     """
