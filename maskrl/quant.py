@@ -983,7 +983,7 @@ class _Int8Base(nn.Module):
         return self.weight.float() * self.weight_scale.view(view)
 
     def extra_repr(self) -> str:
-        kernel = "onednn-int8" if self.int8_kernel and _ONEDNN else "float-on-int8-values"
+        kernel = "int8" if self.int8_kernel else "float-on-int8-values"
         return (
             f"weight={tuple(self.weight.shape)}, num_bits={self.num_bits}, "
             f"bias={self.bias is not None}, kernel={kernel}"
