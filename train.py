@@ -210,7 +210,7 @@ class _Signals:
         first = not self.requested
         self.request(signum)
         if first:
-            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            name = "Ctrl-C" if signum == signal.SIGINT else str(signal.Signals(signum).name)
             print(
                 f"\n{name}: stopping after the current update and saving a checkpoint "
                 "(press Ctrl-C again to stop at once, without saving)",
@@ -220,7 +220,7 @@ class _Signals:
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Signals]:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (int(signal.SIGINT), int(signal.SIGTERM)):
                 current = signal.getsignal(sig)
                 # A signal someone chose to ignore stays ignored.
                 if current in (signal.default_int_handler, signal.SIG_DFL):

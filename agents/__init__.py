@@ -1,6 +1,8 @@
 """Training algorithms over masked vector environments (installed as ``maskrl.agents``).
 
-* :class:`PPO` -- masked PPO; :class:`MaskedPolicy` / :func:`load_policy` -- a
+* :class:`PPO` -- masked PPO; :class:`ActorMimic` -- one multi-game student
+  distilled from per-game experts (:func:`policy_regression_loss`);
+  :class:`MaskedPolicy` / :func:`load_policy` -- a
   trained policy alone (inference, or a teacher);
 * the trainer core every trainer shares (:mod:`maskrl.agents.trainer`,
   :mod:`maskrl.agents.rollout`, the run harness :mod:`maskrl.agents.runner`);
@@ -9,6 +11,13 @@
 
 from maskrl.agents.config import PRESETS, PPOConfig
 from maskrl.agents.evaluate import evaluate
+from maskrl.agents.mimic import ActorMimic, MimicConfig, load_experts
+from maskrl.agents.mimic_losses import (
+    FeatureRegressionHeads,
+    feature_regression_loss,
+    greedy_agreement,
+    policy_regression_loss,
+)
 from maskrl.agents.networks import build_actor_critic
 from maskrl.agents.policy import MaskedPolicy, load_policy
 from maskrl.agents.ppo import PPO, compute_gae, ppo_loss
@@ -18,6 +27,13 @@ from maskrl.distributions import MaskedPolicyHead
 
 __all__ = [
     "PPO",
+    "ActorMimic",
+    "FeatureRegressionHeads",
+    "MimicConfig",
+    "feature_regression_loss",
+    "greedy_agreement",
+    "load_experts",
+    "policy_regression_loss",
     "PRESETS",
     "EpisodeStats",
     "MaskedPolicy",

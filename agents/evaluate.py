@@ -110,9 +110,9 @@ def evaluate(
 
     if k == 1:
         return {"env_id": ids[0], **summary(returns[0])}
-    out = {"env_ids": ids, "per_game": {e: summary(r) for e, r in zip(ids, returns, strict=False)}}
-    out["mean"] = float(np.mean([out["per_game"][e]["mean"] for e in ids]))  # type: ignore[index]
-    return out
+    by_game = {e: summary(r) for e, r in zip(ids, returns, strict=True)}
+    mean = float(np.mean([by_game[e]["mean"] for e in ids]))
+    return {"env_ids": ids, "per_game": by_game, "mean": mean}
 
 
 def _check_spaces(agent: Any, envs: Any) -> None:

@@ -179,14 +179,14 @@ def load_experts(folder: str | Path, device: str | torch.device = "cpu") -> list
     if not entries:
         raise ValueError(f"{index} lists no experts")
     experts = []
-    for e in entries:
+    for entry in entries:
         try:
-            ckpt = folder / e["checkpoint"]
-            env_id = str(e["env_id"])
+            ckpt = folder / entry["checkpoint"]
+            env_id = str(entry["env_id"])
         except (KeyError, TypeError) as err:
-            raise ValueError(f"{index}: bad entry {e!r} ({err})") from err
+            raise ValueError(f"{index}: bad entry {entry!r} ({err})") from err
         policy = load_policy(ckpt, device=device)
-        experts.append(Expert(env_id, ckpt, policy, e.get("mean_return")))
+        experts.append(Expert(env_id, ckpt, policy, entry.get("mean_return")))
     sizes = {x.env_id: x.policy.n_logits for x in experts}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"the experts in {folder} disagree on action space size: {sizes}")
@@ -203,7 +203,7 @@ def _game_slice(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     :class:`maskrl.envs.vector.GameSlotWrapper`), so the game's observation is the
     leading block of every axis: exactly what its expert saw.
     """
-    return x[(slice(None), *(slice(0, s) for s in shape))]
+    return x[(slice(None),) + tuple(slice(0, s) for s in shape)]
 
 
 class ActorMimic:

@@ -417,9 +417,9 @@ def run_training(
             ev = fn(trainer.policy, run.env_ids, run.eval_episodes, eval_seed)
             summary["eval"] = ev
             if "per_game" in ev:
-                for e, r in ev["per_game"].items():
+                for game, r in ev["per_game"].items():
                     writer.add_scalar(
-                        f"eval/return/{_game_label(e)}", r["mean"], trainer.global_step
+                        f"eval/return/{_game_label(game)}", r["mean"], trainer.global_step
                     )
             writer.add_scalar("eval/return", ev["mean"], trainer.global_step)
         _write_json(run_dir / "eval.json", summary)
@@ -565,7 +565,7 @@ def train_experts(
     root = Path(runs_dir) / run_name
     entries = []
     for env_id in env_ids:
-        label = _game_label(env_id)
+        label = _game_label(env_id)  # one folder per game
         run_dir = root / label
         done = run_dir / "eval.json"
         if done.is_file():

@@ -70,7 +70,9 @@ class SetFeatures(BaseFeaturesExtractor):
             )
         ctx_keys = tuple(sorted(keys - {items_key, "item_mask"}))
         ctx_dim = sum(int(torch.tensor(observation_space[k].shape).prod()) for k in ctx_keys)
-        item_dim = int(observation_space[items_key].shape[-1])
+        item_shape = observation_space[items_key].shape
+        assert item_shape is not None
+        item_dim = int(item_shape[-1])
         super().__init__(observation_space, hidden + ctx_dim)
         self.ctx_keys, self.items_key = ctx_keys, items_key
         self.encoder = SetEncoder(item_dim, ctx_dim, hidden, pool)

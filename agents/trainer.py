@@ -262,11 +262,11 @@ def cpu_rollout_mode(device: torch.device, enabled: bool = True) -> Iterator[Non
         return
     threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = mkldnn
+        torch.backends.mkldnn.enabled = mkldnn  # type: ignore[assignment]
         torch.set_num_threads(threads)
 
 

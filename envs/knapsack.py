@@ -110,7 +110,7 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.capacity_fraction = capacity_fraction
         self._check_actions = check_actions
         high = np.tile(np.array([max_weight, 1.0], dtype=np.float32), (n_max, 1))
-        self.observation_space = spaces.Dict(
+        self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
                 "item_features": spaces.Box(0.0, high, (n_max, 2), np.float32),
                 "item_mask": spaces.MultiBinary(n_max),

@@ -258,7 +258,7 @@ class _ConstantMaskInfos(VectorWrapper):
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """Reset all slots; ``infos["action_mask"]`` is ``(num_envs, n)`` bool."""
-        obs, infos = self.env.reset(seed=seed, options=options)
+        obs, infos = self.env.reset(seed=seed, options=options)  # type: ignore[arg-type]
         self._steps = 0
         return obs, self._add(infos)
 
@@ -405,7 +405,7 @@ def make_vec(
     return envs
 
 
-class GameSlotWrapper(gym.Wrapper[dict[str, Any], np.int64, Any, Any]):
+class GameSlotWrapper(gym.Wrapper[dict[str, Any], Any, Any, Any]):
     """One slot of a multi-game vector env: pads observation and mask, adds the game id.
 
     Observation: ``{"obs": padded Box, "game_id": np.int64}``; action
@@ -451,7 +451,7 @@ class GameSlotWrapper(gym.Wrapper[dict[str, Any], np.int64, Any, Any]):
         self._mask: np.ndarray | None = None
         self._steps = 0
 
-    def _obs(self, obs: np.ndarray) -> dict[str, Any]:
+    def _obs(self, obs: Any) -> dict[str, Any]:
         if self._needs_pad:
             out = np.zeros(self._shape, dtype=self._dtype)
             out[self._region] = obs
@@ -520,15 +520,16 @@ def _common_obs_space(boxes: Sequence[spaces.Space[Any]], env_ids: Sequence[str]
     for env_id, box in zip(env_ids, boxes, strict=True):
         if not isinstance(box, spaces.Box):
             raise ValueError(f"make_multigame_vec needs Box observations; {env_id!r} has {box}")
-    ndims = {len(b.shape) for b in boxes}  # type: ignore[union-attr]
+    box_list = [b for b in boxes if isinstance(b, spaces.Box)]
+    ndims = {len(b.shape) for b in box_list}
     if len(ndims) != 1:
-        shapes = {i: b.shape for i, b in zip(env_ids, boxes, strict=True)}
+        shapes = {i: b.shape for i, b in zip(env_ids, box_list, strict=True)}
         raise ValueError(f"observations of different ranks cannot be padded together: {shapes}")
-    shape = tuple(int(s) for s in np.max([b.shape for b in boxes], axis=0))  # type: ignore[union-attr]
-    dtype = np.result_type(*[b.dtype for b in boxes])  # type: ignore[union-attr]
+    shape = tuple(int(s) for s in np.max([b.shape for b in box_list], axis=0))
+    dtype = np.result_type(*[b.dtype for b in box_list])
     # Padding is zeros, so 0 must lie inside the bounds.
-    low = min(0.0, min(float(np.min(b.low)) for b in boxes))  # type: ignore[union-attr]
-    high = max(0.0, max(float(np.max(b.high)) for b in boxes))  # type: ignore[union-attr]
+    low = min(0.0, min(float(np.min(b.low)) for b in box_list))
+    high = max(0.0, max(float(np.max(b.high)) for b in box_list))
     return spaces.Box(low=low, high=high, shape=shape, dtype=dtype)  # type: ignore[arg-type]
 
 

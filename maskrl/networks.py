@@ -26,7 +26,6 @@ other encoders take values as they come (MinAtar grids are already 0/1).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
@@ -169,7 +168,9 @@ class SetEncoder(nn.Module):
             layer_init(nn.Linear(hidden, hidden)),
             nn.ReLU(),
         )
-        self.pool = AttentionPool(hidden, num_heads=num_heads, kind=pool)
+        if pool not in ("additive", "multihead"):
+            raise ValueError(f"pool must be 'additive' or 'multihead', got {pool!r}")
+        self.pool = AttentionPool(hidden, num_heads=num_heads, kind=pool)  # type: ignore[arg-type]
         self.context_dim = context_dim
         self.out_dim = hidden + context_dim
         self.item_dim_out = hidden

@@ -11,8 +11,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from maskrl.agents import PPO, PPOConfig, compute_gae
-from maskrl.distributions import MaskedPolicyHead
 from maskrl.agents.rollout import collect_rollout, flatten_obs, index_obs
+from maskrl.distributions import MaskedPolicyHead
 
 
 class TargetEnv(gym.Env):
@@ -259,7 +259,9 @@ def test_empty_mask_from_env_names_the_env_index():
 
 
 def test_config_rejects_a_batch_that_does_not_divide():
-    with pytest.raises(ValueError, match=r"num_minibatches=3 \(--num-minibatches\) does not divide"):
+    with pytest.raises(
+        ValueError, match=r"num_minibatches=3 \(--num-minibatches\) does not divide"
+    ):
         PPOConfig(num_envs=8, num_steps=128, num_minibatches=3).validate()
 
 

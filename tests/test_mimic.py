@@ -1,0 +1,163 @@
+"""Actor-Mimic: experts, the distillation trainer and their command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from maskrl.agents import PPO, PPOConfig, load_policy
+from maskrl.agents.checkpoint import load_checkpoint
+from maskrl.agents.mimic import ActorMimic, MimicConfig, load_experts, student_agreement
+
+REPO = Path(__file__).resolve().parents[1]
+BREAKOUT = "maskrl/MinAtar-Breakout-v0"
+ASTERIX = "maskrl/MinAtar-Asterix-v0"
+
+
+def _load_train_module() -> Any:
+    spec = importlib.util.spec_from_file_location("train_mimic_tests", REPO / "train.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+train = _load_train_module()
+
+
+def _decisive_experts(folder: Path, ids: list[str]) -> Path:
+    """Untrained experts whose policy heads are scaled up, so their greedy action
+    depends sharply on the observation: a target the student can only match by
+    learning it (chance agreement is about 1/3 on these games' 3-5 valid actions)."""
+    entries = []
+    for i, env_id in enumerate(ids):
+        agent = PPO(env_id, PPOConfig(num_envs=2, num_steps=8, num_minibatches=1, seed=10 + i))
+        with torch.no_grad():
+            agent.net.policy_head.weight.mul_(300.0)  # type: ignore[union-attr, operator]
+        name = env_id.split("/")[-1]
+        agent.save(folder / name / "checkpoint.pt")
+        agent.envs.close()
+        entries.append({"env_id": env_id, "checkpoint": f"{name}/checkpoint.pt"})
+    (folder / "experts.json").write_text(json.dumps({"experts": entries}))
+    return folder
+
+
+def test_distillation_raises_agreement_with_both_experts_well_above_chance(
+    tmp_path: Path,
+) -> None:
+    folder = _decisive_experts(tmp_path / "experts", [BREAKOUT, ASTERIX])
+    experts = load_experts(folder, device="cpu")
+    cfg = MimicConfig(
+        num_envs=8, num_steps=32, num_epochs=4, num_minibatches=2, device="cpu", seed=0,
+        torch_threads=1,
+    )  # fmt: skip
+    trainer = ActorMimic(experts, cfg)
+    before = student_agreement(trainer.policy, experts, steps=100, seed=1)
+    history: list[dict[str, float]] = []
+    trainer.learn(12_000, callback=lambda t, m: history.append(m) is None)
+    after = student_agreement(trainer.policy, experts, steps=100, seed=1)
+    trainer.envs.close()
+    for env_id in (BREAKOUT, ASTERIX):
+        assert after[env_id] >= 0.8, (before, after)
+        if before[env_id] < 0.6:  # (an expert that is nearly constant may agree by chance)
+            assert after[env_id] > before[env_id] + 0.3, (before, after)
+    assert min(before.values()) < 0.6  # at least one game had something to learn
+    first, last = history[0], history[-1]
+    assert last["policy_regression"] < first["policy_regression"]
+    assert {"mimic/MinAtar-Breakout-v0/agreement", "mimic/MinAtar-Asterix-v0/agreement"} <= set(
+        last
+    )
+    assert all(m["invalid_action_rate"] == 0 for m in history)
+
+
+def test_the_student_policy_is_what_load_policy_gives_back(tmp_path: Path) -> None:
+    folder = _decisive_experts(tmp_path / "experts", [BREAKOUT, ASTERIX])
+    trainer = ActorMimic(
+        load_experts(folder), MimicConfig(num_envs=4, num_steps=8, num_minibatches=1, device="cpu")
+    )
+    trainer.learn(64)
+    trainer.save(tmp_path / "student.pt")
+    trainer.envs.close()
+    policy = load_policy(tmp_path / "student.pt", device="cpu")
+    assert policy.env_ids == [BREAKOUT, ASTERIX]
+    for p, q in zip(policy.net.parameters(), trainer.net.parameters(), strict=True):
+        assert torch.equal(p, q)
+    resumed = ActorMimic.load(tmp_path / "student.pt", device="cpu")
+    assert resumed.global_step == 64
+    assert torch.equal(resumed.rng.cpu.get_state(), trainer.rng.cpu.get_state())
+    resumed.envs.close()
+
+
+def test_epsilon_exploration_never_takes_a_masked_action(tmp_path: Path) -> None:
+    folder = _decisive_experts(tmp_path / "experts", [BREAKOUT])
+    cfg = MimicConfig(num_envs=4, num_steps=16, num_minibatches=1, device="cpu", epsilon=1.0)
+    trainer = ActorMimic(load_experts(folder), cfg)
+    rates: list[float] = []
+    trainer.learn(256, callback=lambda t, m: rates.append(m["invalid_action_rate"]) is None)
+    trainer.envs.close()
+    assert rates and all(r == 0 for r in rates)
+
+
+def test_experts_mimic_and_eval_through_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = str(tmp_path)
+    tiny = ["--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2", "--device", "cpu"]
+    args = ["experts", "--env", f"{BREAKOUT},{ASTERIX}", "--total-timesteps", "128"]
+    assert train.main([*args, "--run-name", "ex", "--runs-dir", runs, "--eval-episodes", "2",
+                       "--no-progress", *tiny]) == 0  # fmt: skip
+    index = json.loads((tmp_path / "ex" / "experts.json").read_text())
+    assert [e["env_id"] for e in index["experts"]] == [BREAKOUT, ASTERIX]
+    assert all(e["episodes"] == 2 and e["steps"] == 128 for e in index["experts"])
+    for e in index["experts"]:  # each expert is a normal run that eval accepts
+        ckpt = tmp_path / "ex" / e["checkpoint"]
+        assert train.main(["eval", "--checkpoint", str(ckpt), "--episodes", "1"]) == 0
+    args = ["mimic", "--experts", str(tmp_path / "ex"), "--total-timesteps", "128"]
+    args += ["--run-name", "stu", "--runs-dir", runs, "--eval-episodes", "1", "--no-progress"]
+    assert train.main([*args, *tiny, "--finetune-ppo", "64"]) == 0
+    ckpt = load_checkpoint(tmp_path / "stu" / "checkpoint.pt")
+    assert ckpt["format"] == "maskrl.mimic/1" and ckpt["global_step"] == 128
+    assert ckpt["env_ids"] == [BREAKOUT, ASTERIX]
+    assert (tmp_path / "stu" / "finetune" / "checkpoint.pt").is_file()
+    capsys.readouterr()
+    assert train.main(["eval", "--checkpoint", str(tmp_path / "stu" / "checkpoint.pt"),
+                       "--episodes", "1", "--device", "cpu"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"eval {BREAKOUT}" in out and f"eval {ASTERIX}" in out
+    # A resumed distillation continues from its checkpoint.
+    argv = ["mimic", "--resume", str(tmp_path / "stu"), "--total-timesteps", "256"]
+    assert train.main([*argv, "--no-progress", "--eval-episodes", "0"]) == 0
+    assert load_checkpoint(tmp_path / "stu" / "checkpoint.pt")["global_step"] == 256
+
+
+def test_bad_experts_folders_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "experts.json").write_text(json.dumps({"experts": []}))
+    mixed = tmp_path / "mixed"
+    knap = PPO("maskrl/Knapsack-v0", PPOConfig(num_envs=2, num_steps=8, num_minibatches=1))
+    knap.save(mixed / "k" / "checkpoint.pt")
+    knap.envs.close()
+    _decisive_experts(mixed, [BREAKOUT])
+    entries = json.loads((mixed / "experts.json").read_text())["experts"]
+    entries.append({"env_id": "maskrl/Knapsack-v0", "checkpoint": "k/checkpoint.pt"})
+    (mixed / "experts.json").write_text(json.dumps({"experts": entries}))
+    cases = [
+        (tmp_path / "absent", "is not a folder"),
+        (tmp_path / "empty", "holds no experts.json"),
+        (tmp_path / "none", "lists no experts"),
+        (mixed, "disagree on action space size"),
+    ]
+    for folder, needle in cases:
+        argv = ["mimic", "--experts", str(folder), "--runs-dir", str(tmp_path / "runs")]
+        assert train.main([*argv, "--no-progress"]) == 2, folder
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (needle, lines)
+    assert not (tmp_path / "runs").exists()
