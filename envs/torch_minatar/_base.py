@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Call", "State", "TorchMinAtarGame", "merge_states", "render_points"]
+__all__ = ["Call", "State", "TorchMinAtarGame", "merge_states", "on_screen", "render_points"]
 
 #: One batched game state: name -> tensor with leading env dimension.
 State = dict[str, Tensor]
@@ -122,35 +122,39 @@ def render_points(
 ) -> Tensor:
     """Draw point objects into a float32 ``(n, channels, 10, 10)`` observation.
 
-    One scatter for all objects (cheaper than one-hot comparisons per object).
+    One scatter into one contiguous buffer for all objects (cheaper than one-hot
+    comparisons per object, and the result needs no copy).
 
     Args:
         points: ``(channel, y, x, valid)`` per group of objects; ``channel`` an int or
-            an int64 tensor broadcastable to ``y``; ``y``/``x`` int64 ``(n,)`` or
-            ``(n, k)``; ``valid`` bool of the same shape or None (all valid). Invalid
-            or off-screen objects are dropped.
+            an int64 tensor shaped like ``y``; ``y``/``x`` int64 ``(n,)`` or
+            ``(n, k)``; ``valid`` bool of the same shape, or None when every object
+            of the group is drawn. Coordinates must be on screen wherever ``valid``
+            (callers fold their bounds checks into ``valid``).
     """
-    # Global flat indices into one contiguous buffer (the observation itself, plus a
-    # trash element for dropped objects), so the result needs no copy.
     size = channels * 100
-    trash = n * size
-    base = (torch.arange(n, device=device) * size)[:, None]
+    trash = n * size  # one extra element takes the objects that are not drawn
+    base = torch.arange(0, trash, size, device=device)
     idx = []
     for ch, y, x, valid in points:
-        if y.dim() == 1:
-            y, x = y[:, None], x[:, None]
-            if valid is not None:
-                valid = valid[:, None]
-            if isinstance(ch, Tensor) and ch.dim() == 1:
+        cell = y * 10 + x
+        if cell.dim() == 1:
+            cell = cell[:, None]
+            valid = None if valid is None else valid[:, None]
+            if isinstance(ch, Tensor):
                 ch = ch[:, None]
-        ok = (y >= 0) & (y < 10) & (x >= 0) & (x < 10)
-        if valid is not None:
-            ok = ok & valid
-        idx.append(torch.where(ok, base + ch * 100 + y * 10 + x, trash))
+        offset = base[:, None] + ch * 100
+        flat_idx = cell + offset
+        idx.append(flat_idx if valid is None else torch.where(valid, flat_idx, trash))
     index = torch.cat(idx, dim=1).flatten()
     flat = torch.zeros(trash + 1, dtype=torch.float32, device=device)
     flat.scatter_(0, index, 1.0)
     return flat[:trash].view(n, channels, 10, 10)
+
+
+def on_screen(x: Tensor) -> Tensor:
+    """bool: column ``x`` is inside ``[0, 9]``."""
+    return (x >= 0) & (x <= 9)
 
 
 def arange_grid(device: torch.device) -> tuple[Tensor, Tensor]:

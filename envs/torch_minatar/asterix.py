@@ -21,6 +21,7 @@ from maskrl.envs.torch_minatar._base import (
     Call,
     State,
     TorchMinAtarGame,
+    on_screen,
     randint_as_uniform,
     render_points,
     uniform_to_int,
@@ -158,7 +159,7 @@ class Asterix(TorchMinAtarGame):
             [
                 (0, state["player_y"], px, None),
                 (channel, row, ex, alive),
-                (2, row, back, alive),
+                (2, row, back, alive & on_screen(back)),
             ],
             px.device,
         )

@@ -7,13 +7,14 @@ a ``seq`` number (the step-wide counter at append time), so list order is
 ``seq`` order without compaction:
 
 * friendly bullets ``fb_*`` (2 slots: one shot per 5 steps, and a bullet is gone
-  by the end of its 9th step, so a third shot never meets the first), divers ``dv_*`` (4 slots; one spawn per 30 steps,
-  each gone after at most 61), enemy fish ``fish_*`` and enemy subs ``esub_*``
-  (:data:`ENEMY_SLOTS` each on a GPU: at most one enemy spawns per step and each
+  by the end of its 9th step, so a third shot never meets the first), divers
+  ``dv_*`` (4 slots; one spawn per 30 steps, each gone after at most 61), and the
+  enemy fish and enemy subs together in ``en_*`` with an ``en_sub`` flag
+  (:data:`ENEMY_SLOTS` on a GPU: at most one enemy spawns per step and each
   leaves the screen after at most 61 steps at the slowest speed or 31 at the
   fastest, which is only reached at the fastest spawn rate, so 32 slots are never
-  all used in any reachable state; on CPU the lists start with
-  :data:`CPU_ENEMY_SLOTS` slots and double whenever a spawn finds one full, which
+  all used in any reachable state; on CPU the list starts with
+  :data:`CPU_ENEMY_SLOTS` slots and doubles whenever a spawn finds it full, which
   costs a device read per step -- free on CPU -- and keeps every op small);
 * enemy bullets are a bool grid per direction ``(N, 2, 10, 10)``: they interact
   only with the player, so their order and multiplicity never matter.
@@ -24,12 +25,17 @@ The sequential loops of seaquest.py become:
   at its cell): a loop over the 2 bullet ranks, vectorised over enemies;
 * divers (reverse order, collected while ``diver_count < 6``): a count of the
   earlier candidates in processing order decides (the cap is greedy);
-* enemy subs/fish (reverse order, each takes the first bullet at its cell): the
-  same matching computed bullet-major (bullets in list order, each taken by the
-  first unmatched enemy in processing order) -- within one cell every bullet
-  meets every enemy, so both greedy orders pair the k-th enemy with the k-th bullet.
+* enemy subs, then enemy fish (reverse order, each takes the first bullet at its
+  cell): the same matching computed bullet-major (bullets in list order, each
+  taken by the first unmatched sub, else fish, in processing order) -- within one
+  cell every bullet meets every enemy, so both greedy orders pair the k-th enemy
+  with the k-th bullet, subs first. Fish and subs share one slot list because
+  nothing else in a step depends on which of the two loops runs first: collisions
+  with the player only set the termination flag, and MinAtar's enemy-bullet loop
+  between them only reads the player's position.
 
-Kept quirks of seaquest.py: a sub that leaves the screen or is shot still fires
+Where fish and subs both match (a friendly bullet's target), the fish comes first,
+as in seaquest.py. Kept quirks of seaquest.py: a sub that leaves the screen or is shot still fires
 if its shot timer is due; surfacing with 6 divers leaves ``diver_count == -1``
 (later surfacings then never end the game and keep lowering it).
 
@@ -51,6 +57,7 @@ from maskrl.envs.torch_minatar._base import (
     Call,
     State,
     TorchMinAtarGame,
+    on_screen,
     randint_as_uniform,
     render_points,
 )
@@ -65,14 +72,15 @@ _SHOT_COOL_DOWN = 5
 _ENEMY_SHOT_INTERVAL = 10
 _DIVER_MOVE_INTERVAL = 5
 
-#: Slots for enemy fish and for enemy subs (each), fixed, off the CPU.
-ENEMY_SLOTS = 32
-#: Initial slots for each enemy list on CPU (grown on demand).
+#: Enemy slots (fish and subs together), fixed, off the CPU: 32 of each kind.
+ENEMY_SLOTS = 64
+#: Initial enemy slots on CPU (grown on demand).
 CPU_ENEMY_SLOTS = 8
-_ENEMY_FIELDS = {"fish": ("timer",), "esub": ("timer", "shot")}
+_ENEMY_FIELDS = ("alive", "right", "sub", "x", "y", "seq", "timer", "shot")
 _BULLET_SLOTS = 2
 _DIVER_SLOTS = 4
 _BIG = 1 << 62
+_SUB_RANK = 1 << 40  # above any seq: orders fish before subs (or subs before fish)
 
 
 def _append(
@@ -90,10 +98,10 @@ def _append(
     return alive | place, out
 
 
-def _grow(state: State, prefix: str, extra: int) -> None:
-    """Add ``extra`` empty slots to enemy list ``prefix`` (in place in ``state``)."""
-    for name in ("alive", "right", "x", "y", "seq", *_ENEMY_FIELDS[prefix]):
-        key = f"{prefix}_{name}"
+def _grow(state: State, extra: int) -> None:
+    """Add ``extra`` empty enemy slots (in place in ``state``)."""
+    for name in _ENEMY_FIELDS:
+        key = f"en_{name}"
         old = state[key]
         pad = torch.zeros(old.shape[0], extra, dtype=old.dtype, device=old.device)
         state[key] = torch.cat([old, pad], dim=1)
@@ -123,12 +131,6 @@ class Seaquest(TorchMinAtarGame):
         def full(v: int) -> Tensor:
             return torch.full((n,), v, dtype=torch.int64, device=device)
 
-        def slots(k: int) -> Tensor:
-            return torch.zeros(n, k, dtype=torch.int64, device=device)
-
-        def flags(k: int) -> Tensor:
-            return torch.zeros(n, k, dtype=torch.bool, device=device)
-
         state: State = {
             "oxygen": full(_MAX_OXYGEN),
             "diver_count": full(0),
@@ -147,16 +149,15 @@ class Seaquest(TorchMinAtarGame):
             "eb": torch.zeros(n, 2, 10, 10, dtype=torch.bool, device=device),
         }
         k_enemy = CPU_ENEMY_SLOTS if device.type == "cpu" else ENEMY_SLOTS
-        for prefix, k, extra in (
-            ("fb", _BULLET_SLOTS, ()),
-            ("dv", _DIVER_SLOTS, ("timer",)),
-            ("fish", k_enemy, ("timer",)),
-            ("esub", k_enemy, ("timer", "shot")),
+        for prefix, k, names in (
+            ("fb", _BULLET_SLOTS, ("x", "y", "seq")),
+            ("dv", _DIVER_SLOTS, ("x", "y", "seq", "timer")),
+            ("en", k_enemy, ("x", "y", "seq", "timer", "shot")),
         ):
-            state[f"{prefix}_alive"] = flags(k)
-            state[f"{prefix}_right"] = flags(k)
-            for name in ("x", "y", "seq", *extra):
-                state[f"{prefix}_{name}"] = slots(k)
+            for flag in ("alive", "right") + (("sub",) if prefix == "en" else ()):
+                state[f"{prefix}_{flag}"] = torch.zeros(n, k, dtype=torch.bool, device=device)
+            for name in names:
+                state[f"{prefix}_{name}"] = torch.zeros(n, k, dtype=torch.int64, device=device)
         return state
 
     def step(self, state: State, action: Tensor, draws: Tensor) -> tuple[State, Tensor, Tensor]:
@@ -165,46 +166,28 @@ class Seaquest(TorchMinAtarGame):
         n = action.shape[0]
         dev = action.device
         seq = s["seq"]
-        reward = torch.zeros(n, dtype=torch.int64, device=dev)
+        ms = s["move_speed"]
 
         # 1. Enemy spawn: none in a row where an enemy moves the other way.
         spawn = s["e_spawn_timer"] == 0
         lr = draws[:, 0] < 0.5
         is_sub = draws[:, 1] < 1.0 / 3.0
         y = 1 + torch.floor(draws[:, 2] * 8).to(torch.int64).clamp(0, 7)
-        blocked = torch.zeros(n, dtype=torch.bool, device=dev)
-        for p in ("fish", "esub"):
-            clash = s[f"{p}_alive"] & (s[f"{p}_y"] == y[:, None]) & (s[f"{p}_right"] != lr[:, None])
-            blocked = blocked | clash.any(dim=1)
-        do = spawn & ~blocked
-        if action.device.type == "cpu":
-            for p, want in (("esub", do & is_sub), ("fish", do & ~is_sub)):
-                if bool((want & s[f"{p}_alive"].all(dim=1)).any()):
-                    _grow(s, p, s[f"{p}_alive"].shape[1])
-        x0 = torch.where(lr, 0, 9)
-        ms = s["move_speed"]
-        s["esub_alive"], upd = _append(
-            s["esub_alive"],
-            do & is_sub,
+        clash = s["en_alive"] & (s["en_y"] == y[:, None]) & (s["en_right"] != lr[:, None])
+        do = spawn & ~clash.any(dim=1)
+        if dev.type == "cpu" and bool((do & s["en_alive"].all(dim=1)).any()):
+            _grow(s, s["en_alive"].shape[1])
+        s["en_alive"], upd = _append(
+            s["en_alive"],
+            do,
             {
-                "esub_x": (s["esub_x"], x0),
-                "esub_y": (s["esub_y"], y),
-                "esub_right": (s["esub_right"], lr),
-                "esub_timer": (s["esub_timer"], ms),
-                "esub_shot": (s["esub_shot"], torch.full_like(ms, _ENEMY_SHOT_INTERVAL)),
-                "esub_seq": (s["esub_seq"], seq),
-            },
-        )
-        s.update(upd)
-        s["fish_alive"], upd = _append(
-            s["fish_alive"],
-            do & ~is_sub,
-            {
-                "fish_x": (s["fish_x"], x0),
-                "fish_y": (s["fish_y"], y),
-                "fish_right": (s["fish_right"], lr),
-                "fish_timer": (s["fish_timer"], ms),
-                "fish_seq": (s["fish_seq"], seq),
+                "en_x": (s["en_x"], torch.where(lr, 0, 9)),
+                "en_y": (s["en_y"], y),
+                "en_right": (s["en_right"], lr),
+                "en_sub": (s["en_sub"], is_sub),
+                "en_timer": (s["en_timer"], ms),
+                "en_shot": (s["en_shot"], torch.full_like(ms, _ENEMY_SHOT_INTERVAL)),
+                "en_seq": (s["en_seq"], seq),
             },
         )
         s.update(upd)
@@ -228,9 +211,7 @@ class Seaquest(TorchMinAtarGame):
         )
         s.update(upd)
         seq = seq + dspawn.to(seq.dtype)
-        s["d_spawn_timer"] = torch.where(
-            dspawn, torch.full_like(dy, _DIVER_SPAWN_SPEED), s["d_spawn_timer"]
-        )
+        s["d_spawn_timer"] = torch.where(dspawn, _DIVER_SPAWN_SPEED, s["d_spawn_timer"])
 
         # 3. Player.
         sx, sy, sor = s["sub_x"], s["sub_y"], s["sub_or"]
@@ -248,46 +229,48 @@ class Seaquest(TorchMinAtarGame):
         )
         s.update(upd)
         seq = seq + fire.to(seq.dtype)
-        shot_timer = torch.where(fire, torch.full_like(shot_timer, _SHOT_COOL_DOWN), shot_timer)
+        shot_timer = torch.where(fire, _SHOT_COOL_DOWN, shot_timer)
         left, right = action == 1, action == 3
         sx = torch.where(left, (sx - 1).clamp_min(0), sx)
         sx = torch.where(right, (sx + 1).clamp_max(9), sx)
-        sor = torch.where(left, False, torch.where(right, True, sor))
+        sor = (sor | right) & ~left
         sy = torch.where(action == 2, (sy - 1).clamp_min(0), sy)
         sy = torch.where(action == 4, (sy + 1).clamp_max(8), sy)
+        sub_cell = (sy * 10 + sx)[:, None]
 
         # 4. Friendly bullets move; in reverse list order each hits the first fish,
         #    else the first sub, at its cell.
-        fb_alive, fb_right = s["fb_alive"], s["fb_right"]
-        fb_x = torch.where(fb_alive, _step_x(s["fb_x"], fb_right), s["fb_x"])
-        fb_y = s["fb_y"]
-        fb_alive = fb_alive & (fb_x >= 0) & (fb_x <= 9)
-        order = torch.argsort(torch.where(fb_alive, s["fb_seq"], -1), dim=1, descending=True)
-        for rank in range(_BULLET_SLOTS):
-            b = order[:, rank]
-            live = fb_alive.gather(1, b[:, None])[:, 0]
-            bx = fb_x.gather(1, b[:, None])
-            by = fb_y.gather(1, b[:, None])
-            hit_any = torch.zeros(n, dtype=torch.bool, device=dev)
-            for p in ("fish", "esub"):
-                m = s[f"{p}_alive"] & (s[f"{p}_x"] == bx) & (s[f"{p}_y"] == by)
-                m = m & (live & ~hit_any)[:, None]
-                hit = m.any(dim=1)
-                first = torch.where(m, s[f"{p}_seq"], _BIG).argmin(dim=1)
-                s[f"{p}_alive"] = s[f"{p}_alive"] & ~_onehot(first, m.shape[1], hit)
-                hit_any = hit_any | hit
-            fb_alive = fb_alive & ~_onehot(b, _BULLET_SLOTS, hit_any)
-            reward = reward + hit_any.to(reward.dtype)
+        fb_alive = s["fb_alive"]
+        fb_x = torch.where(fb_alive, _step_x(s["fb_x"], s["fb_right"]), s["fb_x"])
+        fb_alive = fb_alive & on_screen(fb_x)
+        fb_cell = s["fb_y"] * 10 + fb_x
+        fb_seq = s["fb_seq"]
+        en_alive = s["en_alive"]
+        en_cell = s["en_y"] * 10 + s["en_x"]
+        fish_first = s["en_sub"].long() * _SUB_RANK + s["en_seq"]
+        k = en_alive.shape[1]
+        # Two slots: the later-appended live bullet is processed first.
+        later = (fb_alive[:, 1] & (~fb_alive[:, 0] | (fb_seq[:, 1] > fb_seq[:, 0]))).long()
+        reward = torch.zeros(n, dtype=torch.int64, device=dev)
+        for b in (later, 1 - later):
+            live = fb_alive.gather(1, b[:, None])
+            m = en_alive & (en_cell == fb_cell.gather(1, b[:, None])) & live
+            hit = m.any(dim=1)
+            first = torch.where(m, fish_first, _BIG).argmin(dim=1)
+            en_alive = en_alive & ~_onehot(first, k, hit)
+            fb_alive = fb_alive & ~_onehot(b, _BULLET_SLOTS, hit)
+            reward = reward + hit.long()
 
         # 5. Divers: collected (while diver_count < 6, in reverse list order) when at
         #    the sub before or after their move.
         count = s["diver_count"]
         dv_alive, dv_x, dv_y, dv_timer = s["dv_alive"], s["dv_x"], s["dv_y"], s["dv_timer"]
-        at_before = dv_alive & (dv_x == sx[:, None]) & (dv_y == sy[:, None])
+        dv_row = dv_y * 10
+        at_before = dv_alive & (dv_row + dv_x == sub_cell)
         due = dv_alive & (dv_timer == 0)
         moved_x = torch.where(due, _step_x(dv_x, s["dv_right"]), dv_x)
-        off = due & ((moved_x < 0) | (moved_x > 9))
-        at_after = due & ~off & (moved_x == sx[:, None]) & (dv_y == sy[:, None])
+        off = due & ~on_screen(moved_x)
+        at_after = due & ~off & (dv_row + moved_x == sub_cell)
         cand = at_before | at_after
         dv_seq = s["dv_seq"]
         earlier = (cand[:, None, :] & (dv_seq[:, None, :] > dv_seq[:, :, None])).long().sum(dim=2)
@@ -297,56 +280,39 @@ class Seaquest(TorchMinAtarGame):
         s["dv_x"] = moved_x
         s["dv_timer"] = torch.where(due, _DIVER_MOVE_INTERVAL, dv_timer - 1)
 
-        terminal = s["terminal"]
+        # 6.+8. Enemy subs, then enemy fish: touch the player before or after their
+        #    move; each moved enemy still on screen takes a bullet at its cell.
+        terminal = s["terminal"] | (en_alive & (en_cell == sub_cell)).any(dim=1)
+        due = en_alive & (s["en_timer"] == 0)
+        en_x = torch.where(due, _step_x(s["en_x"], s["en_right"]), s["en_x"])
+        en_cell = s["en_y"] * 10 + en_x
+        off = due & ~on_screen(en_x)
+        at = due & ~off & (en_cell == sub_cell)
+        terminal = terminal | at.any(dim=1)
+        eligible = due & ~off & ~at
+        s["en_timer"] = torch.where(due, ms[:, None], s["en_timer"] - 1)
+        shooters = en_alive & s["en_sub"]  # the subs in the list when their loop starts
+        en_alive = en_alive & ~off
+        subs_first = (~s["en_sub"]).long() * _SUB_RANK - s["en_seq"]
+        # Bullets in list order; subs before fish, the reverse loop's last-appended first.
+        older = (fb_alive[:, 1] & (~fb_alive[:, 0] | (fb_seq[:, 1] < fb_seq[:, 0]))).long()
+        for b in (older, 1 - older):
+            live = fb_alive.gather(1, b[:, None])
+            m = eligible & en_alive & (en_cell == fb_cell.gather(1, b[:, None])) & live
+            hit = m.any(dim=1)
+            first = torch.where(m, subs_first, _BIG).argmin(dim=1)
+            en_alive = en_alive & ~_onehot(first, k, hit)
+            fb_alive = fb_alive & ~_onehot(b, _BULLET_SLOTS, hit)
+            reward = reward + hit.long()
 
-        def enemies(p: str, fb_alive: Tensor) -> tuple[Tensor, ...]:
-            """Move the enemies of list ``p``, detect collisions, match them with bullets.
-
-            Returns ``alive, x, timer, hit_player, reward, fb_alive`` after the loop.
-            """
-            alive, x, ey = s[f"{p}_alive"], s[f"{p}_x"], s[f"{p}_y"]
-            hit_player = (alive & (x == sx[:, None]) & (ey == sy[:, None])).any(dim=1)
-            due = alive & (s[f"{p}_timer"] == 0)
-            x = torch.where(due, _step_x(x, s[f"{p}_right"]), x)
-            off = due & ((x < 0) | (x > 9))
-            at = due & ~off & (x == sx[:, None]) & (ey == sy[:, None])
-            hit_player = hit_player | at.any(dim=1)
-            eligible = due & ~off & ~at
-            timer = torch.where(due, ms[:, None], s[f"{p}_timer"] - 1)
-            new_alive = alive & ~off
-            gained = torch.zeros(n, dtype=torch.int64, device=dev)
-            order = torch.argsort(torch.where(fb_alive, s["fb_seq"], _BIG), dim=1)
-            for rank in range(_BULLET_SLOTS):
-                b = order[:, rank]  # bullets in list order
-                live = fb_alive.gather(1, b[:, None])[:, 0]
-                bx = fb_x.gather(1, b[:, None])
-                by = fb_y.gather(1, b[:, None])
-                m = eligible & new_alive & (x == bx) & (ey == by) & live[:, None]
-                hit = m.any(dim=1)
-                # The reverse loop reaches the last-appended enemy first.
-                first = torch.where(m, s[f"{p}_seq"], -1).argmax(dim=1)
-                new_alive = new_alive & ~_onehot(first, m.shape[1], hit)
-                fb_alive = fb_alive & ~_onehot(b, _BULLET_SLOTS, hit)
-                gained = gained + hit.to(gained.dtype)
-            return new_alive, x, timer, hit_player, gained, fb_alive
-
-        # 6. Enemy subs, then their shots (from every sub that was in the list).
-        alive0 = s["esub_alive"]
-        new_alive, x, timer, hit, gained, fb_alive = enemies("esub", fb_alive)
-        reward = reward + gained
-        terminal = terminal | hit
-        shot = s["esub_shot"]
-        shoot = alive0 & (shot == 0)
-        eb = s["eb"].flatten(2)
-        idx = torch.where(
-            shoot & (x >= 0) & (x <= 9),
-            s["esub_right"].long() * 100 + s["esub_y"] * 10 + x,
-            200,
-        )
-        eb = torch.cat([eb.reshape(n, 200), torch.zeros(n, 1, dtype=torch.bool, device=dev)], 1)
-        eb = eb.scatter(1, idx, True)[:, :200].view(n, 2, 10, 10)
-        s["esub_shot"] = torch.where(shoot, _ENEMY_SHOT_INTERVAL, shot - 1)
-        s["esub_alive"], s["esub_x"], s["esub_timer"] = new_alive, x, timer
+        # Shots: every sub that was in the list, even one that just left or was shot.
+        shot = s["en_shot"]
+        shoot = shooters & (shot == 0)
+        s["en_shot"] = torch.where(shoot, _ENEMY_SHOT_INTERVAL, shot - 1)
+        flat = torch.zeros(n, 201, dtype=torch.bool, device=dev)
+        idx = torch.where(shoot & on_screen(en_x), s["en_right"].long() * 100 + en_cell, 200)
+        eb = s["eb"].reshape(n, 200) | flat.scatter_(1, idx, True)[:, :200]
+        eb = eb.view(n, 2, 10, 10)
 
         # 7. Enemy bullets: deadly before and after their move.
         rows = torch.arange(n, device=dev)
@@ -354,14 +320,7 @@ class Seaquest(TorchMinAtarGame):
         moved = torch.zeros_like(eb)
         moved[:, 0, :, :9] = eb[:, 0, :, 1:]
         moved[:, 1, :, 1:] = eb[:, 1, :, :9]
-        eb = moved
-        terminal = terminal | eb[rows, :, sy, sx].any(dim=1)
-
-        # 8. Enemy fish.
-        new_alive, x, timer, hit, gained, fb_alive = enemies("fish", fb_alive)
-        reward = reward + gained
-        terminal = terminal | hit
-        s["fish_alive"], s["fish_x"], s["fish_timer"] = new_alive, x, timer
+        terminal = terminal | moved[rows, :, sy, sx].any(dim=1)
 
         # 9. Timers, oxygen and surfacing.
         s["e_spawn_timer"] = s["e_spawn_timer"] - (s["e_spawn_timer"] > 0).long()
@@ -371,16 +330,14 @@ class Seaquest(TorchMinAtarGame):
         terminal = terminal | (oxygen <= 0)
         below = sy > 0
         oxygen = torch.where(below, oxygen - 1, oxygen)
-        surface = s["surface"] & ~below
         arriving = ~below & ~s["surface"]
         terminal = terminal | (arriving & (count == 0))
         surf = arriving & (count != 0)
+        surface = (s["surface"] & ~below) | surf
         six = surf & (count == 6)
         reward = reward + torch.where(six, oxygen * 10 // _MAX_OXYGEN, 0)
-        count = torch.where(six, 0, count)
+        count = torch.where(six, 0, count) - surf.long()
         oxygen = torch.where(surf, _MAX_OXYGEN, oxygen)
-        count = count - surf.long()
-        surface = surface | surf
         e_speed, ramp_index = s["e_spawn_speed"], s["ramp_index"]
         ramp = surf & ((e_speed > 1) | (ms > 2)) & self.ramping
         ms = ms - (ramp & (ms > 2) & (ramp_index % 2 == 1)).long()
@@ -398,19 +355,21 @@ class Seaquest(TorchMinAtarGame):
             surface=surface,
             terminal=terminal,
             seq=seq,
-            eb=eb,
+            eb=moved,
             fb_alive=fb_alive,
             fb_x=fb_x,
+            en_alive=en_alive,
+            en_x=en_x,
         )
         return s, reward.to(torch.float32), terminal
 
     def match_shapes(self, fresh: State, like: State) -> State:
         """``fresh`` with as many enemy slots as ``like`` (after growth on CPU)."""
+        extra = like["en_alive"].shape[1] - fresh["en_alive"].shape[1]
+        if extra <= 0:
+            return fresh
         out = dict(fresh)
-        for p in _ENEMY_FIELDS:
-            extra = like[f"{p}_alive"].shape[1] - out[f"{p}_alive"].shape[1]
-            if extra > 0:
-                _grow(out, p, extra)
+        _grow(out, extra)
         return out
 
     def render(self, state: State) -> Tensor:
@@ -431,10 +390,12 @@ class Seaquest(TorchMinAtarGame):
             (8, nine, col, (col >= 9 - count[:, None]) & (col < 9)),
             (2, state["fb_y"], state["fb_x"], state["fb_alive"]),
         ]
-        for p, ch in (("fish", 5), ("esub", 6), ("dv", 9)):
+        enemy_channel = torch.where(state["en_sub"], 6, 5)
+        for p, ch in (("en", enemy_channel), ("dv", 9)):
             alive, x, y = state[f"{p}_alive"], state[f"{p}_x"], state[f"{p}_y"]
             points.append((ch, y, x, alive))
-            points.append((3, y, x - torch.where(state[f"{p}_right"], 1, -1), alive))
+            back = x - torch.where(state[f"{p}_right"], 1, -1)
+            points.append((3, y, back, alive & on_screen(back)))
         obs = render_points(n, self.channels, points, dev)
         obs[:, 4] = state["eb"].any(dim=1).to(torch.float32)
         return obs

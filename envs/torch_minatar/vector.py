@@ -130,6 +130,27 @@ class GameBatch:
         self.last_action = torch.zeros(n, dtype=torch.int64, device=device)
         self.ep_return = torch.zeros(n, dtype=torch.float32, device=device)
         self.ep_length = torch.zeros(n, dtype=torch.int64, device=device)
+        self._start: tuple[State, Tensor] | None = None
+        if game.reset_draws == 0:
+            start = game.reset(1, torch.empty(1, 0, device=device), device)
+            self._start = (start, game.render(start))
+
+    def _fresh(self, k: int, draws: Tensor) -> tuple[State, Tensor]:
+        """``k`` new episodes and their first observations.
+
+        Games whose reset draws nothing start every episode alike: their one cached
+        start is broadcast (as ``k`` expanded rows, or one row where ``k`` is ``n``,
+        which ``torch.where`` broadcasts) instead of being rebuilt every step.
+        """
+        if self._start is None:
+            fresh = self.game.reset(k, draws, self.device)
+            return fresh, self.game.render(fresh)
+        state, obs = self._start
+        if k == self.n and not self.lazy_reset:
+            return state, obs
+        return {key: v.expand(k, *v.shape[1:]) for key, v in state.items()}, obs.expand(
+            k, *obs.shape[1:]
+        )
 
     def reset(self, draws: Tensor) -> Tensor:
         """Start all episodes; ``draws`` ``(n, reset_draws)``; returns obs ``(n, C, 10, 10)``."""
@@ -171,8 +192,8 @@ class GameBatch:
             ended = torch.nonzero(done).flatten()
             obs = final_obs.clone()
             if ended.numel():
-                fresh = game.reset(int(ended.numel()), draws[ended, s:], self.device)
-                obs.index_copy_(0, ended, game.render(fresh))
+                fresh, fresh_obs = self._fresh(int(ended.numel()), draws[ended, s:])
+                obs.index_copy_(0, ended, fresh_obs)
                 fresh = game.match_shapes(fresh, state)
                 # In place: a step returns fresh tensors (or the previous state's, which
                 # is dropped), so no one else sees these.
@@ -181,16 +202,15 @@ class GameBatch:
             self.state = state
         else:
             # A fixed sequence of operations, no sync: reset everything, keep what ended.
-            fresh = game.reset(self.n, draws[:, s:], self.device)
+            fresh, fresh_obs = self._fresh(self.n, draws[:, s:])
             self.state = merge_states(done, fresh, state)
-            obs = torch.where(done[:, None, None, None], game.render(fresh), final_obs)
-        zero_f = torch.zeros_like(self.ep_return)
-        episode_r = torch.where(done, self.ep_return, zero_f)
-        episode_l = torch.where(done, self.ep_length, torch.zeros_like(self.ep_length))
-        self.ep_return = torch.where(done, zero_f, self.ep_return)
-        self.ep_length = torch.where(done, torch.zeros_like(self.ep_length), self.ep_length)
+            obs = torch.where(done[:, None, None, None], fresh_obs, final_obs)
+        episode_r = torch.where(done, self.ep_return, 0.0)
+        episode_l = torch.where(done, self.ep_length, 0)
+        self.ep_return.masked_fill_(done, 0.0)
+        self.ep_length.masked_fill_(done, 0)
         # MinAtar's wrapper starts each episode with last_action = 0 (no sticky carry-over).
-        self.last_action = torch.where(done, torch.zeros_like(action), action)
+        self.last_action = action.masked_fill(done, 0)
         return obs, reward, terminated, truncated, final_obs, done, episode_r, episode_l
 
 
