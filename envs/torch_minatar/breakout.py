@@ -2,8 +2,9 @@
 
 State (``N`` envs): ``ball_x``, ``ball_y``, ``ball_dir`` (0..3: up-left, up-right,
 down-right, down-left), ``pos`` (paddle column), ``last_x``/``last_y`` (trail),
-``strike`` bool, ``bricks`` bool ``(N, 10, 10)``, ``terminal`` bool; all int64
-unless noted. Channels: paddle, ball, trail, brick.
+``strike`` bool, ``bricks`` bool ``(N, 10, 10)``, ``n_bricks`` (how many are
+left: a counter is much cheaper than reducing the map every step), ``terminal``
+bool; all int64 unless noted. Channels: paddle, ball, trail, brick.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Breakout(TorchMinAtarGame):
             "last_y": ball_y.clone(),
             "strike": torch.zeros(n, dtype=torch.bool, device=device),
             "bricks": bricks,
+            "n_bricks": torch.full((n,), 30, dtype=torch.int64, device=device),
             "terminal": torch.zeros(n, dtype=torch.bool, device=device),
         }
 
@@ -100,9 +102,10 @@ class Breakout(TorchMinAtarGame):
         bricks = flat.view(n, 10, 10)
 
         # Bottom row: refill an empty wall, then the paddle bounces the ball or the game ends.
-        empty = ~bricks.flatten(1).any(dim=1)
-        refill = bottom & empty
+        n_bricks = state["n_bricks"] - hit.long()
+        refill = bottom & (n_bricks == 0)
         bricks[:, 1:4, :] |= refill[:, None, None]
+        n_bricks = torch.where(refill, 30, n_bricks)
         centre = bottom & (bx == pos)
         edge = bottom & ~centre & (new_x == pos)
         d_new = torch.where(centre, flip_y, d_new)
@@ -119,6 +122,7 @@ class Breakout(TorchMinAtarGame):
             "last_y": by,
             "strike": brick,  # strike_toggle
             "bricks": bricks,
+            "n_bricks": n_bricks,
             "terminal": terminal,
         }
         return new_state, reward, terminal

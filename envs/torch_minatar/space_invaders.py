@@ -83,7 +83,8 @@ class SpaceInvaders(TorchMinAtarGame):
         interval = state["move_interval"]
         terminal = terminal | alien[rows, 9, pos]
         move = move_timer == 0
-        count = alien.flatten(1).long().sum(dim=1)
+        # uint8 sums: reductions over bool maps are several times slower on CPU.
+        count = alien.view(torch.uint8).flatten(1).sum(dim=1)
         move_timer = torch.where(move, torch.minimum(count, interval), move_timer)
         at_left = alien[:, :, 0].any(dim=1)
         at_right = alien[:, :, 9].any(dim=1)
@@ -122,14 +123,15 @@ class SpaceInvaders(TorchMinAtarGame):
         e_bullet = e_bullet | shot
 
         kill = alien & f_bullet
-        reward = kill.flatten(1).long().sum(dim=1).to(torch.float32)
+        kills = kill.view(torch.uint8).flatten(1).sum(dim=1)
+        reward = kills.to(torch.float32)
         alien = alien & ~kill
         f_bullet = f_bullet & ~kill
 
         cooldown = cooldown - (cooldown > 0).to(cooldown.dtype)
         move_timer = move_timer - 1
         shot_timer = shot_timer - 1
-        cleared = ~alien.flatten(1).any(dim=1)
+        cleared = count == kills  # moves never lose an alien (np.roll wraps)
         ramp = cleared & (interval > 6) & self.ramping
         interval = interval - ramp.to(interval.dtype)
         ramp_index = state["ramp_index"] + ramp.to(interval.dtype)
