@@ -916,6 +916,13 @@ class _Int8Base(nn.Module):
         self._cache = None
         return super()._apply(fn, recurse)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies and pickles carry the integers, not the kernel's packed copy
+        # of them (rebuilt on first use, for the engine at hand).
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
     def _set_from(self, layer: QATLinear | QATConv2d) -> None:
         """Take the integer weight and the scales from a prepared layer."""
         with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import io
 from pathlib import Path
@@ -442,6 +443,19 @@ def test_int8_is_at_least_3_5x_smaller() -> None:
     net((torch.rand(4, 7, 10, 10) > 0.5).float())
     int8_bytes = _nbytes(convert_int8(net).state_dict())
     assert float_bytes / int8_bytes >= 3.5, (float_bytes, int8_bytes)
+
+
+def test_int8_copies_carry_integers_not_packed_kernels() -> None:
+    net = prepare_qat(ActorCritic(MinAtarCNN(4), 6))
+    x = (torch.rand(8, 4, 10, 10) > 0.8).float()
+    net(x)
+    int8 = convert_int8(net)
+    y = int8(x)[0]  # packs the kernels' weights
+    fc = int8.get_submodule("encoder.fc")
+    assert isinstance(fc, Q.Int8Linear) and fc._cache is not None
+    clone = copy.deepcopy(int8)
+    assert clone.get_submodule("encoder.fc")._cache is None
+    assert torch.equal(clone(x)[0], y)
 
 
 def test_int8_conv_with_padding_and_zero_point() -> None:
