@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -74,6 +75,67 @@ def test_conformance_detects_a_difference(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(breakout.Breakout, "step", wrong)
     result = check_conformance("maskrl/MinAtar-Breakout-v0", 2, 200, seed=0)
     assert not result.ok and "differs at step" in str(result.mismatch)
+
+
+def _minatar(game: str) -> Any:
+    from minatar import Environment
+
+    env = Environment(game, sticky_action_prob=0.0)
+    env.seed(0)
+    env.reset()
+    return env
+
+
+def _chw(env: Any) -> torch.Tensor:
+    return torch.as_tensor(env.state().transpose(2, 0, 1).astype(np.float32))
+
+
+def test_breakout_refills_an_empty_wall_like_minatar() -> None:
+    # A random policy never clears the wall: set up the last brick gone, ball about to
+    # reach the paddle row, in both implementations, and compare one step.
+    from maskrl.envs.torch_minatar.breakout import Breakout
+
+    ref = _minatar("breakout")
+    ref.env.brick_map[:] = 0
+    ref.env.ball_x, ref.env.ball_y, ref.env.ball_dir, ref.env.pos = 3, 8, 2, 4
+    game = Breakout()
+    state = game.reset(1, torch.zeros(1, 1), torch.device("cpu"))
+    state.update(
+        ball_x=torch.tensor([3]),
+        ball_y=torch.tensor([8]),
+        ball_dir=torch.tensor([2]),
+        bricks=torch.zeros(1, 10, 10, dtype=torch.bool),
+        n_bricks=torch.tensor([0]),
+    )
+    reward, term = ref.act(0)
+    state, r, t = game.step(state, torch.tensor([0]), torch.zeros(1, 0))
+    assert torch.equal(game.render(state)[0], _chw(ref))
+    assert (float(r[0]), bool(t[0])) == (reward, term) == (0, False)
+    assert int(state["n_bricks"][0]) == 30 == int(ref.env.brick_map.sum())
+
+
+def test_seaquest_surfacing_with_six_divers_like_minatar() -> None:
+    # Six divers, the sub one row below the surface, moving up: reward from the oxygen
+    # left, and MinAtar's diver_count ends at -1 (kept, see the module docstring).
+    from maskrl.envs.torch_minatar.seaquest import Seaquest
+
+    ref = _minatar("seaquest")
+    ref.env.sub_y, ref.env.surface, ref.env.diver_count, ref.env.oxygen = 1, False, 6, 137
+    game = Seaquest()
+    state = game.reset(1, torch.zeros(1, 0), torch.device("cpu"))
+    state.update(
+        sub_y=torch.tensor([1]),
+        surface=torch.tensor([False]),
+        diver_count=torch.tensor([6]),
+        oxygen=torch.tensor([137]),
+    )
+    for action in (2, 4, 2):  # surface (reward), dive, surface again (count -1 != 0)
+        reward, term = ref.act(action)
+        state, r, t = game.step(state, torch.tensor([action]), torch.full((1, 5), 0.5))
+        assert torch.equal(game.render(state)[0], _chw(ref))
+        assert (float(r[0]), bool(t[0])) == (reward, term)
+    assert int(state["diver_count"][0]) == ref.env.diver_count == -2
+    assert int(state["ramp_index"][0]) == ref.env.ramp_index == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
