@@ -42,6 +42,19 @@ attention pool's context vector ``u @ c`` and the multi-head pool's queries
 ``k @ q``: vectors of ``dim`` floats). Softmax, masking, ReLU and tanh run in
 float on dequantized values.
 
+In a trainer:
+
+1. ``prepare_qat(net, num_bits=8, start_after=delay)`` right after building
+   the network and *before* building the optimizer (learned mode adds
+   step-size parameters; the weights are the same ``Parameter`` objects);
+2. ``set_qat_step(net, global_step)`` once per update;
+3. checkpoints store ``quant_spec(net)`` (plain data) next to
+   ``net.state_dict()``; loading builds the float network,
+   ``apply_quant_spec(net, spec)``, then ``net.load_state_dict(state)``;
+4. for deployment, ``convert_int8(net)`` (after the delay, so that the
+   fake-quantized network it must match is actually quantized;
+   :func:`check_convertible` says why not otherwise).
+
 Example:
     >>> from maskrl.networks import ActorCritic, MinAtarCNN
     >>> net = prepare_qat(ActorCritic(MinAtarCNN(4), 6), start_after=0)
