@@ -25,11 +25,13 @@ make the greedy comparison meaningless). Latency does not depend on it.
 Example:
     python benchmarks/quant_latency.py --repeats 21 --calls 200
     python benchmarks/quant_latency.py --threads 1
+    python benchmarks/quant_latency.py --rollout-settings
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import statistics
 import time
@@ -253,9 +255,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time the int8 linear kernels torch offers, for the MinAtar dense layer",
     )
+    p.add_argument(
+        "--rollout-settings",
+        action="store_true",
+        help="time under the trainer's rollout settings (1 thread, aten oneDNN convs off)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)  # a script's own choice, not a library's
+    if args.rollout_settings:
+        # The trainer's settings for a rollout's small CPU forwards (one thread,
+        # aten's oneDNN convolutions off), kept for the whole run.
+        from maskrl.agents.trainer import cpu_rollout_mode
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(cpu_rollout_mode(torch.device("cpu")))
 
     rows = []
     if "minatar" in args.networks:
@@ -292,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"aten oneDNN {'on' if torch.backends.mkldnn.enabled else 'off'}, "
         f"{args.repeats} rounds x {args.calls} calls (median us per call)"
     )
     head = (
@@ -310,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.kernels:
         kernel_table(args.repeats, args.calls)
+    if args.rollout_settings:
+        stack.close()
     return 0
 
 
