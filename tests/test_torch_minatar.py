@@ -229,6 +229,21 @@ def test_same_step_autoreset_final_obs_and_episode_statistics() -> None:
     assert ended > 20
 
 
+def test_returned_observations_are_never_overwritten() -> None:
+    # The CPU batch reuses observation buffers only once nothing refers to them.
+    envs = make_vec("maskrl/MinAtar-Breakout-v0", 64, backend="torch", seed=0)
+    obs, infos = envs.reset()
+    gen = torch.Generator().manual_seed(0)
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for t in range(40):
+        obs, _, _, _, infos = envs.step(_random_actions(infos["action_mask"], gen))
+        if t % 10 == 0:  # a whole tensor, and a view of another
+            kept.append((obs, obs.clone()))
+            kept.append((infos["final_obs"][5:9], infos["final_obs"][5:9].clone()))
+    for held, copy in kept:
+        assert torch.equal(held, copy)
+
+
 def test_truncation_at_the_time_limit() -> None:
     # Freeway never ends by itself before 2,500 steps: only the limit can end it.
     envs = make_vec("maskrl/MinAtar-Freeway-v0", 4, backend="torch", seed=0, max_episode_steps=7)

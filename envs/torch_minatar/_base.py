@@ -70,8 +70,9 @@ class TorchMinAtarGame:
         """One MinAtar ``act`` per env: ``(new_state, reward f32 (N,), terminal bool (N,))``."""
         raise NotImplementedError
 
-    def render(self, state: State) -> Tensor:
-        """Observation float32 ``(N, C, 10, 10)``."""
+    def render(self, state: State, out: Tensor | None = None) -> Tensor:
+        """Observation float32 ``(N, C, 10, 10)``; drawn into ``out`` when given
+        (a zeroed flat float32 buffer of ``N * C * 100 + 1`` elements)."""
         raise NotImplementedError
 
     def match_shapes(self, fresh: State, like: State) -> State:
@@ -119,6 +120,7 @@ def render_points(
     channels: int,
     points: Sequence[tuple[int | Tensor, Tensor, Tensor, Tensor | None]],
     device: torch.device,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Draw point objects into a float32 ``(n, channels, 10, 10)`` observation.
 
@@ -131,6 +133,9 @@ def render_points(
             ``(n, k)``; ``valid`` bool of the same shape, or None when every object
             of the group is drawn. Coordinates must be on screen wherever ``valid``
             (callers fold their bounds checks into ``valid``).
+        out: a zeroed float32 buffer of ``n * channels * 100 + 1`` elements to draw
+            into (reused memory; see :class:`~maskrl.envs.torch_minatar.GameBatch`);
+            None: a new one.
     """
     size = channels * 100
     trash = n * size  # one extra element takes the objects that are not drawn
@@ -147,7 +152,7 @@ def render_points(
         flat_idx = cell + offset
         idx.append(flat_idx if valid is None else torch.where(valid, flat_idx, trash))
     index = torch.cat(idx, dim=1).flatten()
-    flat = torch.zeros(trash + 1, dtype=torch.float32, device=device)
+    flat = torch.zeros(trash + 1, dtype=torch.float32, device=device) if out is None else out
     flat.scatter_(0, index, 1.0)
     return flat[:trash].view(n, channels, 10, 10)
 

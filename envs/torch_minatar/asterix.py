@@ -146,7 +146,7 @@ class Asterix(TorchMinAtarGame):
         }
         return new_state, reward.to(torch.float32), terminal
 
-    def render(self, state: State) -> Tensor:
+    def render(self, state: State, out: Tensor | None = None) -> Tensor:
         """Observation float32 ``(N, 4, 10, 10)``."""
         alive, ex, right = state["ent_alive"], state["ent_x"], state["ent_right"]
         row = torch.arange(1, 9, device=ex.device)[None, :].expand_as(ex)
@@ -162,6 +162,7 @@ class Asterix(TorchMinAtarGame):
                 (2, row, back, alive & on_screen(back)),
             ],
             px.device,
+            out,
         )
 
     def step_draws_from_calls(self, calls: Sequence[Call]) -> list[float]:

@@ -127,7 +127,7 @@ class Breakout(TorchMinAtarGame):
         }
         return new_state, reward, terminal
 
-    def render(self, state: State) -> Tensor:
+    def render(self, state: State, out: Tensor | None = None) -> Tensor:
         """Observation float32 ``(N, 4, 10, 10)``: paddle, ball, trail, bricks."""
         bx = state["ball_x"]
         nine = torch.full_like(bx, 9)
@@ -140,6 +140,7 @@ class Breakout(TorchMinAtarGame):
                 (2, state["last_y"], state["last_x"], None),
             ],
             bx.device,
+            out,
         )
         obs[:, 3] = state["bricks"].to(torch.float32)
         return obs

@@ -120,7 +120,7 @@ class Freeway(TorchMinAtarGame):
         }
         return new_state, reward, terminal
 
-    def render(self, state: State) -> Tensor:
+    def render(self, state: State, out: Tensor | None = None) -> Tensor:
         """Observation float32 ``(N, 7, 10, 10)``."""
         pos, car_x, speed = state["pos"], state["car_x"], state["car_speed"]
         lane = torch.arange(1, 9, device=pos.device)[None, :].expand_as(car_x)
@@ -136,6 +136,7 @@ class Freeway(TorchMinAtarGame):
                 (1 + speed.abs(), lane, back, None),
             ],
             pos.device,
+            out,
         )
 
     def step_draws_from_calls(self, calls: Sequence[Call]) -> list[float]:

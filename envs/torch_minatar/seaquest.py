@@ -372,7 +372,7 @@ class Seaquest(TorchMinAtarGame):
         _grow(out, extra)
         return out
 
-    def render(self, state: State) -> Tensor:
+    def render(self, state: State, out: Tensor | None = None) -> Tensor:
         """Observation float32 ``(N, 10, 10, 10)``."""
         sx, sy = state["sub_x"], state["sub_y"]
         n = sx.shape[0]
@@ -396,7 +396,7 @@ class Seaquest(TorchMinAtarGame):
             points.append((ch, y, x, alive))
             back = x - torch.where(state[f"{p}_right"], 1, -1)
             points.append((3, y, back, alive & on_screen(back)))
-        obs = render_points(n, self.channels, points, dev)
+        obs = render_points(n, self.channels, points, dev, out)
         obs[:, 4] = state["eb"].any(dim=1).to(torch.float32)
         return obs
 

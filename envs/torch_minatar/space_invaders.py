@@ -152,11 +152,13 @@ class SpaceInvaders(TorchMinAtarGame):
         }
         return new_state, reward, terminal
 
-    def render(self, state: State) -> Tensor:
+    def render(self, state: State, out: Tensor | None = None) -> Tensor:
         """Observation float32 ``(N, 6, 10, 10)``."""
         pos = state["pos"]
         n = pos.shape[0]
-        obs = render_points(n, self.channels, [(0, torch.full_like(pos, 9), pos, None)], pos.device)
+        obs = render_points(
+            n, self.channels, [(0, torch.full_like(pos, 9), pos, None)], pos.device, out
+        )
         alien = state["alien"].to(torch.float32)
         going_left = (state["alien_dir"] < 0).to(torch.float32)[:, None, None]
         obs[:, 1] = alien

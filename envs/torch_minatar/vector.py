@@ -21,7 +21,7 @@ device-to-host sync to decide which keys exist):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,12 @@ TORCH_MINATAR_IDS: dict[str, type[TorchMinAtarGame]] = {
     "maskrl/MinAtar-Seaquest-v0": Seaquest,
     "maskrl/MinAtar-SpaceInvaders-v0": SpaceInvaders,
 }
+
+#: Observation buffers a GameBatch keeps for reuse on CPU: the two of the step being
+#: made, the two the caller may still hold from the previous step, and spares.
+_POOL_SIZE = 6
+#: How many tensors share a storage (a private torch function; without it, no reuse).
+_storage_use_count: Callable[[int], int] | None = getattr(torch._C, "_storage_Use_Count", None)
 
 # = maskrl.envs.MINATAR_MAX_EPISODE_STEPS, the registered ids' time limit.
 _DEFAULT_MAX_STEPS = 10_000
@@ -131,9 +137,35 @@ class GameBatch:
         self.ep_return = torch.zeros(n, dtype=torch.float32, device=device)
         self.ep_length = torch.zeros(n, dtype=torch.int64, device=device)
         self._start: tuple[State, Tensor] | None = None
+        # Reused observation buffers (CPU only; see _buffer).
+        self._pool: list[Tensor] = []
+        self._obs_numel = n * game.channels * 100
         if game.reset_draws == 0:
             start = game.reset(1, torch.empty(1, 0, device=device), device)
             self._start = (start, game.render(start))
+
+    def _buffer(self, zero: bool) -> Tensor | None:
+        """A flat float32 buffer for ``n`` observations (+1 scratch element), or None.
+
+        On CPU, a new multi-megabyte tensor per observation costs page faults
+        (the allocator hands freed memory back to the system), which at 1,024+
+        envs take longer than the whole game step. So the batch keeps a few
+        buffers and reuses one only when nothing outside the pool refers to its
+        storage any more (no returned observation, view or copy-free alias of it
+        is alive): results stay fresh tensors from the caller's point of view.
+        None (the caller allocates) off the CPU, where the caching allocator already
+        reuses memory, and where the storage use count cannot be read.
+        """
+        if self.device.type != "cpu" or _storage_use_count is None:
+            return None
+        for buf in self._pool:
+            # 2 = the pool's tensor and the storage object made for the query.
+            if _storage_use_count(buf.untyped_storage()._cdata) <= 2:
+                return buf.zero_() if zero else buf
+        buf = torch.zeros(self._obs_numel + 1, device=self.device)
+        if len(self._pool) < _POOL_SIZE:
+            self._pool.append(buf)
+        return buf
 
     def _fresh(self, k: int, draws: Tensor) -> tuple[State, Tensor]:
         """``k`` new episodes and their first observations.
@@ -178,7 +210,7 @@ class GameBatch:
         s = 1 + game.step_draws
         state, reward, terminated = game.step(self.state, action, draws[:, 1:s])
         terminated = terminated.clone()  # it is also state["terminal"], which resets overwrite
-        final_obs = game.render(state)
+        final_obs = game.render(state, self._buffer(zero=True))
         self.ep_return += reward
         self.ep_length += 1
         if self.max_episode_steps is None:
@@ -190,7 +222,11 @@ class GameBatch:
         if self.lazy_reset:
             # Reset only the envs that ended (knowing which costs a sync: free on CPU).
             ended = torch.nonzero(done).flatten()
-            obs = final_obs.clone()
+            buf = self._buffer(zero=False)
+            if buf is None:
+                obs = final_obs.clone()
+            else:
+                obs = buf[: self._obs_numel].view_as(final_obs).copy_(final_obs)
             if ended.numel():
                 fresh, fresh_obs = self._fresh(int(ended.numel()), draws[ended, s:])
                 obs.index_copy_(0, ended, fresh_obs)
