@@ -124,8 +124,8 @@ def render_points(
 ) -> Tensor:
     """Draw point objects into a float32 ``(n, channels, 10, 10)`` observation.
 
-    One scatter into one contiguous buffer for all objects (cheaper than one-hot
-    comparisons per object, and the result needs no copy).
+    Scatters into one contiguous buffer (cheaper than one-hot comparisons per
+    object, and the result needs no copy).
 
     Args:
         points: ``(channel, y, x, valid)`` per group of objects; ``channel`` an int or
@@ -140,7 +140,7 @@ def render_points(
     size = channels * 100
     trash = n * size  # one extra element takes the objects that are not drawn
     base = torch.arange(0, trash, size, device=device)
-    idx = []
+    flat = torch.zeros(trash + 1, dtype=torch.float32, device=device) if out is None else out
     for ch, y, x, valid in points:
         cell = y * 10 + x
         if cell.dim() == 1:
@@ -148,12 +148,11 @@ def render_points(
             valid = None if valid is None else valid[:, None]
             if isinstance(ch, Tensor):
                 ch = ch[:, None]
-        offset = base[:, None] + ch * 100
-        flat_idx = cell + offset
-        idx.append(flat_idx if valid is None else torch.where(valid, flat_idx, trash))
-    index = torch.cat(idx, dim=1).flatten()
-    flat = torch.zeros(trash + 1, dtype=torch.float32, device=device) if out is None else out
-    flat.scatter_(0, index, 1.0)
+        flat_idx = cell + (base[:, None] + ch * 100)
+        if valid is not None:
+            flat_idx = torch.where(valid, flat_idx, trash)
+        # One small scatter per group: concatenating the indices first costs more.
+        flat.scatter_(0, flat_idx.flatten(), 1.0)
     return flat[:trash].view(n, channels, 10, 10)
 
 

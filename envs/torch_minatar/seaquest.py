@@ -314,13 +314,19 @@ class Seaquest(TorchMinAtarGame):
         eb = s["eb"].reshape(n, 200) | flat.scatter_(1, idx, True)[:, :200]
         eb = eb.view(n, 2, 10, 10)
 
-        # 7. Enemy bullets: deadly before and after their move.
+        # 7. Enemy bullets: deadly before and after their move (left-movers shift left).
         rows = torch.arange(n, device=dev)
-        terminal = terminal | eb[rows, :, sy, sx].any(dim=1)
-        moved = torch.zeros_like(eb)
-        moved[:, 0, :, :9] = eb[:, 0, :, 1:]
-        moved[:, 1, :, 1:] = eb[:, 1, :, :9]
-        terminal = terminal | moved[rows, :, sy, sx].any(dim=1)
+        here = eb[rows, :, sy, sx]
+        terminal = terminal | here[:, 0] | here[:, 1]
+        moved = torch.cat(
+            [
+                torch.nn.functional.pad(eb[:, 0:1, :, 1:], (0, 1)),
+                torch.nn.functional.pad(eb[:, 1:2, :, :9], (1, 0)),
+            ],
+            dim=1,
+        )
+        here = moved[rows, :, sy, sx]
+        terminal = terminal | here[:, 0] | here[:, 1]
 
         # 9. Timers, oxygen and surfacing.
         s["e_spawn_timer"] = s["e_spawn_timer"] - (s["e_spawn_timer"] > 0).long()
@@ -397,7 +403,8 @@ class Seaquest(TorchMinAtarGame):
             back = x - torch.where(state[f"{p}_right"], 1, -1)
             points.append((3, y, back, alive & on_screen(back)))
         obs = render_points(n, self.channels, points, dev, out)
-        obs[:, 4] = state["eb"].any(dim=1).to(torch.float32)
+        eb = state["eb"]
+        obs[:, 4] = eb[:, 0] | eb[:, 1]  # (a reduction over the pair is much slower)
         return obs
 
     def step_draws_from_calls(self, calls: Sequence[Call]) -> list[float]:
