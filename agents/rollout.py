@@ -276,10 +276,6 @@ class RolloutBuffer:
         self.final_values = torch.zeros((T, N), device=device)
         self.next_value = torch.zeros(N, device=device)
 
-    def host_rewards_view(self) -> torch.Tensor:
-        """The rewards of the rollout being collected, ``[T, N]``, as gathered on the host."""
-        return torch.from_numpy(self.host_scalars[0])
-
     def count_invalid_actions(self) -> int:
         """How many stored actions were masked out at the step they were taken."""
         T, N = self.num_steps, self.num_envs
@@ -311,7 +307,7 @@ def _first_bad(bad: torch.Tensor) -> tuple[int, int] | None:
     return flat // bad.shape[1], flat % bad.shape[1]
 
 
-def check_rollout_finite(buffer: RolloutBuffer, steps_before: int) -> None:
+def check_rollout_finite(buffer: RolloutBuffer, steps_before: int, rewards: torch.Tensor) -> None:
     """Stop at the first non-finite reward or observation of a filled rollout.
 
     One reduction per rollout (not per step). Observation slot ``t + 1`` holds
@@ -324,13 +320,13 @@ def check_rollout_finite(buffer: RolloutBuffer, steps_before: int) -> None:
     from maskrl.agents.trainer import NonFiniteError
 
     T, N = buffer.num_steps, buffer.num_envs
-    where = _first_bad(~torch.isfinite(buffer.host_rewards_view()))
+    where = _first_bad(~torch.isfinite(rewards))
     if where is not None:
         t, i = where
         raise NonFiniteError(
             f"non-finite reward from env index {i} at rollout step {t} "
             f"(env step {steps_before + t * N + i} of the run); the env returned "
-            f"{float(buffer.host_rewards_view()[t, i])}"
+            f"{float(rewards[t, i])}"
         )
     leaves = buffer.obs.items() if isinstance(buffer.obs, dict) else [(None, buffer.obs)]
     for key, o in leaves:
@@ -358,10 +354,42 @@ class RolloutState:
     steps: int = 0
 
 
+def is_torch_env(envs: Any) -> bool:
+    """True for a vector env whose observations, rewards and masks are tensors on a device."""
+    return getattr(envs, "backend", "numpy") == "torch"
+
+
+def _copy_tensor_obs_(dst: Obs, src: Any) -> None:
+    if isinstance(dst, dict):
+        for k, d in dst.items():
+            d.copy_(src[k], non_blocking=True)
+    else:
+        dst.copy_(src, non_blocking=True)
+
+
 def start_rollouts(envs: Any, buffer: RolloutBuffer, seed: int | None) -> RolloutState:
     """Reset the vector env and store the first observation and mask in the buffer."""
     obs, infos = envs.reset(seed=seed)
     n = envs.num_envs
+    if is_torch_env(envs):
+        env_dev = torch.device(envs.device)
+        if env_dev.type != buffer.device.type or (
+            env_dev.index is not None and env_dev.index != buffer.device.index
+        ):
+            raise ValueError(
+                f"the torch-backend env is on {env_dev} but the trainer on {buffer.device}: "
+                "put both on the same device (--device)"
+            )
+        mask = infos["action_mask"]
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError(
+                f"action mask has no valid action for env index(es) "
+                f"{torch.nonzero(~mask.any(dim=1)).flatten().tolist()}"
+            )
+        _copy_tensor_obs_(index_obs(buffer.obs, 0), obs)
+        buffer.masks[0].copy_(mask)
+        game_ids = np.asarray(infos["game_id"].cpu()) if "game_id" in infos else np.zeros(n)
+        return RolloutState(np.zeros(n), np.zeros(n, dtype=np.int64), game_ids.astype(np.int64))
     buffer.set_initial(obs, read_masks(infos, n, buffer.n_logits, buffer.nvec))
     game_ids = np.asarray(infos.get("game_id", np.zeros(n)), dtype=np.int64)
     return RolloutState(np.zeros(n), np.zeros(n, dtype=np.int64), game_ids)
@@ -391,6 +419,9 @@ def collect_rollout(
     episode bootstraps from nothing. Completed episodes are appended to
     ``stats``. Discounting is left to :func:`maskrl.agents.compute_gae`.
     """
+    if is_torch_env(envs):
+        _collect_rollout_on_device(envs, buffer, state, act, value_fn, stats)
+        return
     T, N, dev = buffer.num_steps, buffer.num_envs, buffer.device
     buf = buffer
     host = buf.host_scalars
@@ -425,7 +456,7 @@ def collect_rollout(
                     stats.game_ids.append(int(state.game_ids[i]))
                 state.episode_returns[done] = 0.0
                 state.episode_lengths[done] = 0
-        check_rollout_finite(buf, state.steps)
+        check_rollout_finite(buf, state.steps, torch.from_numpy(host[0]))
         buf.next_value.copy_(value_fn(index_obs(buf.obs, T)))
         # Counted once per rollout, never corrected: a policy that picks a masked
         # action is a bug the invalid_action_rate chart must show.
@@ -434,5 +465,76 @@ def collect_rollout(
         buf.rewards.copy_(scalars[0])
         buf.terminated.copy_(scalars[1])
         buf.truncated.copy_(scalars[2])
+    state.invalid_actions += int(invalid)
+    state.steps += T * N
+
+
+def _collect_rollout_on_device(
+    envs: Any,
+    buf: RolloutBuffer,
+    state: RolloutState,
+    act: ActFn,
+    value_fn: ValueFn,
+    stats: EpisodeStats,
+) -> None:
+    """:func:`collect_rollout` for a torch-backend env: nothing leaves the device per step.
+
+    Observations, masks, rewards and episode-end flags are copied device to device
+    into the buffer. The final observation of a *truncated* episode is kept in a
+    per-env slot (selected with ``torch.where``, no host sync) and its value is
+    computed once at the end of the rollout; an env can be truncated at most once
+    per rollout as long as ``num_steps`` is below the time limit (checked). Episode
+    statistics and the non-finite, empty-mask and invalid-action checks cost one
+    host transfer each per rollout.
+    """
+    T, N = buf.num_steps, buf.num_envs
+    ep_r = torch.zeros((T, N), device=buf.device)
+    ep_l = torch.zeros((T, N), dtype=torch.int64, device=buf.device)
+    ep_done = torch.zeros((T, N), dtype=torch.bool, device=buf.device)
+    final = alloc_obs(buf.obs_spec, (N,), buf.device)
+    with torch.inference_mode():
+        for t in range(T):
+            action, logp, value = act(index_obs(buf.obs, t), buf.masks[t])
+            buf.actions[t] = action
+            buf.logprobs[t] = logp
+            buf.values[t] = value
+            next_obs, reward, terminated, truncated, infos = envs.step(action)
+            _copy_tensor_obs_(index_obs(buf.obs, t + 1), next_obs)
+            buf.masks[t + 1].copy_(infos["action_mask"])
+            trunc = truncated & ~terminated
+            buf.rewards[t] = reward
+            buf.terminated[t] = terminated
+            buf.truncated[t] = trunc
+            if isinstance(final, dict):
+                for k, v in final.items():
+                    sel = trunc.view((N,) + (1,) * (v.dim() - 1))
+                    v.copy_(torch.where(sel, infos["final_obs"][k], v))
+            else:
+                keep = trunc.view((N,) + (1,) * (final.dim() - 1))
+                final.copy_(torch.where(keep, infos["final_obs"], final))
+            ep_done[t] = infos["_episode"]
+            ep_r[t] = infos["episode"]["r"]
+            ep_l[t] = infos["episode"]["l"]
+        truncs = buf.truncated.sum(0)
+        if bool((truncs > 1).any()):
+            raise ValueError(
+                f"an env was truncated twice in one rollout of {T} steps: num_steps must be "
+                "below the env's time limit"
+            )
+        buf.final_values.copy_(buf.truncated * value_fn(final).float().unsqueeze(0))
+        check_rollout_finite(buf, state.steps, buf.rewards)
+        buf.next_value.copy_(value_fn(index_obs(buf.obs, T)))
+        if not bool(buf.masks[1:].any(dim=-1).all()):
+            t, i = _first_bad(~buf.masks[1:].any(dim=-1)) or (0, 0)
+            raise ValueError(f"action mask has no valid action for env index {i} at step {t}")
+        invalid = buf.count_invalid_actions()
+        idx = torch.nonzero(ep_done)  # [E, 2] (t, env), in time order
+        if idx.numel():
+            r = ep_r[ep_done].cpu().tolist()
+            ln = ep_l[ep_done].cpu().tolist()
+            envs_idx = idx[:, 1].cpu().numpy()
+            stats.returns.extend(float(x) for x in r)
+            stats.lengths.extend(int(x) for x in ln)
+            stats.game_ids.extend(int(state.game_ids[i]) for i in envs_idx)
     state.invalid_actions += int(invalid)
     state.steps += T * N

@@ -303,7 +303,12 @@ def make_training_env(
         raise ValueError(f"env ids must be distinct; repeated: {', '.join(dup)}")
     extra: dict[str, Any] = {}
     if backend != "numpy":
-        extra = {"backend": backend, "device": str(device) if device is not None else "cpu"}
+        dev = device if device is not None else torch.device("cpu")
+        extra = {"backend": backend, "device": str(dev)}
+        if dev.type == "cuda":
+            # The env's own action check costs a device sync per step; the trainer
+            # never samples a masked action and counts any it took once per rollout.
+            extra["check_actions"] = False
     if len(env_ids) == 1:
         return make_vec(env_ids[0], num_envs, seed=seed, **extra)
     return make_multigame_vec(env_ids, num_envs, seed=seed, **extra)
