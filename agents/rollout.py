@@ -369,7 +369,6 @@ def _copy_tensor_obs_(dst: Obs, src: Any) -> None:
 
 def start_rollouts(envs: Any, buffer: RolloutBuffer, seed: int | None) -> RolloutState:
     """Reset the vector env and store the first observation and mask in the buffer."""
-    obs, infos = envs.reset(seed=seed)
     n = envs.num_envs
     if is_torch_env(envs):
         env_dev = torch.device(envs.device)
@@ -380,6 +379,8 @@ def start_rollouts(envs: Any, buffer: RolloutBuffer, seed: int | None) -> Rollou
                 f"the torch-backend env is on {env_dev} but the trainer on {buffer.device}: "
                 "put both on the same device (--device)"
             )
+    obs, infos = envs.reset(seed=seed)
+    if is_torch_env(envs):
         mask = infos["action_mask"]
         if not bool(mask.any(dim=1).all()):
             raise ValueError(
@@ -485,7 +486,9 @@ def _collect_rollout_on_device(
     computed once at the end of the rollout; an env can be truncated at most once
     per rollout as long as ``num_steps`` is below the time limit (checked). Episode
     statistics and the non-finite, empty-mask and invalid-action checks cost one
-    host transfer each per rollout.
+    host transfer each per rollout. An env truncated twice within one rollout (only
+    possible when ``num_steps`` exceeds the env's time limit, 10,000 steps for the
+    MinAtar ids) is refused with a ValueError rather than bootstrapped wrongly.
     """
     T, N = buf.num_steps, buf.num_envs
     ep_r = torch.zeros((T, N), device=buf.device)
