@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     ev.add_argument("--output", default=None, help="also write the summary to this JSON file")
+    ev.add_argument(
+        "--int8",
+        action="store_true",
+        help="run the policy converted to int8 kernels (CPU): a QAT checkpoint as trained, "
+        "a float one after post-training calibration on its own env",
+    )
     return parser
 
 
@@ -391,7 +397,11 @@ def _eval(ns: argparse.Namespace) -> int:
     if ns.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {ns.episodes}")
     _check_output(ns.output)
-    policy = load_policy(ns.checkpoint, device=ns.device, seed=ns.seed)
+    policy = load_policy(ns.checkpoint, device="cpu" if ns.int8 else ns.device, seed=ns.seed)
+    if ns.int8:
+        from maskrl.agents.quantize import int8_policy
+
+        policy = int8_policy(policy, seed=ns.seed)
     env = ns.env or policy.env_ids
     if not env:
         raise ValueError("the checkpoint does not record its env; pass --env")

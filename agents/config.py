@@ -76,6 +76,15 @@ class PPOConfig:
         "CPU threads for torch while training (None: leave torch's default); restored "
         "afterwards; 1 is often fastest for small nets",
     )
+    qat: bool = _f(
+        False,
+        "quantization-aware training: fake-quantize every layer's weights and inputs "
+        "(straight-through gradients), so the policy converts to int8",
+    )
+    qat_bits: int = _f(8, "bits of the fake quantization (2..8)")
+    qat_start_after: int = _f(
+        0, "env steps of float training before fake quantization starts (QuaRL's delay)"
+    )
     env_backend: str = _f(
         "numpy",
         "numpy: Python-stepped Gymnasium envs; torch: the MinAtar games as batched torch "
@@ -127,6 +136,8 @@ class PPOConfig:
                 1 <= self.torch_threads <= cpus,
                 f"in [1, {cpus}] (this machine's CPUs), or None",
             )
+        _check(self, "qat_bits", 2 <= self.qat_bits <= 8, "in [2, 8]")
+        _check(self, "qat_start_after", self.qat_start_after >= 0, ">= 0")
         _check(self, "env_backend", self.env_backend in ("numpy", "torch"), "'numpy' or 'torch'")
         _check(
             self,

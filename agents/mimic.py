@@ -43,6 +43,7 @@ from maskrl.agents.mimic_losses import (
     policy_regression_loss,
 )
 from maskrl.agents.policy import MaskedPolicy, load_policy, policy_from_checkpoint
+from maskrl.agents.quantize import prepare_for_qat
 from maskrl.agents.rollout import (
     EpisodeStats,
     Obs,
@@ -64,6 +65,7 @@ from maskrl.agents.trainer import (
     torch_threads,
 )
 from maskrl.distributions import gumbel_argmax
+from maskrl.quant import set_qat_step
 
 __all__ = ["ActorMimic", "Expert", "MimicConfig", "load_experts"]
 
@@ -96,6 +98,9 @@ class MimicConfig:
         True, "on a CPU, run the rollout single-threaded without oneDNN (restored afterwards)"
     )
     torch_threads: int | None = _f(None, "CPU threads for torch while training (None: default)")
+    qat: bool = _f(False, "quantization-aware training of the student (see PPOConfig.qat)")
+    qat_bits: int = _f(8, "bits of the fake quantization (2..8)")
+    qat_start_after: int = _f(0, "student steps of float training before fake quantization")
 
     @property
     def batch_size(self) -> int:
@@ -128,6 +133,8 @@ class MimicConfig:
         )
         if self.torch_threads is not None:
             _check(self, "torch_threads", self.torch_threads >= 1, ">= 1 or None")
+        _check(self, "qat_bits", 2 <= self.qat_bits <= 8, "in [2, 8]")
+        _check(self, "qat_start_after", self.qat_start_after >= 0, ">= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -268,6 +275,8 @@ class ActorMimic:
                 )
                 for x in experts
             ]
+        if c.qat:  # before the optimizer: learned ranges add parameters
+            prepare_for_qat(self.net, c.qat_bits, c.qat_start_after)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed + 1)
             self.feature_heads = FeatureRegressionHeads(student_dim, expert_dims).to(self.device)
@@ -412,6 +421,8 @@ class ActorMimic:
                     )
                 t0 = time.perf_counter()
                 invalid_before = state.invalid_actions
+                if c.qat:
+                    set_qat_step(self.net, self.global_step)
                 self.net.eval()
                 with cpu_rollout_mode(self.device, c.cpu_rollout_tuning):
                     collect_rollout(

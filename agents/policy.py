@@ -21,6 +21,7 @@ from maskrl.agents.networks import build_actor_critic
 from maskrl.agents.rollout import Obs, _empty_message, _space_spec, empty_mask_rows, obs_to_tensor
 from maskrl.agents.trainer import TrainerRNG, check_finite_params, resolve_device
 from maskrl.distributions import MaskedPolicyHead
+from maskrl.quant import apply_quant_spec, quant_spec
 
 __all__ = ["CHECKPOINT_FORMATS", "MaskedPolicy", "action_layout", "load_policy"]
 
@@ -211,6 +212,8 @@ class MaskedPolicy:
             "network_kwargs": self.network_kwargs,
             "obs_layout": (self.network_kwargs or {}).get("obs_layout", "CHW"),
             "model": self.net.state_dict(),
+            # Whether and how the network is quantized (plain data, None for float).
+            "quant": quant_spec(self.net),
         }
 
 
@@ -246,6 +249,8 @@ def policy_from_checkpoint(
             policy = MaskedPolicy(
                 network, obs_space, act_space, ckpt.get("env_ids"), None, device, seed
             )
+        # A QAT checkpoint: re-prepare the float network, then load its state.
+        apply_quant_spec(policy.net, ckpt.get("quant"))
         policy.net.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"checkpoint {path} is not a valid maskrl checkpoint: {e}") from e

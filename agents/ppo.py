@@ -22,6 +22,7 @@ from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
 from maskrl.agents.config import PPOConfig
 from maskrl.agents.networks import obs_layout_of
 from maskrl.agents.policy import MaskedPolicy, policy_from_checkpoint
+from maskrl.agents.quantize import prepare_for_qat
 from maskrl.agents.rollout import (
     EpisodeStats,
     Obs,
@@ -44,6 +45,7 @@ from maskrl.agents.trainer import (
     torch_threads,
 )
 from maskrl.distributions import MaskedPolicyHead
+from maskrl.quant import set_qat_step
 
 __all__ = ["PPO", "compute_gae", "ppo_loss"]
 
@@ -230,6 +232,8 @@ class PPO:
         self.action_shape = self.policy.action_shape
         self.n_logits = self.policy.n_logits
         self.rng = self.policy.rng
+        if config.qat:  # before the optimizer: learned ranges add parameters
+            prepare_for_qat(self.net, config.qat_bits, config.qat_start_after)
         self.optimizer = make_adam(self.net.parameters(), config.learning_rate, config.adam_eps)
         self.global_step = 0
         self.num_updates = 0
@@ -376,6 +380,8 @@ class PPO:
                     )
                 t0 = time.perf_counter()
                 invalid_before = state.invalid_actions
+                if c.qat:
+                    set_qat_step(self.net, self.global_step)
                 self.net.eval()
                 with cpu_rollout_mode(self.device, c.cpu_rollout_tuning):
                     collect_rollout(
