@@ -118,7 +118,7 @@ def test_qat_four_bits_trains_and_converts(tmp_path: Path) -> None:
 
 
 def test_mimic_student_with_qat(tmp_path: Path) -> None:
-    from maskrl.agents.mimic import ActorMimic, MimicConfig, Expert
+    from maskrl.agents.mimic import ActorMimic, Expert, MimicConfig
 
     experts = []
     for i, env_id in enumerate([BREAKOUT, "maskrl/MinAtar-Asterix-v0"]):
