@@ -78,3 +78,14 @@ def test_conformance_script_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(["--games", "Breakout", "--steps", "40", "--many", "4"]) == 0
     text = capsys.readouterr().out
     assert "identical" in text and "all identical" in text
+
+
+def test_gpu_benchmark_ppo_part_runs_on_cpu(tmp_path: Path) -> None:
+    bench = _load("gpu_minatar")
+    out = tmp_path / "g.json"
+    args = ["--parts", "ppo", "--device", "cpu", "--ppo-envs", "16", "--ppo-steps-per-rollout"]
+    args += ["8", "--ppo-seconds", "1", "--ppo-total", "1024", "--out", str(out)]
+    assert bench.main(args) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert rows[0]["part"] == "ppo" and rows[0]["steps"] > 0 and rows[0]["steps"] % 128 == 0
+    assert rows[0]["settings"]["env_backend"] == "torch"
