@@ -24,14 +24,8 @@ def _f(default: Any, help: str) -> Any:
 
 
 @dataclass
-class PPOConfig:
-    """Masked PPO hyperparameters.
-
-    The defaults are the ``fast`` preset: settings chosen for return per
-    second of wall time on a small CPU (32 envs x 64 steps, 3 epochs of 4
-    minibatches of 512, learning rate 1e-3); ``PRESETS["reference"]`` holds the
-    settings of the sb3-contrib comparison (8 envs x 128 steps, 4 epochs of 4
-    minibatches, 2.5e-4). ``docs/benchmarks.md`` has the measurements.
+class TrainerConfig:
+    """Settings every on-policy trainer shares (PPO, Actor-Mimic): batch, optimiser, device, QAT.
 
     ``batch_size = num_envs * num_steps`` and ``minibatch_size = batch_size //
     num_minibatches`` are derived, never set: :meth:`validate` rejects a batch
@@ -44,37 +38,23 @@ class PPOConfig:
     num_minibatches: int = _f(4, "minibatches per epoch; must divide num_envs * num_steps")
     learning_rate: float = _f(1e-3, "Adam learning rate")
     anneal_lr: bool = _f(False, "decay the learning rate linearly to 0 over total_timesteps")
-    gamma: float = _f(0.99, "discount factor")
-    gae_lambda: float = _f(0.95, "GAE lambda")
-    clip_coef: float = _f(0.1, "PPO ratio clipping range")
-    clip_vloss: bool = _f(False, "clip the value loss around the rollout's values")
-    norm_adv: bool = _f(True, "normalise advantages per minibatch")
-    ent_coef: float = _f(0.01, "entropy bonus (entropy over valid actions only)")
-    vf_coef: float = _f(0.5, "value loss weight")
-    reward_scale: float = _f(
-        1.0,
-        "multiply rewards by this before GAE (the value net learns scaled returns; "
-        "logged returns stay raw); e.g. 0.01 for rewards in the hundreds",
-    )
     max_grad_norm: float = _f(0.5, "gradient norm clipping")
-    target_kl: float | None = _f(
-        None, "stop the epoch loop once approx-KL exceeds this (None: never)"
-    )
     adam_eps: float = _f(1e-5, "Adam epsilon")
     device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     seed: int = _f(
         1,
-        "seed for torch (action sampling, minibatches) and the environments (env i gets seed + i)",
+        "seed of the initial weights, action sampling, minibatches and the environments "
+        "(env i gets seed + i)",
     )
     cpu_rollout_tuning: bool = _f(
         True,
         "on a CPU, run the rollout's small forward passes single-threaded without oneDNN "
-        "(faster at that batch size; the update keeps torch's settings)",
+        "(faster at that batch size; restored afterwards)",
     )
     torch_threads: int | None = _f(
         None,
         "CPU threads for torch while training (None: leave torch's default); restored "
-        "afterwards; 1 is often fastest for small nets",
+        "afterwards; 1 is often fastest for small nets, and on a busy machine",
     )
     qat: bool = _f(
         False,
@@ -84,11 +64,6 @@ class PPOConfig:
     qat_bits: int = _f(8, "bits of the fake quantization (2..8)")
     qat_start_after: int = _f(
         0, "env steps of float training before fake quantization starts (QuaRL's delay)"
-    )
-    env_backend: str = _f(
-        "numpy",
-        "numpy: Python-stepped Gymnasium envs; torch: the MinAtar games as batched torch "
-        "programs on the training device (MinAtar ids only)",
     )
 
     @property
@@ -111,16 +86,8 @@ class PPOConfig:
                 f"num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size}"
             )
         _check(self, "learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]")
-        _check(self, "gamma", 0.0 <= self.gamma <= 1.0, "in [0, 1]")
-        _check(self, "gae_lambda", 0.0 <= self.gae_lambda <= 1.0, "in [0, 1]")
-        _check(self, "clip_coef", 0 < self.clip_coef < math.inf, "finite and > 0")
-        _check(self, "ent_coef", 0 <= self.ent_coef < math.inf, "finite and >= 0")
-        _check(self, "vf_coef", 0 <= self.vf_coef < math.inf, "finite and >= 0")
-        _check(self, "reward_scale", 0 < self.reward_scale < math.inf, "finite and > 0")
         # A negative norm would flip the gradient's sign (training would climb the loss).
         _check(self, "max_grad_norm", 0 < self.max_grad_norm < math.inf, "finite and > 0")
-        if self.target_kl is not None:
-            _check(self, "target_kl", 0 < self.target_kl < math.inf, "finite and > 0, or None")
         _check(self, "adam_eps", 0 < self.adam_eps < 1, "in (0, 1)")
         _check(
             self,
@@ -136,28 +103,74 @@ class PPOConfig:
                 1 <= self.torch_threads <= cpus,
                 f"in [1, {cpus}] (this machine's CPUs), or None",
             )
-        _check(self, "qat_bits", 2 <= self.qat_bits <= 8, "in [2, 8]")
-        _check(self, "qat_start_after", self.qat_start_after >= 0, ">= 0")
-        _check(self, "env_backend", self.env_backend in ("numpy", "torch"), "'numpy' or 'torch'")
         _check(
             self,
             "device",
             isinstance(self.device, str) and self.device != "",
             "cpu, cuda, cuda:N or auto",
         )
+        _check(self, "qat_bits", 2 <= self.qat_bits <= 8, "in [2, 8]")
+        _check(self, "qat_start_after", self.qat_start_after >= 0, ">= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PPOConfig:
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """Build from a saved dict (config.json, a checkpoint); unknown keys are refused."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown PPOConfig field(s): {sorted(unknown)}")
+            raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
         cfg = cls(**d)
         check_types(cfg)
         return cfg
+
+
+@dataclass
+class PPOConfig(TrainerConfig):
+    """Masked PPO hyperparameters (plus the shared :class:`TrainerConfig`).
+
+    The defaults are the ``fast`` preset: settings chosen for return per
+    second of wall time on a small CPU (32 envs x 64 steps, 3 epochs of 4
+    minibatches of 512, learning rate 1e-3); ``PRESETS["reference"]`` holds the
+    settings of the sb3-contrib comparison (8 envs x 128 steps, 4 epochs of 4
+    minibatches, 2.5e-4). ``docs/benchmarks.md`` has the measurements.
+    """
+
+    gamma: float = _f(0.99, "discount factor")
+    gae_lambda: float = _f(0.95, "GAE lambda")
+    clip_coef: float = _f(0.1, "PPO ratio clipping range")
+    clip_vloss: bool = _f(False, "clip the value loss around the rollout's values")
+    norm_adv: bool = _f(True, "normalise advantages per minibatch")
+    ent_coef: float = _f(0.01, "entropy bonus (entropy over valid actions only)")
+    vf_coef: float = _f(0.5, "value loss weight")
+    reward_scale: float = _f(
+        1.0,
+        "multiply rewards by this before GAE (the value net learns scaled returns; "
+        "logged returns stay raw); e.g. 0.01 for rewards in the hundreds",
+    )
+    target_kl: float | None = _f(
+        None, "stop the epoch loop once approx-KL exceeds this (None: never)"
+    )
+    env_backend: str = _f(
+        "numpy",
+        "numpy: Python-stepped Gymnasium envs; torch: the MinAtar games as batched torch "
+        "programs on the training device (MinAtar ids only)",
+    )
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field (and its flag) for an impossible config."""
+        super().validate()
+        _check(self, "gamma", 0.0 <= self.gamma <= 1.0, "in [0, 1]")
+        _check(self, "gae_lambda", 0.0 <= self.gae_lambda <= 1.0, "in [0, 1]")
+        _check(self, "clip_coef", 0 < self.clip_coef < math.inf, "finite and > 0")
+        _check(self, "ent_coef", 0 <= self.ent_coef < math.inf, "finite and >= 0")
+        _check(self, "vf_coef", 0 <= self.vf_coef < math.inf, "finite and >= 0")
+        _check(self, "reward_scale", 0 < self.reward_scale < math.inf, "finite and > 0")
+        if self.target_kl is not None:
+            _check(self, "target_kl", 0 < self.target_kl < math.inf, "finite and > 0, or None")
+        _check(self, "env_backend", self.env_backend in ("numpy", "torch"), "'numpy' or 'torch'")
 
 
 def flag_name(name: str) -> str:

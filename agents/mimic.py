@@ -24,10 +24,7 @@ the policy (:class:`~maskrl.agents.MaskedPolicy`) and the run harness.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
-from maskrl.agents.config import MAX_SEED, _check, check_types
+from maskrl.agents.base import OnPolicyTrainer
+from maskrl.agents.checkpoint import load_checkpoint
+from maskrl.agents.config import TrainerConfig, _check
 from maskrl.agents.mimic_losses import (
     FeatureRegressionHeads,
     greedy_agreement,
@@ -44,28 +42,9 @@ from maskrl.agents.mimic_losses import (
 )
 from maskrl.agents.policy import MaskedPolicy, load_policy, policy_from_checkpoint
 from maskrl.agents.quantize import prepare_for_qat
-from maskrl.agents.rollout import (
-    EpisodeStats,
-    Obs,
-    RolloutBuffer,
-    RolloutState,
-    collect_rollout,
-    flatten_obs,
-    index_obs,
-    start_rollouts,
-)
-from maskrl.agents.trainer import (
-    check_finite_state,
-    cpu_rollout_mode,
-    linear_schedule,
-    make_adam,
-    optimize_minibatches,
-    resolve_device,
-    set_learning_rate,
-    torch_threads,
-)
+from maskrl.agents.rollout import Obs, RolloutBuffer, flatten_obs, index_obs
+from maskrl.agents.trainer import make_adam, optimize_minibatches, resolve_device
 from maskrl.distributions import gumbel_argmax
-from maskrl.quant import set_qat_step
 
 __all__ = ["ActorMimic", "Expert", "MimicConfig", "load_experts"]
 
@@ -75,79 +54,31 @@ def _f(default: Any, help: str) -> Any:
 
 
 @dataclass
-class MimicConfig:
-    """Actor-Mimic distillation hyperparameters (defaults: the paper's ``tau = 1``, ``beta = 0.01``)."""
+class MimicConfig(TrainerConfig):
+    """Actor-Mimic distillation hyperparameters (plus the shared :class:`TrainerConfig`).
+
+    Defaults: the paper's ``tau = 1`` and ``beta = 0.01``; 40 slots (8 per game
+    for five games) of 32 steps, 2 epochs of 4 minibatches.
+    """
 
     num_envs: int = _f(40, "student's vector env slots (a multiple of the number of games)")
     num_steps: int = _f(32, "steps per slot per rollout")
     num_epochs: int = _f(2, "passes over each rollout")
-    num_minibatches: int = _f(4, "minibatches per epoch; must divide num_envs * num_steps")
-    learning_rate: float = _f(1e-3, "Adam learning rate")
-    anneal_lr: bool = _f(False, "decay the learning rate linearly to 0 over total_timesteps")
     tau: float = _f(1.0, "temperature of the experts' softmax (the targets)")
     beta: float = _f(0.01, "weight of the feature-regression loss")
     epsilon: float = _f(0.0, "probability of a uniformly random valid action while acting")
-    max_grad_norm: float = _f(0.5, "gradient norm clipping")
-    adam_eps: float = _f(1e-5, "Adam epsilon")
     multigame_encoder: str = _f(
         "cnn", "student's observation encoder: cnn (padded channels) or tokens (attention-pooled)"
     )
-    device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    seed: int = _f(1, "seed of the student's initial weights, sampling and the envs")
-    cpu_rollout_tuning: bool = _f(
-        True, "on a CPU, run the rollout single-threaded without oneDNN (restored afterwards)"
-    )
-    torch_threads: int | None = _f(None, "CPU threads for torch while training (None: default)")
-    qat: bool = _f(False, "quantization-aware training of the student (see PPOConfig.qat)")
-    qat_bits: int = _f(8, "bits of the fake quantization (2..8)")
-    qat_start_after: int = _f(0, "student steps of float training before fake quantization")
-
-    @property
-    def batch_size(self) -> int:
-        return self.num_envs * self.num_steps
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field (and its flag) of an impossible value."""
-        check_types(self)
-        for name in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
-            _check(self, name, getattr(self, name) >= 1, ">= 1")
-        if self.batch_size % self.num_minibatches:
-            raise ValueError(
-                f"num_minibatches={self.num_minibatches} (--num-minibatches) does not divide "
-                f"num_envs * num_steps = {self.batch_size}"
-            )
-        _check(self, "learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]")
+        super().validate()
         _check(self, "tau", 0 < self.tau < float("inf"), "finite and > 0")
         _check(self, "beta", 0 <= self.beta < float("inf"), "finite and >= 0")
         _check(self, "epsilon", 0 <= self.epsilon <= 1, "in [0, 1]")
-        _check(self, "max_grad_norm", 0 < self.max_grad_norm < float("inf"), "finite and > 0")
-        _check(self, "adam_eps", 0 < self.adam_eps < 1, "in (0, 1)")
-        _check(
-            self, "multigame_encoder", self.multigame_encoder in ("cnn", "tokens"), "cnn or tokens"
-        )
-        _check(
-            self,
-            "seed",
-            0 <= self.seed <= MAX_SEED - self.num_envs,
-            f"in [0, {MAX_SEED} - num_envs]",
-        )
-        if self.torch_threads is not None:
-            _check(self, "torch_threads", self.torch_threads >= 1, ">= 1 or None")
-        _check(self, "qat_bits", 2 <= self.qat_bits <= 8, "in [2, 8]")
-        _check(self, "qat_start_after", self.qat_start_after >= 0, ">= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MimicConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown MimicConfig field(s): {sorted(unknown)}")
-        cfg = cls(**d)
-        check_types(cfg)
-        return cfg
+        encoders = ("cnn", "tokens")
+        _check(self, "multigame_encoder", self.multigame_encoder in encoders, "cnn or tokens")
 
 
 @dataclass
@@ -213,7 +144,7 @@ def _game_slice(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return x[(slice(None),) + tuple(slice(0, s) for s in shape)]
 
 
-class ActorMimic:
+class ActorMimic(OnPolicyTrainer):
     """The Actor-Mimic distillation trainer.
 
     Args:
@@ -258,15 +189,13 @@ class ActorMimic:
         self.policy = MaskedPolicy.build(
             obs_space, act_space, self.env_ids, self.device, c.seed, **net_kwargs
         )
-        self.net = self.policy.net
-        self.head = self.policy.head
-        self.rng = self.policy.rng
+        net = self.policy.net
         with torch.inference_mode():
             probe = {
                 "obs": torch.zeros((1, *obs_space["obs"].shape), device=self.device),
                 "game_id": torch.zeros(1, dtype=torch.int64, device=self.device),
             }
-            student_dim = int(self.net.features(probe).shape[-1])  # type: ignore[operator]
+            student_dim = int(net.features(probe).shape[-1])  # type: ignore[operator]
             expert_dims = [
                 int(
                     x.policy.net.features(  # type: ignore[operator]
@@ -276,55 +205,34 @@ class ActorMimic:
                 for x in experts
             ]
         if c.qat:  # before the optimizer: learned ranges add parameters
-            prepare_for_qat(self.net, c.qat_bits, c.qat_start_after)
+            prepare_for_qat(net, c.qat_bits, c.qat_start_after)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed + 1)
             self.feature_heads = FeatureRegressionHeads(student_dim, expert_dims).to(self.device)
         self.optimizer = make_adam(
-            list(self.net.parameters()) + list(self.feature_heads.parameters()),
+            list(net.parameters()) + list(self.feature_heads.parameters()),
             c.learning_rate,
             c.adam_eps,
         )
-        self.global_step = 0
-        self.num_updates = 0
-        self.episode_stats = EpisodeStats()
-        self._buffer: RolloutBuffer | None = None
-        self._state: RolloutState | None = None
+        self._init_state()
         n = self.policy.n_logits
         T, N = c.num_steps, c.num_envs
         self._expert_logits = torch.zeros((T, N, n), device=self.device)
         self._expert_features = torch.zeros((T, N, self.feature_heads.out_dim), device=self.device)
 
-    @property
-    def steps_per_update(self) -> int:
-        return self.config.batch_size
-
     # ------------------------------------------------------------------ acting
     def _act(self, obs: Obs, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, value = self.net(obs)
-        action, logp = self.head.sample(logits, mask, generator=self.rng.device)
+        action, logp, value = super()._act(obs, mask)
         eps = self.config.epsilon
         if eps > 0:
             g = self.rng.device
             explore = torch.rand(action.shape, device=action.device, generator=g) < eps
-            uniform = gumbel_argmax(torch.zeros_like(logits), mask, g)
+            uniform = gumbel_argmax(torch.zeros(mask.shape, device=mask.device), mask, g)
             action = torch.where(explore, uniform, action)
         return action, logp, value
 
-    def _value(self, obs: Obs) -> torch.Tensor:
-        return self.net(obs)[1]
-
-    def allocate(self) -> RolloutBuffer:
-        if self._buffer is None:
-            c = self.config
-            self._buffer = RolloutBuffer(
-                self.envs.single_observation_space, self.policy.n_logits, self.policy.action_shape,
-                c.num_steps, c.num_envs, self.device, self.head.nvec,
-            )  # fmt: skip
-        return self._buffer
-
-    def _label(self, buffer: RolloutBuffer) -> None:
-        """Fill the experts' logits and features for every step of the rollout."""
+    def after_rollout(self, buffer: RolloutBuffer) -> None:
+        """Label the rollout: the experts' logits and features for every step."""
         T, k = self.config.num_steps, len(self.experts)
         assert isinstance(buffer.obs, dict)
         padded = buffer.obs["obs"][:T]
@@ -398,51 +306,6 @@ class ActorMimic:
         out.update(per_game)
         return out
 
-    def learn(
-        self,
-        total_timesteps: int,
-        callback: Callable[[ActorMimic, dict[str, float]], bool | None] | None = None,
-    ) -> ActorMimic:
-        """Distil until ``global_step >= total_timesteps`` (student env steps, all slots counted).
-
-        ``callback(trainer, metrics)`` runs after every update; ``False`` stops.
-        """
-        c = self.config
-        buffer = self.allocate()
-        if self._state is None:
-            self._state = start_rollouts(self.envs, buffer, seed=c.seed + self.global_step)
-        state = self._state
-        with torch_threads(c.torch_threads):
-            while self.global_step < total_timesteps:
-                if c.anneal_lr:
-                    set_learning_rate(
-                        self.optimizer,
-                        linear_schedule(c.learning_rate, self.global_step, total_timesteps),
-                    )
-                t0 = time.perf_counter()
-                invalid_before = state.invalid_actions
-                if c.qat:
-                    set_qat_step(self.net, self.global_step)
-                self.net.eval()
-                with cpu_rollout_mode(self.device, c.cpu_rollout_tuning):
-                    collect_rollout(
-                        self.envs, buffer, state, self._act, self._value, self.episode_stats
-                    )
-                self._label(buffer)
-                self.net.train()
-                metrics = self.update(buffer)
-                buffer.roll_over()
-                self.global_step += c.batch_size
-                self.num_updates += 1
-                metrics["SPS"] = c.batch_size / (time.perf_counter() - t0)
-                metrics["invalid_action_rate"] = (
-                    state.invalid_actions - invalid_before
-                ) / c.batch_size
-                metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
-                if callback is not None and callback(self, metrics) is False:
-                    break
-        return self
-
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -458,17 +321,6 @@ class ActorMimic:
             "num_updates": self.num_updates,
             "rng": self.rng.state_dict(),
         }
-
-    def save(self, path: str | Path) -> None:
-        """Write a checkpoint atomically; refuses non-finite weights."""
-        state = self.state_dict()
-        bad = check_finite_state(
-            {"model": state["model"], "feature_heads": state["feature_heads"],
-             "optimizer": state["optimizer"]}
-        )  # fmt: skip
-        if bad is not None:
-            raise ValueError(f"refusing to save {path}: non-finite value in {bad}")
-        save_checkpoint(state, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> ActorMimic:

@@ -9,8 +9,6 @@ entropy recomputed under the *stored* masks) -> log.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
+from maskrl.agents.base import OnPolicyTrainer
+from maskrl.agents.checkpoint import load_checkpoint
 from maskrl.agents.config import PPOConfig
 from maskrl.agents.networks import obs_layout_of
 from maskrl.agents.policy import MaskedPolicy, policy_from_checkpoint
 from maskrl.agents.quantize import prepare_for_qat
-from maskrl.agents.rollout import (
-    EpisodeStats,
-    Obs,
-    RolloutBuffer,
-    RolloutState,
-    collect_rollout,
-    flatten_obs,
-    index_obs,
-    start_rollouts,
-)
+from maskrl.agents.rollout import Obs, RolloutBuffer, flatten_obs, index_obs
 from maskrl.agents.trainer import (
     check_finite_state,
-    cpu_rollout_mode,
-    linear_schedule,
     make_adam,
     make_training_env,
     optimize_minibatches,
     resolve_device,
-    set_learning_rate,
-    torch_threads,
 )
 from maskrl.distributions import MaskedPolicyHead
-from maskrl.quant import set_qat_step
 
 __all__ = ["PPO", "compute_gae", "ppo_loss"]
 
@@ -151,7 +136,7 @@ def ppo_loss(
     return loss, aux
 
 
-class PPO:
+class PPO(OnPolicyTrainer):
     """Masked PPO on a Gymnasium vector env whose infos carry ``action_mask``.
 
     Args:
@@ -227,33 +212,20 @@ class PPO:
                 self.device, config.seed,
             )  # fmt: skip
         self.observation_space, self.action_space = observation_space, action_space
-        self.net = self.policy.net
-        self.head: MaskedPolicyHead = self.policy.head
         self.action_shape = self.policy.action_shape
         self.n_logits = self.policy.n_logits
-        self.rng = self.policy.rng
         if config.qat:  # before the optimizer: learned ranges add parameters
-            prepare_for_qat(self.net, config.qat_bits, config.qat_start_after)
-        self.optimizer = make_adam(self.net.parameters(), config.learning_rate, config.adam_eps)
-        self.global_step = 0
-        self.num_updates = 0
-        self.episode_stats = EpisodeStats()
-        self._buffer: RolloutBuffer | None = None
-        self._state: RolloutState | None = None
+            prepare_for_qat(self.policy.net, config.qat_bits, config.qat_start_after)
+        self.optimizer = make_adam(
+            self.policy.net.parameters(), config.learning_rate, config.adam_eps
+        )
+        self._init_state()
 
     @property
     def custom_network(self) -> bool:
         return self.policy.network_kwargs is None
 
     # ------------------------------------------------------------------ acting
-    def _act(self, obs: Obs, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, value = self.net(obs)
-        action, logp = self.head.sample(logits, mask, generator=self.rng.device)
-        return action, logp, value
-
-    def _value(self, obs: Obs) -> torch.Tensor:
-        return self.net(obs)[1]
-
     def predict(self, obs: Any, action_mask: Any, deterministic: bool = False) -> np.ndarray:
         """Choose actions for a single observation or a batch (see :meth:`MaskedPolicy.predict`).
 
@@ -267,39 +239,6 @@ class PPO:
         return self.policy.predict(obs, action_mask, deterministic)
 
     # ---------------------------------------------------------------- training
-    @property
-    def steps_per_update(self) -> int:
-        """Env steps per update (``num_envs * num_steps``)."""
-        return self.config.batch_size
-
-    def allocate(self) -> RolloutBuffer:
-        """Allocate the rollout buffer (ValueError if it cannot fit in memory)."""
-        if self._buffer is None:
-            c = self.config
-            self._buffer = RolloutBuffer(
-                self.observation_space,
-                self.n_logits,
-                self.action_shape,
-                c.num_steps,
-                c.num_envs,
-                self.device,
-                self.head.nvec,
-            )
-        return self._buffer
-
-    def _ensure_rollout_state(self) -> tuple[RolloutBuffer, RolloutState]:
-        if self.envs is None:
-            raise ValueError(
-                "this agent has no env to train on; pass one to PPO(...) or PPO.load(..., env=...)"
-            )
-        buffer = self.allocate()
-        if self._state is None:
-            # Seeds differ after a resume so a resumed run does not replay its first episodes.
-            self._state = start_rollouts(
-                self.envs, buffer, seed=self.config.seed + self.global_step
-            )
-        return buffer, self._state
-
     def update(self, buffer: RolloutBuffer) -> dict[str, float]:
         """One PPO update (epochs x minibatches) on a filled buffer; returns logged scalars."""
         c = self.config
@@ -352,55 +291,6 @@ class PPO:
         out["early_stop"] = float(out.pop("epochs") < c.num_epochs)
         return out
 
-    def learn(
-        self,
-        total_timesteps: int,
-        callback: Callable[[PPO, dict[str, float]], bool | None] | None = None,
-    ) -> PPO:
-        """Train until ``global_step >= total_timesteps`` (env steps, all envs counted).
-
-        ``callback(agent, metrics)`` runs after every update; returning ``False``
-        stops training. ``metrics`` holds the update's losses, ``SPS``, and the
-        number of invalid actions taken (always 0 unless the network or mask
-        plumbing is broken). Training resumes where it stopped when called again.
-
-        Raises:
-            NonFiniteError: a non-finite reward, observation, loss or gradient
-                (named, with the env index and step); the weights are left as
-                they were before it.
-        """
-        c = self.config
-        buffer, state = self._ensure_rollout_state()
-        with torch_threads(c.torch_threads):
-            while self.global_step < total_timesteps:
-                if c.anneal_lr:
-                    set_learning_rate(
-                        self.optimizer,
-                        linear_schedule(c.learning_rate, self.global_step, total_timesteps),
-                    )
-                t0 = time.perf_counter()
-                invalid_before = state.invalid_actions
-                if c.qat:
-                    set_qat_step(self.net, self.global_step)
-                self.net.eval()
-                with cpu_rollout_mode(self.device, c.cpu_rollout_tuning):
-                    collect_rollout(
-                        self.envs, buffer, state, self._act, self._value, self.episode_stats
-                    )
-                self.net.train()
-                metrics = self.update(buffer)
-                buffer.roll_over()
-                self.global_step += c.batch_size
-                self.num_updates += 1
-                dt = time.perf_counter() - t0
-                metrics["SPS"] = c.batch_size / dt
-                metrics["invalid_actions"] = float(state.invalid_actions - invalid_before)
-                metrics["invalid_action_rate"] = metrics["invalid_actions"] / c.batch_size
-                metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
-                if callback is not None and callback(self, metrics) is False:
-                    break
-        return self
-
     # ----------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: weights, optimiser, counters, the agent's RNG, spaces."""
@@ -413,19 +303,6 @@ class PPO:
             "num_updates": self.num_updates,
             "rng": self.rng.state_dict(),
         }
-
-    def save(self, path: str | Path) -> None:
-        """Write a checkpoint atomically (temporary file, then rename).
-
-        Raises:
-            ValueError: the weights or optimiser state hold a non-finite value
-                (a checkpoint that cannot be used is never written).
-        """
-        state = self.state_dict()
-        bad = check_finite_state({"model": state["model"], "optimizer": state["optimizer"]})
-        if bad is not None:
-            raise ValueError(f"refusing to save {path}: non-finite value in {bad}")
-        save_checkpoint(state, path)
 
     @classmethod
     def load(

@@ -451,6 +451,25 @@ def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
     return run, saved
 
 
+def open_resumed_run(run: RunConfig) -> tuple[RunConfig, dict[str, Any], Path, RunLock]:
+    """The saved run that ``run.resume`` names, locked: ``(run, config.json, run_dir, lock)``.
+
+    What the user asked for now wins for the length of the run
+    (``total_timesteps``, if given) and the bookkeeping (progress, evaluation);
+    what shapes the network and the data comes from the saved run.
+    """
+    assert run.resume is not None
+    run_dir = Path(run.resume)
+    ckpt = run_dir / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise ValueError(f"cannot resume: {ckpt} does not exist")
+    saved_run, saved = load_run_config(run_dir)
+    if run.total_timesteps is not None:
+        saved_run.total_timesteps = run.total_timesteps
+    saved_run.progress, saved_run.eval_episodes = run.progress, run.eval_episodes
+    return saved_run, saved, run_dir, prepare_run_dir(run_dir)
+
+
 def new_run_dir(run: RunConfig, seed: int) -> Path:
     """``runs_dir/run_name`` (default name ``<game>[+]__<seed>__<time>``), refused if it holds a run."""
     name = run.run_name or (
@@ -483,19 +502,8 @@ def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
     lock: RunLock | None = None
     try:
         if run.resume:
-            run_dir = Path(run.resume)
-            ckpt = run_dir / "checkpoint.pt"
-            if not ckpt.is_file():
-                raise ValueError(f"cannot resume: {ckpt} does not exist")
-            saved_run, _ = load_run_config(run_dir)
-            # What the user asked for now wins for the length of the run and the
-            # bookkeeping; what shapes the network and the data comes from the run.
-            if run.total_timesteps is not None:
-                saved_run.total_timesteps = run.total_timesteps
-            saved_run.progress, saved_run.eval_episodes = run.progress, run.eval_episodes
-            run = saved_run
-            lock = prepare_run_dir(run_dir)
-            agent = PPO.load(ckpt, device=config.device)
+            run, _, run_dir, lock = open_resumed_run(run)
+            agent = PPO.load(run_dir / "checkpoint.pt", device=config.device)
             agent.envs = _make_env(agent.config, run.env_ids, agent.device)
             agent.env_ids = run.env_ids
             config = agent.config
@@ -625,17 +633,8 @@ def train_mimic(
     lock: RunLock | None = None
     try:
         if run.resume:
-            run_dir = Path(run.resume)
-            ckpt = run_dir / "checkpoint.pt"
-            if not ckpt.is_file():
-                raise ValueError(f"cannot resume: {ckpt} does not exist")
-            saved_run, saved = load_run_config(run_dir)
-            if run.total_timesteps is not None:
-                saved_run.total_timesteps = run.total_timesteps
-            saved_run.progress, saved_run.eval_episodes = run.progress, run.eval_episodes
-            run = saved_run
-            lock = prepare_run_dir(run_dir)
-            trainer = ActorMimic.load(ckpt, device=config.device)
+            run, saved, run_dir, lock = open_resumed_run(run)
+            trainer = ActorMimic.load(run_dir / "checkpoint.pt", device=config.device)
             experts_dir = saved.get("experts")
         else:
             if not experts_dir:

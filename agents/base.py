@@ -1,0 +1,185 @@
+"""The skeleton every on-policy trainer shares (PPO, Actor-Mimic, ...).
+
+:class:`OnPolicyTrainer` owns the loop of :meth:`~OnPolicyTrainer.learn` --
+learning-rate schedule, the QAT delay, a rollout under the CPU rollout
+settings, the trainer's own labelling hook, the update, counters and the
+metrics every trainer reports -- plus the rollout buffer, the default masked
+action sampling and the checkpoint writing that refuses non-finite state. A
+trainer subclasses it and supplies :meth:`update` (its loss, through
+:func:`~maskrl.agents.trainer.optimize_minibatches`), :meth:`state_dict`, and,
+if it needs one, :meth:`after_rollout` (Actor-Mimic labels the rollout with
+its experts there).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskrl.agents.checkpoint import save_checkpoint
+from maskrl.agents.policy import MaskedPolicy
+from maskrl.agents.rollout import (
+    EpisodeStats,
+    Obs,
+    RolloutBuffer,
+    RolloutState,
+    collect_rollout,
+    start_rollouts,
+)
+from maskrl.agents.trainer import (
+    TrainerRNG,
+    check_finite_state,
+    cpu_rollout_mode,
+    linear_schedule,
+    set_learning_rate,
+    torch_threads,
+)
+from maskrl.distributions import MaskedPolicyHead
+from maskrl.quant import set_qat_step
+
+__all__ = ["OnPolicyTrainer"]
+
+
+class OnPolicyTrainer:
+    """Rollout -> (hook) -> update, repeated; see the module docstring.
+
+    Subclasses set, in their constructor: ``config`` (with ``num_envs``,
+    ``num_steps``, ``batch_size``, ``learning_rate``, ``anneal_lr``, ``seed``,
+    ``cpu_rollout_tuning``, ``torch_threads``, ``qat``), ``device``, ``envs``,
+    ``policy``, ``optimizer``; then call :meth:`_init_state`.
+    """
+
+    config: Any
+    device: torch.device
+    envs: Any
+    policy: MaskedPolicy
+    optimizer: torch.optim.Optimizer
+
+    def _init_state(self) -> None:
+        self.net: nn.Module = self.policy.net
+        self.head: MaskedPolicyHead = self.policy.head
+        self.rng: TrainerRNG = self.policy.rng
+        self.global_step = 0
+        self.num_updates = 0
+        self.episode_stats = EpisodeStats()
+        self._buffer: RolloutBuffer | None = None
+        self._state: RolloutState | None = None
+
+    @property
+    def steps_per_update(self) -> int:
+        """Env steps per update (``num_envs * num_steps``)."""
+        return int(self.config.batch_size)
+
+    # ------------------------------------------------------------------ acting
+    def _act(self, obs: Obs, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, value = self.net(obs)
+        action, logp = self.head.sample(logits, mask, generator=self.rng.device)
+        return action, logp, value
+
+    def _value(self, obs: Obs) -> torch.Tensor:
+        return self.net(obs)[1]
+
+    # ------------------------------------------------------------------ buffer
+    def allocate(self) -> RolloutBuffer:
+        """Allocate the rollout buffer (ValueError if it cannot fit in memory)."""
+        if self._buffer is None:
+            c = self.config
+            self._buffer = RolloutBuffer(
+                self.envs.single_observation_space, self.policy.n_logits,
+                self.policy.action_shape, c.num_steps, c.num_envs, self.device, self.head.nvec,
+            )  # fmt: skip
+        return self._buffer
+
+    def _ensure_rollout_state(self) -> tuple[RolloutBuffer, RolloutState]:
+        if self.envs is None:
+            raise ValueError(
+                "this agent has no env to train on; pass one to the constructor (or to load)"
+            )
+        buffer = self.allocate()
+        if self._state is None:
+            # Seeds differ after a resume so a resumed run does not replay its first episodes.
+            self._state = start_rollouts(
+                self.envs, buffer, seed=self.config.seed + self.global_step
+            )
+        return buffer, self._state
+
+    # ---------------------------------------------------------------- training
+    def after_rollout(self, buffer: RolloutBuffer) -> None:
+        """Hook between the rollout and the update (default: nothing)."""
+
+    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
+        """One update on a filled buffer; returns the metrics to report."""
+        raise NotImplementedError
+
+    def learn(
+        self,
+        total_timesteps: int,
+        callback: Callable[[Any, dict[str, float]], bool | None] | None = None,
+    ) -> Any:
+        """Train until ``global_step >= total_timesteps`` (env steps, all envs counted).
+
+        ``callback(trainer, metrics)`` runs after every update; returning ``False``
+        stops training. ``metrics`` holds the update's losses, ``SPS``,
+        ``learning_rate`` and the number of invalid actions taken (always 0
+        unless the network or mask plumbing is broken). Training resumes where it
+        stopped when called again.
+
+        Raises:
+            NonFiniteError: a non-finite reward, observation, loss or gradient
+                (named, with the env index and step); the weights are left as
+                they were before it.
+        """
+        c = self.config
+        buffer, state = self._ensure_rollout_state()
+        with torch_threads(c.torch_threads):
+            while self.global_step < total_timesteps:
+                if c.anneal_lr:
+                    set_learning_rate(
+                        self.optimizer,
+                        linear_schedule(c.learning_rate, self.global_step, total_timesteps),
+                    )
+                t0 = time.perf_counter()
+                invalid_before = state.invalid_actions
+                if c.qat:
+                    set_qat_step(self.net, self.global_step)
+                self.net.eval()
+                with cpu_rollout_mode(self.device, c.cpu_rollout_tuning):
+                    collect_rollout(
+                        self.envs, buffer, state, self._act, self._value, self.episode_stats
+                    )
+                self.after_rollout(buffer)
+                self.net.train()
+                metrics = self.update(buffer)
+                buffer.roll_over()
+                self.global_step += c.batch_size
+                self.num_updates += 1
+                metrics["SPS"] = c.batch_size / (time.perf_counter() - t0)
+                metrics["invalid_actions"] = float(state.invalid_actions - invalid_before)
+                metrics["invalid_action_rate"] = metrics["invalid_actions"] / c.batch_size
+                metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
+                if callback is not None and callback(self, metrics) is False:
+                    break
+        return self
+
+    # ------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint atomically (temporary file, then rename).
+
+        Raises:
+            ValueError: a weight or optimiser value is non-finite (a checkpoint
+                that cannot be used is never written).
+        """
+        state = self.state_dict()
+        tensors = {k: v for k, v in state.items() if k in ("model", "optimizer", "feature_heads")}
+        bad = check_finite_state(tensors)
+        if bad is not None:
+            raise ValueError(f"refusing to save {path}: non-finite value in {bad}")
+        save_checkpoint(state, path)
