@@ -70,3 +70,31 @@ def test_knapsack_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(fractions) == {"random", "greedy", "ppo"}
     # A fraction of an exact optimum can never exceed 1.
     assert all(0.0 < f <= 1.0 + 1e-9 for f in fractions.values())
+
+
+def test_actor_mimic_table_reads_runs(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "amt", Path(__file__).resolve().parents[1] / "benchmarks" / "actor_mimic_table.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ex = tmp_path / "ex"
+    ex.mkdir()
+    ids = ["maskrl/MinAtar-Breakout-v0", "maskrl/MinAtar-Asterix-v0"]
+    experts = [
+        {"env_id": i, "mean_return": m, "steps": 100, "train_seconds": 2.0, "episodes": 50}
+        for i, m in zip(ids, [10.0, 4.0], strict=True)
+    ]
+    (ex / "experts.json").write_text(json.dumps({"experts": experts}))
+    for name, vals in (("stu", [9.0, 4.0]), ("base", [5.0, 1.0])):
+        (tmp_path / name).mkdir()
+        per_game = {i: {"mean": v} for i, v in zip(ids, vals, strict=True)}
+        ev = {"global_step": 50, "train_seconds": 1.0, "eval": {"per_game": per_game}}
+        (tmp_path / name / "eval.json").write_text(json.dumps(ev))
+    out = mod.table(ex, [tmp_path / "stu"], tmp_path / "base")
+    assert "| MinAtar-Breakout-v0 | 10.00 | 9.00 | 90% | 5.00 | 50% |" in out
+    assert "| MinAtar-Asterix-v0 | 4.00 | 4.00 | 100% | 1.00 | 25% |" in out
+    assert "experts: 200 env steps" in out
