@@ -508,3 +508,20 @@ def test_signal_handlers_are_restored_after_main(tmp_path: Path) -> None:
     _tiny_run(tmp_path, total=BATCH)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     assert os.environ.get("MASKRL_UNUSED") is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [("env", 123, "env (--env) must be str"), ("checkpoint_every", "abc", "--checkpoint-every")],
+)
+def test_a_hand_edited_config_json_with_bad_types_is_one_line(
+    key: str, value: Any, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _tiny_run(tmp_path, total=BATCH)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["run"][key] = value
+    (run / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    argv = ["ppo", "--resume", str(run), "--total-timesteps", str(2 * BATCH), "--no-progress"]
+    assert train.main(argv) == 2
+    one_line_error(capsys, "cannot resume", needle)
