@@ -70,6 +70,9 @@ class MimicConfig(TrainerConfig):
     multigame_encoder: str = _f(
         "cnn", "student's observation encoder: cnn (padded channels) or tokens (attention-pooled)"
     )
+    hidden: int | None = _f(
+        None, "width of the student's dense layer (None: the default network's, 128 for MinAtar)"
+    )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field (and its flag) of an impossible value."""
@@ -79,6 +82,8 @@ class MimicConfig(TrainerConfig):
         _check(self, "epsilon", 0 <= self.epsilon <= 1, "in [0, 1]")
         encoders = ("cnn", "tokens")
         _check(self, "multigame_encoder", self.multigame_encoder in encoders, "cnn or tokens")
+        if self.hidden is not None:
+            _check(self, "hidden", 1 <= self.hidden <= 65536, "in [1, 65536] or None")
 
 
 @dataclass
@@ -181,6 +186,8 @@ class ActorMimic(OnPolicyTrainer):
         obs_space = self.envs.single_observation_space
         act_space = self.envs.single_action_space
         net_kwargs: dict[str, Any] = {"obs_layout": "CHW"}
+        if c.hidden is not None:
+            net_kwargs["hidden"] = c.hidden
         if c.multigame_encoder != "cnn":
             net_kwargs["multigame_encoder"] = c.multigame_encoder
             net_kwargs["channels_per_game"] = [

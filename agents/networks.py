@@ -53,23 +53,26 @@ def obs_layout_of(env: Any) -> str:
     return str(layout)
 
 
-def _encoder_for_box(shape: tuple[int, ...], layout: str) -> nn.Module:
+def _encoder_for_box(shape: tuple[int, ...], layout: str, hidden: int | None = None) -> nn.Module:
     if len(shape) == 3:
         if layout == "HWC":
             h, w, c = shape
         else:
             c, h, w = shape
         if h <= 16 and w <= 16:
-            enc: nn.Module = MinAtarCNN(c, h, w) if min(h, w) >= 3 else MLPEncoder(c * h * w)
+            if min(h, w) >= 3:
+                enc: nn.Module = MinAtarCNN(c, h, w, hidden=hidden or 128)
+            else:
+                enc = MLPEncoder(c * h * w, (hidden or 64,) * 2)
         elif (h, w) == (84, 84):
-            enc = AtariCNN(c)
+            enc = AtariCNN(c, hidden=hidden or 512)
         else:
             raise ValueError(
                 f"no default encoder for {layout} image observations of shape {shape}; "
                 "pass your own network (an ActorCritic around your encoder)"
             )
         return ChannelsLast(enc) if layout == "HWC" and not isinstance(enc, MLPEncoder) else enc
-    return MLPEncoder(int(math.prod(shape)))
+    return MLPEncoder(int(math.prod(shape)), (hidden or 64,) * 2)
 
 
 def _token_encoder(
@@ -104,6 +107,7 @@ def build_actor_critic(
     *,
     multigame_encoder: Literal["cnn", "tokens"] = "cnn",
     channels_per_game: Sequence[int] | None = None,
+    hidden: int | None = None,
 ) -> nn.Module:
     """Pick a default actor-critic from Gymnasium spaces.
 
@@ -133,6 +137,9 @@ def build_actor_critic(
             in game-id order (e.g. ``[s[0] for s in
             maskrl.envs.multigame_layout(env_ids)]``); required by
             ``multigame_encoder="tokens"``, unused otherwise.
+        hidden: width of the encoder's dense layer(s) (None: the defaults, 128
+            for the MinAtar CNN, 512 for the Atari CNN, 64 for MLPs); not used
+            by the token and set encoders.
 
     Raises:
         ValueError: for a space it has no default for (pass your own network);
@@ -189,7 +196,7 @@ def build_actor_critic(
                     tuple(inner.shape), obs_layout, num_games, channels_per_game
                 )
             else:
-                encoder = _encoder_for_box(tuple(inner.shape), obs_layout)
+                encoder = _encoder_for_box(tuple(inner.shape), obs_layout, hidden)
             return MultiGameActorCritic(encoder, n_logits, num_games)
         items_key = next((k for k in SET_ITEM_KEYS if k in keys), None)
         if items_key is not None and "item_mask" in keys:
@@ -211,5 +218,7 @@ def build_actor_critic(
     if isinstance(observation_space, spaces.Discrete):
         return ActorCritic(OneHotEncoder(int(observation_space.n)), n_logits)
     if isinstance(observation_space, spaces.MultiBinary | spaces.Box):
-        return ActorCritic(_encoder_for_box(tuple(observation_space.shape), obs_layout), n_logits)
+        return ActorCritic(
+            _encoder_for_box(tuple(observation_space.shape), obs_layout, hidden), n_logits
+        )
     raise ValueError(f"no default network for observation space {observation_space}; pass your own")
