@@ -135,3 +135,18 @@ def test_mimic_student_with_qat(tmp_path: Path) -> None:
     assert any(isinstance(m, QATLinear) for m in student.net.modules())
     q8 = int8_policy(student)
     assert q8.env_ids == student.env_ids
+
+
+def test_qat_returns_benchmark_smoke(tmp_path: Path) -> None:
+    for name, extra in (("f", []), ("q4", ["--qat", "--qat-bits", "4"])):
+        args = ["ppo", "--env", BREAKOUT, "--total-timesteps", "128", *TINY, *extra]
+        args += ["--runs-dir", str(tmp_path), "--run-name", name, "--eval-episodes", "0"]
+        assert train.main([*args, "--no-progress"]) == 0
+    spec = importlib.util.spec_from_file_location("qr", REPO / "benchmarks" / "qat_returns.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.measure(tmp_path / "f", [tmp_path / "q4"], 1, 0)
+    assert [r["policy"] for r in rows] == ["float", "PTQ int8", "QAT-4", "QAT-4 int8"]
+    assert rows[1]["bytes"] * 3.5 <= rows[0]["bytes"]
+    assert all(r["episodes"] == 1 for r in rows)
