@@ -290,6 +290,37 @@ def _constant_mask(env: gym.Env[Any, Any]) -> np.ndarray | None:
     return None if mask is None else np.asarray(mask, dtype=np.bool_)
 
 
+def _check_backend(backend: str, device: Any) -> None:
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+    if backend == "numpy" and device is not None:
+        raise ValueError(f"device={device!r} applies only to backend='torch'")
+
+
+def _torch_backend_ids(
+    env_ids: Sequence[str],
+    vectorization: str,
+    autoreset_mode: str | AutoresetMode,
+    vector_kwargs: Mapping[str, Any] | None,
+) -> list[str]:
+    """The registered names of ``env_ids`` for ``backend="torch"``; ValueError if it cannot take them."""
+    from maskrl.envs.registration import minatar_ids
+
+    torch_ids = minatar_ids()
+    names = [_check_id(env_id) for env_id in env_ids]
+    unsupported = [e for e, n in zip(env_ids, names, strict=True) if n not in torch_ids]
+    if unsupported:
+        raise ValueError(
+            f"backend='torch' supports only the batched MinAtar games {torch_ids}, "
+            f"not {', '.join(map(repr, unsupported))}"
+        )
+    if vectorization != "sync" or vector_kwargs:
+        raise ValueError("vectorization and vector_kwargs do not apply to backend='torch'")
+    if _autoreset_mode(autoreset_mode) != AutoresetMode.SAME_STEP:
+        raise ValueError("backend='torch' supports only autoreset_mode='same_step'")
+    return names
+
+
 def _slot_seed(seed: int | None, i: int) -> int | None:
     return None if seed is None else seed + i
 
@@ -354,32 +385,17 @@ def make_vec(
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    if backend not in ("numpy", "torch"):
-        raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
     if backend == "torch":
-        name = _check_id(env_id)
-        from maskrl.envs.registration import minatar_ids
-
-        torch_ids = minatar_ids()
-        if name not in torch_ids:
-            raise ValueError(
-                f"backend='torch' supports only the batched MinAtar games {torch_ids}, "
-                f"not {env_id!r}"
-            )
-        if vectorization != "sync" or mask_fn is not None or vector_kwargs:
-            raise ValueError(
-                "vectorization, mask_fn and vector_kwargs do not apply to backend='torch'"
-            )
-        if _autoreset_mode(autoreset_mode) != AutoresetMode.SAME_STEP:
-            raise ValueError("backend='torch' supports only autoreset_mode='same_step'")
+        if mask_fn is not None:
+            raise ValueError("mask_fn does not apply to backend='torch'")
+        (name,) = _torch_backend_ids([env_id], vectorization, autoreset_mode, vector_kwargs)
         # Imported here: maskrl.envs itself stays free of torch.
         from maskrl.envs.torch_minatar import TorchMinAtarVectorEnv
 
         return TorchMinAtarVectorEnv(
             name, num_envs, device="cpu" if device is None else device, seed=seed, **env_kwargs
         )
-    if device is not None:
-        raise ValueError(f"device={device!r} applies only to backend='torch'")
+    _check_backend(backend, device)
     _check_id(env_id)
     probe = _probe(env_id, mask_fn, env_kwargs)
     constant = _constant_mask(probe) if mask_fn is None else None
@@ -593,31 +609,15 @@ def make_multigame_vec(
             f"num_envs={num_envs} is smaller than the number of games ({len(env_ids)}): "
             "some games would never be played"
         )
-    if backend not in ("numpy", "torch"):
-        raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
     if backend == "torch":
-        from maskrl.envs.registration import minatar_ids
-
-        torch_ids = minatar_ids()
-        names = [_check_id(env_id) for env_id in env_ids]
-        unsupported = [i for i in names if i not in torch_ids]
-        if unsupported:
-            raise ValueError(
-                f"backend='torch' supports only the batched MinAtar games {torch_ids}, "
-                f"not {unsupported}"
-            )
-        if vectorization != "sync" or vector_kwargs:
-            raise ValueError("vectorization and vector_kwargs do not apply to backend='torch'")
-        if _autoreset_mode(autoreset_mode) != AutoresetMode.SAME_STEP:
-            raise ValueError("backend='torch' supports only autoreset_mode='same_step'")
+        names = _torch_backend_ids(env_ids, vectorization, autoreset_mode, vector_kwargs)
         # Imported here: maskrl.envs itself stays free of torch.
         from maskrl.envs.torch_minatar import TorchMinAtarMultiGameVectorEnv
 
         return TorchMinAtarMultiGameVectorEnv(
             names, num_envs, device="cpu" if device is None else device, seed=seed, **env_kwargs
         )
-    if device is not None:
-        raise ValueError(f"device={device!r} applies only to backend='torch'")
+    _check_backend(backend, device)
     if env_kwargs:
         raise ValueError(
             f"make_multigame_vec takes env keyword arguments only with backend='torch', "
