@@ -178,8 +178,9 @@ class OnPolicyTrainer:
                 that cannot be used is never written).
         """
         state = self.state_dict()
-        tensors = {k: v for k, v in state.items() if k in ("model", "optimizer", "feature_heads")}
-        bad = check_finite_state(tensors)
+        # Every floating tensor of the state (weights, optimiser moments, any head a
+        # trainer adds); the RNG states are integer tensors and pass untouched.
+        bad = check_finite_state(state)
         if bad is not None:
             raise ValueError(f"refusing to save {path}: non-finite value in {bad}")
         save_checkpoint(state, path)
