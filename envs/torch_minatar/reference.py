@@ -5,8 +5,9 @@ actions and difficulty ramping as configured) whose ``RandomState`` records ever
 draw it makes, and a :class:`~maskrl.envs.torch_minatar.vector.GameBatch` of the
 same game fed with the same actions and with those recorded draws (see
 :mod:`maskrl.envs.torch_minatar._base` for how a draw becomes a column). After
-every step it compares, per env: the observation before the autoreset
-(``final_obs``), the observation after it, the reward and the termination flag.
+every step it compares, per env: the observation after the step (after the
+autoreset where an episode ended), ``final_obs`` (the frame before the reset where
+an episode ended, zero elsewhere), the reward and the termination flag.
 Episodes end as in maskrl's registered ids: on termination or at the time limit,
 after which the env is reset with ``last_action = 0``.
 """
@@ -163,9 +164,11 @@ def check_conformance(
             assert name == "rand" and args == (), calls[0]
             row = [float(sticky), *game.step_draws_from_calls(calls[1:])]
             rewards[i], terms[i] = r, term
-            finals.append(_chw(env.state()))
             ep_len[i] += 1
-            if term or (max_episode_steps is not None and ep_len[i] >= max_episode_steps):
+            ended = term or (max_episode_steps is not None and ep_len[i] >= max_episode_steps)
+            # final_obs: the frame before the reset where the episode ended, zero elsewhere.
+            finals.append(_chw(env.state()) if ended else np.zeros_like(_chw(env.state())))
+            if ended:
                 env.reset()
                 env.last_action = 0
                 row += game.reset_draws_from_calls(rec.take())

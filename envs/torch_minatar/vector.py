@@ -11,8 +11,9 @@ device-to-host sync to decide which keys exist):
 
 * ``"action_mask"``: bool ``(N, 6)``, the game's minimal action set per slot.
 * ``"final_obs"`` (step only): float32 ``(N, C, 10, 10)`` (a dict like ``obs``
-  for several games); rows are meaningful where ``"_final_obs"`` (bool ``(N,)``)
-  is True, i.e. where ``terminated | truncated``.
+  for several games): the last observation of the episodes that ended this step,
+  where ``"_final_obs"`` (bool ``(N,)``) is True, i.e. where
+  ``terminated | truncated``; zero elsewhere.
 * ``"episode"`` (step only): ``{"r": float32 (N,), "l": int64 (N,)}``, the return
   and length of the episodes that ended this step, where ``"_episode"`` is True
   (zero elsewhere).
@@ -58,6 +59,8 @@ TORCH_MINATAR_IDS: dict[str, type[TorchMinAtarGame]] = {
 #: Observation buffers a GameBatch keeps for reuse on CPU: the two of the step being
 #: made, the two the caller may still hold from the previous step, and spares.
 _POOL_SIZE = 6
+#: A pooled buffer whose every row may be non-zero.
+_ALL_ROWS = object()
 #: How many tensors share a storage (a private torch function; without it, no reuse).
 _storage_use_count: Callable[[int], int] | None = getattr(torch._C, "_storage_Use_Count", None)
 
@@ -137,15 +140,17 @@ class GameBatch:
         self.ep_return = torch.zeros(n, dtype=torch.float32, device=device)
         self.ep_length = torch.zeros(n, dtype=torch.int64, device=device)
         self._start: tuple[State, Tensor] | None = None
-        # Reused observation buffers (CPU only; see _buffer).
+        # Reused observation buffers (CPU only; see _zeroed) and the rows each wrote.
         self._pool: list[Tensor] = []
+        self._dirty: list[object] = []
+        self._last = -1
         self._obs_numel = n * game.channels * 100
         if game.reset_draws == 0:
             start = game.reset(1, torch.empty(1, 0, device=device), device)
             self._start = (start, game.render(start))
 
-    def _buffer(self, zero: bool) -> Tensor | None:
-        """A flat float32 buffer for ``n`` observations (+1 scratch element), or None.
+    def _zeroed(self) -> Tensor:
+        """An all-zero flat float32 buffer for ``n`` observations (+1 scratch element).
 
         On CPU, a new multi-megabyte tensor per observation costs page faults
         (the allocator hands freed memory back to the system), which at 1,024+
@@ -153,19 +158,36 @@ class GameBatch:
         buffers and reuses one only when nothing outside the pool refers to its
         storage any more (no returned observation, view or copy-free alias of it
         is alive): results stay fresh tensors from the caller's point of view.
-        None (the caller allocates) off the CPU, where the caching allocator already
-        reuses memory, and where the storage use count cannot be read.
+        Each pooled buffer remembers which rows it wrote (all of them, or the rows
+        of a ``final_obs``), so making it zero again clears only those.
+        Off the CPU (the caching allocator already reuses memory), or where the
+        storage use count cannot be read, a new zero tensor.
         """
-        if self.device.type != "cpu" or _storage_use_count is None:
-            return None
-        for buf in self._pool:
-            # 2 = the pool's tensor and the storage object made for the query.
-            if _storage_use_count(buf.untyped_storage()._cdata) <= 2:
-                return buf.zero_() if zero else buf
-        buf = torch.zeros(self._obs_numel + 1, device=self.device)
-        if len(self._pool) < _POOL_SIZE:
-            self._pool.append(buf)
-        return buf
+        if self.device.type == "cpu" and _storage_use_count is not None:
+            for i, buf in enumerate(self._pool):
+                # 2 = the pool's tensor and the storage object made for the query.
+                if _storage_use_count(buf.untyped_storage()._cdata) <= 2:
+                    dirty = self._dirty[i]
+                    if dirty is _ALL_ROWS:
+                        buf.zero_()
+                    elif isinstance(dirty, Tensor) and dirty.numel():
+                        buf[: self._obs_numel].view(self.n, -1).index_fill_(0, dirty, 0.0)
+                    self._dirty[i] = _ALL_ROWS  # the caller's default; see _mark
+                    self._last = i
+                    return buf
+            if len(self._pool) < _POOL_SIZE:
+                buf = torch.zeros(self._obs_numel + 1, device=self.device)
+                self._pool.append(buf)
+                self._dirty.append(_ALL_ROWS)
+                self._last = len(self._pool) - 1
+                return buf
+        self._last = -1
+        return torch.zeros(self._obs_numel + 1, device=self.device)
+
+    def _mark(self, rows: Tensor) -> None:
+        """The buffer the last :meth:`_zeroed` returned holds non-zeros only in ``rows``."""
+        if self._last >= 0:
+            self._dirty[self._last] = rows
 
     def _fresh(self, k: int, draws: Tensor) -> tuple[State, Tensor]:
         """``k`` new episodes and their first observations.
@@ -202,7 +224,8 @@ class GameBatch:
         Returns:
             ``obs, reward, terminated, truncated, final_obs, done, episode_r, episode_l``:
             obs/final_obs float32 ``(n, C, 10, 10)``, reward/episode_r float32 ``(n,)``,
-            flags bool ``(n,)``, episode_l int64 ``(n,)`` (zero where not done).
+            flags bool ``(n,)``, episode_l int64 ``(n,)``; final_obs, episode_r and
+            episode_l are zero where not done.
         """
         game = self.game
         sticky = draws[:, 0] < self.sticky_action_prob
@@ -210,7 +233,7 @@ class GameBatch:
         s = 1 + game.step_draws
         state, reward, terminated = game.step(self.state, action, draws[:, 1:s])
         terminated = terminated.clone()  # it is also state["terminal"], which resets overwrite
-        final_obs = game.render(state, self._buffer(zero=True))
+        obs = game.render(state, self._zeroed())
         self.ep_return += reward
         self.ep_length += 1
         if self.max_episode_steps is None:
@@ -222,12 +245,11 @@ class GameBatch:
         if self.lazy_reset:
             # Reset only the envs that ended (knowing which costs a sync: free on CPU).
             ended = torch.nonzero(done).flatten()
-            buf = self._buffer(zero=False)
-            if buf is None:
-                obs = final_obs.clone()
-            else:
-                obs = buf[: self._obs_numel].view_as(final_obs).copy_(final_obs)
+            flat = self._zeroed()
+            self._mark(ended)
+            final_obs = flat[: self._obs_numel].view_as(obs)
             if ended.numel():
+                final_obs.index_copy_(0, ended, obs.index_select(0, ended))
                 fresh, fresh_obs = self._fresh(int(ended.numel()), draws[ended, s:])
                 obs.index_copy_(0, ended, fresh_obs)
                 fresh = game.match_shapes(fresh, state)
@@ -240,7 +262,8 @@ class GameBatch:
             # A fixed sequence of operations, no sync: reset everything, keep what ended.
             fresh, fresh_obs = self._fresh(self.n, draws[:, s:])
             self.state = merge_states(done, fresh, state)
-            obs = torch.where(done[:, None, None, None], fresh_obs, final_obs)
+            final_obs = torch.where(done[:, None, None, None], obs, 0.0)
+            obs = torch.where(done[:, None, None, None], fresh_obs, obs)
         episode_r = torch.where(done, self.ep_return, 0.0)
         episode_l = torch.where(done, self.ep_length, 0)
         self.ep_return.masked_fill_(done, 0.0)
