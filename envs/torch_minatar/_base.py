@@ -51,6 +51,9 @@ class TorchMinAtarGame:
         step_draws: uniforms a step consumes (sticky actions not included).
         reset_draws: uniforms a reset consumes.
         ramping: MinAtar's ``difficulty_ramping``.
+        stale_after_reset: state keys an autoreset may leave as they were: fields of
+            object slots that the game reads only where the slot's alive flag is
+            set (the flag itself is reset, so the slot is empty in the new episode).
     """
 
     name: str = ""
@@ -58,6 +61,7 @@ class TorchMinAtarGame:
     minimal_actions: tuple[int, ...] = ()
     step_draws: int = 0
     reset_draws: int = 0
+    stale_after_reset: frozenset[str] = frozenset()
 
     def __init__(self, ramping: bool = True) -> None:
         self.ramping = ramping

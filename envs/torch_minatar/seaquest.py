@@ -124,6 +124,17 @@ class Seaquest(TorchMinAtarGame):
     minimal_actions = (0, 1, 2, 3, 4, 5)
     # enemy: direction, is_sub, row; diver: direction, row
     step_draws = 5
+    # Every read of a slot field is masked by the slot's alive flag (or only feeds a
+    # value that is, such as a dead slot's timer counting down).
+    stale_after_reset = frozenset(
+        f"{prefix}_{name}"
+        for prefix, names in (
+            ("fb", ("right", "x", "y", "seq")),
+            ("dv", ("right", "x", "y", "seq", "timer")),
+            ("en", ("right", "sub", "x", "y", "seq", "timer", "shot")),
+        )
+        for name in names
+    )
 
     def reset(self, n: int, draws: Tensor, device: torch.device) -> State:
         """Sub at (0, 5) facing left, full oxygen, nothing else on screen."""

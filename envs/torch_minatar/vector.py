@@ -140,6 +140,8 @@ class GameBatch:
         self.ep_return = torch.zeros(n, dtype=torch.float32, device=device)
         self.ep_length = torch.zeros(n, dtype=torch.int64, device=device)
         self._start: tuple[State, Tensor] | None = None
+        # (state shapes, per-key fills) of the cached start; see _reset_rows.
+        self._fills: tuple[tuple[torch.Size, ...], list[tuple[str, Any]]] | None = None
         # Reused observation buffers (CPU only; see _zeroed) and the rows each wrote.
         self._pool: list[Tensor] = []
         self._dirty: list[object] = []
@@ -206,6 +208,47 @@ class GameBatch:
             k, *obs.shape[1:]
         )
 
+    def _reset_rows(self, state: State, obs: Tensor, rows: Tensor, draws: Tensor) -> None:
+        """Start new episodes in ``rows`` of ``state`` and ``obs``, in place.
+
+        In place is safe: a step returns fresh tensors (or the previous state's,
+        which is dropped), so no one else sees these. Games whose reset draws
+        nothing start alike: each key is then filled from the cached start, with a
+        scalar fill where the start is one value throughout, and the keys the game
+        lists in ``stale_after_reset`` (fields of dead object slots) are left alone.
+        """
+        k = int(rows.numel())
+        if self._start is None:
+            fresh = self.game.reset(k, draws, self.device)
+            obs.index_copy_(0, rows, self.game.render(fresh))
+            fresh = self.game.match_shapes(fresh, state)
+            for key, v in state.items():
+                v.index_copy_(0, rows, fresh[key])
+            return
+        shapes = tuple(v.shape for v in state.values())
+        if self._fills is None or self._fills[0] != shapes:
+            self._fills = (shapes, self._start_fills(state))
+        start_obs = self._start[1]
+        obs.index_copy_(0, rows, start_obs.expand(k, *start_obs.shape[1:]))
+        for key, value in self._fills[1]:
+            if isinstance(value, Tensor):
+                state[key].index_copy_(0, rows, value.expand(k, *value.shape[1:]))
+            else:
+                state[key].index_fill_(0, rows, value)
+
+    def _start_fills(self, like: State) -> list[tuple[str, Tensor | bool | int | float]]:
+        """Per state key, how a reset row is filled: a scalar, or the start's one row."""
+        assert self._start is not None
+        start = self.game.match_shapes(self._start[0], like)
+        fills: list[tuple[str, Tensor | bool | int | float]] = []
+        for key in like:
+            if key in self.game.stale_after_reset:
+                continue
+            v = start[key]
+            first = v.flatten()[0]
+            fills.append((key, first.item() if bool((v == first).all()) else v))
+        return fills
+
     def reset(self, draws: Tensor) -> Tensor:
         """Start all episodes; ``draws`` ``(n, reset_draws)``; returns obs ``(n, C, 10, 10)``."""
         self.state = self.game.reset(self.n, draws, self.device)
@@ -250,13 +293,7 @@ class GameBatch:
             final_obs = flat[: self._obs_numel].view_as(obs)
             if ended.numel():
                 final_obs.index_copy_(0, ended, obs.index_select(0, ended))
-                fresh, fresh_obs = self._fresh(int(ended.numel()), draws[ended, s:])
-                obs.index_copy_(0, ended, fresh_obs)
-                fresh = game.match_shapes(fresh, state)
-                # In place: a step returns fresh tensors (or the previous state's, which
-                # is dropped), so no one else sees these.
-                for k, v in state.items():
-                    v.index_copy_(0, ended, fresh[k])
+                self._reset_rows(state, obs, ended, draws[ended, s:])
             self.state = state
         else:
             # A fixed sequence of operations, no sync: reset everything, keep what ended.
