@@ -4,7 +4,9 @@ MinAtar keeps Seaquest's objects in Python lists, iterates some of them in
 reverse while removing items, and lets the first match in list order win a
 collision. Here every list is a fixed number of slots with an ``alive`` flag and
 a ``seq`` number (the step-wide counter at append time), so list order is
-``seq`` order without compaction:
+``seq`` order without compaction. A slot's other fields (``x``, ``y``, ``dx`` the
+direction as +1/-1, timers) are read only where it is alive, so a dead slot's are
+stale (an autoreset leaves them):
 
 * friendly bullets ``fb_*`` (2 slots: one shot per 5 steps, and a bullet is gone
   by the end of its 9th step, so a third shot never meets the first), divers
@@ -57,7 +59,6 @@ from maskrl.envs.torch_minatar._base import (
     Call,
     State,
     TorchMinAtarGame,
-    on_screen,
     randint_as_uniform,
     render_points,
 )
@@ -76,7 +77,7 @@ _DIVER_MOVE_INTERVAL = 5
 ENEMY_SLOTS = 64
 #: Initial enemy slots on CPU (grown on demand).
 CPU_ENEMY_SLOTS = 8
-_ENEMY_FIELDS = ("alive", "right", "sub", "x", "y", "seq", "timer", "shot")
+_ENEMY_FIELDS = ("alive", "dx", "sub", "x", "y", "seq", "timer", "shot")
 _BULLET_SLOTS = 2
 _DIVER_SLOTS = 4
 _BIG = 1 << 62
@@ -84,17 +85,19 @@ _SUB_RANK = 1 << 40  # above any seq: orders fish before subs (or subs before fi
 
 
 def _append(
-    alive: Tensor, cond: Tensor, fields: dict[str, tuple[Tensor, Tensor]]
+    alive: Tensor, cond: Tensor, fields: dict[str, tuple[Tensor, Tensor | int]]
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Put a new object in the first free slot where ``cond`` (bool ``(N,)``).
 
-    ``fields`` maps a name to ``(slots (N, K), value (N,))``; returns the new alive
-    mask and the updated slots.
+    ``fields`` maps a name to ``(slots (N, K), value (N,) or a number)``; returns the
+    new alive mask and the updated slots.
     """
     free = ~alive
-    first = free & (torch.cumsum(free.to(torch.int64), dim=1) == 1)
-    place = cond[:, None] & first
-    out = {k: torch.where(place, v[:, None], s) for k, (s, v) in fields.items()}
+    place = free & (torch.cumsum(free, dim=1) == 1) & cond[:, None]
+    out = {
+        k: torch.where(place, v[:, None] if isinstance(v, Tensor) else v, s)
+        for k, (s, v) in fields.items()
+    }
     return alive | place, out
 
 
@@ -107,13 +110,20 @@ def _grow(state: State, extra: int) -> None:
         state[key] = torch.cat([old, pad], dim=1)
 
 
-def _onehot(index: Tensor, k: int, where: Tensor) -> Tensor:
-    """bool ``(N, k)``: True at ``index`` (``(N,)``) in rows where ``where``."""
-    return (torch.arange(k, device=index.device)[None, :] == index[:, None]) & where[:, None]
+def _take_first(m: Tensor, priority: Tensor) -> tuple[Tensor, Tensor]:
+    """The slot of least ``priority`` among ``m`` (bool ``(N, K)``), per row.
+
+    Returns ``(chosen, hit)``: bool ``(N, K)`` with at most one True per row (priorities
+    of live slots are distinct), and bool ``(N,)`` whether the row had any.
+    """
+    p = torch.where(m, priority, _BIG)
+    chosen = (p == p.min(dim=1, keepdim=True).values) & m  # (int64 amin: 10x slower on CPU)
+    return chosen, chosen.any(dim=1)
 
 
-def _step_x(x: Tensor, right: Tensor) -> Tensor:
-    return x + torch.where(right, 1, -1)
+def _on_screen(x: Tensor) -> Tensor:
+    """bool: ``x`` in ``[0, 9]`` (one op fewer than ``on_screen``)."""
+    return x.clamp(0, 9) == x
 
 
 class Seaquest(TorchMinAtarGame):
@@ -129,12 +139,16 @@ class Seaquest(TorchMinAtarGame):
     stale_after_reset = frozenset(
         f"{prefix}_{name}"
         for prefix, names in (
-            ("fb", ("right", "x", "y", "seq")),
-            ("dv", ("right", "x", "y", "seq", "timer")),
-            ("en", ("right", "sub", "x", "y", "seq", "timer", "shot")),
+            ("fb", ("dx", "x", "y", "seq")),
+            ("dv", ("dx", "x", "y", "seq", "timer")),
+            ("en", ("dx", "sub", "x", "y", "seq", "timer", "shot")),
         )
         for name in names
     )
+
+    def __init__(self, ramping: bool = True) -> None:
+        super().__init__(ramping)
+        self._move_tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def reset(self, n: int, draws: Tensor, device: torch.device) -> State:
         """Sub at (0, 5) facing left, full oxygen, nothing else on screen."""
@@ -165,28 +179,37 @@ class Seaquest(TorchMinAtarGame):
             ("dv", _DIVER_SLOTS, ("x", "y", "seq", "timer")),
             ("en", k_enemy, ("x", "y", "seq", "timer", "shot")),
         ):
-            for flag in ("alive", "right") + (("sub",) if prefix == "en" else ()):
+            for flag in ("alive",) + (("sub",) if prefix == "en" else ()):
                 state[f"{prefix}_{flag}"] = torch.zeros(n, k, dtype=torch.bool, device=device)
-            for name in names:
+            for name in ("dx",) + names:
                 state[f"{prefix}_{name}"] = torch.zeros(n, k, dtype=torch.int64, device=device)
         return state
+
+    def _moves(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Per action (noop, left, up, right, down, fire): the sub's x and y steps."""
+        if device not in self._move_tables:
+            self._move_tables[device] = (
+                torch.tensor([0, -1, 0, 1, 0, 0], device=device),
+                torch.tensor([0, 0, -1, 0, 1, 0], device=device),
+            )
+        return self._move_tables[device]
 
     def step(self, state: State, action: Tensor, draws: Tensor) -> tuple[State, Tensor, Tensor]:
         """One ``Env.act`` for every env (see seaquest.py and the module docstring)."""
         s = dict(state)
         n = action.shape[0]
-        dev = action.device
         seq = s["seq"]
         ms = s["move_speed"]
 
         # 1. Enemy spawn: none in a row where an enemy moves the other way.
         spawn = s["e_spawn_timer"] == 0
         lr = draws[:, 0] < 0.5
+        dx = torch.where(lr, 1, -1)
         is_sub = draws[:, 1] < 1.0 / 3.0
-        y = 1 + torch.floor(draws[:, 2] * 8).to(torch.int64).clamp(0, 7)
-        clash = s["en_alive"] & (s["en_y"] == y[:, None]) & (s["en_right"] != lr[:, None])
+        y = (draws[:, 2] * 8).long().clamp_max(7) + 1  # draws >= 0: long() is floor
+        clash = s["en_alive"] & (s["en_y"] == y[:, None]) & (s["en_dx"] != dx[:, None])
         do = spawn & ~clash.any(dim=1)
-        if dev.type == "cpu" and bool((do & s["en_alive"].all(dim=1)).any()):
+        if action.device.type == "cpu" and bool((do & s["en_alive"].all(dim=1)).any()):
             _grow(s, s["en_alive"].shape[1])
         s["en_alive"], upd = _append(
             s["en_alive"],
@@ -194,34 +217,34 @@ class Seaquest(TorchMinAtarGame):
             {
                 "en_x": (s["en_x"], torch.where(lr, 0, 9)),
                 "en_y": (s["en_y"], y),
-                "en_right": (s["en_right"], lr),
+                "en_dx": (s["en_dx"], dx),
                 "en_sub": (s["en_sub"], is_sub),
                 "en_timer": (s["en_timer"], ms),
-                "en_shot": (s["en_shot"], torch.full_like(ms, _ENEMY_SHOT_INTERVAL)),
+                "en_shot": (s["en_shot"], _ENEMY_SHOT_INTERVAL),
                 "en_seq": (s["en_seq"], seq),
             },
         )
         s.update(upd)
-        seq = seq + do.to(seq.dtype)
+        seq = seq + do
         s["e_spawn_timer"] = torch.where(spawn, s["e_spawn_speed"], s["e_spawn_timer"])
 
         # 2. Diver spawn.
         dspawn = s["d_spawn_timer"] == 0
         dlr = draws[:, 3] < 0.5
-        dy = 1 + torch.floor(draws[:, 4] * 8).to(torch.int64).clamp(0, 7)
+        dy = (draws[:, 4] * 8).long().clamp_max(7) + 1
         s["dv_alive"], upd = _append(
             s["dv_alive"],
             dspawn,
             {
                 "dv_x": (s["dv_x"], torch.where(dlr, 0, 9)),
                 "dv_y": (s["dv_y"], dy),
-                "dv_right": (s["dv_right"], dlr),
-                "dv_timer": (s["dv_timer"], torch.full_like(dy, _DIVER_MOVE_INTERVAL)),
+                "dv_dx": (s["dv_dx"], torch.where(dlr, 1, -1)),
+                "dv_timer": (s["dv_timer"], _DIVER_MOVE_INTERVAL),
                 "dv_seq": (s["dv_seq"], seq),
             },
         )
         s.update(upd)
-        seq = seq + dspawn.to(seq.dtype)
+        seq = seq + dspawn
         s["d_spawn_timer"] = torch.where(dspawn, _DIVER_SPAWN_SPEED, s["d_spawn_timer"])
 
         # 3. Player.
@@ -234,43 +257,44 @@ class Seaquest(TorchMinAtarGame):
             {
                 "fb_x": (s["fb_x"], sx),
                 "fb_y": (s["fb_y"], sy),
-                "fb_right": (s["fb_right"], sor),
+                "fb_dx": (s["fb_dx"], torch.where(sor, 1, -1)),
                 "fb_seq": (s["fb_seq"], seq),
             },
         )
         s.update(upd)
-        seq = seq + fire.to(seq.dtype)
+        seq = seq + fire
         shot_timer = torch.where(fire, _SHOT_COOL_DOWN, shot_timer)
         left, right = action == 1, action == 3
-        sx = torch.where(left, (sx - 1).clamp_min(0), sx)
-        sx = torch.where(right, (sx + 1).clamp_max(9), sx)
+        move_x, move_y = self._moves(action.device)
+        sx = (sx + move_x[action]).clamp(0, 9)
         sor = (sor | right) & ~left
-        sy = torch.where(action == 2, (sy - 1).clamp_min(0), sy)
-        sy = torch.where(action == 4, (sy + 1).clamp_max(8), sy)
+        sy = (sy + move_y[action]).clamp(0, 8)
         sub_cell = (sy * 10 + sx)[:, None]
 
         # 4. Friendly bullets move; in reverse list order each hits the first fish,
-        #    else the first sub, at its cell.
-        fb_alive = s["fb_alive"]
-        fb_x = torch.where(fb_alive, _step_x(s["fb_x"], s["fb_right"]), s["fb_x"])
-        fb_alive = fb_alive & on_screen(fb_x)
+        #    else the first sub, at its cell. A dead slot's fields are stale, so its
+        #    cell becomes -1 (no enemy's); with two slots, when both are live the one
+        #    with the larger seq is the later-appended.
+        fb_x = s["fb_x"] + s["fb_dx"]
+        fb_alive = s["fb_alive"] & _on_screen(fb_x)
         fb_cell = s["fb_y"] * 10 + fb_x
         fb_seq = s["fb_seq"]
+        later1 = fb_seq[:, 1] > fb_seq[:, 0]  # slot 1 is the later-appended
         en_alive = s["en_alive"]
         en_cell = s["en_y"] * 10 + s["en_x"]
-        fish_first = s["en_sub"].long() * _SUB_RANK + s["en_seq"]
-        k = en_alive.shape[1]
-        # Two slots: the later-appended live bullet is processed first.
-        later = (fb_alive[:, 1] & (~fb_alive[:, 0] | (fb_seq[:, 1] > fb_seq[:, 0]))).long()
-        reward = torch.zeros(n, dtype=torch.int64, device=dev)
-        for b in (later, 1 - later):
-            live = fb_alive.gather(1, b[:, None])
-            m = en_alive & (en_cell == fb_cell.gather(1, b[:, None])) & live
-            hit = m.any(dim=1)
-            first = torch.where(m, fish_first, _BIG).argmin(dim=1)
-            en_alive = en_alive & ~_onehot(first, k, hit)
-            fb_alive = fb_alive & ~_onehot(b, _BULLET_SLOTS, hit)
-            reward = reward + hit.long()
+        fish_first = s["en_sub"] * _SUB_RANK + s["en_seq"]
+        cell = torch.where(fb_alive, fb_cell, -1)
+        hits = []
+        for first in (later1, ~later1):  # slot 1 first where later1
+            c = torch.where(first, cell[:, 1], cell[:, 0])
+            chosen, hit = _take_first(en_alive & (en_cell == c[:, None]), fish_first)
+            en_alive = en_alive & ~chosen
+            hits.append(hit)
+        # hits[0] belongs to slot 1 where later1, else to slot 0.
+        gone1 = torch.where(later1, hits[0], hits[1])
+        gone0 = torch.where(later1, hits[1], hits[0])
+        shot_fb = fb_alive  # live bullets before any hit (for the reward below)
+        fb_alive = fb_alive & ~torch.stack([gone0, gone1], dim=1)
 
         # 5. Divers: collected (while diver_count < 6, in reverse list order) when at
         #    the sub before or after their move.
@@ -279,14 +303,14 @@ class Seaquest(TorchMinAtarGame):
         dv_row = dv_y * 10
         at_before = dv_alive & (dv_row + dv_x == sub_cell)
         due = dv_alive & (dv_timer == 0)
-        moved_x = torch.where(due, _step_x(dv_x, s["dv_right"]), dv_x)
-        off = due & ~on_screen(moved_x)
+        moved_x = torch.where(due, dv_x + s["dv_dx"], dv_x)
+        off = due & ~_on_screen(moved_x)
         at_after = due & ~off & (dv_row + moved_x == sub_cell)
         cand = at_before | at_after
         dv_seq = s["dv_seq"]
-        earlier = (cand[:, None, :] & (dv_seq[:, None, :] > dv_seq[:, :, None])).long().sum(dim=2)
+        earlier = (cand[:, None, :] & (dv_seq[:, None, :] > dv_seq[:, :, None])).sum(dim=2)
         collect = cand & (count[:, None] + earlier < 6)
-        count = count + collect.long().sum(dim=1)
+        count = count + collect.sum(dim=1)
         s["dv_alive"] = dv_alive & ~collect & ~off
         s["dv_x"] = moved_x
         s["dv_timer"] = torch.where(due, _DIVER_MOVE_INTERVAL, dv_timer - 1)
@@ -295,54 +319,52 @@ class Seaquest(TorchMinAtarGame):
         #    move; each moved enemy still on screen takes a bullet at its cell.
         terminal = s["terminal"] | (en_alive & (en_cell == sub_cell)).any(dim=1)
         due = en_alive & (s["en_timer"] == 0)
-        en_x = torch.where(due, _step_x(s["en_x"], s["en_right"]), s["en_x"])
+        en_x = torch.where(due, s["en_x"] + s["en_dx"], s["en_x"])
         en_cell = s["en_y"] * 10 + en_x
-        off = due & ~on_screen(en_x)
+        off = due & ~_on_screen(en_x)
         at = due & ~off & (en_cell == sub_cell)
         terminal = terminal | at.any(dim=1)
         eligible = due & ~off & ~at
         s["en_timer"] = torch.where(due, ms[:, None], s["en_timer"] - 1)
         shooters = en_alive & s["en_sub"]  # the subs in the list when their loop starts
         en_alive = en_alive & ~off
-        subs_first = (~s["en_sub"]).long() * _SUB_RANK - s["en_seq"]
-        # Bullets in list order; subs before fish, the reverse loop's last-appended first.
-        older = (fb_alive[:, 1] & (~fb_alive[:, 0] | (fb_seq[:, 1] < fb_seq[:, 0]))).long()
-        for b in (older, 1 - older):
-            live = fb_alive.gather(1, b[:, None])
-            m = eligible & en_alive & (en_cell == fb_cell.gather(1, b[:, None])) & live
-            hit = m.any(dim=1)
-            first = torch.where(m, subs_first, _BIG).argmin(dim=1)
-            en_alive = en_alive & ~_onehot(first, k, hit)
-            fb_alive = fb_alive & ~_onehot(b, _BULLET_SLOTS, hit)
-            reward = reward + hit.long()
+        subs_first = (~s["en_sub"]) * _SUB_RANK - s["en_seq"]
+        # Bullets in list order (slot 0 first where later1); subs before fish, the
+        # reverse loop's last-appended first.
+        cell = torch.where(fb_alive, fb_cell, -1)
+        hits = []
+        for first in (~later1, later1):  # slot 1 first where not later1
+            c = torch.where(first, cell[:, 1], cell[:, 0])
+            chosen, hit = _take_first(eligible & (en_cell == c[:, None]), subs_first)
+            eligible = eligible & ~chosen
+            en_alive = en_alive & ~chosen
+            hits.append(hit)
+        gone1 = torch.where(later1, hits[1], hits[0])
+        gone0 = torch.where(later1, hits[0], hits[1])
+        fb_alive = fb_alive & ~torch.stack([gone0, gone1], dim=1)
+        reward = (shot_fb & ~fb_alive).sum(dim=1)  # one point per bullet that hit
 
         # Shots: every sub that was in the list, even one that just left or was shot.
         shot = s["en_shot"]
         shoot = shooters & (shot == 0)
         s["en_shot"] = torch.where(shoot, _ENEMY_SHOT_INTERVAL, shot - 1)
-        flat = torch.zeros(n, 201, dtype=torch.bool, device=dev)
-        idx = torch.where(shoot & on_screen(en_x), s["en_right"].long() * 100 + en_cell, 200)
-        eb = s["eb"].reshape(n, 200) | flat.scatter_(1, idx, True)[:, :200]
+        flat = torch.zeros(n, 201, dtype=torch.bool, device=action.device)
+        idx = torch.where(shoot & _on_screen(en_x), (s["en_dx"] + 1) * 50 + en_cell, 200)
+        eb = s["eb"].view(n, 200) | flat.scatter_(1, idx, True)[:, :200]
         eb = eb.view(n, 2, 10, 10)
 
         # 7. Enemy bullets: deadly before and after their move (left-movers shift left).
-        rows = torch.arange(n, device=dev)
-        here = eb[rows, :, sy, sx]
-        terminal = terminal | here[:, 0] | here[:, 1]
-        moved = torch.cat(
-            [
-                torch.nn.functional.pad(eb[:, 0:1, :, 1:], (0, 1)),
-                torch.nn.functional.pad(eb[:, 1:2, :, :9], (1, 0)),
-            ],
-            dim=1,
-        )
-        here = moved[rows, :, sy, sx]
-        terminal = terminal | here[:, 0] | here[:, 1]
+        at_sub = sub_cell[:, None, :].expand(n, 2, 1)
+        terminal = terminal | eb.view(n, 2, 100).gather(2, at_sub).flatten(1).any(dim=1)
+        moved = torch.zeros_like(eb)
+        moved[:, 0, :, :9] = eb[:, 0, :, 1:]
+        moved[:, 1, :, 1:] = eb[:, 1, :, :9]
+        terminal = terminal | moved.view(n, 2, 100).gather(2, at_sub).flatten(1).any(dim=1)
 
         # 9. Timers, oxygen and surfacing.
-        s["e_spawn_timer"] = s["e_spawn_timer"] - (s["e_spawn_timer"] > 0).long()
-        s["d_spawn_timer"] = s["d_spawn_timer"] - (s["d_spawn_timer"] > 0).long()
-        shot_timer = shot_timer - (shot_timer > 0).long()
+        s["e_spawn_timer"] = (s["e_spawn_timer"] - 1).clamp_min(0)
+        s["d_spawn_timer"] = (s["d_spawn_timer"] - 1).clamp_min(0)
+        shot_timer = (shot_timer - 1).clamp_min(0)
         oxygen = s["oxygen"]
         terminal = terminal | (oxygen <= 0)
         below = sy > 0
@@ -350,7 +372,7 @@ class Seaquest(TorchMinAtarGame):
         arriving = ~below & ~s["surface"]
         terminal = terminal | (arriving & (count == 0))
         surf = arriving & (count != 0)
-        surface = (s["surface"] & ~below) | surf
+        surface = (s["surface"] & below.logical_not()) | surf
         six = surf & (count == 6)
         reward = reward + torch.where(six, oxygen * 10 // _MAX_OXYGEN, 0)
         count = torch.where(six, 0, count) - surf.long()
@@ -359,7 +381,7 @@ class Seaquest(TorchMinAtarGame):
         ramp = surf & ((e_speed > 1) | (ms > 2)) & self.ramping
         ms = ms - (ramp & (ms > 2) & (ramp_index % 2 == 1)).long()
         s["e_spawn_speed"] = e_speed - (ramp & (e_speed > 1)).long()
-        s["ramp_index"] = ramp_index + ramp.long()
+        s["ramp_index"] = ramp_index + ramp
 
         s.update(
             oxygen=oxygen,
@@ -407,12 +429,12 @@ class Seaquest(TorchMinAtarGame):
             (8, nine, col, (col >= 9 - count[:, None]) & (col < 9)),
             (2, state["fb_y"], state["fb_x"], state["fb_alive"]),
         ]
-        enemy_channel = torch.where(state["en_sub"], 6, 5)
+        enemy_channel = state["en_sub"] + 5  # fish 5, sub 6
         for p, ch in (("en", enemy_channel), ("dv", 9)):
             alive, x, y = state[f"{p}_alive"], state[f"{p}_x"], state[f"{p}_y"]
             points.append((ch, y, x, alive))
-            back = x - torch.where(state[f"{p}_right"], 1, -1)
-            points.append((3, y, back, alive & on_screen(back)))
+            back = x - state[f"{p}_dx"]
+            points.append((3, y, back, alive & _on_screen(back)))
         obs = render_points(n, self.channels, points, dev, out)
         eb = state["eb"]
         obs[:, 4] = eb[:, 0] | eb[:, 1]  # (a reduction over the pair is much slower)
