@@ -142,7 +142,7 @@ class Breakout(TorchMinAtarGame):
             bx.device,
             out,
         )
-        obs[:, 3] = state["bricks"].to(torch.float32)
+        obs[:, 3] = state["bricks"].view(torch.uint8)  # (a bool-to-float copy is ~4x slower)
         return obs
 
     def reset_draws_from_calls(self, calls: Sequence[Call]) -> list[float]:

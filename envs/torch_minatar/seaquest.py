@@ -437,7 +437,8 @@ class Seaquest(TorchMinAtarGame):
             points.append((3, y, back, alive & _on_screen(back)))
         obs = render_points(n, self.channels, points, dev, out)
         eb = state["eb"]
-        obs[:, 4] = eb[:, 0] | eb[:, 1]  # (a reduction over the pair is much slower)
+        # (a reduction over the pair is much slower, a bool-to-float copy ~4x slower)
+        obs[:, 4] = (eb[:, 0] | eb[:, 1]).view(torch.uint8)
         return obs
 
     def step_draws_from_calls(self, calls: Sequence[Call]) -> list[float]:

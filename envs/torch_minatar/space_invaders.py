@@ -159,11 +159,13 @@ class SpaceInvaders(TorchMinAtarGame):
         obs = render_points(
             n, self.channels, [(0, torch.full_like(pos, 9), pos, None)], pos.device, out
         )
-        alien = state["alien"].to(torch.float32)
-        going_left = (state["alien_dir"] < 0).to(torch.float32)[:, None, None]
-        obs[:, 1] = alien
-        obs[:, 2] = alien * going_left
-        obs[:, 3] = alien * (1.0 - going_left)
-        obs[:, 4] = state["f_bullet"].to(torch.float32)
-        obs[:, 5] = state["e_bullet"].to(torch.float32)
+        # Grids are copied in as uint8 views: a bool-to-float copy is ~4x slower on CPU.
+        u8 = torch.uint8
+        alien = state["alien"]
+        going_left = (state["alien_dir"] < 0)[:, None, None]
+        obs[:, 1] = alien.view(u8)
+        obs[:, 2] = (alien & going_left).view(u8)
+        obs[:, 3] = (alien & ~going_left).view(u8)
+        obs[:, 4] = state["f_bullet"].view(u8)
+        obs[:, 5] = state["e_bullet"].view(u8)
         return obs
