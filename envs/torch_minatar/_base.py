@@ -25,6 +25,7 @@ are (float64, so comparisons round the same way), ``randint(n) = k`` as
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -143,21 +144,37 @@ def render_points(
     """
     size = channels * 100
     trash = n * size  # one extra element takes the objects that are not drawn
-    base = torch.arange(0, trash, size, device=device)
     flat = torch.zeros(trash + 1, dtype=torch.float32, device=device) if out is None else out
+    base, trash_t = _render_constants(n, size, device)
     for ch, y, x, valid in points:
-        cell = y * 10 + x
+        cell = torch.add(x, y, alpha=10)  # y * 10 + x in one op
         if cell.dim() == 1:
             cell = cell[:, None]
             valid = None if valid is None else valid[:, None]
             if isinstance(ch, Tensor):
                 ch = ch[:, None]
-        flat_idx = cell + (base[:, None] + ch * 100)
+        if isinstance(ch, Tensor):
+            flat_idx = cell + (base + ch * 100)
+        else:
+            flat_idx = cell + _channel_offsets(n, size, ch, device)
         if valid is not None:
-            flat_idx = torch.where(valid, flat_idx, trash)
+            flat_idx = torch.where(valid, flat_idx, trash_t)
         # One small scatter per group: concatenating the indices first costs more.
         flat.scatter_(0, flat_idx.flatten(), 1.0)
     return flat[:trash].view(n, channels, 10, 10)
+
+
+@functools.lru_cache(maxsize=64)
+def _render_constants(n: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Each env's offset in a flat observation buffer, ``(n, 1)``, and the scratch index."""
+    base = torch.arange(0, n * size, size, device=device)[:, None]
+    return base, torch.tensor(n * size, device=device)
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_offsets(n: int, size: int, channel: int, device: torch.device) -> Tensor:
+    """Flat index of cell 0 of ``channel`` in each env's observation, ``(n, 1)``."""
+    return _render_constants(n, size, device)[0] + channel * 100
 
 
 def on_screen(x: Tensor) -> Tensor:
