@@ -160,7 +160,7 @@ def render_points(
         if valid is not None:
             flat_idx = torch.where(valid, flat_idx, trash_t)
         # One small scatter per group: concatenating the indices first costs more.
-        flat.scatter_(0, flat_idx.flatten(), 1.0)
+        flat.index_fill_(0, flat_idx.flatten(), 1.0)
     return flat[:trash].view(n, channels, 10, 10)
 
 
