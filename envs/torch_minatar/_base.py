@@ -1,7 +1,11 @@
 """Shared pieces of the batched MinAtar games: the game interface and rendering helpers.
 
 A game is a set of pure tensor functions over a *state*, a ``dict`` of tensors
-whose leading dimension is the env index ``N``:
+whose leading dimension is the env index ``N``, except the keys a game lists in
+``slot_major``: object slots stored ``(K, N)``, slot first. On a CPU an
+elementwise op between a ``(N, K)`` tensor and a per-env ``(N, 1)`` one runs an
+inner loop of ``K`` elements per env, several times slower than the same op on
+``(K, N)`` and ``(N,)``, whose inner loop runs over all envs.
 
 * ``reset(n, draws, device) -> state``: ``n`` fresh episodes; ``draws`` is
   ``(n, reset_draws)`` uniforms in ``[0, 1)``.
@@ -32,7 +36,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Call", "State", "TorchMinAtarGame", "merge_states", "on_screen", "render_points"]
+__all__ = [
+    "Call",
+    "State",
+    "TorchMinAtarGame",
+    "env_offsets",
+    "merge_states",
+    "on_screen",
+    "render_points",
+]
 
 #: One batched game state: name -> tensor with leading env dimension.
 State = dict[str, Tensor]
@@ -55,6 +67,8 @@ class TorchMinAtarGame:
         stale_after_reset: state keys an autoreset may leave as they were: fields of
             object slots that the game reads only where the slot's alive flag is
             set (the flag itself is reset, so the slot is empty in the new episode).
+        slot_major: state keys stored ``(K, N)`` (env index last; see the module
+            docstring).
     """
 
     name: str = ""
@@ -63,6 +77,7 @@ class TorchMinAtarGame:
     step_draws: int = 0
     reset_draws: int = 0
     stale_after_reset: frozenset[str] = frozenset()
+    slot_major: frozenset[str] = frozenset()
 
     def __init__(self, ramping: bool = True) -> None:
         self.ramping = ramping
@@ -111,11 +126,16 @@ def uniform_to_int(u: Tensor, n: Tensor | int) -> Tensor:
     return torch.minimum(k.clamp_min(0), torch.as_tensor(hi, device=u.device))
 
 
-def merge_states(where: Tensor, new: State, old: State) -> State:
-    """Rows of ``new`` where ``where`` (bool ``(N,)``) is True, of ``old`` elsewhere."""
+def merge_states(
+    where: Tensor, new: State, old: State, slot_major: frozenset[str] = frozenset()
+) -> State:
+    """Rows of ``new`` where ``where`` (bool ``(N,)``) is True, of ``old`` elsewhere.
+
+    Keys in ``slot_major`` are ``(K, N)``: ``where`` broadcasts along their last dim.
+    """
     out: State = {}
     for key, value in old.items():
-        w = where.view(-1, *([1] * (value.dim() - 1)))
+        w = where if key in slot_major else where.view(-1, *([1] * (value.dim() - 1)))
         out[key] = torch.where(w, new[key], value)
     return out
 
@@ -129,15 +149,15 @@ def render_points(
 ) -> Tensor:
     """Draw point objects into a float32 ``(n, channels, 10, 10)`` observation.
 
-    Scatters into one contiguous buffer (cheaper than one-hot comparisons per
-    object, and the result needs no copy).
+    Fills one contiguous buffer (cheaper than one-hot comparisons per object, and
+    the result needs no copy).
 
     Args:
         points: ``(channel, y, x, valid)`` per group of objects; ``channel`` an int or
             an int64 tensor shaped like ``y``; ``y``/``x`` int64 ``(n,)`` or
-            ``(n, k)``; ``valid`` bool of the same shape, or None when every object
-            of the group is drawn. Coordinates must be on screen wherever ``valid``
-            (callers fold their bounds checks into ``valid``).
+            slot-major ``(k, n)``; ``valid`` bool of the same shape, or None when
+            every object of the group is drawn. Coordinates must be on screen
+            wherever ``valid`` (callers fold their bounds checks into ``valid``).
         out: a zeroed float32 buffer of ``n * channels * 100 + 1`` elements to draw
             into (reused memory; see :class:`~maskrl.envs.torch_minatar.GameBatch`);
             None: a new one.
@@ -148,32 +168,35 @@ def render_points(
     base, trash_t = _render_constants(n, size, device)
     for ch, y, x, valid in points:
         cell = torch.add(x, y, alpha=10)  # y * 10 + x in one op
-        if cell.dim() == 1:
-            cell = cell[:, None]
-            valid = None if valid is None else valid[:, None]
-            if isinstance(ch, Tensor):
-                ch = ch[:, None]
         if isinstance(ch, Tensor):
             flat_idx = cell + (base + ch * 100)
         else:
             flat_idx = cell + _channel_offsets(n, size, ch, device)
         if valid is not None:
             flat_idx = torch.where(valid, flat_idx, trash_t)
-        # One small scatter per group: concatenating the indices first costs more.
+        # One small fill per group: concatenating the indices first costs more, and
+        # index_fill_ is faster than scatter_ of a scalar on CPU.
         flat.index_fill_(0, flat_idx.flatten(), 1.0)
     return flat[:trash].view(n, channels, 10, 10)
 
 
+def env_offsets(n: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(arange(n) * size, n * size)``: each env's offset in a flat buffer of ``size``
+    elements per env, ``(n,)``, and one scratch index past the end (0-dim); cached."""
+    return _render_constants(n, size, device)
+
+
 @functools.lru_cache(maxsize=64)
 def _render_constants(n: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Each env's offset in a flat observation buffer, ``(n, 1)``, and the scratch index."""
-    base = torch.arange(0, n * size, size, device=device)[:, None]
+    """Each env's offset in a flat buffer of ``size`` per env, ``(n,)``, and the scratch
+    index ``n * size`` (a 0-dim tensor)."""
+    base = torch.arange(0, n * size, size, device=device)
     return base, torch.tensor(n * size, device=device)
 
 
 @functools.lru_cache(maxsize=256)
 def _channel_offsets(n: int, size: int, channel: int, device: torch.device) -> Tensor:
-    """Flat index of cell 0 of ``channel`` in each env's observation, ``(n, 1)``."""
+    """Flat index of cell 0 of ``channel`` in each env's observation, ``(n,)``."""
     return _render_constants(n, size, device)[0] + channel * 100
 
 

@@ -1,7 +1,7 @@
 """Asterix (MinAtar ``asterix.py``) as a batched tensor program.
 
-State (``N`` envs): ``player_x``, ``player_y``; entity slots ``(N, 8)`` (slot ``i``
-lives in row ``i + 1``): ``ent_alive``, ``ent_x``, ``ent_right`` (moving right),
+State (``N`` envs): ``player_x``, ``player_y``; entity slots ``(8, N)`` (slot-major;
+slot ``i`` lives in row ``i + 1``): ``ent_alive``, ``ent_x``, ``ent_right`` (moving right),
 ``ent_gold`` (bool); timers ``spawn_timer``, ``spawn_speed``, ``move_timer``,
 ``move_speed``, ``ramp_timer``, ``ramp_index``; ``terminal`` bool.
 Channels: player, enemy, trail, gold.
@@ -12,6 +12,7 @@ slot (``randint(number of free slots)``, the k-th free slot in row order).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -34,6 +35,12 @@ _INIT_SPAWN_SPEED = 10
 _INIT_MOVE_INTERVAL = 5
 
 
+@functools.lru_cache(maxsize=8)
+def _rows(device: torch.device) -> Tensor:
+    """The screen row of each entity slot, ``(8, 1)``."""
+    return torch.arange(1, 9, device=device)[:, None]
+
+
 class Asterix(TorchMinAtarGame):
     """Batched MinAtar Asterix."""
 
@@ -41,6 +48,7 @@ class Asterix(TorchMinAtarGame):
     channels = 4
     minimal_actions = (0, 1, 2, 3, 4)
     step_draws = 3
+    slot_major = frozenset({"ent_alive", "ent_x", "ent_right", "ent_gold"})
 
     def reset(self, n: int, draws: Tensor, device: torch.device) -> State:
         """Player at (5, 5), no entities, initial timers."""
@@ -48,12 +56,12 @@ class Asterix(TorchMinAtarGame):
         def full(v: int) -> Tensor:
             return torch.full((n,), v, dtype=torch.int64, device=device)
 
-        no = torch.zeros(n, 8, dtype=torch.bool, device=device)
+        no = torch.zeros(8, n, dtype=torch.bool, device=device)
         return {
             "player_x": full(5),
             "player_y": full(5),
             "ent_alive": no,
-            "ent_x": torch.zeros(n, 8, dtype=torch.int64, device=device),
+            "ent_x": torch.zeros(8, n, dtype=torch.int64, device=device),
             "ent_right": no.clone(),
             "ent_gold": no.clone(),
             "spawn_speed": full(_INIT_SPAWN_SPEED),
@@ -71,21 +79,20 @@ class Asterix(TorchMinAtarGame):
         right, gold = state["ent_right"], state["ent_gold"]
         spawn_timer, spawn_speed = state["spawn_timer"], state["spawn_speed"]
         dev = alive.device
-        slot_idx = torch.arange(8, device=dev)[None, :]
 
         # Spawn in the k-th free row (rows in order), if any is free.
         spawn = spawn_timer == 0
         lr = draws[:, 0] < 0.5
         is_gold = draws[:, 1] < 1.0 / 3.0
         free = ~alive
-        n_free = free.long().sum(dim=1)
+        n_free = free.sum(dim=0)
         k = uniform_to_int(draws[:, 2], n_free)
-        rank = torch.cumsum(free.to(torch.int64), dim=1) - 1
-        new = (spawn & (n_free > 0))[:, None] & free & (rank == k[:, None])
+        rank = torch.cumsum(free, dim=0) - 1
+        new = (spawn & (n_free > 0)) & free & (rank == k)
         alive = alive | new
-        ex = torch.where(new, torch.where(lr, 0, 9)[:, None], ex)
-        right = torch.where(new, lr[:, None], right)
-        gold = torch.where(new, is_gold[:, None], gold)
+        ex = torch.where(new, torch.where(lr, 0, 9), ex)
+        right = torch.where(new, lr, right)
+        gold = torch.where(new, is_gold, gold)
         spawn_timer = torch.where(spawn, spawn_speed, spawn_timer)
 
         px, py = state["player_x"], state["player_y"]
@@ -95,22 +102,21 @@ class Asterix(TorchMinAtarGame):
         py = torch.where(action == 4, (py + 1).clamp_max(8), py)
 
         # Entities touching the player: gold is collected, an enemy ends the game.
-        row = slot_idx + 1
-        in_row = row == py[:, None]
-        touch = alive & in_row & (ex == px[:, None])
-        reward = (touch & gold).long().sum(dim=1)
-        terminal = state["terminal"] | (touch & ~gold).any(dim=1)
+        in_row = _rows(dev) == py  # (8, N)
+        touch = alive & in_row & (ex == px)
+        reward = (touch & gold).sum(dim=0)
+        terminal = state["terminal"] | (touch & ~gold).any(dim=0)
         alive = alive & ~(touch & gold)
 
         move_timer, move_speed = state["move_timer"], state["move_speed"]
         move = move_timer == 0
         move_timer = torch.where(move, move_speed, move_timer)
-        go = move[:, None] & alive
+        go = move & alive
         ex = torch.where(go, ex + torch.where(right, 1, -1), ex)
         alive = alive & ~(go & ((ex < 0) | (ex > 9)))
-        touch = go & alive & in_row & (ex == px[:, None])
-        reward = reward + (touch & gold).long().sum(dim=1)
-        terminal = terminal | (touch & ~gold).any(dim=1)
+        touch = go & alive & in_row & (ex == px)
+        reward = reward + (touch & gold).sum(dim=0)
+        terminal = terminal | (touch & ~gold).any(dim=0)
         alive = alive & ~(touch & gold)
 
         spawn_timer = spawn_timer - 1
@@ -149,7 +155,7 @@ class Asterix(TorchMinAtarGame):
     def render(self, state: State, out: Tensor | None = None) -> Tensor:
         """Observation float32 ``(N, 4, 10, 10)``."""
         alive, ex, right = state["ent_alive"], state["ent_x"], state["ent_right"]
-        row = torch.arange(1, 9, device=ex.device)[None, :].expand_as(ex)
+        row = _rows(ex.device).expand_as(ex)
         channel = torch.where(state["ent_gold"], 3, 1)
         back = ex - torch.where(right, 1, -1)
         px = state["player_x"]

@@ -1,8 +1,8 @@
 """Freeway (MinAtar ``freeway.py``) as a batched tensor program.
 
 State (``N`` envs): ``pos`` (chicken row), ``move_timer``, ``terminate_timer``;
-cars ``(N, 8)``: ``car_x``, ``car_timer``, ``car_speed`` (signed, |speed| in 1..5;
-car ``i`` drives in row ``i + 1``); ``terminal`` bool.
+cars ``(8, N)`` (slot-major): ``car_x``, ``car_timer``, ``car_speed`` (signed,
+|speed| in 1..5; car ``i`` drives in row ``i + 1``); ``terminal`` bool.
 Channels: chicken, car, speed1..speed5 (the trail behind a car, by its speed).
 
 Draws (per step and per reset): 8 uniforms for the speeds (``randint(1, 6, 8)``)
@@ -14,6 +14,7 @@ torch-generator mode never does (its uniforms are float32 and the comparison is
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -34,10 +35,17 @@ _TIME_LIMIT = 2500
 
 
 def _speeds(draws: Tensor) -> Tensor:
-    """``(N, 16)`` uniforms -> signed speeds int64 ``(N, 8)``."""
-    magnitude = 1 + torch.floor(draws[:, :8] * 5).to(torch.int64).clamp(0, 4)
-    direction = torch.sign(draws[:, 8:16] - 0.5).to(torch.int64)
+    """``(N, 16)`` uniforms -> signed speeds int64 ``(8, N)``."""
+    d = draws.t().contiguous()
+    magnitude = 1 + torch.floor(d[:8] * 5).to(torch.int64).clamp(0, 4)
+    direction = torch.sign(d[8:16] - 0.5).to(torch.int64)
     return magnitude * direction
+
+
+@functools.lru_cache(maxsize=8)
+def _lanes(device: torch.device) -> Tensor:
+    """The row each car drives in, ``(8, 1)``."""
+    return torch.arange(1, 9, device=device)[:, None]
 
 
 def _draws_from_calls(calls: Sequence[Call]) -> list[float]:
@@ -54,6 +62,7 @@ class Freeway(TorchMinAtarGame):
     minimal_actions = (0, 2, 4)
     step_draws = 16  # new car speeds when the chicken reaches the top
     reset_draws = 16
+    slot_major = frozenset({"car_x", "car_timer", "car_speed"})
 
     def reset(self, n: int, draws: Tensor, device: torch.device) -> State:
         """Cars at column 0 with random speeds; chicken at row 9."""
@@ -66,7 +75,7 @@ class Freeway(TorchMinAtarGame):
             "pos": full(9),
             "move_timer": full(_PLAYER_SPEED),
             "terminate_timer": full(_TIME_LIMIT),
-            "car_x": torch.zeros(n, 8, dtype=torch.int64, device=device),
+            "car_x": torch.zeros(8, n, dtype=torch.int64, device=device),
             "car_timer": speed.abs(),
             "car_speed": speed,
             "terminal": torch.zeros(n, dtype=torch.bool, device=device),
@@ -86,23 +95,22 @@ class Freeway(TorchMinAtarGame):
         win = pos == 0
         reward = win.to(torch.float32)
         new_speed = _speeds(draws)
-        car_speed = torch.where(win[:, None], new_speed, state["car_speed"])
-        car_timer = torch.where(win[:, None], new_speed.abs(), state["car_timer"])
+        car_speed = torch.where(win, new_speed, state["car_speed"])
+        car_timer = torch.where(win, new_speed.abs(), state["car_timer"])
         pos = torch.where(win, torch.full_like(pos, 9), pos)
 
         # Cars move one at a time in freeway.py, but a hit only sends the chicken to
         # row 9, where no car drives: any hit, before or after a car's move, is the same.
-        lane = torch.arange(1, 9, device=pos.device)[None, :]
         car_x = state["car_x"]
-        in_lane = lane == pos[:, None]
-        hit = ((car_x == 4) & in_lane).any(dim=1)
+        in_lane = _lanes(pos.device) == pos  # (8, N)
+        hit = ((car_x == 4) & in_lane).any(dim=0)
         go = car_timer == 0
         step_x = torch.where(car_speed > 0, 1, -1)
         moved_x = car_x + step_x
         moved_x = torch.where(moved_x < 0, 9, moved_x)
         moved_x = torch.where(moved_x > 9, 0, moved_x)
         car_x = torch.where(go, moved_x, car_x)
-        hit = hit | (go & (car_x == 4) & in_lane).any(dim=1)
+        hit = hit | (go & (car_x == 4) & in_lane).any(dim=0)
         car_timer = torch.where(go, car_speed.abs(), car_timer - 1)
         pos = torch.where(hit, torch.full_like(pos, 9), pos)
 
@@ -123,7 +131,7 @@ class Freeway(TorchMinAtarGame):
     def render(self, state: State, out: Tensor | None = None) -> Tensor:
         """Observation float32 ``(N, 7, 10, 10)``."""
         pos, car_x, speed = state["pos"], state["car_x"], state["car_speed"]
-        lane = torch.arange(1, 9, device=pos.device)[None, :].expand_as(car_x)
+        lane = _lanes(pos.device).expand_as(car_x)
         back = car_x - torch.where(speed > 0, 1, -1)
         back = torch.where(back < 0, 9, back)
         back = torch.where(back > 9, 0, back)

@@ -50,6 +50,7 @@ produced one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -59,6 +60,7 @@ from maskrl.envs.torch_minatar._base import (
     Call,
     State,
     TorchMinAtarGame,
+    env_offsets,
     randint_as_uniform,
     render_points,
 )
@@ -89,15 +91,12 @@ def _append(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Put a new object in the first free slot where ``cond`` (bool ``(N,)``).
 
-    ``fields`` maps a name to ``(slots (N, K), value (N,) or a number)``; returns the
+    ``fields`` maps a name to ``(slots (K, N), value (N,) or a number)``; returns the
     new alive mask and the updated slots.
     """
     free = ~alive
-    place = free & (torch.cumsum(free, dim=1) == 1) & cond[:, None]
-    out = {
-        k: torch.where(place, v[:, None] if isinstance(v, Tensor) else v, s)
-        for k, (s, v) in fields.items()
-    }
+    place = free & (torch.cumsum(free, dim=0) == 1) & cond
+    out = {k: torch.where(place, v, s) for k, (s, v) in fields.items()}
     return alive | place, out
 
 
@@ -106,19 +105,26 @@ def _grow(state: State, extra: int) -> None:
     for name in _ENEMY_FIELDS:
         key = f"en_{name}"
         old = state[key]
-        pad = torch.zeros(old.shape[0], extra, dtype=old.dtype, device=old.device)
-        state[key] = torch.cat([old, pad], dim=1)
+        pad = torch.zeros(extra, old.shape[1], dtype=old.dtype, device=old.device)
+        state[key] = torch.cat([old, pad], dim=0)
 
 
 def _take_first(m: Tensor, priority: Tensor) -> tuple[Tensor, Tensor]:
-    """The slot of least ``priority`` among ``m`` (bool ``(N, K)``), per row.
+    """The slot of least ``priority`` among ``m`` (bool ``(K, N)``), per env.
 
-    Returns ``(chosen, hit)``: bool ``(N, K)`` with at most one True per row (priorities
-    of live slots are distinct), and bool ``(N,)`` whether the row had any.
+    Returns ``(chosen, hit)``: bool ``(K, N)`` with at most one True per env (priorities
+    of live slots are distinct), and bool ``(N,)`` whether the env had any.
     """
     p = torch.where(m, priority, _BIG)
-    chosen = (p == p.min(dim=1, keepdim=True).values) & m  # (int64 amin: 10x slower on CPU)
-    return chosen, chosen.any(dim=1)
+    chosen = (p == p.min(dim=0).values) & m  # (int64 amin: 10x slower on CPU)
+    return chosen, chosen.any(dim=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _bar_cells(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Rows (all 9) and columns of the bottom row's ten cells, ``(10, n)`` each."""
+    col = torch.arange(10, device=device)[:, None].expand(10, n)
+    return torch.full((10, n), 9, dtype=torch.int64, device=device), col
 
 
 def _on_screen(x: Tensor) -> Tensor:
@@ -142,6 +148,15 @@ class Seaquest(TorchMinAtarGame):
             ("fb", ("dx", "x", "y", "seq")),
             ("dv", ("dx", "x", "y", "seq", "timer")),
             ("en", ("dx", "sub", "x", "y", "seq", "timer", "shot")),
+        )
+        for name in names
+    )
+    slot_major = frozenset(
+        f"{prefix}_{name}"
+        for prefix, names in (
+            ("fb", ("alive", "dx", "x", "y", "seq")),
+            ("dv", ("alive", "dx", "x", "y", "seq", "timer")),
+            ("en", _ENEMY_FIELDS),
         )
         for name in names
     )
@@ -180,9 +195,9 @@ class Seaquest(TorchMinAtarGame):
             ("en", k_enemy, ("x", "y", "seq", "timer", "shot")),
         ):
             for flag in ("alive",) + (("sub",) if prefix == "en" else ()):
-                state[f"{prefix}_{flag}"] = torch.zeros(n, k, dtype=torch.bool, device=device)
+                state[f"{prefix}_{flag}"] = torch.zeros(k, n, dtype=torch.bool, device=device)
             for name in ("dx",) + names:
-                state[f"{prefix}_{name}"] = torch.zeros(n, k, dtype=torch.int64, device=device)
+                state[f"{prefix}_{name}"] = torch.zeros(k, n, dtype=torch.int64, device=device)
         return state
 
     def _moves(self, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -207,10 +222,10 @@ class Seaquest(TorchMinAtarGame):
         dx = torch.where(lr, 1, -1)
         is_sub = draws[:, 1] < 1.0 / 3.0
         y = (draws[:, 2] * 8).long().clamp_max(7) + 1  # draws >= 0: long() is floor
-        clash = s["en_alive"] & (s["en_y"] == y[:, None]) & (s["en_dx"] != dx[:, None])
-        do = spawn & ~clash.any(dim=1)
-        if action.device.type == "cpu" and bool((do & s["en_alive"].all(dim=1)).any()):
-            _grow(s, s["en_alive"].shape[1])
+        clash = s["en_alive"] & (s["en_y"] == y) & (s["en_dx"] != dx)
+        do = spawn & ~clash.any(dim=0)
+        if action.device.type == "cpu" and bool((do & s["en_alive"].all(dim=0)).any()):
+            _grow(s, s["en_alive"].shape[0])
         s["en_alive"], upd = _append(
             s["en_alive"],
             do,
@@ -269,7 +284,7 @@ class Seaquest(TorchMinAtarGame):
         sx = (sx + move_x[action]).clamp(0, 9)
         sor = (sor | right) & ~left
         sy = (sy + move_y[action]).clamp(0, 8)
-        sub_cell = (sy * 10 + sx)[:, None]
+        sub_cell = torch.add(sx, sy, alpha=10)
 
         # 4. Friendly bullets move; in reverse list order each hits the first fish,
         #    else the first sub, at its cell. A dead slot's fields are stale, so its
@@ -277,55 +292,55 @@ class Seaquest(TorchMinAtarGame):
         #    with the larger seq is the later-appended.
         fb_x = s["fb_x"] + s["fb_dx"]
         fb_alive = s["fb_alive"] & _on_screen(fb_x)
-        fb_cell = s["fb_y"] * 10 + fb_x
+        fb_cell = torch.add(fb_x, s["fb_y"], alpha=10)
         fb_seq = s["fb_seq"]
-        later1 = fb_seq[:, 1] > fb_seq[:, 0]  # slot 1 is the later-appended
+        later1 = fb_seq[1] > fb_seq[0]  # slot 1 is the later-appended
         en_alive = s["en_alive"]
-        en_cell = s["en_y"] * 10 + s["en_x"]
+        en_cell = torch.add(s["en_x"], s["en_y"], alpha=10)
         fish_first = s["en_sub"] * _SUB_RANK + s["en_seq"]
         cell = torch.where(fb_alive, fb_cell, -1)
         hits = []
         for first in (later1, ~later1):  # slot 1 first where later1
-            c = torch.where(first, cell[:, 1], cell[:, 0])
-            chosen, hit = _take_first(en_alive & (en_cell == c[:, None]), fish_first)
+            c = torch.where(first, cell[1], cell[0])
+            chosen, hit = _take_first(en_alive & (en_cell == c), fish_first)
             en_alive = en_alive & ~chosen
             hits.append(hit)
         # hits[0] belongs to slot 1 where later1, else to slot 0.
         gone1 = torch.where(later1, hits[0], hits[1])
         gone0 = torch.where(later1, hits[1], hits[0])
         shot_fb = fb_alive  # live bullets before any hit (for the reward below)
-        fb_alive = fb_alive & ~torch.stack([gone0, gone1], dim=1)
+        fb_alive = fb_alive & ~torch.stack([gone0, gone1])
 
         # 5. Divers: collected (while diver_count < 6, in reverse list order) when at
         #    the sub before or after their move.
         count = s["diver_count"]
         dv_alive, dv_x, dv_y, dv_timer = s["dv_alive"], s["dv_x"], s["dv_y"], s["dv_timer"]
-        dv_row = dv_y * 10
-        at_before = dv_alive & (dv_row + dv_x == sub_cell)
+        at_before = dv_alive & (torch.add(dv_x, dv_y, alpha=10) == sub_cell)
         due = dv_alive & (dv_timer == 0)
         moved_x = torch.where(due, dv_x + s["dv_dx"], dv_x)
         off = due & ~_on_screen(moved_x)
-        at_after = due & ~off & (dv_row + moved_x == sub_cell)
+        at_after = due & ~off & (torch.add(moved_x, dv_y, alpha=10) == sub_cell)
         cand = at_before | at_after
         dv_seq = s["dv_seq"]
-        earlier = (cand[:, None, :] & (dv_seq[:, None, :] > dv_seq[:, :, None])).sum(dim=2)
-        collect = cand & (count[:, None] + earlier < 6)
-        count = count + collect.sum(dim=1)
+        # earlier[i, n]: candidates j of env n processed before slot i (larger seq).
+        earlier = (cand[None, :, :] & (dv_seq[None, :, :] > dv_seq[:, None, :])).sum(dim=1)
+        collect = cand & (count + earlier < 6)
+        count = count + collect.sum(dim=0)
         s["dv_alive"] = dv_alive & ~collect & ~off
         s["dv_x"] = moved_x
         s["dv_timer"] = torch.where(due, _DIVER_MOVE_INTERVAL, dv_timer - 1)
 
         # 6.+8. Enemy subs, then enemy fish: touch the player before or after their
         #    move; each moved enemy still on screen takes a bullet at its cell.
-        terminal = s["terminal"] | (en_alive & (en_cell == sub_cell)).any(dim=1)
+        terminal = s["terminal"] | (en_alive & (en_cell == sub_cell)).any(dim=0)
         due = en_alive & (s["en_timer"] == 0)
         en_x = torch.where(due, s["en_x"] + s["en_dx"], s["en_x"])
-        en_cell = s["en_y"] * 10 + en_x
+        en_cell = torch.add(en_x, s["en_y"], alpha=10)
         off = due & ~_on_screen(en_x)
         at = due & ~off & (en_cell == sub_cell)
-        terminal = terminal | at.any(dim=1)
+        terminal = terminal | at.any(dim=0)
         eligible = due & ~off & ~at
-        s["en_timer"] = torch.where(due, ms[:, None], s["en_timer"] - 1)
+        s["en_timer"] = torch.where(due, ms, s["en_timer"] - 1)
         shooters = en_alive & s["en_sub"]  # the subs in the list when their loop starts
         en_alive = en_alive & ~off
         subs_first = (~s["en_sub"]) * _SUB_RANK - s["en_seq"]
@@ -334,27 +349,28 @@ class Seaquest(TorchMinAtarGame):
         cell = torch.where(fb_alive, fb_cell, -1)
         hits = []
         for first in (~later1, later1):  # slot 1 first where not later1
-            c = torch.where(first, cell[:, 1], cell[:, 0])
-            chosen, hit = _take_first(eligible & (en_cell == c[:, None]), subs_first)
+            c = torch.where(first, cell[1], cell[0])
+            chosen, hit = _take_first(eligible & (en_cell == c), subs_first)
             eligible = eligible & ~chosen
             en_alive = en_alive & ~chosen
             hits.append(hit)
         gone1 = torch.where(later1, hits[1], hits[0])
         gone0 = torch.where(later1, hits[0], hits[1])
-        fb_alive = fb_alive & ~torch.stack([gone0, gone1], dim=1)
-        reward = (shot_fb & ~fb_alive).sum(dim=1)  # one point per bullet that hit
+        fb_alive = fb_alive & ~torch.stack([gone0, gone1])
+        reward = (shot_fb & ~fb_alive).sum(dim=0)  # one point per bullet that hit
 
         # Shots: every sub that was in the list, even one that just left or was shot.
         shot = s["en_shot"]
         shoot = shooters & (shot == 0)
         s["en_shot"] = torch.where(shoot, _ENEMY_SHOT_INTERVAL, shot - 1)
-        flat = torch.zeros(n, 201, dtype=torch.bool, device=action.device)
-        idx = torch.where(shoot & _on_screen(en_x), (s["en_dx"] + 1) * 50 + en_cell, 200)
-        eb = s["eb"].view(n, 200) | flat.scatter_(1, idx, True)[:, :200]
-        eb = eb.view(n, 2, 10, 10)
+        base, trash = env_offsets(n, 200, action.device)
+        at = (s["en_dx"] + 1) * 50 + en_cell + base  # flat index in (N, 2, 10, 10)
+        idx = torch.where(shoot & _on_screen(en_x), at, trash)
+        flat = torch.zeros(n * 200 + 1, dtype=torch.bool, device=action.device)
+        eb = s["eb"] | flat.index_fill_(0, idx.flatten(), True)[: n * 200].view(n, 2, 10, 10)
 
         # 7. Enemy bullets: deadly before and after their move (left-movers shift left).
-        at_sub = sub_cell[:, None, :].expand(n, 2, 1)
+        at_sub = sub_cell[:, None, None].expand(n, 2, 1)
         terminal = terminal | eb.view(n, 2, 100).gather(2, at_sub).flatten(1).any(dim=1)
         moved = torch.zeros_like(eb)
         moved[:, 0, :, :9] = eb[:, 0, :, 1:]
@@ -404,7 +420,7 @@ class Seaquest(TorchMinAtarGame):
 
     def match_shapes(self, fresh: State, like: State) -> State:
         """``fresh`` with as many enemy slots as ``like`` (after growth on CPU)."""
-        extra = like["en_alive"].shape[1] - fresh["en_alive"].shape[1]
+        extra = like["en_alive"].shape[0] - fresh["en_alive"].shape[0]
         if extra <= 0:
             return fresh
         out = dict(fresh)
@@ -418,15 +434,14 @@ class Seaquest(TorchMinAtarGame):
         dev = sx.device
         back = torch.where(state["sub_or"], sx - 1, sx + 1)
         back = torch.where(back < 0, back + 10, back)  # numpy's index -1 is column 9
-        nine = torch.full((n, 10), 9, dtype=torch.int64, device=dev)
-        col = torch.arange(10, device=dev)[None, :].expand(n, 10)
+        nine, col = _bar_cells(n, dev)
         oxygen_cols = state["oxygen"].clamp_min(0) * 10 // _MAX_OXYGEN
         count = state["diver_count"]
         points: list[tuple[int | Tensor, Tensor, Tensor, Tensor | None]] = [
             (0, sy, sx, None),
             (1, sy, back, None),
-            (7, nine, col, col < oxygen_cols[:, None]),
-            (8, nine, col, (col >= 9 - count[:, None]) & (col < 9)),
+            (7, nine, col, col < oxygen_cols),
+            (8, nine, col, (col >= 9 - count) & (col < 9)),
             (2, state["fb_y"], state["fb_x"], state["fb_alive"]),
         ]
         enemy_channel = state["en_sub"] + 5  # fish 5, sub 6

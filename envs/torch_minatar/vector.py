@@ -204,9 +204,15 @@ class GameBatch:
         state, obs = self._start
         if k == self.n and not self.lazy_reset:
             return state, obs
-        return {key: v.expand(k, *v.shape[1:]) for key, v in state.items()}, obs.expand(
+        return {key: self._expand(key, v, k) for key, v in state.items()}, obs.expand(
             k, *obs.shape[1:]
         )
+
+    def _expand(self, key: str, v: Tensor, k: int) -> Tensor:
+        """One env's value of ``key`` as ``k`` envs' (a view)."""
+        if key in self.game.slot_major:
+            return v.expand(v.shape[0], k)
+        return v.expand(k, *v.shape[1:])
 
     def _reset_rows(self, state: State, obs: Tensor, rows: Tensor, draws: Tensor) -> None:
         """Start new episodes in ``rows`` of ``state`` and ``obs``, in place.
@@ -218,12 +224,13 @@ class GameBatch:
         lists in ``stale_after_reset`` (fields of dead object slots) are left alone.
         """
         k = int(rows.numel())
+        slot_major = self.game.slot_major
         if self._start is None:
             fresh = self.game.reset(k, draws, self.device)
             obs.index_copy_(0, rows, self.game.render(fresh))
             fresh = self.game.match_shapes(fresh, state)
             for key, v in state.items():
-                v.index_copy_(0, rows, fresh[key])
+                v.index_copy_(1 if key in slot_major else 0, rows, fresh[key])
             return
         shapes = tuple(v.shape for v in state.values())
         if self._fills is None or self._fills[0] != shapes:
@@ -231,10 +238,11 @@ class GameBatch:
         start_obs = self._start[1]
         obs.index_copy_(0, rows, start_obs.expand(k, *start_obs.shape[1:]))
         for key, value in self._fills[1]:
+            dim = 1 if key in slot_major else 0
             if isinstance(value, Tensor):
-                state[key].index_copy_(0, rows, value.expand(k, *value.shape[1:]))
+                state[key].index_copy_(dim, rows, self._expand(key, value, k))
             else:
-                state[key].index_fill_(0, rows, value)
+                state[key].index_fill_(dim, rows, value)
 
     def _start_fills(self, like: State) -> list[tuple[str, Tensor | bool | int | float]]:
         """Per state key, how a reset row is filled: a scalar, or the start's one row."""
@@ -298,7 +306,7 @@ class GameBatch:
         else:
             # A fixed sequence of operations, no sync: reset everything, keep what ended.
             fresh, fresh_obs = self._fresh(self.n, draws[:, s:])
-            self.state = merge_states(done, fresh, state)
+            self.state = merge_states(done, fresh, state, game.slot_major)
             final_obs = torch.where(done[:, None, None, None], obs, 0.0)
             obs = torch.where(done[:, None, None, None], fresh_obs, obs)
         episode_r = torch.where(done, self.ep_return, 0.0)
