@@ -9,6 +9,7 @@ bool; all int64 unless noted. Channels: paddle, ball, trail, brick.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -32,8 +33,13 @@ _FLIP_Y = (3, 2, 1, 0)  # ceiling, brick, paddle centre
 _PADDLE_EDGE = (2, 3, 0, 1)  # paddle hit by the ball's new column
 
 
-def _lut(table: Sequence[int], index: Tensor) -> Tensor:
-    return torch.tensor(table, dtype=torch.int64, device=index.device)[index]
+def _lut(table: tuple[int, ...], index: Tensor) -> Tensor:
+    return _table(table, index.device)[index]
+
+
+@functools.lru_cache(maxsize=32)
+def _table(table: tuple[int, ...], device: torch.device) -> Tensor:
+    return torch.tensor(table, dtype=torch.int64, device=device)
 
 
 class Breakout(TorchMinAtarGame):
@@ -84,8 +90,8 @@ class Breakout(TorchMinAtarGame):
         # The branches of breakout.py's if/elif chain, in order.
         top = new_y < 0
         n = bx.shape[0]
-        rows = torch.arange(n, device=bx.device)
-        brick_here = bricks[rows, new_y.clamp(0, 9), new_x]
+        cell = torch.add(new_x, new_y.clamp(0, 9), alpha=10)[:, None]
+        brick_here = bricks.reshape(n, 100).gather(1, cell)[:, 0]
         brick = ~top & brick_here
         bottom = ~top & ~brick & (new_y == 9)
 
@@ -96,7 +102,6 @@ class Breakout(TorchMinAtarGame):
         new_y_out = torch.where(top, torch.zeros_like(new_y), new_y)
         new_y_out = torch.where(hit, by, new_y_out)
         # Clear the struck brick with a scatter (boolean indexing would sync a GPU).
-        cell = (new_y.clamp(0, 9) * 10 + new_x)[:, None]
         flat = bricks.reshape(n, 100).clone()
         flat.scatter_(1, cell, (brick_here & ~hit)[:, None])
         bricks = flat.view(n, 10, 10)
@@ -104,7 +109,8 @@ class Breakout(TorchMinAtarGame):
         # Bottom row: refill an empty wall, then the paddle bounces the ball or the game ends.
         n_bricks = state["n_bricks"] - hit.long()
         refill = bottom & (n_bricks == 0)
-        bricks[:, 1:4, :] |= refill[:, None, None]
+        # (as uint8: a broadcast bool op is ~10x slower on CPU)
+        bricks.view(torch.uint8)[:, 1:4, :] |= refill.view(torch.uint8)[:, None, None]
         n_bricks = torch.where(refill, 30, n_bricks)
         centre = bottom & (bx == pos)
         edge = bottom & ~centre & (new_x == pos)
