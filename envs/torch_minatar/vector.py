@@ -366,6 +366,12 @@ class _TorchMinAtarBase(VectorEnv[Any, Tensor, Tensor]):
         for j, g in enumerate(games):
             masks[j::k, list(g.minimal_actions)] = True
         self._masks = masks
+        # Validity lookup: row 8 * slot's game + action + 1, actions clamped to [-1, 6].
+        lut = torch.zeros(k, 8, dtype=torch.bool, device=self.device)
+        for j, g in enumerate(games):
+            lut[j, [a + 1 for a in g.minimal_actions]] = True
+        self._valid_lut = lut.flatten()
+        self._lut_base = (torch.arange(num_envs, device=self.device) % k) * 8 + 1
         self._game_id = torch.arange(num_envs, device=self.device) % k
         self._generator = torch.Generator(device=self.device)
         if seed is None:
@@ -419,8 +425,7 @@ class _TorchMinAtarBase(VectorEnv[Any, Tensor, Tensor]):
         if actions.device != self.device:
             raise ValueError(f"actions are on {actions.device}, the env is on {self.device}")
         if self.check_actions:
-            inside = (actions >= 0) & (actions < 6)
-            ok = inside & self._masks.gather(1, actions.clamp(0, 5)[:, None])[:, 0]
+            ok = self._valid_lut[actions.clamp(-1, 6) + self._lut_base]
             if not bool(ok.all()):  # one device sync per step: check_actions=False skips it
                 bad = torch.nonzero(~ok).flatten()[:5].tolist()
                 detail = "; ".join(
