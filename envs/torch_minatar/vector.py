@@ -214,7 +214,7 @@ class GameBatch:
             return v.expand(v.shape[0], k)
         return v.expand(k, *v.shape[1:])
 
-    def _reset_rows(self, state: State, obs: Tensor, rows: Tensor, draws: Tensor) -> None:
+    def _reset_rows(self, state: State, obs: Tensor, rows: Tensor, draws: Tensor | None) -> None:
         """Start new episodes in ``rows`` of ``state`` and ``obs``, in place.
 
         In place is safe: a step returns fresh tensors (or the previous state's,
@@ -226,6 +226,7 @@ class GameBatch:
         k = int(rows.numel())
         slot_major = self.game.slot_major
         if self._start is None:
+            assert draws is not None
             fresh = self.game.reset(k, draws, self.device)
             obs.index_copy_(0, rows, self.game.render(fresh))
             fresh = self.game.match_shapes(fresh, state)
@@ -265,12 +266,20 @@ class GameBatch:
         self.ep_length.zero_()
         return self.game.render(self.state)
 
-    def step(self, action: Tensor, draws: Tensor) -> tuple[Tensor, ...]:
+    def step(
+        self,
+        action: Tensor,
+        draws: Tensor,
+        rand: Callable[[int, int], Tensor] | None = None,
+    ) -> tuple[Tensor, ...]:
         """One step of every env with same-step autoreset.
 
         Args:
             action: int64 ``(n,)``, already validated.
-            draws: ``(n, draw_width)`` uniforms: sticky, step draws, reset draws.
+            draws: ``(n, draw_width)`` uniforms: sticky, step draws, reset draws; or,
+                with ``rand``, ``(n, 1 + step_draws)`` (no reset columns).
+            rand: ``rand(rows, columns)`` -> uniforms; draws the reset columns for
+                only the envs that reset (on CPU) instead of every env every step.
 
         Returns:
             ``obs, reward, terminated, truncated, final_obs, done, episode_r, episode_l``:
@@ -283,6 +292,16 @@ class GameBatch:
         action = torch.where(sticky, self.last_action, action)
         s = 1 + game.step_draws
         state, reward, terminated = game.step(self.state, action, draws[:, 1:s])
+        if rand is None:
+
+            def reset_draws(rows: Tensor | None) -> Tensor:
+                return draws[:, s:] if rows is None else draws[rows, s:]
+        else:
+
+            def reset_draws(rows: Tensor | None) -> Tensor:
+                k = self.n if rows is None else int(rows.numel())
+                return rand(k, game.reset_draws)
+
         terminated = terminated.clone()  # it is also state["terminal"], which resets overwrite
         obs = game.render(state, self._zeroed())
         self.ep_return += reward
@@ -301,11 +320,12 @@ class GameBatch:
             final_obs = flat[: self._obs_numel].view_as(obs)
             if ended.numel():
                 final_obs.index_copy_(0, ended, obs.index_select(0, ended))
-                self._reset_rows(state, obs, ended, draws[ended, s:])
+                draws_k = None if self._start is not None else reset_draws(ended)
+                self._reset_rows(state, obs, ended, draws_k)
             self.state = state
         else:
             # A fixed sequence of operations, no sync: reset everything, keep what ended.
-            fresh, fresh_obs = self._fresh(self.n, draws[:, s:])
+            fresh, fresh_obs = self._fresh(self.n, reset_draws(None))
             self.state = merge_states(done, fresh, state, game.slot_major)
             final_obs = torch.where(done[:, None, None, None], obs, 0.0)
             obs = torch.where(done[:, None, None, None], fresh_obs, obs)
@@ -473,7 +493,11 @@ class _TorchMinAtarBase(VectorEnv[Any, Tensor, Tensor]):
         self._steps += 1
         k = len(self._batches)
         outs = [
-            b.step(actions[j::k] if k > 1 else actions, self._rand(b.n, b.draw_width))
+            b.step(
+                actions[j::k] if k > 1 else actions,
+                self._rand(b.n, 1 + b.game.step_draws),
+                self._rand,
+            )
             for j, b in enumerate(self._batches)
         ]
         obs = self._assemble([o[0] for o in outs])
