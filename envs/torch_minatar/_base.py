@@ -42,6 +42,8 @@ __all__ = [
     "TorchMinAtarGame",
     "env_offsets",
     "merge_states",
+    "move_x",
+    "move_y",
     "on_screen",
     "render_points",
 ]
@@ -198,6 +200,29 @@ def _render_constants(n: int, size: int, device: torch.device) -> tuple[Tensor, 
 def _channel_offsets(n: int, size: int, channel: int, device: torch.device) -> Tensor:
     """Flat index of cell 0 of ``channel`` in each env's observation, ``(n,)``."""
     return _render_constants(n, size, device)[0] + channel * 100
+
+
+#: x and y steps of MinAtar's actions ``[noop, left, up, right, down, fire]``.
+_MOVE_X = (0, -1, 0, 1, 0, 0)
+_MOVE_Y = (0, 0, -1, 0, 1, 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _move_tables(device: torch.device) -> tuple[Tensor, Tensor]:
+    return (
+        torch.tensor(_MOVE_X, dtype=torch.int64, device=device),
+        torch.tensor(_MOVE_Y, dtype=torch.int64, device=device),
+    )
+
+
+def move_x(action: Tensor) -> Tensor:
+    """The x step (-1, 0 or 1) of each MinAtar action in ``action`` (int64)."""
+    return _move_tables(action.device)[0][action]
+
+
+def move_y(action: Tensor) -> Tensor:
+    """The y step (-1, 0 or 1) of each MinAtar action in ``action`` (int64)."""
+    return _move_tables(action.device)[1][action]
 
 
 def on_screen(x: Tensor) -> Tensor:

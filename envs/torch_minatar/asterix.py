@@ -22,6 +22,8 @@ from maskrl.envs.torch_minatar._base import (
     Call,
     State,
     TorchMinAtarGame,
+    move_x,
+    move_y,
     on_screen,
     randint_as_uniform,
     render_points,
@@ -49,6 +51,8 @@ class Asterix(TorchMinAtarGame):
     minimal_actions = (0, 1, 2, 3, 4)
     step_draws = 3
     slot_major = frozenset({"ent_alive", "ent_x", "ent_right", "ent_gold"})
+    # Read only where the slot is alive (a spawn writes all three).
+    stale_after_reset = frozenset({"ent_x", "ent_right", "ent_gold"})
 
     def reset(self, n: int, draws: Tensor, device: torch.device) -> State:
         """Player at (5, 5), no entities, initial timers."""
@@ -95,11 +99,8 @@ class Asterix(TorchMinAtarGame):
         gold = torch.where(new, is_gold, gold)
         spawn_timer = torch.where(spawn, spawn_speed, spawn_timer)
 
-        px, py = state["player_x"], state["player_y"]
-        px = torch.where(action == 1, (px - 1).clamp_min(0), px)
-        px = torch.where(action == 3, (px + 1).clamp_max(9), px)
-        py = torch.where(action == 2, (py - 1).clamp_min(1), py)
-        py = torch.where(action == 4, (py + 1).clamp_max(8), py)
+        px = (state["player_x"] + move_x(action)).clamp(0, 9)
+        py = (state["player_y"] + move_y(action)).clamp(1, 8)
 
         # Entities touching the player: gold is collected, an enemy ends the game.
         in_row = _rows(dev) == py  # (8, N)

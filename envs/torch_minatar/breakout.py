@@ -19,6 +19,7 @@ from maskrl.envs.torch_minatar._base import (
     Call,
     State,
     TorchMinAtarGame,
+    move_x,
     randint_as_uniform,
     render_points,
 )
@@ -74,9 +75,7 @@ class Breakout(TorchMinAtarGame):
 
     def step(self, state: State, action: Tensor, draws: Tensor) -> tuple[State, Tensor, Tensor]:
         """One ``Env.act`` for every env (see breakout.py for the rules)."""
-        pos = state["pos"]
-        pos = torch.where(action == 1, (pos - 1).clamp_min(0), pos)
-        pos = torch.where(action == 3, (pos + 1).clamp_max(9), pos)
+        pos = (state["pos"] + move_x(action)).clamp(0, 9)
 
         bx, by, d = state["ball_x"], state["ball_y"], state["ball_dir"]
         bricks = state["bricks"]

@@ -61,6 +61,8 @@ from maskrl.envs.torch_minatar._base import (
     State,
     TorchMinAtarGame,
     env_offsets,
+    move_x,
+    move_y,
     randint_as_uniform,
     render_points,
 )
@@ -161,10 +163,6 @@ class Seaquest(TorchMinAtarGame):
         for name in names
     )
 
-    def __init__(self, ramping: bool = True) -> None:
-        super().__init__(ramping)
-        self._move_tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
-
     def reset(self, n: int, draws: Tensor, device: torch.device) -> State:
         """Sub at (0, 5) facing left, full oxygen, nothing else on screen."""
 
@@ -199,15 +197,6 @@ class Seaquest(TorchMinAtarGame):
             for name in ("dx",) + names:
                 state[f"{prefix}_{name}"] = torch.zeros(k, n, dtype=torch.int64, device=device)
         return state
-
-    def _moves(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Per action (noop, left, up, right, down, fire): the sub's x and y steps."""
-        if device not in self._move_tables:
-            self._move_tables[device] = (
-                torch.tensor([0, -1, 0, 1, 0, 0], device=device),
-                torch.tensor([0, 0, -1, 0, 1, 0], device=device),
-            )
-        return self._move_tables[device]
 
     def step(self, state: State, action: Tensor, draws: Tensor) -> tuple[State, Tensor, Tensor]:
         """One ``Env.act`` for every env (see seaquest.py and the module docstring)."""
@@ -280,10 +269,9 @@ class Seaquest(TorchMinAtarGame):
         seq = seq + fire
         shot_timer = torch.where(fire, _SHOT_COOL_DOWN, shot_timer)
         left, right = action == 1, action == 3
-        move_x, move_y = self._moves(action.device)
-        sx = (sx + move_x[action]).clamp(0, 9)
+        sx = (sx + move_x(action)).clamp(0, 9)
         sor = (sor | right) & ~left
-        sy = (sy + move_y[action]).clamp(0, 8)
+        sy = (sy + move_y(action)).clamp(0, 8)
         sub_cell = torch.add(sx, sy, alpha=10)
 
         # 4. Friendly bullets move; in reverse list order each hits the first fish,
