@@ -122,11 +122,15 @@ def _take_first(m: Tensor, priority: Tensor) -> tuple[Tensor, Tensor]:
     return chosen, chosen.any(dim=0)
 
 
-@functools.lru_cache(maxsize=64)
-def _bar_cells(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Rows (all 9) and columns of the bottom row's ten cells, ``(10, n)`` each."""
-    col = torch.arange(10, device=device)[:, None].expand(10, n)
-    return torch.full((10, n), 9, dtype=torch.int64, device=device), col
+@functools.lru_cache(maxsize=8)
+def _bars(device: torch.device) -> tuple[Tensor, Tensor]:
+    """The bottom row's oxygen bar by filled columns (0-10), ``(11, 10)``, and its
+    diver bar by diver count (0-6), ``(7, 10)``, as uint8."""
+    col = torch.arange(10, device=device)
+    oxygen = col[None, :] < torch.arange(11, device=device)[:, None]
+    count = torch.arange(7, device=device)[:, None]
+    divers = (col[None, :] >= 9 - count) & (col[None, :] < 9)
+    return oxygen.to(torch.uint8), divers.to(torch.uint8)
 
 
 def _on_screen(x: Tensor) -> Tensor:
@@ -422,14 +426,9 @@ class Seaquest(TorchMinAtarGame):
         dev = sx.device
         back = torch.where(state["sub_or"], sx - 1, sx + 1)
         back = torch.where(back < 0, back + 10, back)  # numpy's index -1 is column 9
-        nine, col = _bar_cells(n, dev)
-        oxygen_cols = state["oxygen"].clamp_min(0) * 10 // _MAX_OXYGEN
-        count = state["diver_count"]
         points: list[tuple[int | Tensor, Tensor, Tensor, Tensor | None]] = [
             (0, sy, sx, None),
             (1, sy, back, None),
-            (7, nine, col, col < oxygen_cols),
-            (8, nine, col, (col >= 9 - count) & (col < 9)),
             (2, state["fb_y"], state["fb_x"], state["fb_alive"]),
         ]
         enemy_channel = state["en_sub"] + 5  # fish 5, sub 6
@@ -442,6 +441,11 @@ class Seaquest(TorchMinAtarGame):
         eb = state["eb"]
         # (a reduction over the pair is much slower, a bool-to-float copy ~4x slower)
         obs[:, 4] = (eb[:, 0] | eb[:, 1]).view(torch.uint8)
+        # Bottom row: oxygen left (10 columns = full) and divers held (a negative
+        # count, after surfacing with six, shows none).
+        oxygen_bar, diver_bar = _bars(dev)
+        obs[:, 7, 9] = oxygen_bar[state["oxygen"].clamp(0, _MAX_OXYGEN) * 10 // _MAX_OXYGEN]
+        obs[:, 8, 9] = diver_bar[state["diver_count"].clamp(0, 6)]
         return obs
 
     def step_draws_from_calls(self, calls: Sequence[Call]) -> list[float]:
