@@ -84,8 +84,10 @@ CPU_ENEMY_SLOTS = 8
 _ENEMY_FIELDS = ("alive", "dx", "sub", "x", "y", "seq", "timer", "shot")
 _BULLET_SLOTS = 2
 _DIVER_SLOTS = 4
-_BIG = 1 << 62
-_SUB_RANK = 1 << 40  # above any seq: orders fish before subs (or subs before fish)
+# Priorities are compared as int32: seq grows by at most 3 a step, so an episode of
+# fewer than 350 million steps keeps seq below _SUB_RANK and every priority below _BIG.
+_BIG = (1 << 31) - 1
+_SUB_RANK = 1 << 30  # above any seq: orders fish before subs (or subs before fish)
 
 
 def _append(
@@ -117,9 +119,17 @@ def _take_first(m: Tensor, priority: Tensor) -> tuple[Tensor, Tensor]:
     Returns ``(chosen, hit)``: bool ``(K, N)`` with at most one True per env (priorities
     of live slots are distinct), and bool ``(N,)`` whether the env had any.
     """
-    p = torch.where(m, priority, _BIG)
-    chosen = (p == p.min(dim=0).values) & m  # (int64 amin: 10x slower on CPU)
-    return chosen, chosen.any(dim=0)
+    # Timings on CPU shaped these ops: where with a tensor (not a Python int) for the
+    # else-value; the minimum in int32 (int64 amin is ~40x slower, min(dim) ~4x);
+    # any() as a uint8 amax (2x faster).
+    p = torch.where(m, priority, _big(m.device)).to(torch.int32)
+    chosen = (p == p.amin(dim=0)) & m
+    return chosen, chosen.view(torch.uint8).amax(dim=0).view(torch.bool)
+
+
+@functools.lru_cache(maxsize=8)
+def _big(device: torch.device) -> Tensor:
+    return torch.tensor(_BIG, device=device)
 
 
 @functools.lru_cache(maxsize=8)
