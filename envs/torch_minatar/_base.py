@@ -71,6 +71,10 @@ class TorchMinAtarGame:
             set (the flag itself is reset, so the slot is empty in the new episode).
         slot_major: state keys stored ``(K, N)`` (env index last; see the module
             docstring).
+        reset_variants: games whose reset draws pick one of a few starts set this to
+            their number (and implement :meth:`reset_variant` and
+            :meth:`variant_reset_draws`), so that autoresets copy cached starts
+            instead of building new ones; 0: none.
     """
 
     name: str = ""
@@ -80,6 +84,7 @@ class TorchMinAtarGame:
     reset_draws: int = 0
     stale_after_reset: frozenset[str] = frozenset()
     slot_major: frozenset[str] = frozenset()
+    reset_variants: int = 0
 
     def __init__(self, ramping: bool = True) -> None:
         self.ramping = ramping
@@ -95,6 +100,15 @@ class TorchMinAtarGame:
     def render(self, state: State, out: Tensor | None = None) -> Tensor:
         """Observation float32 ``(N, C, 10, 10)``; drawn into ``out`` when given
         (a zeroed flat float32 buffer of ``N * C * 100 + 1`` elements)."""
+        raise NotImplementedError
+
+    def reset_variant(self, draws: Tensor) -> Tensor:
+        """Which start (int64 ``(k,)`` in ``[0, reset_variants)``) reset draws
+        ``(k, reset_draws)`` give."""
+        raise NotImplementedError
+
+    def variant_reset_draws(self, variant: int) -> list[float]:
+        """Reset draws (one row) that give start ``variant``."""
         raise NotImplementedError
 
     def match_shapes(self, fresh: State, like: State) -> State:

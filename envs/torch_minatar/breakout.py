@@ -51,10 +51,19 @@ class Breakout(TorchMinAtarGame):
     minimal_actions = (0, 1, 3)
     step_draws = 0
     reset_draws = 1  # ball_start = randint(2)
+    reset_variants = 2  # the ball starts on the left or on the right
+
+    def reset_variant(self, draws: Tensor) -> Tensor:
+        """``randint(2)``: 0, ball on the left; 1, on the right."""
+        return torch.floor(draws[:, 0] * 2).to(torch.int64).clamp(0, 1)
+
+    def variant_reset_draws(self, variant: int) -> list[float]:
+        """The reset draw of start ``variant``."""
+        return [randint_as_uniform(variant, 2)]
 
     def reset(self, n: int, draws: Tensor, device: torch.device) -> State:
         """Ball at row 3, column 0 moving down-right or column 9 moving down-left."""
-        right = torch.floor(draws[:, 0] * 2).to(torch.int64).clamp(0, 1)  # randint(2)
+        right = self.reset_variant(draws)
         ball_x = right * 9
         ball_dir = 2 + right
         bricks = torch.zeros(n, 10, 10, dtype=torch.bool, device=device)

@@ -140,8 +140,10 @@ class GameBatch:
         self.ep_return = torch.zeros(n, dtype=torch.float32, device=device)
         self.ep_length = torch.zeros(n, dtype=torch.int64, device=device)
         self._start: tuple[State, Tensor] | None = None
-        # (state shapes, per-key fills) of the cached start; see _reset_rows.
-        self._fills: tuple[tuple[torch.Size, ...], list[tuple[str, Any]]] | None = None
+        # Games with a few reset variants: one start per variant (env dim = variant).
+        self._variants: tuple[State, Tensor] | None = None
+        # (state shapes, per-key fills) of the cached start(s); see _reset_rows.
+        self._fills: tuple[tuple[torch.Size, ...], list[tuple[str, str, Any]]] | None = None
         # Reused observation buffers (CPU only; see _zeroed) and the rows each wrote.
         self._pool: list[Tensor] = []
         self._dirty: list[object] = []
@@ -150,6 +152,14 @@ class GameBatch:
         if game.reset_draws == 0:
             start = game.reset(1, torch.empty(1, 0, device=device), device)
             self._start = (start, game.render(start))
+        elif game.reset_variants:
+            draws = torch.tensor(
+                [game.variant_reset_draws(v) for v in range(game.reset_variants)],
+                dtype=torch.float64,
+                device=device,
+            )
+            starts = game.reset(game.reset_variants, draws, device)
+            self._variants = (starts, game.render(starts))
 
     def _zeroed(self) -> Tensor:
         """An all-zero flat float32 buffer for ``n`` observations (+1 scratch element).
@@ -219,43 +229,62 @@ class GameBatch:
 
         In place is safe: a step returns fresh tensors (or the previous state's,
         which is dropped), so no one else sees these. Games whose reset draws
-        nothing start alike: each key is then filled from the cached start, with a
-        scalar fill where the start is one value throughout, and the keys the game
-        lists in ``stale_after_reset`` (fields of dead object slots) are left alone.
+        nothing start alike, and games with ``reset_variants`` start in one of a few
+        ways: each key is then filled from the cached start(s) -- a scalar fill
+        where the starts are one value throughout, the one start's row, or the row
+        of each env's variant -- and the keys the game lists in
+        ``stale_after_reset`` (fields of dead object slots) are left alone.
         """
         k = int(rows.numel())
-        slot_major = self.game.slot_major
-        if self._start is None:
+        game = self.game
+        slot_major = game.slot_major
+        cached = self._start if self._start is not None else self._variants
+        if cached is None:
             assert draws is not None
-            fresh = self.game.reset(k, draws, self.device)
-            obs.index_copy_(0, rows, self.game.render(fresh))
-            fresh = self.game.match_shapes(fresh, state)
+            fresh = game.reset(k, draws, self.device)
+            obs.index_copy_(0, rows, game.render(fresh))
+            fresh = game.match_shapes(fresh, state)
             for key, v in state.items():
                 v.index_copy_(1 if key in slot_major else 0, rows, fresh[key])
             return
         shapes = tuple(v.shape for v in state.values())
         if self._fills is None or self._fills[0] != shapes:
-            self._fills = (shapes, self._start_fills(state))
-        start_obs = self._start[1]
-        obs.index_copy_(0, rows, start_obs.expand(k, *start_obs.shape[1:]))
-        for key, value in self._fills[1]:
+            self._fills = (shapes, self._start_fills(cached[0], state))
+        variant = None
+        if self._variants is not None:
+            assert draws is not None
+            variant = game.reset_variant(draws)
+            obs.index_copy_(0, rows, cached[1].index_select(0, variant))
+        else:
+            obs.index_copy_(0, rows, cached[1].expand(k, *cached[1].shape[1:]))
+        for key, how, value in self._fills[1]:
             dim = 1 if key in slot_major else 0
-            if isinstance(value, Tensor):
-                state[key].index_copy_(dim, rows, self._expand(key, value, k))
-            else:
+            if how == "fill":
                 state[key].index_fill_(dim, rows, value)
+            elif how == "row":
+                state[key].index_copy_(dim, rows, self._expand(key, value, k))
+            else:  # one row per variant
+                assert variant is not None
+                state[key].index_copy_(dim, rows, value.index_select(dim, variant))
 
-    def _start_fills(self, like: State) -> list[tuple[str, Tensor | bool | int | float]]:
-        """Per state key, how a reset row is filled: a scalar, or the start's one row."""
-        assert self._start is not None
-        start = self.game.match_shapes(self._start[0], like)
-        fills: list[tuple[str, Tensor | bool | int | float]] = []
+    def _start_fills(self, starts: State, like: State) -> list[tuple[str, str, Any]]:
+        """Per state key, how a reset row is filled from ``starts`` (one start per
+        variant): ``("fill", scalar)``, ``("row", the one start)`` or
+        ``("variant", all starts)``."""
+        starts = self.game.match_shapes(starts, like)
+        fills: list[tuple[str, str, Any]] = []
         for key in like:
             if key in self.game.stale_after_reset:
                 continue
-            v = start[key]
-            first = v.flatten()[0]
-            fills.append((key, first.item() if bool((v == first).all()) else v))
+            v = starts[key]
+            dim = 1 if key in self.game.slot_major else 0
+            first = v.select(dim, 0).unsqueeze(dim)
+            if bool((v == v.flatten()[0]).all()):
+                fills.append((key, "fill", v.flatten()[0].item()))
+            elif bool((v == first).all()):
+                fills.append((key, "row", first))
+            else:
+                fills.append((key, "variant", v))
         return fills
 
     def reset(self, draws: Tensor) -> Tensor:
