@@ -9,8 +9,11 @@ game's minimal action set, sampled inside the timed loop on every side):
 * ``torch<N>``: :func:`maskrl.envs.make_vec` with ``backend="torch"`` on
   ``--device`` for each ``N`` in ``--num-envs``.
 
-Prints env steps per second and the ratio torch/sync8 per game, the geometric
-mean of the ratios at each ``N``, and writes JSON to ``--out``.
+Every env is built once; then ``--repeats`` rounds time each of them in turn for
+``--seconds`` (interleaved, so a stall of a shared machine hits one sample, not one
+side of a ratio). Prints the median env steps per second of each, the ratio of
+the torch and sync8 medians per game, the geometric mean of the ratios at each
+``N``, and writes JSON (every sample) to ``--out``.
 
 ``--threads`` sets torch's intra-op threads for this process (default 1: the
 Python-loop baselines use one core, and on a shared 2-core machine a second
@@ -28,6 +31,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,8 +70,12 @@ def _timed(step: Callable[[], Any], seconds: float, per_call: int, warmup: int =
             return calls * per_call / elapsed
 
 
-def bench_sync(game: str, num_envs: int, seconds: float, seed: int) -> float:
-    """MinAtar's own envs in Gymnasium's ``SyncVectorEnv``; env steps/s.
+Bench = tuple[Callable[[], Any], int, Callable[[], None]]
+"""A prepared env: ``(step, env steps per call, close)``."""
+
+
+def bench_sync(game: str, num_envs: int, seed: int) -> Bench:
+    """MinAtar's own envs in Gymnasium's ``SyncVectorEnv``.
 
     ``MinAtar/<Game>-v1`` acts in the minimal action set (action ``i`` is the set's
     ``i``-th action), so uniform indices are uniform valid actions.
@@ -82,26 +90,20 @@ def bench_sync(game: str, num_envs: int, seconds: float, seed: int) -> float:
     envs.reset(seed=seed)
     n_valid = len(_minimal_actions(game))
     rng = np.random.default_rng(seed)
-    try:
-        return _timed(lambda: envs.step(rng.integers(n_valid, size=num_envs)), seconds, num_envs)
-    finally:
-        envs.close()
+    return (lambda: envs.step(rng.integers(n_valid, size=num_envs))), num_envs, envs.close
 
 
-def bench_numpy(game: str, num_envs: int, seconds: float, seed: int) -> float:
-    """:func:`maskrl.envs.make_vec` with the numpy backend; env steps/s."""
+def bench_numpy(game: str, num_envs: int, seed: int) -> Bench:
+    """:func:`maskrl.envs.make_vec` with the numpy backend."""
     envs = make_vec(f"maskrl/MinAtar-{game}-v0", num_envs, seed=seed)
     envs.reset()
     valid = _minimal_actions(game)
     rng = np.random.default_rng(seed)
-    try:
-        return _timed(lambda: envs.step(rng.choice(valid, size=num_envs)), seconds, num_envs)
-    finally:
-        envs.close()
+    return (lambda: envs.step(rng.choice(valid, size=num_envs))), num_envs, envs.close
 
 
-def bench_torch(game: str, num_envs: int, seconds: float, seed: int, device: str) -> float:
-    """:func:`maskrl.envs.make_vec` with ``backend="torch"``; env steps/s (synced)."""
+def bench_torch(game: str, num_envs: int, seed: int, device: str) -> Bench:
+    """:func:`maskrl.envs.make_vec` with ``backend="torch"`` (synced on CUDA)."""
     envs = make_vec(
         f"maskrl/MinAtar-{game}-v0", num_envs, backend="torch", device=device, seed=seed
     )
@@ -114,11 +116,10 @@ def bench_torch(game: str, num_envs: int, seconds: float, seed: int, device: str
     def step() -> None:
         idx = torch.randint(len(valid), (num_envs,), generator=gen, device=dev)
         envs.step(valid[idx])
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
-    rate = _timed(step, seconds, num_envs)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return rate
+    return step, num_envs, envs.close
 
 
 def _geomean(xs: Sequence[float]) -> float:
@@ -131,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--games", nargs="+", default=GAMES, choices=GAMES)
     p.add_argument("--num-envs", nargs="+", type=int, default=[1, 64, 1024, 4096])
     p.add_argument("--sync-envs", type=int, default=8, help="envs in the Python baselines")
-    p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
+    p.add_argument("--seconds", type=float, default=1.0, help="timed seconds per measurement")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: leave)")
     p.add_argument("--seed", type=int, default=0)
@@ -142,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     print(
-        f"env steps/s, {args.seconds:g} s each; torch {torch.__version__} on {args.device}, "
+        f"env steps/s, median of {args.repeats} interleaved {args.seconds:g} s runs; "
+        f"torch {torch.__version__} on {args.device}, "
         f"{torch.get_num_threads()} thread(s); {os.cpu_count()} CPUs; maskrl.envs at "
         f"{Path(maskrl.envs.__file__).parent}"
     )
@@ -151,9 +154,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     header += "".join(f"{'x@' + str(n):>9}" for n in args.num_envs)
     print(header)
     for game in args.games:
-        sync = bench_sync(game, args.sync_envs, args.seconds, args.seed)
-        npy = bench_numpy(game, args.sync_envs, args.seconds, args.seed)
-        tor = {n: bench_torch(game, n, args.seconds, args.seed, args.device) for n in args.num_envs}
+        benches: dict[str, Bench] = {
+            "sync": bench_sync(game, args.sync_envs, args.seed),
+            "numpy": bench_numpy(game, args.sync_envs, args.seed),
+        }
+        for n in args.num_envs:
+            benches[f"torch{n}"] = bench_torch(game, n, args.seed, args.device)
+        samples: dict[str, list[float]] = {k: [] for k in benches}
+        try:
+            for _ in range(args.repeats):
+                for key, (step, per_call, _) in benches.items():
+                    samples[key].append(_timed(step, args.seconds, per_call))
+        finally:
+            for _, _, close in benches.values():
+                close()
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        sync, npy = med["sync"], med["numpy"]
+        tor = {n: med[f"torch{n}"] for n in args.num_envs}
         row = {
             "game": game,
             "sync": sync,
@@ -161,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "torch": {str(n): v for n, v in tor.items()},
             "ratio_vs_sync": {str(n): v / sync for n, v in tor.items()},
             "ratio_vs_numpy": {str(n): v / npy for n, v in tor.items()},
+            "samples": samples,
         }
         rows.append(row)
         line = f"{game:<14}{sync:>11,.0f}{npy:>11,.0f}"

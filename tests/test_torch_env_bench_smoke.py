@@ -44,6 +44,9 @@ def test_torch_env_throughput_smoke(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert r["sync"] > 0 and r["numpy"] > 0
         assert set(r["torch"]) == {"1", "16"} and all(v > 0 for v in r["torch"].values())
         assert r["ratio_vs_sync"]["16"] == pytest.approx(r["torch"]["16"] / r["sync"])
+        # The reported figure is the median of the interleaved samples.
+        assert len(r["samples"]["torch16"]) == 3
+        assert r["torch"]["16"] == sorted(r["samples"]["torch16"])[1]
     assert set(data["geomean_ratio_vs_sync"]) == {"1", "16"}
 
 
