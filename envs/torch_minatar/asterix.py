@@ -1,7 +1,7 @@
 """Asterix (MinAtar ``asterix.py``) as a batched tensor program.
 
 State (``N`` envs): ``player_x``, ``player_y``; entity slots ``(8, N)`` (slot-major;
-slot ``i`` lives in row ``i + 1``): ``ent_alive``, ``ent_x``, ``ent_right`` (moving right),
+slot ``i`` lives in row ``i + 1``): ``ent_alive``, ``ent_x``, ``ent_dx`` (+1 moving right, -1 left),
 ``ent_gold`` (bool); timers ``spawn_timer``, ``spawn_speed``, ``move_timer``,
 ``move_speed``, ``ramp_timer``, ``ramp_index``; ``terminal`` bool.
 Channels: player, enemy, trail, gold.
@@ -50,9 +50,9 @@ class Asterix(TorchMinAtarGame):
     channels = 4
     minimal_actions = (0, 1, 2, 3, 4)
     step_draws = 3
-    slot_major = frozenset({"ent_alive", "ent_x", "ent_right", "ent_gold"})
+    slot_major = frozenset({"ent_alive", "ent_x", "ent_dx", "ent_gold"})
     # Read only where the slot is alive (a spawn writes all three).
-    stale_after_reset = frozenset({"ent_x", "ent_right", "ent_gold"})
+    stale_after_reset = frozenset({"ent_x", "ent_dx", "ent_gold"})
 
     def reset(self, n: int, draws: Tensor, device: torch.device) -> State:
         """Player at (5, 5), no entities, initial timers."""
@@ -66,7 +66,7 @@ class Asterix(TorchMinAtarGame):
             "player_y": full(5),
             "ent_alive": no,
             "ent_x": torch.zeros(8, n, dtype=torch.int64, device=device),
-            "ent_right": no.clone(),
+            "ent_dx": torch.zeros(8, n, dtype=torch.int64, device=device),
             "ent_gold": no.clone(),
             "spawn_speed": full(_INIT_SPAWN_SPEED),
             "spawn_timer": full(_INIT_SPAWN_SPEED),
@@ -80,7 +80,7 @@ class Asterix(TorchMinAtarGame):
     def step(self, state: State, action: Tensor, draws: Tensor) -> tuple[State, Tensor, Tensor]:
         """One ``Env.act`` for every env (see asterix.py for the rules)."""
         alive, ex = state["ent_alive"], state["ent_x"]
-        right, gold = state["ent_right"], state["ent_gold"]
+        dx, gold = state["ent_dx"], state["ent_gold"]
         spawn_timer, spawn_speed = state["spawn_timer"], state["spawn_speed"]
         dev = alive.device
 
@@ -95,7 +95,7 @@ class Asterix(TorchMinAtarGame):
         new = (spawn & (n_free > 0)) & free & (rank == k)
         alive = alive | new
         ex = torch.where(new, torch.where(lr, 0, 9), ex)
-        right = torch.where(new, lr, right)
+        dx = torch.where(new, torch.where(lr, 1, -1), dx)
         gold = torch.where(new, is_gold, gold)
         spawn_timer = torch.where(spawn, spawn_speed, spawn_timer)
 
@@ -113,7 +113,7 @@ class Asterix(TorchMinAtarGame):
         move = move_timer == 0
         move_timer = torch.where(move, move_speed, move_timer)
         go = move & alive
-        ex = torch.where(go, ex + torch.where(right, 1, -1), ex)
+        ex = torch.where(go, ex + dx, ex)
         alive = alive & ~(go & ((ex < 0) | (ex > 9)))
         touch = go & alive & in_row & (ex == px)
         reward = reward + (touch & gold).sum(dim=0)
@@ -141,7 +141,7 @@ class Asterix(TorchMinAtarGame):
             "player_y": py,
             "ent_alive": alive,
             "ent_x": ex,
-            "ent_right": right,
+            "ent_dx": dx,
             "ent_gold": gold,
             "spawn_speed": spawn_speed,
             "spawn_timer": spawn_timer,
@@ -155,10 +155,10 @@ class Asterix(TorchMinAtarGame):
 
     def render(self, state: State, out: Tensor | None = None) -> Tensor:
         """Observation float32 ``(N, 4, 10, 10)``."""
-        alive, ex, right = state["ent_alive"], state["ent_x"], state["ent_right"]
+        alive, ex = state["ent_alive"], state["ent_x"]
         row = _rows(ex.device).expand_as(ex)
         channel = torch.where(state["ent_gold"], 3, 1)
-        back = ex - torch.where(right, 1, -1)
+        back = ex - state["ent_dx"]
         px = state["player_x"]
         return render_points(
             px.shape[0],
