@@ -45,8 +45,9 @@ def _random_actions(masks: torch.Tensor, gen: torch.Generator | None = None) -> 
 @pytest.mark.parametrize("game", GAMES)
 def test_frame_by_frame_equal_to_minatar(game: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if game == "Seaquest":
-        # Start the CPU enemy lists at one slot so that growing them is exercised.
-        monkeypatch.setattr(seaquest_mod, "CPU_ENEMY_SLOTS", 1)
+        # Start the CPU enemy lists at two slots so that growing them is exercised
+        # (the sync-free path then merges two-slot starts into grown lists).
+        monkeypatch.setattr(seaquest_mod, "CPU_ENEMY_SLOTS", 2)
     env_id = f"maskrl/MinAtar-{game}-v0"
     probs = POLICIES.get(game)
     many = check_conformance(env_id, 8, 250, seed=11, action_probs=probs)
@@ -55,6 +56,9 @@ def test_frame_by_frame_equal_to_minatar(game: str, monkeypatch: pytest.MonkeyPa
     assert one.ok, one.mismatch
     uniform = check_conformance(env_id, 4, 150, seed=13)
     assert uniform.ok, uniform.mismatch
+    # Several envs on the sync-free path (reset everything, keep what ended).
+    merged = check_conformance(env_id, 6, 200, seed=14, action_probs=probs, lazy_reset=False)
+    assert merged.ok, merged.mismatch
     # The runs exercised scoring and (except Freeway's 2,500-step episodes) episode ends.
     assert many.total_reward + one.total_reward > 0
     if game != "Freeway":

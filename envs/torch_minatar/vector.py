@@ -355,6 +355,7 @@ class GameBatch:
         else:
             # A fixed sequence of operations, no sync: reset everything, keep what ended.
             fresh, fresh_obs = self._fresh(self.n, reset_draws(None))
+            fresh = game.match_shapes(fresh, state)
             self.state = merge_states(done, fresh, state, game.slot_major)
             final_obs = torch.where(done[:, None, None, None], obs, 0.0)
             obs = torch.where(done[:, None, None, None], fresh_obs, obs)
