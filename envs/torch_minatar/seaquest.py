@@ -2,7 +2,8 @@
 
 MinAtar keeps Seaquest's objects in Python lists, iterates some of them in
 reverse while removing items, and lets the first match in list order win a
-collision. Here every list is a fixed number of slots with an ``alive`` flag and
+collision. Here every list is a fixed number of slots, stored slot-major
+``(K, N)`` (see :mod:`maskrl.envs.torch_minatar._base`), with an ``alive`` flag and
 a ``seq`` number (the step-wide counter at append time), so list order is
 ``seq`` order without compaction. A slot's other fields (``x``, ``y``, ``dx`` the
 direction as +1/-1, timers) are read only where it is alive, so a dead slot's are
