@@ -55,23 +55,39 @@ def _minimal_actions(game: str) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-def _timed(step: Callable[[], Any], seconds: float, per_call: int, warmup: int = 3) -> float:
-    """Env steps per second of ``step`` (``per_call`` env steps each) over ~``seconds``."""
+def _timed(
+    step: Callable[[], Any],
+    seconds: float,
+    per_call: int,
+    sync: Callable[[], None],
+    warmup: int = 3,
+) -> float:
+    """Env steps per second of ``step`` (``per_call`` env steps each) over ~``seconds``.
+
+    ``sync`` waits for queued device work: it runs after the warm-up and after each
+    batch of calls, so an asynchronous device is timed at its throughput.
+    """
     for _ in range(warmup):
         step()
+    sync()
     calls = 0
     start = time.perf_counter()
     while True:
         for _ in range(8):
             step()
         calls += 8
+        sync()
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return calls * per_call / elapsed
 
 
-Bench = tuple[Callable[[], Any], int, Callable[[], None]]
-"""A prepared env: ``(step, env steps per call, close)``."""
+Bench = tuple[Callable[[], Any], int, Callable[[], None], Callable[[], None]]
+"""A prepared env: ``(step, env steps per call, close, sync)``."""
+
+
+def _no_sync() -> None:
+    """Host-side envs: nothing is queued."""
 
 
 def bench_sync(game: str, num_envs: int, seed: int) -> Bench:
@@ -90,7 +106,7 @@ def bench_sync(game: str, num_envs: int, seed: int) -> Bench:
     envs.reset(seed=seed)
     n_valid = len(_minimal_actions(game))
     rng = np.random.default_rng(seed)
-    return (lambda: envs.step(rng.integers(n_valid, size=num_envs))), num_envs, envs.close
+    return (lambda: envs.step(rng.integers(n_valid, size=num_envs))), num_envs, envs.close, _no_sync
 
 
 def bench_numpy(game: str, num_envs: int, seed: int) -> Bench:
@@ -99,11 +115,11 @@ def bench_numpy(game: str, num_envs: int, seed: int) -> Bench:
     envs.reset()
     valid = _minimal_actions(game)
     rng = np.random.default_rng(seed)
-    return (lambda: envs.step(rng.choice(valid, size=num_envs))), num_envs, envs.close
+    return (lambda: envs.step(rng.choice(valid, size=num_envs))), num_envs, envs.close, _no_sync
 
 
 def bench_torch(game: str, num_envs: int, seed: int, device: str) -> Bench:
-    """:func:`maskrl.envs.make_vec` with ``backend="torch"`` (synced on CUDA)."""
+    """:func:`maskrl.envs.make_vec` with ``backend="torch"``."""
     envs = make_vec(
         f"maskrl/MinAtar-{game}-v0", num_envs, backend="torch", device=device, seed=seed
     )
@@ -116,10 +132,12 @@ def bench_torch(game: str, num_envs: int, seed: int, device: str) -> Bench:
     def step() -> None:
         idx = torch.randint(len(valid), (num_envs,), generator=gen, device=dev)
         envs.step(valid[idx])
+
+    def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    return step, num_envs, envs.close
+    return step, num_envs, envs.close, sync
 
 
 def _geomean(xs: Sequence[float]) -> float:
@@ -163,10 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples: dict[str, list[float]] = {k: [] for k in benches}
         try:
             for _ in range(args.repeats):
-                for key, (step, per_call, _) in benches.items():
-                    samples[key].append(_timed(step, args.seconds, per_call))
+                for key, (step, per_call, _, wait) in benches.items():
+                    samples[key].append(_timed(step, args.seconds, per_call, wait))
         finally:
-            for _, _, close in benches.values():
+            for _, _, close, _ in benches.values():
                 close()
         med = {k: statistics.median(v) for k, v in samples.items()}
         sync, npy = med["sync"], med["numpy"]
