@@ -181,7 +181,7 @@ def render_points(
     size = channels * 100
     trash = n * size  # one extra element takes the objects that are not drawn
     flat = torch.zeros(trash + 1, dtype=torch.float32, device=device) if out is None else out
-    base, trash_t = _render_constants(n, size, device)
+    base, trash_t = env_offsets(n, size, device)
     for ch, y, x, valid in points:
         cell = torch.add(x, y, alpha=10)  # y * 10 + x in one op
         if isinstance(ch, Tensor):
@@ -196,16 +196,11 @@ def render_points(
     return flat[:trash].view(n, channels, 10, 10)
 
 
+@functools.lru_cache(maxsize=64)
 def env_offsets(n: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``(arange(n) * size, n * size)``: each env's offset in a flat buffer of ``size``
-    elements per env, ``(n,)``, and one scratch index past the end (0-dim); cached."""
-    return _render_constants(n, size, device)
-
-
-@functools.lru_cache(maxsize=64)
-def _render_constants(n: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Each env's offset in a flat buffer of ``size`` per env, ``(n,)``, and the scratch
-    index ``n * size`` (a 0-dim tensor)."""
+    elements per env, ``(n,)``, and one scratch index past the end (0-dim); cached and
+    shared, so never modified in place."""
     base = torch.arange(0, n * size, size, device=device)
     return base, torch.tensor(n * size, device=device)
 
@@ -213,7 +208,7 @@ def _render_constants(n: int, size: int, device: torch.device) -> tuple[Tensor, 
 @functools.lru_cache(maxsize=256)
 def _channel_offsets(n: int, size: int, channel: int, device: torch.device) -> Tensor:
     """Flat index of cell 0 of ``channel`` in each env's observation, ``(n,)``."""
-    return _render_constants(n, size, device)[0] + channel * 100
+    return env_offsets(n, size, device)[0] + channel * 100
 
 
 #: x and y steps of MinAtar's actions ``[noop, left, up, right, down, fire]``.
@@ -240,8 +235,8 @@ def move_y(action: Tensor) -> Tensor:
 
 
 def on_screen(x: Tensor) -> Tensor:
-    """bool: column ``x`` is inside ``[0, 9]``."""
-    return (x >= 0) & (x <= 9)
+    """bool: column ``x`` is inside ``[0, 9]`` (two ops, one fewer than two compares)."""
+    return x.clamp(0, 9) == x
 
 
 def arange_grid(device: torch.device) -> tuple[Tensor, Tensor]:

@@ -64,6 +64,7 @@ from maskrl.envs.torch_minatar._base import (
     env_offsets,
     move_x,
     move_y,
+    on_screen,
     randint_as_uniform,
     render_points,
 )
@@ -142,11 +143,6 @@ def _bars(device: torch.device) -> tuple[Tensor, Tensor]:
     count = torch.arange(7, device=device)[:, None]
     divers = (col[None, :] >= 9 - count) & (col[None, :] < 9)
     return oxygen.to(torch.uint8), divers.to(torch.uint8)
-
-
-def _on_screen(x: Tensor) -> Tensor:
-    """bool: ``x`` in ``[0, 9]`` (one op fewer than ``on_screen``)."""
-    return x.clamp(0, 9) == x
 
 
 class Seaquest(TorchMinAtarGame):
@@ -294,7 +290,7 @@ class Seaquest(TorchMinAtarGame):
         #    cell becomes -1 (no enemy's); with two slots, when both are live the one
         #    with the larger seq is the later-appended.
         fb_x = s["fb_x"] + s["fb_dx"]
-        fb_alive = s["fb_alive"] & _on_screen(fb_x)
+        fb_alive = s["fb_alive"] & on_screen(fb_x)
         fb_cell = torch.add(fb_x, s["fb_y"], alpha=10)
         fb_seq = s["fb_seq"]
         later1 = fb_seq[1] > fb_seq[0]  # slot 1 is the later-appended
@@ -321,7 +317,7 @@ class Seaquest(TorchMinAtarGame):
         at_before = dv_alive & (torch.add(dv_x, dv_y, alpha=10) == sub_cell)
         due = dv_alive & (dv_timer == 0)
         moved_x = torch.where(due, dv_x + s["dv_dx"], dv_x)
-        off = due & ~_on_screen(moved_x)
+        off = due & ~on_screen(moved_x)
         at_after = due & ~off & (torch.add(moved_x, dv_y, alpha=10) == sub_cell)
         cand = at_before | at_after
         dv_seq = s["dv_seq"]
@@ -339,7 +335,7 @@ class Seaquest(TorchMinAtarGame):
         due = en_alive & (s["en_timer"] == 0)
         en_x = torch.where(due, s["en_x"] + s["en_dx"], s["en_x"])
         en_cell = torch.add(en_x, s["en_y"], alpha=10)
-        off = due & ~_on_screen(en_x)
+        off = due & ~on_screen(en_x)
         at = due & ~off & (en_cell == sub_cell)
         terminal = terminal | at.any(dim=0)
         eligible = due & ~off & ~at
@@ -368,7 +364,7 @@ class Seaquest(TorchMinAtarGame):
         s["en_shot"] = torch.where(shoot, _ENEMY_SHOT_INTERVAL, shot - 1)
         base, trash = env_offsets(n, 200, action.device)
         at = (s["en_dx"] + 1) * 50 + en_cell + base  # flat index in (N, 2, 10, 10)
-        idx = torch.where(shoot & _on_screen(en_x), at, trash)
+        idx = torch.where(shoot & on_screen(en_x), at, trash)
         flat = torch.zeros(n * 200 + 1, dtype=torch.bool, device=action.device)
         eb = s["eb"] | flat.index_fill_(0, idx.flatten(), True)[: n * 200].view(n, 2, 10, 10)
 
@@ -453,7 +449,7 @@ class Seaquest(TorchMinAtarGame):
             alive, x, y = state[f"{p}_alive"], state[f"{p}_x"], state[f"{p}_y"]
             points.append((ch, y, x, alive))
             back = x - state[f"{p}_dx"]
-            points.append((3, y, back, alive & _on_screen(back)))
+            points.append((3, y, back, alive & on_screen(back)))
         obs = render_points(n, self.channels, points, dev, out)
         eb = state["eb"]
         # (a reduction over the pair is much slower, a bool-to-float copy ~4x slower)
