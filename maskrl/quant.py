@@ -27,7 +27,8 @@ The pieces, bottom up:
   in FBGEMM's and oneDNN's quantized kernels, float output; layers under
   :data:`MIN_INT8_KERNEL_WEIGHTS` weights (policy and value heads, MinAtar's
   3x3 convolution) multiply the same integers in float, which is cheaper
-  there. It computes the same numbers as the fake-quantized network (the
+  there, and so do all layers on CPUs whose kernels are not exact (8 bits on
+  AVX2-only x86: :func:`int8_kernels`). It computes the same numbers as the fake-quantized network (the
   integer products are exact; only the float rescaling may differ in the last
   bit), so its greedy actions match.
 * :func:`quant_spec` / :func:`apply_quant_spec` describe a prepared network as
@@ -87,6 +88,7 @@ __all__ = [
     "check_convertible",
     "convert_int8",
     "fake_quantize",
+    "int8_kernels",
     "is_convertible",
     "prepare_qat",
     "quant_spec",
@@ -876,6 +878,152 @@ def _onednn_available() -> bool:
 
 _ONEDNN = _onednn_available()
 
+# ---------------------------------------------------------------------------
+# Which integer kernels are exact on this CPU
+# ---------------------------------------------------------------------------
+#
+# Integer kernels on x86 multiply uint8 activations by int8 weights. With
+# AVX-512 VNNI (or AVX-VNNI, AMX) each product is accumulated in 32 bits:
+# exact. Without VNNI (AVX2-only x86, AVX-512 without VNNI) the kernels use
+# ``vpmaddubsw``, which adds *pairs* of products in 16 bits with saturation:
+# ``255 * 127 * 2 = 64770`` does not fit ``int16``, so large activations times
+# large weights come out wrong (oneDNN may instead halve the weights, which is
+# also inexact for odd weights). Other CPUs (ARM) have other kernels again.
+#
+# Rather than trusting a CPU-feature name, each kernel is *probed* once per
+# process with the worst case (every input level at its maximum times every
+# weight at +-127: the largest pair sums any layer can produce, so if they are
+# exact every input is) and with random levels, weights and zero points,
+# against exact integer arithmetic. A kernel that fails is never used: its
+# layers take the exact float path (the same integers multiplied in float,
+# bit for bit the fake-quantized layer). With activations of at most 7 bits,
+# pair sums stay below ``127 * 127 * 2 = 32258 < 32767``, so on AVX2 the
+# oneDNN kernels pass the probe and remain in use (``prepare_qat(num_bits=7)``,
+# ``train.py --qat-bits 7``).
+
+_KERNEL_OK: dict[tuple[str, int], bool] = {}
+
+#: Kernels forced off (tests use it to check the float path as a CPU without
+#: exact kernels runs it). Not part of the public API.
+_DISABLED_KERNELS: set[str] = set()
+
+
+def _probe_cases(num_bits: int, k: int, seed: int) -> list[tuple[Tensor, Tensor, int]]:
+    """``(levels [n, k] uint8, weight [2, k] int8, zero_point)`` cases for a kernel probe."""
+    qmax = 2**num_bits - 1
+    g = torch.Generator().manual_seed(seed)
+    w_worst = torch.full((2, k), 127, dtype=torch.int8)
+    w_worst[1].fill_(-127)
+    worst = torch.full((3, k), qmax, dtype=torch.uint8)
+    levels = torch.randint(0, qmax + 1, (5, k), generator=g).to(torch.uint8)
+    w_rand = torch.randint(-127, 128, (2, k), generator=g).to(torch.int8)
+    zp = int(torch.randint(0, qmax + 1, (), generator=g))
+    return [(worst, w_worst, 0), (levels, w_rand, zp), (levels, w_worst, zp)]
+
+
+def _exact(levels: Tensor, weight: Tensor, zp: int) -> Tensor:
+    """``(q - z) @ w.T`` in float64 (exact for probe sizes), as float32."""
+    return ((levels.double() - zp) @ weight.double().t()).float()
+
+
+def _probe_fbgemm_linear() -> bool:
+    k = 64
+    for levels, weight, zp in _probe_cases(8, k, seed=1):
+        packed = _fbgemm_pack(weight, torch.ones(2), None)
+        if packed is None:
+            return False
+        # Input levels given as floats with scale 1: FBGEMM quantizes them back
+        # to the same integers.
+        x = levels.float() - zp
+        y = getattr(torch.ops.quantized, _FBGEMM_OP)(x.contiguous(), 1.0, zp, packed)
+        if not torch.equal(y, _exact(levels, weight, zp)):
+            return False
+    return True
+
+
+def _probe_onednn_linear(num_bits: int) -> bool:
+    k = 64
+    for levels, weight, zp in _probe_cases(num_bits, k, seed=2):
+        packed = torch.ops.onednn.qlinear_prepack(weight, None)
+        y = torch.ops.onednn.qlinear_pointwise(
+            levels, 1.0, zp, packed, torch.ones(2), torch.zeros(2, dtype=torch.int64),
+            None, 1.0, 0, torch.float32, "none", [], "",
+        )  # fmt: skip
+        if not torch.equal(y, _exact(levels, weight, zp)):
+            return False
+    return True
+
+
+def _probe_onednn_conv(num_bits: int) -> bool:
+    c = 16  # 3x3 over 16 channels: 144 products per output
+    for levels, weight, zp in _probe_cases(num_bits, c * 9, seed=3):
+        n = levels.shape[0]
+        x = levels.view(n, c, 3, 3)
+        w = weight.view(2, c, 3, 3)
+        packed = torch.ops.onednn.qconv_prepack(
+            w, torch.ones(2), 1.0, zp, [1, 1], [0, 0], [1, 1], 1, None
+        )
+        y = torch.ops.onednn.qconv2d_pointwise(
+            x, 1.0, zp, packed, torch.ones(2), torch.zeros(2, dtype=torch.int64), None,
+            [1, 1], [0, 0], [1, 1], 1, 1.0, 0, torch.float32, "none", [], None,
+        )  # fmt: skip
+        if not torch.equal(y.reshape(n, 2), _exact(levels, weight, zp)):
+            return False
+    return True
+
+
+def _kernel_exact(kind: str, num_bits: int) -> bool:
+    """Whether integer kernel ``kind`` computes exact products here (probed once, cached).
+
+    ``kind``: ``"fbgemm_linear"`` (8 bits only), ``"onednn_linear"`` or
+    ``"onednn_conv"``. Any error in a probe counts as "not exact".
+    """
+    if kind in _DISABLED_KERNELS:
+        return False
+    key = (kind, num_bits)
+    if key not in _KERNEL_OK:
+        ok = False
+        if _ONEDNN or kind == "fbgemm_linear":
+            try:
+                with torch.no_grad():
+                    if kind == "fbgemm_linear":
+                        ok = num_bits == 8 and _probe_fbgemm_linear()
+                    elif kind == "onednn_linear":
+                        ok = _probe_onednn_linear(num_bits)
+                    else:
+                        ok = _probe_onednn_conv(num_bits)
+            except (RuntimeError, AttributeError, NotImplementedError, TypeError):
+                ok = False
+        _KERNEL_OK[key] = ok
+    return _KERNEL_OK[key]
+
+
+def int8_kernels(num_bits: int = 8) -> dict[str, str]:
+    """Which kernel the int8 layers of ``num_bits``-bit activations use on this CPU.
+
+    Returns ``{"linear": ..., "conv": ...}``, each ``"fbgemm"``, ``"onednn"``
+    or ``"float"`` (the exact float path: the same integers multiplied in
+    float). A kernel is used only if a probe found its products exact here
+    (see the comment above :func:`_kernel_exact`): on CPUs with VNNI, every
+    kernel; on AVX2-only x86, 8-bit layers run the float path and 7-bit
+    layers oneDNN. Layers under :data:`MIN_INT8_KERNEL_WEIGHTS` weights always
+    take the float path. The first call probes the kernels (milliseconds).
+
+    Example:
+        >>> sorted(int8_kernels(8))
+        ['conv', 'linear']
+    """
+    if not 2 <= num_bits <= 8:
+        raise ValueError(f"num_bits must be in [2, 8] for int8 kernels, got {num_bits!r}")
+    if num_bits == 8 and _kernel_exact("fbgemm_linear", 8):
+        linear = "fbgemm"
+    elif _kernel_exact("onednn_linear", num_bits):
+        linear = "onednn"
+    else:
+        linear = "float"
+    conv = "onednn" if _kernel_exact("onednn_conv", num_bits) else "float"
+    return {"linear": linear, "conv": conv}
+
 #: Layers with fewer weights than this multiply their integers in float (the
 #: dequantized int8 weight against the dequantized input levels: the same
 #: numbers, bit for bit, as the fake-quantized layer). A oneDNN int8 call costs
@@ -898,9 +1046,10 @@ class _Int8Base(nn.Module):
 
     Kernel: u8 x s8 -> s32 kernels with fp32 output on CPU (FBGEMM for 8-bit
     linear layers, oneDNN otherwise; see :func:`convert_int8`) for layers of
-    at least :data:`MIN_INT8_KERNEL_WEIGHTS` weights; otherwise (small layers,
-    other devices, builds without those kernels) the same integers multiplied
-    in float. Whatever is derived for the kernel (packed weight, Python copies of
+    at least :data:`MIN_INT8_KERNEL_WEIGHTS` weights, where this CPU computes
+    them exactly (:func:`int8_kernels`); otherwise (small layers, other
+    devices, builds without those kernels, kernels that saturate) the same
+    integers multiplied in float. Whatever is derived for the kernel (packed weight, Python copies of
     the scales) is cached outside ``state_dict`` and dropped whenever buffers
     are loaded or moved.
     """
@@ -961,13 +1110,13 @@ class _Int8Base(nn.Module):
             self.input_zero_point.copy_(x_zp)
         self._cache = None
 
-    def _use_onednn(self, x: Tensor) -> bool:
-        return (
-            self.int8_kernel
-            and _ONEDNN
-            and x.device.type == "cpu"
-            and self.weight.device.type == "cpu"
-        )
+    def _kernel(self, x: Tensor, c: dict[str, Any], kind: str) -> str:
+        """The kernel for this call: ``"fbgemm"``, ``"onednn"`` or ``"float"`` (see :func:`int8_kernels`)."""
+        if not (self.int8_kernel and x.device.type == "cpu" and self.weight.device.type == "cpu"):
+            return "float"
+        if "kernel" not in c:
+            c["kernel"] = int8_kernels(self.num_bits)[kind]
+        return str(c["kernel"])
 
     def _base_cache(self) -> dict[str, Any]:
         """Python copies of the input's quantization, read once, not on every call."""
@@ -1077,20 +1226,20 @@ class Int8Linear(_Int8Base):
         if self._cache is None:
             self._cache = self._base_cache()
         c = self._cache
-        if not self._use_onednn(x):
+        kernel = self._kernel(x, c, "linear")
+        if kernel == "fbgemm" and "fbgemm" not in c:
+            # FBGEMM quantizes onto [0, 255]: only for 8-bit activations
+            # (int8_kernels never picks it for fewer bits).
+            c["fbgemm"] = _fbgemm_pack(self.weight, self.weight_scale, self.bias)
+            if c["fbgemm"] is None:  # packing failed: the exact float path
+                kernel = c["kernel"] = "float"
+        if kernel == "float":
             if "w" not in c:
                 c["w"] = self._float_weight()
             return F.linear(self._float_inputs(x, c), c["w"], self.bias)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if "fbgemm" not in c:
-            # FBGEMM quantizes onto [0, 255]: only for 8-bit activations.
-            c["fbgemm"] = (
-                _fbgemm_pack(self.weight, self.weight_scale, self.bias)
-                if self.num_bits == 8
-                else None
-            )
-        if c["fbgemm"] is not None:
+        if kernel == "fbgemm":
             y = getattr(torch.ops.quantized, _FBGEMM_OP)(
                 x2.float().contiguous(), c["x_scale"], c["x_zp"], c["fbgemm"]
             )
@@ -1128,7 +1277,7 @@ class Int8Conv2d(_Int8Base):
         if self._cache is None:
             self._cache = self._base_cache()
         c = self._cache
-        if not self._use_onednn(x):
+        if self._kernel(x, c, "conv") == "float":
             if "w" not in c:
                 c["w"] = self._float_weight()
             xf = self._float_inputs(x, c)
@@ -1224,9 +1373,13 @@ def convert_int8(model: nn.Module) -> nn.Module:
     changes (FBGEMM's weight packing sets the quantized engine inside a block
     that restores it).
 
-    On CPUs without VNNI (AVX2 only), u8 x s8 kernels add pairs of products in
-    16 bits, which can saturate for large weights and activations; PyTorch's
-    own observers reduce the activation range to 7 bits there for this reason.
+    Every CPU: a kernel is used only where a probe (once per process, see
+    :func:`int8_kernels`) found its products exact. On CPUs without VNNI
+    (AVX2-only x86), u8 x s8 kernels add pairs of products in saturating 16
+    bits (``255 * 127 * 2`` does not fit), so there 8-bit layers take the exact
+    float path instead (no int8 speed-up, but the same answer); layers of at
+    most 7 bits (``prepare_qat(num_bits=7)``) cannot saturate and keep the
+    oneDNN kernels. ``benchmarks/quant_latency.py`` prints which kernels ran.
 
     Raises:
         ValueError: naming each layer that cannot be converted and why

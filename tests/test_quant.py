@@ -5,6 +5,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import os
+import platform
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -597,3 +602,131 @@ def test_small_int8_layers_equal_the_fake_quantized_ones_bit_for_bit(mode: str) 
     x = torch.randn(64, 16)
     with torch.no_grad():
         assert torch.equal(convert_int8(net)(x), net(x))
+
+
+# ---------------------------------------------------------------------------
+# int8 kernels on every kind of CPU
+# ---------------------------------------------------------------------------
+
+KERNEL_KINDS = ("fbgemm_linear", "onednn_linear", "onednn_conv")
+
+
+@pytest.fixture(params=["probed", "float_only"])
+def kernel_setting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the kernels this CPU's probe allows, and again with none.
+
+    ``float_only`` is what a CPU whose integer kernels are all inexact (or
+    missing) runs: every layer on the exact float path.
+    """
+    if request.param == "float_only":
+        monkeypatch.setattr(Q, "_DISABLED_KERNELS", set(KERNEL_KINDS))
+    return str(request.param)
+
+
+def _worst_case_layers(bits: int) -> tuple[nn.Module, torch.Tensor]:
+    """A linear and a conv layer whose integer sums are the largest any layer makes.
+
+    Every weight at +-127 and every input at the top level: on AVX2-only x86,
+    ``u8 x s8`` kernels add pairs of such products in saturating 16 bits.
+    """
+    net = nn.Sequential(nn.Conv2d(16, 32, 3), nn.Flatten(), nn.Linear(32 * 9, 64))
+    prepare_qat(net, num_bits=bits)
+    x = torch.rand(4, 16, 5, 5)
+    x[0] = 1.0
+    net(x)
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            sign = torch.where(torch.rand_like(layer.weight) < 0.5, -1.0, 1.0)
+            layer.weight.copy_(sign * layer.weight.abs().amax())
+    net.eval()
+    return net, x
+
+
+@pytest.mark.parametrize("bits", [8, 7])
+def test_int8_worst_case_sums_are_exact(bits: int, kernel_setting: str) -> None:
+    # Fails on AVX2-only CPUs if a saturating kernel is used.
+    torch.manual_seed(0)
+    net, x = _worst_case_layers(bits)
+    int8 = convert_int8(net)
+    with torch.no_grad():
+        torch.testing.assert_close(int8(x), net(x), atol=1e-4, rtol=1e-5)
+    if kernel_setting == "float_only":
+        assert Q.int8_kernels(bits) == {"linear": "float", "conv": "float"}
+        with torch.no_grad():  # the float path is the fake-quantized layer, bit for bit
+            assert torch.equal(int8(x), net(x))
+
+
+@pytest.mark.parametrize("name", ["atari", "mlp", "onehot", "multigame"])
+def test_int8_agrees_with_fake_quantization_on_any_kernel(name: str, kernel_setting: str) -> None:
+    torch.manual_seed(0)
+    make_net, make_obs, n = NETWORKS[name]
+    net = make_net()
+    layer_init(net.policy_head, std=1.0)
+    prepare_qat(net)
+    obs = make_obs(64)
+    net(obs)
+    net.eval()
+    int8 = convert_int8(net)
+    with torch.no_grad():
+        logits, _ = net(obs)
+        i_logits, _ = int8(obs)
+    torch.testing.assert_close(i_logits, logits, atol=1e-2, rtol=0)
+    agree = (i_logits.argmax(-1) == logits.argmax(-1)).float().mean().item()
+    assert agree >= 0.98, agree
+
+
+def test_int8_kernels_report() -> None:
+    report = Q.int8_kernels(8)
+    assert set(report) == {"linear", "conv"}
+    assert report["linear"] in ("fbgemm", "onednn", "float")
+    assert report["conv"] in ("onednn", "float")
+    with pytest.raises(ValueError, match="num_bits"):
+        Q.int8_kernels(12)
+
+
+AVX2_ONLY_ENV = {
+    # Make this process's kernels behave as on an AVX2-only x86 CPU (no VNNI):
+    # FBGEMM, oneDNN and ATen each read their own switch.
+    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+}
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 instruction sets"
+)
+def test_int8_exact_on_an_avx2_only_cpu() -> None:
+    # On a VNNI CPU this runs the kernels as an AVX2-only CPU does; on an
+    # AVX2-only CPU it runs them natively. Either way the probe must reject
+    # the saturating 8-bit kernels and the int8 model must match.
+    script = textwrap.dedent(
+        """
+        import torch, maskrl.quant as Q
+        from torch import nn
+        assert torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT"), \\
+            torch.backends.cpu.get_cpu_capability()
+        torch.manual_seed(0)
+        for bits in (8, 7):
+            net = nn.Sequential(nn.Conv2d(16, 32, 3), nn.Flatten(), nn.Linear(32 * 9, 64))
+            Q.prepare_qat(net, num_bits=bits)
+            x = torch.rand(4, 16, 5, 5)
+            x[0] = 1.0
+            net(x)
+            with torch.no_grad():
+                for layer in (net[0], net[2]):
+                    sign = torch.where(torch.rand_like(layer.weight) < 0.5, -1.0, 1.0)
+                    layer.weight.copy_(sign * layer.weight.abs().amax())
+            net.eval()
+            with torch.no_grad():
+                err = (Q.convert_int8(net)(x) - net(x)).abs().max().item()
+            print(bits, Q.int8_kernels(bits), err)
+            assert err < 1e-3, (bits, err)
+        assert Q.int8_kernels(7) != {"linear": "float", "conv": "float"} or not Q._ONEDNN
+        """
+    )
+    env = {**os.environ, **AVX2_ONLY_ENV, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
