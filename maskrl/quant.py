@@ -222,6 +222,13 @@ def _as_range_tensor(v: Tensor | float, like: Tensor, name: str) -> Tensor:
     return torch.tensor(float(v), dtype=torch.float32, device=like.device)
 
 
+def _short(t: Tensor) -> str:
+    """A tensor in an error message: its value if small, else its shape and extremes."""
+    if t.numel() <= 4:
+        return str(t.detach().cpu().tolist())
+    return f"tensor of shape {tuple(t.shape)} with values in [{t.min().item()}, {t.max().item()}]"
+
+
 def _check_bits(num_bits: int) -> None:
     if not isinstance(num_bits, int) or not 2 <= num_bits <= 16:
         raise ValueError(f"num_bits must be an integer in [2, 16] (as in TF), got {num_bits!r}")
@@ -261,7 +268,10 @@ def fake_quantize(
           (``x * (1 / scale)`` in float32, round half to even), output
           ``(q - zero_point) * scale``: the same as
           ``torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin,
-          qmax)``, bit for bit. (TF rounds ties up; the two differ only for
+          qmax)``, bit for bit, for every input but NaN (``+-inf`` clamp to
+          the range ends in both). A NaN input stays NaN here, so that a
+          broken activation is seen, where torch's kernel turns it into the
+          lowest grid point. (TF rounds ties up; the two differ only for
           inputs exactly halfway between grid points.)
         * **Backward** (straight-through estimator, Bengio et al. 2013, as in
           TF): ``dx = dy`` where ``nudged_min <= x <= nudged_max``, else 0;
@@ -288,9 +298,10 @@ def fake_quantize(
 
     Raises:
         ValueError: for a non-floating ``x``, ``num_bits`` outside ``[2, 16]``,
-            or ``x_min > x_max`` anywhere (checking reads the range back from
-            the device: :class:`FakeQuant` skips it, its ranges are valid by
-            construction).
+            a NaN or infinite ``x_min`` or ``x_max``, or ``x_min > x_max``
+            anywhere (checking reads the range back from the device:
+            :class:`FakeQuant` skips it, its ranges are finite and ordered by
+            construction: it never observes a non-finite batch).
 
     Example:
         >>> x = torch.tensor([-1.0, -0.1, 0.0, 0.26, 2.0])
@@ -303,7 +314,15 @@ def fake_quantize(
     _check_bits(num_bits)
     lo = _as_range_tensor(x_min, x, "x_min")
     hi = _as_range_tensor(x_max, x, "x_max")
-    if bool((lo > hi).any()):
+    # One read-back for both checks.
+    bad_range, non_finite = torch.stack(
+        [(lo > hi).any(), ~(torch.isfinite(lo).all() & torch.isfinite(hi).all())]
+    ).tolist()
+    if non_finite:
+        raise ValueError(
+            f"x_min and x_max must be finite, got x_min={_short(lo)}, x_max={_short(hi)}"
+        )
+    if bad_range:
         raise ValueError("x_min must be <= x_max (elementwise)")
     qmin, qmax = _quant_bounds(num_bits, narrow_range)
     out: Tensor = _FakeQuantMinMax.apply(x, lo, hi, qmin, qmax)
@@ -443,6 +462,12 @@ class FakeQuant(nn.Module):
 
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
+        """Fold a batch's min/max into the range; a non-finite batch (channel) is skipped.
+
+        One NaN or infinite value would otherwise poison the moving average
+        for good. Skipping is done on the device (no read-back), except until
+        the first finite batch has been seen.
+        """
         x = x.detach().float()
         if self.per_channel is None:
             lo, hi = torch.aminmax(x)
@@ -452,15 +477,22 @@ class FakeQuant(nn.Module):
                     f"FakeQuant expects {self.per_channel} channels along dim 0, got {x.shape[0]}"
                 )
             lo, hi = torch.aminmax(x.reshape(x.shape[0], -1), dim=1)
+        finite = torch.isfinite(lo) & torch.isfinite(hi)
         if not self._observed:
+            if not bool(finite.all()):
+                return  # nothing usable yet: wait for a finite batch
             self.min_val.copy_(lo)
             self.max_val.copy_(hi)
             self._observed = True
             self.observed.fill_(True)
         else:
             c = self.averaging_constant
-            self.min_val.add_(c * (lo - self.min_val))
-            self.max_val.add_(c * (hi - self.max_val))
+            self.min_val.copy_(
+                torch.where(finite, self.min_val + c * (lo - self.min_val), self.min_val)
+            )
+            self.max_val.copy_(
+                torch.where(finite, self.max_val + c * (hi - self.max_val), self.max_val)
+            )
 
     def _range(self) -> tuple[Tensor, Tensor]:
         """The range handed to :func:`fake_quantize` (symmetric ranges: ``[-a, a]``)."""
@@ -1024,6 +1056,7 @@ def int8_kernels(num_bits: int = 8) -> dict[str, str]:
     conv = "onednn" if _kernel_exact("onednn_conv", num_bits) else "float"
     return {"linear": linear, "conv": conv}
 
+
 #: Layers with fewer weights than this multiply their integers in float (the
 #: dequantized int8 weight against the dequantized input levels: the same
 #: numbers, bit for bit, as the fake-quantized layer). A oneDNN int8 call costs
@@ -1231,8 +1264,9 @@ class Int8Linear(_Int8Base):
             # FBGEMM quantizes onto [0, 255]: only for 8-bit activations
             # (int8_kernels never picks it for fewer bits).
             c["fbgemm"] = _fbgemm_pack(self.weight, self.weight_scale, self.bias)
-            if c["fbgemm"] is None:  # packing failed: the exact float path
-                kernel = c["kernel"] = "float"
+            if c["fbgemm"] is None:  # packing failed (e.g. a torch without qint8)
+                exact = _kernel_exact("onednn_linear", self.num_bits)
+                kernel = c["kernel"] = "onednn" if exact else "float"
         if kernel == "float":
             if "w" not in c:
                 c["w"] = self._float_weight()

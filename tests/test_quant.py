@@ -730,3 +730,53 @@ def test_int8_exact_on_an_avx2_only_cpu() -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------------
+# non-finite ranges and inputs
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_fake_quantize_refuses_a_non_finite_range(bad: float) -> None:
+    x = torch.randn(10)
+    with pytest.raises(ValueError, match="must be finite"):
+        fake_quantize(x, bad, 1.0)
+    with pytest.raises(ValueError, match="must be finite"):
+        fake_quantize(x, -1.0, bad if bad != -float("inf") else float("nan"))
+    with pytest.raises(ValueError, match="must be finite"):
+        fake_quantize(torch.randn(3, 4), torch.tensor([[-1.0], [bad], [-1.0]]), 1.0)
+
+
+def test_fake_quantize_equals_torch_except_nan_inputs() -> None:
+    x = torch.tensor([float("inf"), -float("inf"), 1.0, -0.3, 5.0, float("nan")])
+    ours = fake_quantize(x, -1.0, 2.0)
+    scale, zp = Q._nudge(torch.tensor(-1.0), torch.tensor(2.0), 0, 255)[:2]
+    ref = torch.fake_quantize_per_tensor_affine(x, float(scale), int(zp), 0, 255)
+    assert torch.equal(ours[:5], ref[:5])  # +-inf clamp to the ends in both
+    assert torch.isnan(ours[5])  # NaN stays visible; torch's kernel hides it
+    assert not torch.isnan(ref[5])
+
+
+@pytest.mark.parametrize("per_channel", [None, 3])
+def test_observer_ignores_non_finite_batches(per_channel: int | None) -> None:
+    fq = FakeQuant(per_channel=per_channel)
+    fq.train()
+    fq(torch.full((3, 4), float("nan")))  # nothing usable before the first finite batch
+    assert not fq._observed
+    x = torch.randn(3, 4)
+    fq(x)
+    lo, hi = fq.min_val.clone(), fq.max_val.clone()
+    assert torch.isfinite(lo).all() and torch.isfinite(hi).all()
+    poisoned = torch.randn(3, 4)
+    poisoned[1, 2] = float("nan")
+    poisoned[0, 0] = float("inf")
+    fq(poisoned)
+    if per_channel is None:  # the whole batch is skipped
+        assert torch.equal(fq.min_val, lo) and torch.equal(fq.max_val, hi)
+    else:  # the broken channels are skipped, the clean one is updated
+        assert torch.equal(fq.min_val[:2], lo[:2]) and torch.equal(fq.max_val[:2], hi[:2])
+        assert not torch.equal(fq.min_val[2], lo[2])
+    assert torch.isfinite(fq.min_val).all() and torch.isfinite(fq.max_val).all()
+    fq.set_enabled(True)
+    assert torch.isfinite(fq(torch.randn(3, 4))).all()
