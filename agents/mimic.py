@@ -40,7 +40,12 @@ from maskrl.agents.mimic_losses import (
     greedy_agreement,
     policy_regression_loss,
 )
-from maskrl.agents.policy import MaskedPolicy, load_policy, policy_from_checkpoint
+from maskrl.agents.policy import (
+    MaskedPolicy,
+    eval_mode,
+    load_policy,
+    policy_from_checkpoint,
+)
 from maskrl.agents.quantize import prepare_for_qat
 from maskrl.agents.rollout import Obs, RolloutBuffer, flatten_obs, index_obs
 from maskrl.agents.trainer import make_adam, optimize_minibatches, resolve_device
@@ -371,7 +376,7 @@ def student_agreement(
         obs, infos = envs.reset(seed=seed)
         for _ in range(steps):
             mask = np.asarray(infos["action_mask"])
-            with torch.inference_mode():
+            with torch.inference_mode(), eval_mode(policy.net):
                 t_obs = {
                     "obs": torch.as_tensor(obs["obs"], device=policy.device),
                     "game_id": torch.as_tensor(obs["game_id"], device=policy.device),
@@ -381,7 +386,8 @@ def student_agreement(
                 for g, x in enumerate(experts):
                     sel = t_obs["game_id"] == g
                     own = _game_slice(t_obs["obs"][sel], x.policy.observation_space.shape)
-                    e_logits, _ = x.policy.net(own)
+                    with eval_mode(x.policy.net):
+                        e_logits, _ = x.policy.net(own)
                     n_g = e_logits.shape[-1]
                     agree[g] += float(
                         greedy_agreement(s_logits[sel][:, :n_g], e_logits, m[sel][:, :n_g])

@@ -9,6 +9,8 @@ program.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from maskrl.agents.trainer import TrainerRNG, check_finite_params, resolve_devic
 from maskrl.distributions import MaskedPolicyHead
 from maskrl.quant import apply_quant_spec, quant_spec
 
-__all__ = ["CHECKPOINT_FORMATS", "MaskedPolicy", "action_layout", "load_policy"]
+__all__ = ["CHECKPOINT_FORMATS", "MaskedPolicy", "action_layout", "eval_mode", "load_policy"]
 
 #: Checkpoint formats this version reads (``format`` key of a checkpoint).
 CHECKPOINT_FORMATS = ("maskrl.ppo/1", "maskrl.ppo/2", "maskrl.mimic/1")
@@ -51,6 +53,24 @@ def action_layout(action_space: Any) -> tuple[list[int], tuple[int, ...]]:
         nvec = [int(n) for n in np.asarray(action_space.nvec).ravel()]
         return nvec, (len(nvec),)
     raise ValueError(f"maskrl supports Discrete and MultiDiscrete actions, got {action_space}")
+
+
+@contextlib.contextmanager
+def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """Run ``net`` in eval mode for the block, then restore every submodule's own mode.
+
+    What only reads a network (acting, evaluating, labelling as a teacher) goes
+    through this: in training mode a QAT network's observers move their ranges
+    with every batch (and a batch-norm its statistics), so a "read" would
+    change the model and the next answer.
+    """
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        yield net
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _shape_of(spec: Any) -> Any:
@@ -183,7 +203,7 @@ class MaskedPolicy:
         """
         mask, single = self.check_mask(action_mask)
         arr = self._check_obs(obs, mask.shape[0], single)
-        with torch.inference_mode():
+        with torch.inference_mode(), eval_mode(self.net):
             t_obs = obs_to_tensor(arr, self.device, self.obs_spec)
             logits, _ = self.net(t_obs)
             action, _ = self.head.sample(
@@ -196,9 +216,13 @@ class MaskedPolicy:
         return out[0] if single else out
 
     def logits_and_features(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits [B, n], features [B, F])`` of a batch of tensor observations (a teacher's labels)."""
-        features = self.net.features(obs)  # type: ignore[operator]
-        logits, _ = self.net(obs)
+        """``(logits [B, n], features [B, F])`` of a batch of tensor observations (a teacher's labels).
+
+        Computed in eval mode: labelling never changes the teacher.
+        """
+        with eval_mode(self.net):
+            features = self.net.features(obs)  # type: ignore[operator]
+            logits, _ = self.net(obs)
         return logits, features
 
     # ------------------------------------------------------------- persistence
@@ -259,6 +283,7 @@ def policy_from_checkpoint(
         raise ValueError(
             f"checkpoint {path} holds non-finite weights (in {bad}); it cannot be used"
         )
+    policy.net.eval()  # a loaded policy only reads its network (trainers switch it back)
     return policy
 
 
@@ -271,6 +296,8 @@ def load_policy(
     """Load the policy of any maskrl checkpoint for inference or as a teacher.
 
     No optimizer is built and torch's global random generator is untouched.
+    The network is in eval mode, and :meth:`MaskedPolicy.predict` keeps it
+    there, so acting never changes it (a QAT network's ranges stay fixed).
 
     Args:
         path: a ``checkpoint.pt`` (PPO, expert or Actor-Mimic student).

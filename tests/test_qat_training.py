@@ -150,3 +150,39 @@ def test_qat_returns_benchmark_smoke(tmp_path: Path) -> None:
     assert [r["policy"] for r in rows] == ["float", "PTQ int8", "QAT-4", "QAT-4 int8"]
     assert rows[1]["bytes"] * 3.5 <= rows[0]["bytes"]
     assert all(r["episodes"] == 1 for r in rows)
+
+
+def _state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_reading_a_qat_policy_never_changes_it(tmp_path: Path) -> None:
+    from maskrl.agents import evaluate
+
+    cfg = PPOConfig(num_envs=4, num_steps=16, num_minibatches=2, device="cpu", qat=True)
+    agent = PPO(BREAKOUT, cfg)
+    agent.learn(128)
+    agent.save(tmp_path / "q.pt")
+    # Right after learn() the network is in training mode (the update ran last):
+    # evaluating must neither move its fake-quantization ranges nor its mode.
+    assert agent.policy.net.training
+    before = _state(agent.policy.net)
+    runs = [evaluate(agent, BREAKOUT, 3, seed=0, deterministic=True)["returns"] for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    after = _state(agent.policy.net)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert agent.policy.net.training  # the caller's mode is restored
+    agent.envs.close()
+
+    for loaded in (
+        load_policy(tmp_path / "q.pt", device="cpu"),
+        PPO.load(tmp_path / "q.pt", "cpu").policy,
+    ):
+        assert not any(m.training for m in loaded.net.modules())
+        before = _state(loaded.net)
+        obs, masks = _observations(4)
+        first = loaded.predict(obs, masks, deterministic=True)
+        for _ in range(3):
+            assert np.array_equal(loaded.predict(obs, masks, deterministic=True), first)
+        after = _state(loaded.net)
+        assert all(torch.equal(before[k], after[k]) for k in before)
