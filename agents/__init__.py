@@ -10,7 +10,7 @@
 """
 
 from maskrl.agents.config import PRESETS, PPOConfig
-from maskrl.agents.evaluate import evaluate
+from maskrl.agents.evaluation import evaluate
 from maskrl.agents.mimic import ActorMimic, MimicConfig, load_experts
 from maskrl.agents.mimic_losses import (
     FeatureRegressionHeads,

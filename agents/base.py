@@ -78,7 +78,7 @@ class OnPolicyTrainer:
     # ------------------------------------------------------------------ acting
     def _act(self, obs: Obs, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, value = self.net(obs)
-        action, logp = self.head.sample(logits, mask, generator=self.rng.device)
+        action, logp = self.head.sample(logits, mask, generator=self.rng.device_gen)
         return action, logp, value
 
     def _value(self, obs: Obs) -> torch.Tensor:

@@ -237,7 +237,7 @@ class ActorMimic(OnPolicyTrainer):
         action, logp, value = super()._act(obs, mask)
         eps = self.config.epsilon
         if eps > 0:
-            g = self.rng.device
+            g = self.rng.device_gen
             explore = torch.rand(action.shape, device=action.device, generator=g) < eps
             uniform = gumbel_argmax(torch.zeros(mask.shape, device=mask.device), mask, g)
             action = torch.where(explore, uniform, action)
@@ -311,7 +311,7 @@ class ActorMimic(OnPolicyTrainer):
             c.num_minibatches,
             c.num_epochs,
             c.max_grad_norm,
-            self.rng.device,
+            self.rng.device_gen,
             self.device,
         )
         out.pop("epochs")

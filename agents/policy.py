@@ -210,7 +210,7 @@ class MaskedPolicy:
                 logits,
                 torch.as_tensor(mask, device=self.device),
                 deterministic,
-                generator=self.rng.device,
+                generator=self.rng.device_gen,
             )
         out = action.cpu().numpy()
         return out[0] if single else out

@@ -221,10 +221,6 @@ class PPO(OnPolicyTrainer):
         )
         self._init_state()
 
-    @property
-    def custom_network(self) -> bool:
-        return self.policy.network_kwargs is None
-
     # ------------------------------------------------------------------ acting
     def predict(self, obs: Any, action_mask: Any, deterministic: bool = False) -> np.ndarray:
         """Choose actions for a single observation or a batch (see :meth:`MaskedPolicy.predict`).
@@ -280,7 +276,7 @@ class PPO(OnPolicyTrainer):
             c.num_minibatches,
             c.num_epochs,
             c.max_grad_norm,
-            self.rng.device,
+            self.rng.device_gen,
             self.device,
             stop_after_epoch=(lambda m: m["approx_kl"] > target_kl) if target_kl else None,
         )

@@ -43,7 +43,7 @@ import numpy as np
 
 from maskrl.agents.checkpoint import clean_stale_temporaries
 from maskrl.agents.config import PPOConfig, check_types
-from maskrl.agents.evaluate import evaluate
+from maskrl.agents.evaluation import evaluate
 from maskrl.agents.ppo import PPO
 from maskrl.agents.trainer import NonFiniteError
 

@@ -42,10 +42,6 @@ __all__ = [
     "torch_threads",
 ]
 
-#: Largest seed accepted anywhere (Gymnasium seeds and numpy's legacy generators
-#: need seeds below 2**32; env slot ``i`` gets ``seed + i``).
-MAX_SEED = 2**31 - 1
-
 
 class NonFiniteError(ValueError):
     """Training met a non-finite value (reward, observation, loss or gradient).
@@ -86,11 +82,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 class TrainerRNG:
-    """A trainer's own random generators.
+    """A trainer's own random generators (both ``torch.Generator``).
 
-    ``device``: draws on the training device (action sampling); ``cpu``: draws
-    on the host (minibatch permutations are drawn on the device generator too
-    when the device is CPU, so one CPU generator serves both there).
+    ``device_gen``: draws on the training device (action sampling, minibatch
+    permutations); ``host_gen``: draws on the host. On a CPU device they are
+    one and the same generator.
 
     Args:
         seed: seeds both generators.
@@ -98,24 +94,23 @@ class TrainerRNG:
     """
 
     def __init__(self, seed: int, device: torch.device) -> None:
-        self.device_type = device.type
-        self.cpu = torch.Generator().manual_seed(seed)
-        self.device = (
-            self.cpu if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
+        self.host_gen = torch.Generator().manual_seed(seed)
+        self.device_gen = (
+            self.host_gen if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
         )
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors (CPU ``uint8``), loadable with ``weights_only=True``."""
-        out = {"cpu": self.cpu.get_state()}
-        if self.device is not self.cpu:
-            out["device"] = self.device.get_state()
+        out = {"cpu": self.host_gen.get_state()}
+        if self.device_gen is not self.host_gen:
+            out["device"] = self.device_gen.get_state()
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the generators. A CUDA state saved without a device generator is kept as is."""
-        self.cpu.set_state(state["cpu"])
-        if self.device is not self.cpu and "device" in state:
-            self.device.set_state(state["device"])
+        self.host_gen.set_state(state["cpu"])
+        if self.device_gen is not self.host_gen and "device" in state:
+            self.device_gen.set_state(state["device"])
 
 
 def linear_schedule(start: float, step: int, total: int) -> float:

@@ -89,7 +89,7 @@ def test_the_student_policy_is_what_load_policy_gives_back(tmp_path: Path) -> No
         assert torch.equal(p, q)
     resumed = ActorMimic.load(tmp_path / "student.pt", device="cpu")
     assert resumed.global_step == 64
-    assert torch.equal(resumed.rng.cpu.get_state(), trainer.rng.cpu.get_state())
+    assert torch.equal(resumed.rng.host_gen.get_state(), trainer.rng.host_gen.get_state())
     resumed.envs.close()
 
 

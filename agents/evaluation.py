@@ -1,4 +1,8 @@
-"""Evaluation of a trained agent: mean and standard deviation of episode returns."""
+"""Evaluation of a trained agent: mean and standard deviation of episode returns.
+
+The module is ``evaluation`` so that the function :func:`maskrl.agents.evaluate`
+does not hide it.
+"""
 
 from __future__ import annotations
 
