@@ -304,10 +304,16 @@ def main(argv: list[str] | None = None) -> int:
             label = f"MinAtar x{len(ids)} ({n.split('-')[1]})"
             rows.append(bench_network(label, builders[n], obs, mask, args.repeats, args.calls))
 
+    from maskrl.quant import int8_kernels
+
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"aten oneDNN {'on' if torch.backends.mkldnn.enabled else 'off'}, "
         f"{args.repeats} rounds x {args.calls} calls (median us per call)"
+    )
+    print(
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+        f"int8 kernels (8-bit): {int8_kernels(8)}"
     )
     head = (
         f"{'network':<26} {'float B':>9} {'int8 B':>8} {'x':>5} | {'f32 b1':>8} {'int8 b1':>8}"

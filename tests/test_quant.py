@@ -619,7 +619,7 @@ def kernel_setting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     missing) runs: every layer on the exact float path.
     """
     if request.param == "float_only":
-        monkeypatch.setattr(Q, "_DISABLED_KERNELS", set(KERNEL_KINDS))
+        monkeypatch.setattr(Q.kernels, "_DISABLED_KERNELS", set(KERNEL_KINDS))
     return str(request.param)
 
 
@@ -722,7 +722,7 @@ def test_int8_exact_on_an_avx2_only_cpu() -> None:
                 err = (Q.convert_int8(net)(x) - net(x)).abs().max().item()
             print(bits, Q.int8_kernels(bits), err)
             assert err < 1e-3, (bits, err)
-        assert Q.int8_kernels(7) != {"linear": "float", "conv": "float"} or not Q._ONEDNN
+        assert Q.int8_kernels(7) != {"linear": "float", "conv": "float"} or not Q.kernels._ONEDNN
         """
     )
     env = {**os.environ, **AVX2_ONLY_ENV, "OMP_NUM_THREADS": "1"}
@@ -751,7 +751,7 @@ def test_fake_quantize_refuses_a_non_finite_range(bad: float) -> None:
 def test_fake_quantize_equals_torch_except_nan_inputs() -> None:
     x = torch.tensor([float("inf"), -float("inf"), 1.0, -0.3, 5.0, float("nan")])
     ours = fake_quantize(x, -1.0, 2.0)
-    scale, zp = Q._nudge(torch.tensor(-1.0), torch.tensor(2.0), 0, 255)[:2]
+    scale, zp = Q.fake._nudge(torch.tensor(-1.0), torch.tensor(2.0), 0, 255)[:2]
     ref = torch.fake_quantize_per_tensor_affine(x, float(scale), int(zp), 0, 255)
     assert torch.equal(ours[:5], ref[:5])  # +-inf clamp to the ends in both
     assert torch.isnan(ours[5])  # NaN stays visible; torch's kernel hides it
@@ -780,3 +780,14 @@ def test_observer_ignores_non_finite_batches(per_channel: int | None) -> None:
     assert torch.isfinite(fq.min_val).all() and torch.isfinite(fq.max_val).all()
     fq.set_enabled(True)
     assert torch.isfinite(fq(torch.randn(3, 4))).all()
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    import maskrl.quant.fake
+    import maskrl.quant.kernels
+
+    for mod in (Q, maskrl.quant.fake, maskrl.quant.kernels):
+        result = doctest.testmod(mod, extraglobs={"torch": torch})
+        assert result.failed == 0 and result.attempted > 0, mod.__name__
