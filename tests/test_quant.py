@@ -791,3 +791,13 @@ def test_docstring_examples() -> None:
     for mod in (Q, maskrl.quant.fake, maskrl.quant.kernels):
         result = doctest.testmod(mod, extraglobs={"torch": torch})
         assert result.failed == 0 and result.attempted > 0, mod.__name__
+
+
+def test_fake_quantize_range_shape_and_kernel_bits_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"x_min of shape \(5, 1\) does not broadcast"):
+        fake_quantize(torch.randn(3, 4), torch.zeros(5, 1), torch.ones(5, 1))
+    with pytest.raises(ValueError, match=r"x_max of shape \(3, 4, 1\)"):
+        fake_quantize(torch.randn(3, 4), torch.zeros(()), torch.ones(3, 4, 1))
+    for bad in ("8", 8.0, True, 9):
+        with pytest.raises(ValueError, match="num_bits"):
+            Q.int8_kernels(bad)  # type: ignore[arg-type]

@@ -222,6 +222,16 @@ def fake_quantize(
     _check_bits(num_bits)
     lo = _as_range_tensor(x_min, x, "x_min")
     hi = _as_range_tensor(x_max, x, "x_max")
+    for name, t in (("x_min", lo), ("x_max", hi)):
+        try:
+            shape = torch.broadcast_shapes(t.shape, x.shape)
+        except RuntimeError:
+            shape = None
+        if shape != x.shape:
+            raise ValueError(
+                f"{name} of shape {tuple(t.shape)} does not broadcast to x's shape "
+                f"{tuple(x.shape)} (0-dim per tensor, [C, 1, ..., 1] per channel)"
+            )
     # One read-back for both checks.
     bad_range, non_finite = torch.stack(
         [(lo > hi).any(), ~(torch.isfinite(lo).all() & torch.isfinite(hi).all())]

@@ -306,7 +306,10 @@ def convert_int8(model: nn.Module) -> nn.Module:
     Numerics: each integer layer computes exactly what the fake-quantized layer
     computes (same input levels by the same arithmetic, exact integer dot
     products), up to float rounding in the final rescaling, so the greedy
-    actions agree on real observations.
+    actions agree on real observations. The promise is for finite inputs: a
+    NaN input is a grid point to some kernels and NaN to others (maskrl's
+    trainers and wrappers refuse non-finite observations before they get
+    here).
 
     Kernels (CPU; measured by ``benchmarks/quant_latency.py --kernels``):
     linear layers of 8 bits use FBGEMM's fused

@@ -160,7 +160,7 @@ def int8_kernels(num_bits: int = 8) -> dict[str, str]:
         >>> sorted(int8_kernels(8))
         ['conv', 'linear']
     """
-    if not 2 <= num_bits <= 8:
+    if isinstance(num_bits, bool) or not isinstance(num_bits, int) or not 2 <= num_bits <= 8:
         raise ValueError(f"num_bits must be in [2, 8] for int8 kernels, got {num_bits!r}")
     if num_bits == 8 and _kernel_exact("fbgemm_linear", 8):
         linear = "fbgemm"
