@@ -35,8 +35,9 @@ def evaluate(
         episodes: episodes per game.
         seed: seeds the evaluation envs (env ``i`` gets ``seed + i``).
         deterministic: take the most probable valid action instead of sampling.
-        num_envs: parallel envs (default: up to 8 per game). Each env plays a fixed
-            quota of episodes, so short episodes are not over-represented.
+        num_envs: parallel envs (default: up to 8 per game; several games get
+            ``num_envs // k`` each). Each env plays a fixed quota of episodes,
+            so short episodes are not over-represented.
         max_steps: safety bound on vector steps.
 
     Returns:
@@ -46,8 +47,17 @@ def evaluate(
     """
     from maskrl.envs import make_multigame_vec, make_vec
 
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    for name, value, low in (
+        ("episodes", episodes, 1),
+        ("seed", seed, 0),
+        ("max_steps", max_steps, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if num_envs is not None and (
+        isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1
+    ):
+        raise ValueError(f"num_envs must be None or an integer >= 1, got {num_envs!r}")
     if env_id is None:
         env_id = getattr(agent, "env_ids", None)
         if not env_id:
@@ -59,7 +69,9 @@ def evaluate(
     else:
         ids = list(env_id)
     k = len(ids)
-    per_game = max(1, min(8, episodes)) if num_envs is None else max(1, num_envs // k)
+    if num_envs is not None and num_envs < k:
+        raise ValueError(f"num_envs={num_envs} is fewer than the {k} games to evaluate")
+    per_game = max(1, min(8, episodes)) if num_envs is None else num_envs // k
     n = per_game * k
     trained_on = getattr(agent, "env_ids", None)
     if trained_on and len(trained_on) > 1 and list(trained_on) != ids:

@@ -55,6 +55,17 @@ def action_layout(action_space: Any) -> tuple[list[int], tuple[int, ...]]:
     raise ValueError(f"maskrl supports Discrete and MultiDiscrete actions, got {action_space}")
 
 
+def _check_seed(seed: Any) -> None:
+    from maskrl.agents.config import MAX_SEED
+
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, (int, np.integer))
+        or not 0 <= seed <= MAX_SEED
+    ):
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+
+
 @contextlib.contextmanager
 def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
     """Run ``net`` in eval mode for the block, then restore every submodule's own mode.
@@ -105,6 +116,7 @@ class MaskedPolicy:
         device: str | torch.device = "cpu",
         seed: int = 0,
     ) -> None:
+        _check_seed(seed)
         self.device = resolve_device(device)
         self.observation_space, self.action_space = observation_space, action_space
         self.env_ids = list(env_ids) if env_ids else None
@@ -131,6 +143,7 @@ class MaskedPolicy:
         The network's initial weights are drawn from a generator seeded with
         ``seed`` (torch's global generator is left as it was).
         """
+        _check_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build_actor_critic(observation_space, action_space, **network_kwargs)
@@ -165,7 +178,15 @@ class MaskedPolicy:
             )
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
             raise ValueError(f"observation has non-numeric dtype {arr.dtype}")
-        return arr[None] if single else arr
+        batched = arr[None] if single else arr
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            what = f"observation[{key!r}]" if key else "observation"
+            rows = np.flatnonzero(~np.isfinite(batched.reshape(len(batched), -1)).all(1))
+            raise ValueError(
+                f"{what} holds NaN or infinite values (batch row(s) {rows[:8].tolist()}): "
+                "an action chosen on it would be meaningless"
+            )
+        return batched
 
     def check_mask(self, action_mask: Any) -> tuple[np.ndarray, bool]:
         """``(mask (B, n) bool, single)``; ValueError for a bad shape, dtype or an empty row."""
@@ -201,6 +222,8 @@ class MaskedPolicy:
             ValueError: a mask of the wrong shape or dtype, a row with no valid
                 action, or an observation whose shape is not the policy's.
         """
+        if not isinstance(deterministic, (bool, np.bool_)):
+            raise ValueError(f"deterministic must be True or False, got {deterministic!r}")
         mask, single = self.check_mask(action_mask)
         arr = self._check_obs(obs, mask.shape[0], single)
         with torch.inference_mode(), eval_mode(self.net):
@@ -313,5 +336,6 @@ def load_policy(
         policy = load_policy("runs/breakout/checkpoint.pt", device="cpu")
         action = policy.predict(obs, info["action_mask"])
     """
+    _check_seed(seed)
     ckpt = load_checkpoint(path)
     return policy_from_checkpoint(ckpt, path, device, network, seed)

@@ -453,3 +453,36 @@ def test_resolve_device_rejects_unknown_devices():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:3")
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_bad_arguments_to_predict_load_and_evaluate_are_named(tmp_path):
+    from maskrl.agents import evaluate, load_policy
+
+    BREAKOUT = "maskrl/MinAtar-Breakout-v0"
+
+    agent = PPO(BREAKOUT, PPOConfig(num_envs=2, num_steps=8, num_minibatches=1, device="cpu"))
+    agent.save(tmp_path / "c.pt")
+    agent.envs.close()
+    policy = load_policy(tmp_path / "c.pt", device="cpu")
+    obs, mask = np.zeros((4, 10, 10), np.float32), np.ones(6, bool)
+    bad = np.zeros((3, 4, 10, 10), np.float32)
+    bad[1, 0, 2, 2] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(batch row\(s\) \[1\]\)"):
+        policy.predict(bad, np.ones((3, 6), bool))
+    with pytest.raises(ValueError, match="deterministic must be True or False"):
+        policy.predict(obs, mask, deterministic="no")
+    for seed in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="seed must be an integer"):
+            load_policy(tmp_path / "c.pt", device="cpu", seed=seed)
+    for kwargs, name in (
+        ({"episodes": 2.5}, "episodes"),
+        ({"episodes": "3"}, "episodes"),
+        ({"seed": -3}, "seed"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"num_envs": 0}, "num_envs"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            evaluate(policy, BREAKOUT, **{"episodes": 1, **kwargs})
+    ids = [BREAKOUT, "maskrl/MinAtar-Asterix-v0"]
+    with pytest.raises(ValueError, match="num_envs=1 is fewer than the 2 games"):
+        evaluate(policy, ids, 1, num_envs=1)
