@@ -87,6 +87,34 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
+def test_a_one_expert_student_trains_evaluates_resumes_and_fine_tunes(
+    pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _experts_dir(tmp_path / "ex", [(BREAKOUT, pool / "Breakout-v0.pt")])
+    runs = tmp_path / "runs"
+    assert train.main(_mimic(folder, runs, "one", "--eval-episodes", "2")) == 0
+    ev = json.loads((runs / "one" / "eval.json").read_text())["eval"]
+    assert ev["env_id"] == BREAKOUT and ev["episodes"] == 2 and len(ev["returns"]) == 2
+    capsys.readouterr()
+    ckpt = str(runs / "one" / "checkpoint.pt")
+    assert train.main(["eval", "--checkpoint", ckpt, "--episodes", "2", "--device", "cpu"]) == 0
+    assert f"eval {BREAKOUT}: mean return" in capsys.readouterr().out
+    argv = ["mimic", "--resume", str(runs / "one"), "--total-timesteps", "32", "--no-progress"]
+    assert train.main([*argv, "--eval-episodes", "1"]) == 0
+    assert load_checkpoint(ckpt)["global_step"] == 32
+    assert json.loads((runs / "one" / "eval.json").read_text())["eval"]["episodes"] == 1
+
+    # Fine-tuning with PPO (it used to stop on an AssertionError), and resuming that run.
+    assert train.main(_mimic(folder, runs, "ft", "--finetune-ppo", "16")) == 0
+    ft = runs / "ft" / "finetune"
+    assert json.loads((ft / "eval.json").read_text())["eval"]["env_id"] == BREAKOUT
+    step = load_checkpoint(ft / "checkpoint.pt")["global_step"]
+    assert step > 0
+    argv = ["ppo", "--resume", str(ft), "--total-timesteps", str(2 * step), "--no-progress"]
+    assert train.main([*argv, "--eval-episodes", "1"]) == 0
+    assert load_checkpoint(ft / "checkpoint.pt")["global_step"] == 2 * step
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [
