@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from maskrl.masking import as_bool_mask, masked_log_softmax, masked_softmax
 
 __all__ = [
+    "MIN_TAU",
     "FeatureRegressionHeads",
     "expert_policy",
     "feature_regression_loss",
@@ -69,13 +70,24 @@ def _checked_mask(mask: Tensor | np.ndarray, logits: Tensor) -> Tensor:
     return mask
 
 
+#: Smallest temperature accepted. ``expert_logits / tau`` is computed in the
+#: logits' dtype: in float32 a tau of 1e-45 (a subnormal) turns every logit above
+#: about 5e-7 into ``inf`` and the loss into NaN. From 1e-4 up, only logits beyond
+#: 3e34 would overflow, and the target is already one-hot on the expert's greedy
+#: action well above it (Rusu et al.'s policy distillation sharpens with 0.01).
+MIN_TAU = 1e-4
+
+
 def _check_tau(tau: float) -> float:
+    why = f"tau must be a finite number >= {MIN_TAU:g}"
     try:
         t = float(tau)
     except (TypeError, ValueError):
-        raise ValueError(f"tau must be a positive finite number, got {tau!r}") from None
-    if not (math.isfinite(t) and t > 0.0):
-        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+        raise ValueError(f"{why}, got {tau!r}") from None
+    if not (math.isfinite(t) and t >= MIN_TAU):
+        raise ValueError(
+            f"{why} (smaller temperatures overflow expert_logits / tau to inf), got {tau!r}"
+        )
     return t
 
 
@@ -85,7 +97,7 @@ def expert_policy(expert_logits: Tensor, mask: Tensor | np.ndarray, tau: float =
     Args:
         expert_logits: ``[B, n]`` raw logits (masked entries may hold anything).
         mask: ``[B, n]`` bool, ``True = valid``; every row needs a valid action.
-        tau: temperature, ``> 0`` and finite. Small ``tau`` sharpens the target
+        tau: temperature, finite and ``>= MIN_TAU`` (1e-4). Small ``tau`` sharpens the target
             towards the expert's greedy action (the paper's setting for DQN
             experts, whose Q-values are not log-probabilities).
 
@@ -127,7 +139,7 @@ def policy_regression_loss(
             (padding, NaN). Detached: the expert is a target.
         mask: ``[B, n]`` bool (or 0/1 integers, or a NumPy array), ``True =
             valid`` -- the game's own action mask.
-        tau: the expert's softmax temperature, ``> 0`` and finite.
+        tau: the expert's softmax temperature, finite and ``>= MIN_TAU`` (1e-4).
 
     Returns:
         A scalar tensor: the cross-entropy averaged over the batch. Its

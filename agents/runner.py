@@ -646,6 +646,7 @@ def train_mimic(
             assert isinstance(config, MimicConfig)
             config.validate()
             experts = load_experts(experts_dir, device=config.device)
+            experts_dir = str(Path(experts_dir).absolute())  # as the checkpoint records them
             run.env = ",".join(x.env_id for x in experts)
             run_dir = new_run_dir(run, config.seed)
             if run.total_timesteps is None:

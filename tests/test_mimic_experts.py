@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,14 @@ import torch
 
 from maskrl.agents import PPO, MaskedPolicy, PPOConfig, load_policy
 from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
+from maskrl.agents.mimic import (
+    ActorMimic,
+    MimicConfig,
+    file_sha256,
+    load_expert,
+    load_experts,
+)
+from maskrl.agents.mimic_losses import MIN_TAU, expert_policy, policy_regression_loss
 
 REPO = Path(__file__).resolve().parents[1]
 BREAKOUT = "maskrl/MinAtar-Breakout-v0"
@@ -87,6 +96,143 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
+# ------------------------------------------------------- experts match their games
+
+
+def test_swapped_expert_checkpoints_are_refused_naming_both_games(
+    pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Breakout and Asterix have the same spaces: only the recorded env id tells them apart.
+    folder = _experts_dir(
+        tmp_path / "ex", [(BREAKOUT, pool / "Asterix-v0.pt"), (ASTERIX, pool / "Breakout-v0.pt")]
+    )
+    assert train.main(_mimic(folder, tmp_path / "runs", "s")) == 2
+    line = _one_error_line(capsys)
+    assert f"the expert for {BREAKOUT}" in line and f"was trained on {ASTERIX}" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_breakout_expert_listed_as_space_invaders_is_refused(
+    pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _experts_dir(tmp_path / "ex", [(INVADERS, pool / "Breakout-v0.pt")])
+    assert train.main(_mimic(folder, tmp_path / "runs", "s")) == 2
+    line = _one_error_line(capsys)
+    assert f"the expert for {INVADERS}" in line and f"was trained on {BREAKOUT}" in line, line
+
+
+def test_an_expert_whose_spaces_are_not_its_games_is_refused(
+    pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 6-channel SpaceInvaders network recorded as a Breakout (4-channel) expert: it
+    used to reach the convolution and fail there with a RuntimeError traceback."""
+    ckpt = load_checkpoint(pool / "SpaceInvaders-v0.pt")
+    ckpt["env_ids"] = [BREAKOUT]
+    save_checkpoint(ckpt, tmp_path / "relabelled.pt")
+    folder = _experts_dir(tmp_path / "ex", [(BREAKOUT, tmp_path / "relabelled.pt")])
+    assert train.main(_mimic(folder, tmp_path / "runs", "s")) == 2
+    line = _one_error_line(capsys)
+    assert "observation space Box(0.0, 1.0, (6, 10, 10), float32)" in line, line
+    assert f"but {BREAKOUT} has Box(0.0, 1.0, (4, 10, 10), float32)" in line, line
+    # The action space is checked the same way.
+    ckpt = load_checkpoint(pool / "Breakout-v0.pt")
+    ckpt["action_space"] = {"type": "Discrete", "n": 5, "start": 0}
+    save_checkpoint(ckpt, tmp_path / "five.pt")
+    with pytest.raises(ValueError, match=r"action space Discrete\(5\), but .* has Discrete\(6\)"):
+        load_expert(BREAKOUT, tmp_path / "five.pt", "cpu")
+
+
+@pytest.mark.parametrize(
+    ("which", "needle"),
+    [("student", "is an Actor-Mimic student"), ("multi", "is a multi-game run")],
+)
+def test_a_student_or_a_multigame_run_as_an_expert_is_one_line(
+    pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str, needle: str
+) -> None:
+    if which == "student":
+        trainer = ActorMimic(
+            load_experts(_experts_dir(tmp_path / "first", [(BREAKOUT, pool / "Breakout-v0.pt")])),
+            MimicConfig(num_envs=2, num_steps=8, num_minibatches=1, device="cpu"),
+        )
+        trainer.save(tmp_path / "src.pt")
+        trainer.envs.close()
+    else:
+        shutil.copy(pool / "multi.pt", tmp_path / "src.pt")
+    folder = _experts_dir(tmp_path / "ex", [(BREAKOUT, tmp_path / "src.pt")])
+    assert train.main(_mimic(folder, tmp_path / "runs", "s")) == 2
+    line = _one_error_line(capsys)
+    assert f"the expert for {BREAKOUT}" in line and needle in line, line
+
+
+# ------------------------------------------------------- a resume finds the same experts
+
+
+def test_the_student_records_absolute_expert_paths_and_digests_and_resumes_from_anywhere(
+    pool: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _experts_dir(tmp_path / "a" / "ex", [(BREAKOUT, pool / "Breakout-v0.pt")])
+    # Another folder holds other experts under the same relative path.
+    _experts_dir(tmp_path / "b" / "ex", [(BREAKOUT, pool / "Breakout-other.pt")])
+    monkeypatch.chdir(tmp_path / "a")
+    assert train.main(_mimic(Path("ex"), Path("runs"), "stu")) == 0
+    run = tmp_path / "a" / "runs" / "stu"
+    original = tmp_path / "a" / "ex" / "e0" / "checkpoint.pt"
+    (entry,) = load_checkpoint(run / "checkpoint.pt")["experts"]
+    assert entry == {
+        "env_id": BREAKOUT,
+        "checkpoint": str(original.absolute()),
+        "sha256": file_sha256(original),
+    }
+    assert json.loads((run / "config.json").read_text())["experts"] == str(
+        (tmp_path / "a" / "ex").absolute()
+    )
+    monkeypatch.chdir(tmp_path / "b")
+    resumed = ActorMimic.load(run / "checkpoint.pt", device="cpu")
+    resumed.envs.close()
+    assert [x.checkpoint for x in resumed.experts] == [original.absolute()]
+    argv = ["mimic", "--resume", str(run), "--total-timesteps", "32", "--no-progress"]
+    assert train.main([*argv, "--eval-episodes", "0"]) == 0
+    assert load_checkpoint(run / "checkpoint.pt")["global_step"] == 32
+
+    # An expert file that changed (here: retrained) or disappeared is refused by name.
+    shutil.copy(pool / "Breakout-other.pt", original)
+    capsys.readouterr()
+    assert train.main([*argv, "--total-timesteps", "48", "--eval-episodes", "0"]) == 2
+    line = _one_error_line(capsys)
+    assert f"the expert for {BREAKOUT} ({original.absolute()}) has changed" in line, line
+    original.unlink()
+    assert train.main([*argv, "--total-timesteps", "48", "--eval-episodes", "0"]) == 2
+    line = _one_error_line(capsys)
+    assert f"the expert for {BREAKOUT} ({original.absolute()}) does not exist" in line, line
+    assert load_checkpoint(run / "checkpoint.pt")["global_step"] == 32
+
+
+def test_a_student_checkpoint_without_digests_still_loads_with_a_warning(
+    pool: Path, tmp_path: Path
+) -> None:
+    folder = _experts_dir(tmp_path / "ex", [(BREAKOUT, pool / "Breakout-v0.pt")])
+    trainer = ActorMimic(
+        load_experts(folder), MimicConfig(num_envs=2, num_steps=8, num_minibatches=1, device="cpu")
+    )
+    trainer.save(tmp_path / "student.pt")
+    trainer.envs.close()
+    ckpt = load_checkpoint(tmp_path / "student.pt")
+    for e in ckpt["experts"]:
+        del e["sha256"]
+    save_checkpoint(ckpt, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="does not record the SHA-256"):
+        old = ActorMimic.load(tmp_path / "old.pt", device="cpu")
+    old.envs.close()
+
+
+# ------------------------------------------------------- a one-game student works
+
+
 def test_a_one_expert_student_trains_evaluates_resumes_and_fine_tunes(
     pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -113,6 +259,9 @@ def test_a_one_expert_student_trains_evaluates_resumes_and_fine_tunes(
     argv = ["ppo", "--resume", str(ft), "--total-timesteps", str(2 * step), "--no-progress"]
     assert train.main([*argv, "--eval-episodes", "1"]) == 0
     assert load_checkpoint(ft / "checkpoint.pt")["global_step"] == 2 * step
+
+
+# ------------------------------------------------------- malformed checkpoints and values
 
 
 @pytest.mark.parametrize(
@@ -144,6 +293,28 @@ def test_a_crc_valid_checkpoint_with_a_malformed_space_is_one_line(
         load_policy(path, device="cpu")
     assert train.main(["eval", "--checkpoint", str(path), "--episodes", "1"]) == 2
     assert f"has a malformed {key}" in _one_error_line(capsys)
+
+
+def test_tau_below_the_bound_is_refused_and_the_bound_keeps_the_loss_finite(
+    pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _experts_dir(tmp_path / "ex", [(BREAKOUT, pool / "Breakout-v0.pt")])
+    for tau in ("1e-45", "5e-5", "0"):
+        assert train.main(_mimic(folder, tmp_path / "runs", "t", "--tau", tau)) == 2
+        line = _one_error_line(capsys)
+        assert "tau (--tau) must be finite and >= 0.0001" in line, line
+        assert line.endswith(f"got {float(tau)!r}"), line
+    assert not (tmp_path / "runs").exists()
+    logits = torch.tensor([[3.0, -2.0, 1e30, 0.5]])
+    mask = torch.tensor([[True, True, True, False]])
+    with pytest.raises(ValueError, match=r"tau must be a finite number >= 0.0001"):
+        policy_regression_loss(torch.zeros(1, 4), logits, mask, tau=1e-45)
+    # At the bound the target is finite (one-hot on the expert's greedy action), as is the loss.
+    p = expert_policy(logits, mask, tau=MIN_TAU)
+    assert p.tolist() == [[0.0, 0.0, 1.0, 0.0]]
+    loss = policy_regression_loss(torch.zeros(1, 4), logits, mask, tau=MIN_TAU)
+    assert math.isclose(float(loss), math.log(3), rel_tol=1e-6)
+    MimicConfig(tau=MIN_TAU).validate()
 
 
 def test_a_students_game_id_must_be_an_integer_in_range() -> None:
