@@ -140,7 +140,6 @@ def load_expert(
     device: str | torch.device = "cpu",
     sha256: str | None = None,
     source: str = "experts.json",
-    env_spaces: tuple[Any, Any] | None = None,
 ) -> Expert:
     """Load the expert for ``env_id`` from ``checkpoint``, checked to be an expert *of that game*.
 
@@ -151,8 +150,6 @@ def load_expert(
         sha256: if given, the digest the file must have (:func:`file_sha256`): a
             resumed student uses exactly the experts it started with.
         source: what listed the expert, for the error messages.
-        env_spaces: the game's ``(observation_space, action_space)``, if known
-            (default: built from ``env_id``).
 
     Raises:
         ValueError: the file is missing, changed (``sha256``), or not a per-game
@@ -189,7 +186,7 @@ def load_expert(
         raise ValueError(f"{what} was trained on {trained_on[0]}, not on {env_id}")
     # The spaces before the network: a network built for other spaces would only
     # fail later, inside a layer.
-    obs_space, act_space = env_spaces if env_spaces is not None else _env_spaces(env_id)
+    obs_space, act_space = _env_spaces(env_id)
     for name, game in (("observation", obs_space), ("action", act_space)):
         mine = _stored_space(ckpt, f"{name}_space", path)
         if space_to_dict(mine) != space_to_dict(game):
