@@ -273,17 +273,37 @@ class FeatureRegressionHeads(nn.Module):
         self.register_buffer("_valid", valid, persistent=False)
 
     def _check_game_id(self, game_id: Tensor, batch: int) -> Tensor:
+        """``game_id`` as int64, or ValueError: a wrong shape, a boolean or complex
+        dtype, or (on CPU, where it needs no device sync) a value that is not a
+        whole number in ``[0, G)`` -- ``.long()`` alone would turn 0.5 into game 0."""
         if game_id.shape != (batch,):
             raise ValueError(
                 f"game_id must have shape [B] = ({batch},), got {tuple(game_id.shape)}"
             )
+        if game_id.is_complex() or game_id.dtype == torch.bool:
+            raise ValueError(f"game_id must hold integers, got dtype {game_id.dtype}")
+        games = len(self.expert_dims)
+        if game_id.device.type == "cpu" and batch:
+            if game_id.is_floating_point():
+                whole = torch.isfinite(game_id) & (game_id == game_id.round())
+                if not bool(whole.all()):
+                    bad = game_id[~whole][0].item()
+                    raise ValueError(f"game_id must hold integers in [0, {games - 1}], got {bad}")
+            lo, hi = int(game_id.min()), int(game_id.max())
+            if lo < 0 or hi >= games:
+                raise ValueError(
+                    f"game_id must be in [0, {games - 1}] ({games} feature heads), "
+                    f"got {lo if lo < 0 else hi}"
+                )
         return game_id.long()
 
     def feature_mask(self, game_id: Tensor) -> Tensor:
         """``[B, max D_i]`` bool: True where a column is a feature of the row's game."""
         valid = self._valid
         assert isinstance(valid, Tensor)
-        return valid[game_id.long()]
+        if game_id.dim() != 1:
+            raise ValueError(f"game_id must have shape [B], got {tuple(game_id.shape)}")
+        return valid[self._check_game_id(game_id, game_id.shape[0])]
 
     def forward(self, h: Tensor, game_id: Tensor) -> Tensor:
         """Predict each row's expert features.

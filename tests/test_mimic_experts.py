@@ -27,7 +27,12 @@ from maskrl.agents.mimic import (
     load_expert,
     load_experts,
 )
-from maskrl.agents.mimic_losses import MIN_TAU, expert_policy, policy_regression_loss
+from maskrl.agents.mimic_losses import (
+    MIN_TAU,
+    FeatureRegressionHeads,
+    expert_policy,
+    policy_regression_loss,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BREAKOUT = "maskrl/MinAtar-Breakout-v0"
@@ -346,3 +351,16 @@ def test_a_students_game_id_must_be_an_integer_in_range() -> None:
         policy.net({"obs": t_obs, "game_id": torch.tensor([False, True])})
     with pytest.raises(ValueError, match=r"game_id must be in \[0, 1\] .* got 7"):
         policy.net({"obs": t_obs, "game_id": torch.tensor([0, 7])})
+    # So do the feature-regression heads (one per expert).
+    heads = FeatureRegressionHeads(8, [4, 2])
+    h = torch.zeros(2, 8)
+    assert heads(h, torch.tensor([1, 0])).shape == (2, 4)
+    for gid, needle in [
+        (torch.tensor([0.5, 1.0]), r"game_id must hold integers in \[0, 1\], got 0.5"),
+        (torch.tensor([0, 7]), r"game_id must be in \[0, 1\] \(2 feature heads\), got 7"),
+        (torch.tensor([True, False]), "game_id must hold integers, got dtype torch.bool"),
+    ]:
+        with pytest.raises(ValueError, match=needle):
+            heads.loss(h, gid, torch.zeros(2, 4))
+        with pytest.raises(ValueError, match=needle):
+            heads.feature_mask(gid)
