@@ -81,7 +81,10 @@ def evaluate(
             f"this agent was trained on the games {list(trained_on)} (in that order); "
             f"evaluate it on those, not on {ids}"
         )
-    envs = make_vec(ids[0], n, seed=seed) if k == 1 else make_multigame_vec(ids, n, seed=seed)
+    if k == 1 and not _is_multigame(agent):
+        envs = make_vec(ids[0], n, seed=seed)
+    else:  # a multi-game agent of one game (a one-expert student) still reads {"obs", "game_id"}
+        envs = make_multigame_vec(ids, n, seed=seed)
     try:
         _check_spaces(agent, envs)
         # Slot i plays game i % k; split each game's episodes over its slots.
@@ -129,6 +132,13 @@ def evaluate(
     by_game = {e: summary(r) for e, r in zip(ids, returns, strict=True)}
     mean = float(np.mean([by_game[e]["mean"] for e in ids]))
     return {"env_ids": ids, "per_game": by_game, "mean": mean}
+
+
+def _is_multigame(agent: Any) -> bool:
+    """Whether the agent reads multi-game observations (a ``Dict`` with ``obs`` and ``game_id``)."""
+    from maskrl.agents.policy import is_multigame_space
+
+    return is_multigame_space(getattr(agent, "observation_space", None))
 
 
 def _check_spaces(agent: Any, envs: Any) -> None:

@@ -24,7 +24,9 @@ the policy (:class:`~maskrl.agents.MaskedPolicy`) and the run harness.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,17 +35,18 @@ import numpy as np
 import torch
 
 from maskrl.agents.base import OnPolicyTrainer
-from maskrl.agents.checkpoint import load_checkpoint
+from maskrl.agents.checkpoint import load_checkpoint, space_to_dict
 from maskrl.agents.config import TrainerConfig, _check
 from maskrl.agents.mimic_losses import (
+    MIN_TAU,
     FeatureRegressionHeads,
     greedy_agreement,
     policy_regression_loss,
 )
 from maskrl.agents.policy import (
     MaskedPolicy,
+    _stored_space,
     eval_mode,
-    load_policy,
     policy_from_checkpoint,
 )
 from maskrl.agents.quantize import prepare_for_qat
@@ -51,7 +54,7 @@ from maskrl.agents.rollout import Obs, RolloutBuffer, flatten_obs, index_obs
 from maskrl.agents.trainer import make_adam, optimize_minibatches, resolve_device
 from maskrl.distributions import gumbel_argmax
 
-__all__ = ["ActorMimic", "Expert", "MimicConfig", "load_experts"]
+__all__ = ["ActorMimic", "Expert", "MimicConfig", "file_sha256", "load_expert", "load_experts"]
 
 
 def _f(default: Any, help: str) -> Any:
@@ -69,7 +72,7 @@ class MimicConfig(TrainerConfig):
     num_envs: int = _f(40, "student's vector env slots (a multiple of the number of games)")
     num_steps: int = _f(32, "steps per slot per rollout")
     num_epochs: int = _f(2, "passes over each rollout")
-    tau: float = _f(1.0, "temperature of the experts' softmax (the targets)")
+    tau: float = _f(1.0, "temperature of the experts' softmax (the targets); >= 1e-4")
     beta: float = _f(0.01, "weight of the feature-regression loss")
     epsilon: float = _f(0.0, "probability of a uniformly random valid action while acting")
     multigame_encoder: str = _f(
@@ -82,7 +85,13 @@ class MimicConfig(TrainerConfig):
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field (and its flag) of an impossible value."""
         super().validate()
-        _check(self, "tau", 0 < self.tau < float("inf"), "finite and > 0")
+        # Below MIN_TAU, expert logits / tau overflow float32 and the loss turns NaN.
+        _check(
+            self,
+            "tau",
+            MIN_TAU <= self.tau < float("inf"),
+            f"finite and >= {MIN_TAU:g} (smaller temperatures overflow expert logits / tau to inf)",
+        )
         _check(self, "beta", 0 <= self.beta < float("inf"), "finite and >= 0")
         _check(self, "epsilon", 0 <= self.epsilon <= 1, "in [0, 1]")
         encoders = ("cnn", "tokens")
@@ -93,21 +102,115 @@ class MimicConfig(TrainerConfig):
 
 @dataclass
 class Expert:
-    """A trained per-game expert: its env id, checkpoint and policy."""
+    """A trained per-game expert: its env id, checkpoint (an absolute path) and policy.
+
+    ``sha256`` is the checkpoint file's digest when it was loaded; a student's
+    checkpoint records it so that a resume uses the very same experts.
+    """
 
     env_id: str
     checkpoint: Path
     policy: MaskedPolicy
     mean_return: float | None = None
+    sha256: str | None = None
+
+
+#: Checkpoint formats of per-game runs (what an expert must be).
+EXPERT_FORMATS = ("maskrl.ppo/1", "maskrl.ppo/2")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (how a student identifies its experts' checkpoints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _env_spaces(env_id: str) -> tuple[Any, Any]:
+    """``(observation_space, action_space)`` of one env of ``env_id``, as the student's env builds it."""
+    from maskrl.envs import make_vec
+
+    envs = make_vec(env_id, 1)
+    try:
+        return envs.single_observation_space, envs.single_action_space
+    finally:
+        envs.close()
+
+
+def load_expert(
+    env_id: str,
+    checkpoint: str | Path,
+    device: str | torch.device = "cpu",
+    sha256: str | None = None,
+    source: str = "experts.json",
+) -> Expert:
+    """Load the expert for ``env_id`` from ``checkpoint``, checked to be an expert *of that game*.
+
+    Args:
+        env_id: the game the expert labels.
+        checkpoint: its ``checkpoint.pt`` (made absolute here).
+        device: where its network runs.
+        sha256: if given, the digest the file must have (:func:`file_sha256`): a
+            resumed student uses exactly the experts it started with.
+        source: what listed the expert, for the error messages.
+
+    Raises:
+        ValueError: the file is missing, changed (``sha256``), or not a per-game
+            run (an Actor-Mimic student, a multi-game run); it was trained on
+            another env; or its observation or action space is not the game's.
+            Each message names the checkpoint and ``env_id``.
+    """
+    path = Path(checkpoint).absolute()
+    what = f"{source}: the expert for {env_id} ({path})"
+    if not path.is_file():
+        raise ValueError(f"{what} does not exist")
+    digest = file_sha256(path)
+    if sha256 is not None and digest != sha256:
+        raise ValueError(
+            f"{what} has changed since the student was started (its SHA-256 is {digest[:12]}..., "
+            f"the student was trained with {sha256[:12]}...); restore that file or start a new run"
+        )
+    ckpt = load_checkpoint(path)
+    fmt = ckpt.get("format")
+    if fmt not in EXPERT_FORMATS:
+        kind = "an Actor-Mimic student" if fmt == ActorMimic.FORMAT else f"format {fmt!r}"
+        raise ValueError(
+            f"{what} is {kind}, not a per-game PPO run (train experts with train.py experts)"
+        )
+    trained_on = ckpt.get("env_ids")
+    if not isinstance(trained_on, list) or not trained_on:
+        raise ValueError(f"{what} does not record the env it was trained on")
+    if len(trained_on) > 1:
+        raise ValueError(
+            f"{what} is a multi-game run (trained on {', '.join(map(str, trained_on))}), "
+            "not a per-game expert"
+        )
+    if trained_on[0] != env_id:
+        raise ValueError(f"{what} was trained on {trained_on[0]}, not on {env_id}")
+    # The spaces before the network: a network built for other spaces would only
+    # fail later, inside a layer.
+    obs_space, act_space = _env_spaces(env_id)
+    for name, game in (("observation", obs_space), ("action", act_space)):
+        mine = _stored_space(ckpt, f"{name}_space", path)
+        if space_to_dict(mine) != space_to_dict(game):
+            raise ValueError(f"{what} has {name} space {mine}, but {env_id} has {game}")
+    policy = policy_from_checkpoint(ckpt, path, device, None)
+    return Expert(env_id, path, policy, sha256=digest)
 
 
 def load_experts(folder: str | Path, device: str | torch.device = "cpu") -> list[Expert]:
     """The experts listed in ``folder/experts.json`` (written by ``train.py experts``).
 
+    Each is checked by :func:`load_expert`: a per-game run trained on the env
+    the entry names, with that env's observation and action spaces.
+
     Raises:
         ValueError: the folder or ``experts.json`` is missing or unreadable, it lists
-            no expert, a checkpoint is missing or unusable, or the experts disagree
-            on the size of their action space.
+            no expert, a checkpoint is missing or unusable, an expert does not match
+            the game it labels, or the experts disagree on the size of their action
+            space.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -126,21 +229,49 @@ def load_experts(folder: str | Path, device: str | torch.device = "cpu") -> list
         raise ValueError(f"{index} is unreadable ({e})") from e
     if not entries:
         raise ValueError(f"{index} lists no experts")
-    experts = []
+    parsed = []
     for entry in entries:
         try:
-            ckpt = folder / entry["checkpoint"]
-            env_id = str(entry["env_id"])
+            parsed.append((str(entry["env_id"]), folder / str(entry["checkpoint"]), entry))
         except (KeyError, TypeError) as err:
             raise ValueError(f"{index}: bad entry {entry!r} ({err})") from err
-        policy = load_policy(ckpt, device=device)
-        experts.append(Expert(env_id, ckpt, policy, entry.get("mean_return")))
+    ids = [env_id for env_id, _, _ in parsed]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{index} lists an env more than once: {ids}")
+    experts = []
+    for env_id, ckpt, entry in parsed:
+        x = load_expert(env_id, ckpt, device, source=str(index))
+        x.mean_return = entry.get("mean_return")
+        experts.append(x)
     sizes = {x.env_id: x.policy.n_logits for x in experts}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"the experts in {folder} disagree on action space size: {sizes}")
-    ids = [x.env_id for x in experts]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{index} lists an env more than once: {ids}")
+    return experts
+
+
+def _experts_from_checkpoint(
+    entries: Any, path: str | Path, device: str | torch.device
+) -> list[Expert]:
+    """The experts a student's checkpoint names, checked to be the same files (by SHA-256)."""
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"checkpoint {path} lists no experts")
+    experts = []
+    for e in entries:
+        try:
+            env_id, ckpt, digest = str(e["env_id"]), Path(e["checkpoint"]), e.get("sha256")
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"checkpoint {path}: bad expert entry {e!r} ({err})") from err
+        if digest is None:
+            # Written before students recorded their experts' digests: the path is
+            # all there is (relative to the folder the run was started from).
+            warnings.warn(
+                f"checkpoint {path} does not record the SHA-256 of its expert {ckpt}: "
+                "it cannot be checked to be the file the student was trained with",
+                stacklevel=3,
+            )
+        experts.append(
+            load_expert(env_id, ckpt, device, sha256=digest, source=f"student checkpoint {path}")
+        )
     return experts
 
 
@@ -184,6 +315,8 @@ class ActorMimic(OnPolicyTrainer):
         self.device = resolve_device(c.device)
         self.experts = experts
         for x in experts:
+            if x.sha256 is None and Path(x.checkpoint).is_file():
+                x.sha256 = file_sha256(x.checkpoint)
             x.policy.net.to(self.device).eval()
             x.policy.device = self.device
         self.env_ids = [x.env_id for x in experts]
@@ -324,8 +457,15 @@ class ActorMimic(OnPolicyTrainer):
             "format": self.FORMAT,
             "config": self.config.to_dict(),
             **self.policy.checkpoint_entries(),
+            # Absolute paths and content digests: a resume from any folder finds,
+            # and checks, the very same experts.
             "experts": [
-                {"env_id": x.env_id, "checkpoint": str(x.checkpoint)} for x in self.experts
+                {
+                    "env_id": x.env_id,
+                    "checkpoint": str(Path(x.checkpoint).absolute()),
+                    "sha256": x.sha256,
+                }
+                for x in self.experts
             ],
             "feature_heads": self.feature_heads.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -336,7 +476,16 @@ class ActorMimic(OnPolicyTrainer):
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> ActorMimic:
-        """Resume a distillation run from its checkpoint (its experts must still exist)."""
+        """Resume a distillation run from its checkpoint.
+
+        Its experts must still exist, unchanged: each is found by the absolute
+        path the checkpoint records and checked against the recorded SHA-256
+        (and, as when the run started, against its game).
+
+        Raises:
+            ValueError: a missing or corrupt checkpoint, or an expert that is
+                missing, changed or no longer matches its game.
+        """
         ckpt = load_checkpoint(path)
         if ckpt.get("format") != cls.FORMAT:
             raise ValueError(
@@ -345,10 +494,7 @@ class ActorMimic(OnPolicyTrainer):
         try:
             config = MimicConfig.from_dict(dict(ckpt["config"]))
             config.device = device
-            experts = [
-                Expert(e["env_id"], Path(e["checkpoint"]), load_policy(e["checkpoint"], device))
-                for e in ckpt["experts"]
-            ]
+            experts = _experts_from_checkpoint(ckpt["experts"], path, device)
             trainer = cls(experts, config)
             policy = policy_from_checkpoint(ckpt, path, device, None, config.seed)
             trainer.net.load_state_dict(policy.net.state_dict())

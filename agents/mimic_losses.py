@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from maskrl.masking import as_bool_mask, masked_log_softmax, masked_softmax
 
 __all__ = [
+    "MIN_TAU",
     "FeatureRegressionHeads",
     "expert_policy",
     "feature_regression_loss",
@@ -69,13 +70,24 @@ def _checked_mask(mask: Tensor | np.ndarray, logits: Tensor) -> Tensor:
     return mask
 
 
+#: Smallest temperature accepted. ``expert_logits / tau`` is computed in the
+#: logits' dtype: in float32 a tau of 1e-45 (a subnormal) turns every logit above
+#: about 5e-7 into ``inf`` and the loss into NaN. From 1e-4 up, only logits beyond
+#: 3e34 would overflow, and the target is already one-hot on the expert's greedy
+#: action well above it (Rusu et al.'s policy distillation sharpens with 0.01).
+MIN_TAU = 1e-4
+
+
 def _check_tau(tau: float) -> float:
+    why = f"tau must be a finite number >= {MIN_TAU:g}"
     try:
         t = float(tau)
     except (TypeError, ValueError):
-        raise ValueError(f"tau must be a positive finite number, got {tau!r}") from None
-    if not (math.isfinite(t) and t > 0.0):
-        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+        raise ValueError(f"{why}, got {tau!r}") from None
+    if not (math.isfinite(t) and t >= MIN_TAU):
+        raise ValueError(
+            f"{why} (smaller temperatures overflow expert_logits / tau to inf), got {tau!r}"
+        )
     return t
 
 
@@ -85,7 +97,7 @@ def expert_policy(expert_logits: Tensor, mask: Tensor | np.ndarray, tau: float =
     Args:
         expert_logits: ``[B, n]`` raw logits (masked entries may hold anything).
         mask: ``[B, n]`` bool, ``True = valid``; every row needs a valid action.
-        tau: temperature, ``> 0`` and finite. Small ``tau`` sharpens the target
+        tau: temperature, finite and ``>= MIN_TAU`` (1e-4). Small ``tau`` sharpens the target
             towards the expert's greedy action (the paper's setting for DQN
             experts, whose Q-values are not log-probabilities).
 
@@ -127,7 +139,7 @@ def policy_regression_loss(
             (padding, NaN). Detached: the expert is a target.
         mask: ``[B, n]`` bool (or 0/1 integers, or a NumPy array), ``True =
             valid`` -- the game's own action mask.
-        tau: the expert's softmax temperature, ``> 0`` and finite.
+        tau: the expert's softmax temperature, finite and ``>= MIN_TAU`` (1e-4).
 
     Returns:
         A scalar tensor: the cross-entropy averaged over the batch. Its
@@ -261,17 +273,37 @@ class FeatureRegressionHeads(nn.Module):
         self.register_buffer("_valid", valid, persistent=False)
 
     def _check_game_id(self, game_id: Tensor, batch: int) -> Tensor:
+        """``game_id`` as int64, or ValueError: a wrong shape, a boolean or complex
+        dtype, or (on CPU, where it needs no device sync) a value that is not a
+        whole number in ``[0, G)`` -- ``.long()`` alone would turn 0.5 into game 0."""
         if game_id.shape != (batch,):
             raise ValueError(
                 f"game_id must have shape [B] = ({batch},), got {tuple(game_id.shape)}"
             )
+        if game_id.is_complex() or game_id.dtype == torch.bool:
+            raise ValueError(f"game_id must hold integers, got dtype {game_id.dtype}")
+        games = len(self.expert_dims)
+        if game_id.device.type == "cpu" and batch:
+            if game_id.is_floating_point():
+                whole = torch.isfinite(game_id) & (game_id == game_id.round())
+                if not bool(whole.all()):
+                    bad = game_id[~whole][0].item()
+                    raise ValueError(f"game_id must hold integers in [0, {games - 1}], got {bad}")
+            lo, hi = int(game_id.min()), int(game_id.max())
+            if lo < 0 or hi >= games:
+                raise ValueError(
+                    f"game_id must be in [0, {games - 1}] ({games} feature heads), "
+                    f"got {lo if lo < 0 else hi}"
+                )
         return game_id.long()
 
     def feature_mask(self, game_id: Tensor) -> Tensor:
         """``[B, max D_i]`` bool: True where a column is a feature of the row's game."""
         valid = self._valid
         assert isinstance(valid, Tensor)
-        return valid[game_id.long()]
+        if game_id.dim() != 1:
+            raise ValueError(f"game_id must have shape [B], got {tuple(game_id.shape)}")
+        return valid[self._check_game_id(game_id, game_id.shape[0])]
 
     def forward(self, h: Tensor, game_id: Tensor) -> Tensor:
         """Predict each row's expert features.

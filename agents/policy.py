@@ -84,6 +84,42 @@ def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
+def is_multigame_space(space: Any) -> bool:
+    """Whether ``space`` is a multi-game observation space (a ``Dict`` with ``obs`` and ``game_id``)."""
+    from gymnasium import spaces
+
+    return isinstance(space, spaces.Dict) and {"obs", "game_id"} <= set(space.spaces)
+
+
+def _check_discrete(arr: np.ndarray, space: Any, what: str) -> None:
+    """ValueError unless every entry of ``arr`` is an integer of the ``Discrete`` ``space``.
+
+    Converting to the network's int64 would silently truncate 0.5 to 0, and an
+    index past the end would fail deep inside an embedding (a multi-game
+    policy's ``game_id``). Spaces other than ``Discrete`` are not checked here.
+    """
+    from gymnasium import spaces
+
+    if not isinstance(space, spaces.Discrete) or arr.size == 0:
+        return
+    lo, hi = int(space.start), int(space.start) + int(space.n) - 1
+    name = "game id" if what.endswith("['game_id']") else "value"
+    if arr.dtype == np.bool_ or not np.isfinite(arr).all() or not (arr == np.round(arr)).all():
+        bad = arr.ravel()[0] if arr.dtype == np.bool_ else _first_non_integer(arr)
+        raise ValueError(f"{what} must hold integers in [{lo}, {hi}] (a {name}), got {bad!r}")
+    if arr.min() < lo or arr.max() > hi:
+        bad = arr.min() if arr.min() < lo else arr.max()
+        raise ValueError(
+            f"{what} must be in [{lo}, {hi}] (a {name} of {space}), got {bad.item()!r}"
+        )
+
+
+def _first_non_integer(arr: np.ndarray) -> Any:
+    flat = arr.ravel()
+    bad = ~np.isfinite(flat) | (flat != np.round(flat))
+    return flat[np.flatnonzero(bad)[0]].item()
+
+
 def _shape_of(spec: Any) -> Any:
     if isinstance(spec, dict):
         return {k: _shape_of(v) for k, v in spec.items()}
@@ -149,6 +185,11 @@ class MaskedPolicy:
             net = build_actor_critic(observation_space, action_space, **network_kwargs)
         return cls(net, observation_space, action_space, env_ids, network_kwargs, device, seed)
 
+    @property
+    def is_multigame(self) -> bool:
+        """Whether the policy reads multi-game observations (``{"obs", "game_id"}``), even of one game."""
+        return is_multigame_space(self.observation_space)
+
     # ------------------------------------------------------------------ acting
     def _check_obs(self, obs: Any, batch: int, single: bool) -> Any:
         """``obs`` as numpy with a batch dim; ValueError naming expected and given shapes."""
@@ -161,8 +202,13 @@ class MaskedPolicy:
             missing = sorted(set(expected) - set(obs))
             if missing:
                 raise ValueError(f"observation is missing key(s) {missing}")
-            return {k: self._check_leaf(obs[k], s, batch, single, k) for k, s in expected.items()}
-        return self._check_leaf(obs, expected, batch, single, None)
+            out = {k: self._check_leaf(obs[k], s, batch, single, k) for k, s in expected.items()}
+            for k, arr in out.items():
+                _check_discrete(arr, self.observation_space[k], f"observation[{k!r}]")
+            return out
+        arr = self._check_leaf(obs, expected, batch, single, None)
+        _check_discrete(arr, self.observation_space, "observation")
+        return arr
 
     @staticmethod
     def _check_leaf(
@@ -278,9 +324,9 @@ def policy_from_checkpoint(
             f"checkpoint {path} has format {fmt!r}, which this version of maskrl does not read "
             f"(it reads {', '.join(CHECKPOINT_FORMATS)})"
         )
+    obs_space = _stored_space(ckpt, "observation_space", path)
+    act_space = _stored_space(ckpt, "action_space", path)
     try:
-        obs_space = space_from_dict(ckpt["observation_space"])
-        act_space = space_from_dict(ckpt["action_space"])
         kwargs = ckpt.get("network_kwargs")
         if kwargs is None and not ckpt.get("custom_network"):
             kwargs = {"obs_layout": ckpt.get("obs_layout", "CHW")}  # format maskrl.ppo/1
@@ -308,6 +354,22 @@ def policy_from_checkpoint(
         )
     policy.net.eval()  # a loaded policy only reads its network (trainers switch it back)
     return policy
+
+
+def _stored_space(ckpt: dict[str, Any], key: str, path: str | Path) -> Any:
+    """The Gymnasium space a checkpoint stores under ``key``; ValueError naming it if malformed."""
+    if key not in ckpt:
+        raise ValueError(f"checkpoint {path} is not a valid maskrl checkpoint: it has no {key}")
+    try:
+        space = space_from_dict(ckpt[key])
+        if key == "observation_space":
+            _space_spec(space)  # a dtype the trainers cannot hold is malformed too
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError) as e:
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(
+            f"checkpoint {path} has a malformed {key} {ckpt[key]!r:.200} ({detail})"
+        ) from e
+    return space
 
 
 def load_policy(

@@ -31,6 +31,7 @@ from maskrl.agents.trainer import (
     resolve_device,
 )
 from maskrl.distributions import MaskedPolicyHead
+from maskrl.networks import MultiGameActorCritic
 
 __all__ = ["PPO", "compute_gae", "ppo_loss"]
 
@@ -184,9 +185,12 @@ class PPO(OnPolicyTrainer):
         self.env_ids: list[str] | None = None
         if isinstance(env, str | list | tuple):
             self.env_ids = [env] if isinstance(env, str) else list(env)
+            # A multi-game network reads {"obs", "game_id"} even when it plays one
+            # game (a one-expert Actor-Mimic student being fine-tuned).
             env = make_training_env(
-                self.env_ids, config.num_envs, config.seed, config.env_backend, self.device
-            )
+                self.env_ids, config.num_envs, config.seed, config.env_backend, self.device,
+                multigame=isinstance(network, MultiGameActorCritic),
+            )  # fmt: skip
         self.envs = env
         if env is not None:
             _check_autoreset(env)

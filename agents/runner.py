@@ -504,7 +504,9 @@ def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
         if run.resume:
             run, _, run_dir, lock = open_resumed_run(run)
             agent = PPO.load(run_dir / "checkpoint.pt", device=config.device)
-            agent.envs = _make_env(agent.config, run.env_ids, agent.device)
+            agent.envs = _make_env(
+                agent.config, run.env_ids, agent.device, agent.policy.is_multigame
+            )
             agent.env_ids = run.env_ids
             config = agent.config
         else:
@@ -533,10 +535,12 @@ def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
             lock.release()
 
 
-def _make_env(config: PPOConfig, ids: list[str], device: Any) -> Any:
+def _make_env(config: PPOConfig, ids: list[str], device: Any, multigame: bool = False) -> Any:
     from maskrl.agents.trainer import make_training_env
 
-    return make_training_env(ids, config.num_envs, config.seed, config.env_backend, device)
+    return make_training_env(
+        ids, config.num_envs, config.seed, config.env_backend, device, multigame
+    )
 
 
 # ------------------------------------------------------------- Actor-Mimic
@@ -642,6 +646,7 @@ def train_mimic(
             assert isinstance(config, MimicConfig)
             config.validate()
             experts = load_experts(experts_dir, device=config.device)
+            experts_dir = str(Path(experts_dir).absolute())  # as the checkpoint records them
             run.env = ",".join(x.env_id for x in experts)
             run_dir = new_run_dir(run, config.seed)
             if run.total_timesteps is None:

@@ -285,11 +285,14 @@ def make_training_env(
     seed: int,
     backend: str = "numpy",
     device: torch.device | None = None,
+    multigame: bool = False,
 ) -> Any:
     """The vector env a trainer steps: one id -> ``make_vec``, several -> ``make_multigame_vec``.
 
     ``backend="torch"`` builds the batched torch games on ``device`` (MinAtar ids
-    only); ``"numpy"`` the Python-stepped Gymnasium envs.
+    only); ``"numpy"`` the Python-stepped Gymnasium envs. ``multigame=True``
+    builds the multi-game env even for one id (for a multi-game network that
+    plays one game, such as a one-expert Actor-Mimic student).
     """
     from maskrl.envs import make_multigame_vec, make_vec
 
@@ -304,6 +307,6 @@ def make_training_env(
             # The env's own action check costs a device sync per step; the trainer
             # never samples a masked action and counts any it took once per rollout.
             extra["check_actions"] = False
-    if len(env_ids) == 1:
+    if len(env_ids) == 1 and not multigame:
         return make_vec(env_ids[0], num_envs, seed=seed, **extra)
     return make_multigame_vec(env_ids, num_envs, seed=seed, **extra)

@@ -254,10 +254,42 @@ class MultiGameActorCritic(nn.Module):
         self.policy_head = layer_init(nn.Linear(feat, n_logits), std=POLICY_GAIN)
         self.value_head = layer_init(nn.Linear(feat, num_games), std=VALUE_GAIN)
 
+    def _check_game_id(self, game_id: torch.Tensor) -> None:
+        """ValueError for game ids that are not whole numbers in ``[0, num_games)``.
+
+        ``.long()`` would silently truncate 0.5 to game 0, and an id out of range
+        would fail deep inside the embedding. Values are checked on CPU tensors
+        only (on an accelerator the check would cost a device sync per call);
+        a boolean or complex ``game_id`` is refused on any device.
+        """
+        if game_id.is_complex() or game_id.dtype == torch.bool:
+            raise ValueError(f"game_id must hold integers, got dtype {game_id.dtype}")
+        if game_id.device.type != "cpu" or not game_id.numel():
+            return
+        if game_id.is_floating_point():
+            whole = torch.isfinite(game_id) & (game_id == game_id.round())
+            if not bool(whole.all()):
+                bad = game_id[~whole][0].item()
+                raise ValueError(
+                    f"game_id must hold integers in [0, {self.num_games - 1}], got {bad}"
+                )
+        lo, hi = int(game_id.min()), int(game_id.max())
+        if lo < 0 or hi >= self.num_games:
+            raise ValueError(
+                f"game_id must be in [0, {self.num_games - 1}] (this network has "
+                f"{self.num_games} games), got {lo if lo < 0 else hi}"
+            )
+
     def features(self, obs: Obs) -> torch.Tensor:
-        """Hidden features ``[B, F]``: the encoded screen plus the game embedding."""
+        """Hidden features ``[B, F]``: the encoded screen plus the game embedding.
+
+        Raises:
+            ValueError: ``obs["game_id"]`` is boolean or complex, or (on CPU)
+                holds a value that is not a whole number in ``[0, num_games)``.
+        """
         assert isinstance(obs, dict)
         game_id = obs["game_id"]
+        self._check_game_id(game_id)
         # Looked up per call (not cached at init), so swapping the encoder
         # module later (e.g. for quantization-aware training) stays correct.
         if getattr(self.encoder, "uses_game_id", False):
