@@ -21,14 +21,19 @@ run() {  # run NAME ARGS...: train into $R/NAME, or resume it if it exists but h
         python train.py "$@" --runs-dir "$R" --run-name "$name" --no-progress
     fi
 }
-python train.py experts --env "$IDS" --total-timesteps 1000000 --runs-dir "$R" --run-name am5 --no-progress
+experts() { python train.py experts --env "$1" --total-timesteps 1000000 --runs-dir "$R" --run-name am5 --no-progress; }
+# The single-game table first (its float policies are the Breakout and
+# SpaceInvaders experts), then the other experts and the students.
+experts maskrl/MinAtar-Breakout-v0,maskrl/MinAtar-SpaceInvaders-v0
 for g in Breakout SpaceInvaders; do
     run "qat8-$g" ppo --env "maskrl/MinAtar-$g-v0" --total-timesteps 1000000 --qat --qat-start-after 500000
     run "qat4-$g" ppo --env "maskrl/MinAtar-$g-v0" --total-timesteps 1000000 --qat --qat-bits 4 --qat-start-after 500000
 done
+python benchmarks/qat_returns.py --episodes 50 --out "$R/qat_returns_single.json" \
+    --game Breakout "$R/am5/MinAtar-Breakout-v0" "$R/qat8-Breakout" "$R/qat4-Breakout" \
+    --game SpaceInvaders "$R/am5/MinAtar-SpaceInvaders-v0" "$R/qat8-SpaceInvaders" "$R/qat4-SpaceInvaders"
+experts "$IDS"
 run am5-student mimic --experts "$R/am5" --total-timesteps 2000000 --eval-episodes 50
 run am5-student-qat8 mimic --experts "$R/am5" --total-timesteps 2000000 --eval-episodes 50 --qat --qat-start-after 1000000
-python benchmarks/qat_returns.py --episodes 50 --out "$R/qat_returns.json" \
-    --game Breakout "$R/am5/MinAtar-Breakout-v0" "$R/qat8-Breakout" "$R/qat4-Breakout" \
-    --game SpaceInvaders "$R/am5/MinAtar-SpaceInvaders-v0" "$R/qat8-SpaceInvaders" "$R/qat4-SpaceInvaders" \
+python benchmarks/qat_returns.py --episodes 50 --out "$R/qat_returns_student.json" \
     --game Student "$R/am5-student" "$R/am5-student-qat8"
