@@ -13,8 +13,8 @@ from maskrl.envs.torch_minatar._base import State
 
 
 def _state() -> State:
-    """One env at the start of an episode, as a fresh dict the phases may update."""
-    return dict(sq.Seaquest().reset(1, torch.empty(1, 0), torch.device("cpu")))
+    """One env at the start of an episode."""
+    return sq.Seaquest().reset(1, torch.empty(1, 0), torch.device("cpu"))
 
 
 def _put(s: State, prefix: str, slot: int, **fields: int) -> None:
@@ -28,7 +28,10 @@ def test_friendly_bullet_hits_the_fish_before_an_earlier_sub() -> None:
     _put(s, "fb", 0, x=3, y=4, dx=1, seq=0)  # moves to (4, 4)
     _put(s, "en", 0, x=4, y=4, dx=-1, sub=1, seq=1)
     _put(s, "en", 1, x=4, y=4, dx=-1, sub=0, seq=2)
-    fb_cell, later1, shot_fb, en_cell = sq._friendly_bullets(s)
+    before = {k: v.clone() for k, v in s.items()}
+    s2, fb_cell, later1, shot_fb, en_cell = sq._friendly_bullets(s)
+    assert all(torch.equal(v, before[k]) for k, v in s.items())  # the input is left alone
+    s = s2
     assert s["fb_x"][0, 0] == 4 and fb_cell[0, 0] == 44
     assert shot_fb[:, 0].tolist() == [True, False]  # live before the hit (the reward counts it)
     assert s["fb_alive"][:, 0].tolist() == [False, False]
@@ -42,7 +45,7 @@ def test_the_later_appended_bullet_takes_the_only_fish() -> None:
     _put(s, "fb", 0, x=3, y=4, dx=1, seq=5)
     _put(s, "fb", 1, x=5, y=4, dx=-1, seq=3)
     _put(s, "en", 0, x=4, y=4, dx=1, sub=0, seq=4)
-    sq._friendly_bullets(s)
+    s = sq._friendly_bullets(s)[0]
     assert s["fb_alive"][:, 0].tolist() == [False, True]
     assert not s["en_alive"][:, 0].any()
 
@@ -53,7 +56,7 @@ def test_divers_are_collected_last_appended_first_up_to_six() -> None:
     sub_cell = torch.tensor([2 + 10 * 3])
     _put(s, "dv", 0, x=2, y=3, dx=1, seq=1, timer=3)
     _put(s, "dv", 1, x=2, y=3, dx=1, seq=4, timer=3)
-    sq._divers(s, sub_cell)
+    s = sq._divers(s, sub_cell)
     assert s["diver_count"].tolist() == [6]
     assert s["dv_alive"][:2, 0].tolist() == [True, False]  # only the later diver fits
     assert s["dv_timer"][:2, 0].tolist() == [2, 2]
@@ -64,7 +67,7 @@ def test_enemy_bullets_kill_after_their_move_and_never_wrap() -> None:
     s["eb"][0, 0, 4, 6] = True  # left-mover, reaches the sub at (5, 4)
     s["eb"][0, 0, 2, 0] = True  # left-mover at the left edge: leaves the screen
     s["eb"][0, 1, 7, 9] = True  # right-mover at the right edge: leaves the screen
-    sq._enemy_bullets(s, torch.tensor([5 + 10 * 4]))
+    s = sq._enemy_bullets(s, torch.tensor([5 + 10 * 4]))
     assert s["terminal"].tolist() == [True]
     assert torch.nonzero(s["eb"]).tolist() == [[0, 0, 4, 5]]
 
@@ -77,7 +80,7 @@ def test_surfacing_with_six_divers_pays_oxygen_and_keeps_the_minus_one_quirk() -
         diver_count=torch.tensor([6]),
         oxygen=torch.tensor([150]),
     )
-    bonus = sq._timers_and_surfacing(s, ramping=True)
+    s, bonus = sq._timers_and_surfacing(s, ramping=True)
     assert bonus.tolist() == [150 * 10 // 200]
     assert s["diver_count"].tolist() == [-1]
     assert s["oxygen"].tolist() == [200] and s["surface"].tolist() == [True]

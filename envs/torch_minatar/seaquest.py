@@ -145,12 +145,12 @@ def _bars(device: torch.device) -> tuple[Tensor, Tensor]:
     return oxygen.to(torch.uint8), divers.to(torch.uint8)
 
 
-# The phases of a step, in seaquest.py's order (its numbers). Each takes the step's
-# working copy ``s`` of the state (a new dict whose tensors no phase writes in
-# place) and replaces the entries it changes.
+# The phases of a step, in seaquest.py's order (its numbers). Each is a pure function
+# of the state: it returns a new dict with the entries it changes replaced (and, where
+# a later phase needs them, values it computed), and writes no tensor in place.
 
 
-def _spawn_enemy(s: State, u_dir: Tensor, u_sub: Tensor, u_row: Tensor, grow: bool) -> None:
+def _spawn_enemy(s: State, u_dir: Tensor, u_sub: Tensor, u_row: Tensor, grow: bool) -> State:
     """1. Enemy spawn: none in a row where an enemy moves the other way.
 
     ``u_dir``, ``u_sub``, ``u_row``: the draws ``(N,)`` of its direction, kind (fish or
@@ -166,8 +166,9 @@ def _spawn_enemy(s: State, u_dir: Tensor, u_sub: Tensor, u_row: Tensor, grow: bo
     clash = s["en_alive"] & (s["en_y"] == y) & (s["en_dx"] != dx)
     do = spawn & ~clash.any(dim=0)
     if grow and bool((do & s["en_alive"].all(dim=0)).any()):
+        s = dict(s)
         _grow(s, s["en_alive"].shape[0])
-    s["en_alive"], upd = _append(
+    alive, upd = _append(
         s["en_alive"],
         do,
         {
@@ -180,18 +181,22 @@ def _spawn_enemy(s: State, u_dir: Tensor, u_sub: Tensor, u_row: Tensor, grow: bo
             "en_seq": (s["en_seq"], seq),
         },
     )
-    s.update(upd)
-    s["seq"] = seq + do
-    s["e_spawn_timer"] = torch.where(spawn, s["e_spawn_speed"], s["e_spawn_timer"])
+    return {
+        **s,
+        **upd,
+        "en_alive": alive,
+        "seq": seq + do,
+        "e_spawn_timer": torch.where(spawn, s["e_spawn_speed"], s["e_spawn_timer"]),
+    }
 
 
-def _spawn_diver(s: State, u_dir: Tensor, u_row: Tensor) -> None:
+def _spawn_diver(s: State, u_dir: Tensor, u_row: Tensor) -> State:
     """2. Diver spawn; ``u_dir``, ``u_row``: the draws ``(N,)`` of its direction and row."""
     seq = s["seq"]
     dspawn = s["d_spawn_timer"] == 0
     dlr = u_dir < 0.5
     dy = (u_row * 8).long().clamp_max(7) + 1
-    s["dv_alive"], upd = _append(
+    alive, upd = _append(
         s["dv_alive"],
         dspawn,
         {
@@ -202,18 +207,25 @@ def _spawn_diver(s: State, u_dir: Tensor, u_row: Tensor) -> None:
             "dv_seq": (s["dv_seq"], seq),
         },
     )
-    s.update(upd)
-    s["seq"] = seq + dspawn
-    s["d_spawn_timer"] = torch.where(dspawn, _DIVER_SPAWN_SPEED, s["d_spawn_timer"])
+    return {
+        **s,
+        **upd,
+        "dv_alive": alive,
+        "seq": seq + dspawn,
+        "d_spawn_timer": torch.where(dspawn, _DIVER_SPAWN_SPEED, s["d_spawn_timer"]),
+    }
 
 
-def _player(s: State, action: Tensor) -> Tensor:
-    """3. Player: fires (from where it was), then moves. Returns its new cell ``x + 10 y``."""
+def _player(s: State, action: Tensor) -> tuple[State, Tensor]:
+    """3. Player: fires (from where it was), then moves.
+
+    Returns the new state and the sub's new cell ``x + 10 y`` ``(N,)``.
+    """
     sx, sy, sor = s["sub_x"], s["sub_y"], s["sub_or"]
     shot_timer = s["shot_timer"]
     seq = s["seq"]
     fire = (action == 5) & (shot_timer == 0)
-    s["fb_alive"], upd = _append(
+    alive, upd = _append(
         s["fb_alive"],
         fire,
         {
@@ -223,26 +235,33 @@ def _player(s: State, action: Tensor) -> Tensor:
             "fb_seq": (s["fb_seq"], seq),
         },
     )
-    s.update(upd)
-    s["seq"] = seq + fire
-    s["shot_timer"] = torch.where(fire, _SHOT_COOL_DOWN, shot_timer)
     left, right = action == 1, action == 3
     sx = (sx + move_x(action)).clamp(0, 9)
-    s["sub_or"] = (sor | right) & ~left
+    sor = (sor | right) & ~left
     sy = (sy + move_y(action)).clamp(0, 8)
-    s["sub_x"], s["sub_y"] = sx, sy
-    return torch.add(sx, sy, alpha=10)
+    out = {
+        **s,
+        **upd,
+        "fb_alive": alive,
+        "seq": seq + fire,
+        "shot_timer": torch.where(fire, _SHOT_COOL_DOWN, shot_timer),
+        "sub_x": sx,
+        "sub_y": sy,
+        "sub_or": sor,
+    }
+    return out, torch.add(sx, sy, alpha=10)
 
 
-def _friendly_bullets(s: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _friendly_bullets(s: State) -> tuple[State, Tensor, Tensor, Tensor, Tensor]:
     """4. Friendly bullets move; in reverse list order each hits the first fish,
     else the first sub, at its cell.
 
     A dead slot's fields are stale, so its cell becomes -1 (no enemy's); with two
     slots, when both are live the one with the larger seq is the later-appended.
-    Returns ``(fb_cell, later1, shot_fb, en_cell)``: the bullets' new cells ``(2, N)``,
-    whether slot 1 is the later-appended ``(N,)``, the live bullets before any hit
-    ``(2, N)`` (for the reward) and the enemies' cells before their move ``(K, N)``.
+    Returns ``(state, fb_cell, later1, shot_fb, en_cell)``: the new state, the
+    bullets' new cells ``(2, N)``, whether slot 1 is the later-appended ``(N,)``, the
+    live bullets before any hit ``(2, N)`` (for the reward) and the enemies' cells
+    before their move ``(K, N)``.
     """
     fb_x = s["fb_x"] + s["fb_dx"]
     fb_alive = s["fb_alive"] & on_screen(fb_x)
@@ -262,13 +281,16 @@ def _friendly_bullets(s: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # hits[0] belongs to slot 1 where later1, else to slot 0.
     gone1 = torch.where(later1, hits[0], hits[1])
     gone0 = torch.where(later1, hits[1], hits[0])
-    s["fb_x"] = fb_x
-    s["fb_alive"] = fb_alive & ~torch.stack([gone0, gone1])
-    s["en_alive"] = en_alive
-    return fb_cell, later1, fb_alive, en_cell
+    out = {
+        **s,
+        "fb_x": fb_x,
+        "fb_alive": fb_alive & ~torch.stack([gone0, gone1]),
+        "en_alive": en_alive,
+    }
+    return out, fb_cell, later1, fb_alive, en_cell
 
 
-def _divers(s: State, sub_cell: Tensor) -> None:
+def _divers(s: State, sub_cell: Tensor) -> State:
     """5. Divers: collected (while diver_count < 6, in reverse list order) when at
     the sub before or after their move."""
     count = s["diver_count"]
@@ -283,21 +305,25 @@ def _divers(s: State, sub_cell: Tensor) -> None:
     # earlier[i, n]: candidates j of env n processed before slot i (larger seq).
     earlier = (cand[None, :, :] & (dv_seq[None, :, :] > dv_seq[:, None, :])).sum(dim=1)
     collect = cand & (count + earlier < 6)
-    s["diver_count"] = count + collect.sum(dim=0)
-    s["dv_alive"] = dv_alive & ~collect & ~off
-    s["dv_x"] = moved_x
-    s["dv_timer"] = torch.where(due, _DIVER_MOVE_INTERVAL, dv_timer - 1)
+    return {
+        **s,
+        "diver_count": count + collect.sum(dim=0),
+        "dv_alive": dv_alive & ~collect & ~off,
+        "dv_x": moved_x,
+        "dv_timer": torch.where(due, _DIVER_MOVE_INTERVAL, dv_timer - 1),
+    }
 
 
 def _enemies(
     s: State, sub_cell: Tensor, en_cell: Tensor, fb_cell: Tensor, later1: Tensor
-) -> tuple[Tensor, Tensor]:
+) -> tuple[State, Tensor, Tensor]:
     """6.+8. Enemy subs, then enemy fish: touch the player before or after their
     move; each moved enemy still on screen takes a bullet at its cell.
 
     ``en_cell``: the enemies' cells before the move; ``fb_cell``, ``later1``: as
-    :func:`_friendly_bullets` returns them. Returns ``(shooters, en_cell)``: the
-    subs in the list when their loop starts, and the enemies' cells after the move.
+    :func:`_friendly_bullets` returns them. Returns ``(state, shooters, en_cell)``:
+    the new state, the subs in the list when their loop starts, and the enemies'
+    cells after the move.
     """
     en_alive = s["en_alive"]
     terminal = s["terminal"] | (en_alive & (en_cell == sub_cell)).any(dim=0)
@@ -306,9 +332,9 @@ def _enemies(
     en_cell = torch.add(en_x, s["en_y"], alpha=10)
     off = due & ~on_screen(en_x)
     at = due & ~off & (en_cell == sub_cell)
-    s["terminal"] = terminal | at.any(dim=0)
+    terminal = terminal | at.any(dim=0)
     eligible = due & ~off & ~at
-    s["en_timer"] = torch.where(due, s["move_speed"], s["en_timer"] - 1)
+    en_timer = torch.where(due, s["move_speed"], s["en_timer"] - 1)
     shooters = en_alive & s["en_sub"]  # the subs in the list when their loop starts
     en_alive = en_alive & ~off
     subs_first = (~s["en_sub"]) * _SUB_RANK - s["en_seq"]
@@ -325,28 +351,37 @@ def _enemies(
         hits.append(hit)
     gone1 = torch.where(later1, hits[1], hits[0])
     gone0 = torch.where(later1, hits[0], hits[1])
-    s["fb_alive"] = fb_alive & ~torch.stack([gone0, gone1])
-    s["en_alive"] = en_alive
-    s["en_x"] = en_x
-    return shooters, en_cell
+    out = {
+        **s,
+        "terminal": terminal,
+        "en_timer": en_timer,
+        "fb_alive": fb_alive & ~torch.stack([gone0, gone1]),
+        "en_alive": en_alive,
+        "en_x": en_x,
+    }
+    return out, shooters, en_cell
 
 
-def _enemy_shots(s: State, shooters: Tensor, en_cell: Tensor) -> None:
+def _enemy_shots(s: State, shooters: Tensor, en_cell: Tensor) -> State:
     """(6.) Shots: every sub that was in the list, even one that just left or was
     shot, fires when its timer is due; ``en_cell``: the enemies' cells after the move."""
     n = s["sub_x"].shape[0]
     device = en_cell.device
     shot = s["en_shot"]
     shoot = shooters & (shot == 0)
-    s["en_shot"] = torch.where(shoot, _ENEMY_SHOT_INTERVAL, shot - 1)
     base, trash = env_offsets(n, 200, device)
     at = (s["en_dx"] + 1) * 50 + en_cell + base  # flat index in (N, 2, 10, 10)
     idx = torch.where(shoot & on_screen(s["en_x"]), at, trash)
     flat = torch.zeros(n * 200 + 1, dtype=torch.bool, device=device)
-    s["eb"] = s["eb"] | flat.index_fill_(0, idx.flatten(), True)[: n * 200].view(n, 2, 10, 10)
+    new = flat.index_fill_(0, idx.flatten(), True)[: n * 200].view(n, 2, 10, 10)
+    return {
+        **s,
+        "en_shot": torch.where(shoot, _ENEMY_SHOT_INTERVAL, shot - 1),
+        "eb": s["eb"] | new,
+    }
 
 
-def _enemy_bullets(s: State, sub_cell: Tensor) -> None:
+def _enemy_bullets(s: State, sub_cell: Tensor) -> State:
     """7. Enemy bullets: deadly before and after their move (left-movers shift left)."""
     eb = s["eb"]
     n = eb.shape[0]
@@ -360,33 +395,39 @@ def _enemy_bullets(s: State, sub_cell: Tensor) -> None:
     moved[:, 0, 9::10] = False
     moved[:, 1, 1:] = flat_eb[:, 1, :99]
     moved[:, 1, 0::10] = False
-    s["terminal"] = terminal | moved.gather(2, at_sub).flatten(1).any(dim=1)
-    s["eb"] = moved.view(n, 2, 10, 10)
+    terminal = terminal | moved.gather(2, at_sub).flatten(1).any(dim=1)
+    return {**s, "terminal": terminal, "eb": moved.view(n, 2, 10, 10)}
 
 
-def _timers_and_surfacing(s: State, ramping: bool) -> Tensor:
-    """9. Timers, oxygen and surfacing. Returns the surfacing bonus ``(N,)``."""
-    s["e_spawn_timer"] = (s["e_spawn_timer"] - 1).clamp_min(0)
-    s["d_spawn_timer"] = (s["d_spawn_timer"] - 1).clamp_min(0)
-    s["shot_timer"] = (s["shot_timer"] - 1).clamp_min(0)
+def _timers_and_surfacing(s: State, ramping: bool) -> tuple[State, Tensor]:
+    """9. Timers, oxygen and surfacing. Returns the new state and the surfacing
+    bonus ``(N,)``."""
     oxygen, count, ms = s["oxygen"], s["diver_count"], s["move_speed"]
     terminal = s["terminal"] | (oxygen <= 0)
     below = s["sub_y"] > 0
     oxygen = torch.where(below, oxygen - 1, oxygen)
     arriving = ~below & ~s["surface"]
-    s["terminal"] = terminal | (arriving & (count == 0))
+    terminal = terminal | (arriving & (count == 0))
     surf = arriving & (count != 0)
-    s["surface"] = (s["surface"] & below.logical_not()) | surf
+    surface = (s["surface"] & below.logical_not()) | surf
     six = surf & (count == 6)
     bonus = torch.where(six, oxygen * 10 // _MAX_OXYGEN, 0)
-    s["diver_count"] = torch.where(six, 0, count) - surf.long()
-    s["oxygen"] = torch.where(surf, _MAX_OXYGEN, oxygen)
     e_speed, ramp_index = s["e_spawn_speed"], s["ramp_index"]
     ramp = surf & ((e_speed > 1) | (ms > 2)) & ramping
-    s["move_speed"] = ms - (ramp & (ms > 2) & (ramp_index % 2 == 1)).long()
-    s["e_spawn_speed"] = e_speed - (ramp & (e_speed > 1)).long()
-    s["ramp_index"] = ramp_index + ramp
-    return bonus
+    out = {
+        **s,
+        "e_spawn_timer": (s["e_spawn_timer"] - 1).clamp_min(0),
+        "d_spawn_timer": (s["d_spawn_timer"] - 1).clamp_min(0),
+        "shot_timer": (s["shot_timer"] - 1).clamp_min(0),
+        "terminal": terminal,
+        "surface": surface,
+        "diver_count": torch.where(six, 0, count) - surf.long(),
+        "oxygen": torch.where(surf, _MAX_OXYGEN, oxygen),
+        "move_speed": ms - (ramp & (ms > 2) & (ramp_index % 2 == 1)).long(),
+        "e_spawn_speed": e_speed - (ramp & (e_speed > 1)).long(),
+        "ramp_index": ramp_index + ramp,
+    }
+    return out, bonus
 
 
 class Seaquest(TorchMinAtarGame):
@@ -461,17 +502,17 @@ class Seaquest(TorchMinAtarGame):
         one pass over the shared enemy list, followed by the subs' shots, before the
         enemy bullets (7), which only the player's position affects.
         """
-        s = dict(state)
-        _spawn_enemy(s, draws[:, 0], draws[:, 1], draws[:, 2], grow=action.device.type == "cpu")
-        _spawn_diver(s, draws[:, 3], draws[:, 4])
-        sub_cell = _player(s, action)
-        fb_cell, later1, shot_fb, en_cell = _friendly_bullets(s)
-        _divers(s, sub_cell)
-        shooters, en_cell = _enemies(s, sub_cell, en_cell, fb_cell, later1)
+        s = _spawn_enemy(state, draws[:, 0], draws[:, 1], draws[:, 2], action.device.type == "cpu")
+        s = _spawn_diver(s, draws[:, 3], draws[:, 4])
+        s, sub_cell = _player(s, action)
+        s, fb_cell, later1, shot_fb, en_cell = _friendly_bullets(s)
+        s = _divers(s, sub_cell)
+        s, shooters, en_cell = _enemies(s, sub_cell, en_cell, fb_cell, later1)
         reward = (shot_fb & ~s["fb_alive"]).sum(dim=0)  # one point per bullet that hit
-        _enemy_shots(s, shooters, en_cell)
-        _enemy_bullets(s, sub_cell)
-        reward = reward + _timers_and_surfacing(s, self.ramping)
+        s = _enemy_shots(s, shooters, en_cell)
+        s = _enemy_bullets(s, sub_cell)
+        s, bonus = _timers_and_surfacing(s, self.ramping)
+        reward = reward + bonus
         return s, reward.to(torch.float32), s["terminal"]
 
     def match_shapes(self, fresh: State, like: State) -> State:
