@@ -7,7 +7,8 @@ game's minimal action set, sampled inside the timed loop on every side):
   ``MinAtar/<Game>-v1``, the minimal action set) in Gymnasium's ``SyncVectorEnv`` of ``--sync-envs`` envs;
 * ``numpy8``: :func:`maskrl.envs.make_vec` (numpy backend) with as many envs;
 * ``torch<N>``: :func:`maskrl.envs.make_vec` with ``backend="torch"`` on
-  ``--device`` for each ``N`` in ``--num-envs``.
+  ``--device`` for each ``N`` in ``--num-envs``, with ``copy_obs=False`` as the
+  trainers build it (observations valid until the next step).
 
 Every env is built once; then ``--repeats`` rounds time each of them in turn for
 ``--seconds`` (interleaved, so a stall of a shared machine hits one sample, not one
@@ -119,9 +120,14 @@ def bench_numpy(game: str, num_envs: int, seed: int) -> Bench:
 
 
 def bench_torch(game: str, num_envs: int, seed: int, device: str) -> Bench:
-    """:func:`maskrl.envs.make_vec` with ``backend="torch"``."""
+    """:func:`maskrl.envs.make_vec` with ``backend="torch"`` and ``copy_obs=False``."""
     envs = make_vec(
-        f"maskrl/MinAtar-{game}-v0", num_envs, backend="torch", device=device, seed=seed
+        f"maskrl/MinAtar-{game}-v0",
+        num_envs,
+        backend="torch",
+        device=device,
+        seed=seed,
+        copy_obs=False,
     )
     envs.reset()
     dev = envs.device  # type: ignore[attr-defined]

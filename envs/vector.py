@@ -364,7 +364,8 @@ def make_vec(
         device: ``"cpu"`` (default), ``"cuda"``, ... (torch backend only).
         **env_kwargs: passed to ``gym.make(env_id, ...)``; for the torch backend:
             ``sticky_action_prob``, ``difficulty_ramping``, ``max_episode_steps``,
-            ``check_actions``.
+            ``check_actions``, ``copy_obs`` (False: observations valid only until the
+            next step; see :class:`~maskrl.envs.torch_minatar.TorchMinAtarVectorEnv`).
 
     Returns:
         A vector env whose ``reset``/``step`` infos hold ``"action_mask"``:
@@ -590,7 +591,8 @@ def make_multigame_vec(
             ``infos["final_obs"]`` are tensors on ``device``, and episode statistics
             are batched in ``infos["episode"]``/``infos["_episode"]`` directly.
         **env_kwargs: torch backend only: ``sticky_action_prob``,
-            ``difficulty_ramping``, ``max_episode_steps``, ``check_actions``.
+            ``difficulty_ramping``, ``max_episode_steps``, ``check_actions``,
+            ``copy_obs`` (as in :func:`make_vec`).
 
     Example:
         >>> import maskrl.envs

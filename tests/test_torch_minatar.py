@@ -234,7 +234,7 @@ def test_same_step_autoreset_final_obs_and_episode_statistics() -> None:
 
 
 def test_returned_observations_are_never_overwritten() -> None:
-    # The CPU batch reuses observation buffers only once nothing refers to them.
+    # copy_obs=True (default): step returns new tensors, never written again.
     envs = make_vec("maskrl/MinAtar-Breakout-v0", 64, backend="torch", seed=0)
     obs, infos = envs.reset()
     gen = torch.Generator().manual_seed(0)

@@ -131,7 +131,10 @@ def check_conformance(
         env.env.random = rec
         refs.append(env)
         recs.append(rec)
-    batch = GameBatch(game, num_envs, dev, sticky_action_prob, max_episode_steps, lazy_reset)
+    # reuse_obs: the trainers' path (each step's observations are read before the next).
+    batch = GameBatch(
+        game, num_envs, dev, sticky_action_prob, max_episode_steps, lazy_reset, reuse_obs=True
+    )
 
     reset_cols = []
     for env, rec in zip(refs, recs, strict=True):

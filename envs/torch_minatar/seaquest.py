@@ -145,6 +145,291 @@ def _bars(device: torch.device) -> tuple[Tensor, Tensor]:
     return oxygen.to(torch.uint8), divers.to(torch.uint8)
 
 
+# The phases of a step, in seaquest.py's order (its numbers). Each is a pure function
+# of the state: it returns a new dict with the entries it changes replaced (and, where
+# a later phase needs them, values it computed), and writes no tensor in place.
+
+
+def _spawn_enemy(s: State, u_dir: Tensor, u_sub: Tensor, u_row: Tensor, grow: bool) -> State:
+    """1. Enemy spawn: none in a row where an enemy moves the other way.
+
+    ``u_dir``, ``u_sub``, ``u_row``: the draws ``(N,)`` of its direction, kind (fish or
+    sub) and row. ``grow``: first double the enemy slots where a spawn finds them
+    full (CPU; costs a device read).
+    """
+    seq = s["seq"]
+    spawn = s["e_spawn_timer"] == 0
+    lr = u_dir < 0.5
+    dx = torch.where(lr, 1, -1)
+    is_sub = u_sub < 1.0 / 3.0
+    y = (u_row * 8).long().clamp_max(7) + 1  # draws >= 0: long() is floor
+    clash = s["en_alive"] & (s["en_y"] == y) & (s["en_dx"] != dx)
+    do = spawn & ~clash.any(dim=0)
+    if grow and bool((do & s["en_alive"].all(dim=0)).any()):
+        s = dict(s)
+        _grow(s, s["en_alive"].shape[0])
+    alive, upd = _append(
+        s["en_alive"],
+        do,
+        {
+            "en_x": (s["en_x"], torch.where(lr, 0, 9)),
+            "en_y": (s["en_y"], y),
+            "en_dx": (s["en_dx"], dx),
+            "en_sub": (s["en_sub"], is_sub),
+            "en_timer": (s["en_timer"], s["move_speed"]),
+            "en_shot": (s["en_shot"], _ENEMY_SHOT_INTERVAL),
+            "en_seq": (s["en_seq"], seq),
+        },
+    )
+    return {
+        **s,
+        **upd,
+        "en_alive": alive,
+        "seq": seq + do,
+        "e_spawn_timer": torch.where(spawn, s["e_spawn_speed"], s["e_spawn_timer"]),
+    }
+
+
+def _spawn_diver(s: State, u_dir: Tensor, u_row: Tensor) -> State:
+    """2. Diver spawn; ``u_dir``, ``u_row``: the draws ``(N,)`` of its direction and row."""
+    seq = s["seq"]
+    dspawn = s["d_spawn_timer"] == 0
+    dlr = u_dir < 0.5
+    dy = (u_row * 8).long().clamp_max(7) + 1
+    alive, upd = _append(
+        s["dv_alive"],
+        dspawn,
+        {
+            "dv_x": (s["dv_x"], torch.where(dlr, 0, 9)),
+            "dv_y": (s["dv_y"], dy),
+            "dv_dx": (s["dv_dx"], torch.where(dlr, 1, -1)),
+            "dv_timer": (s["dv_timer"], _DIVER_MOVE_INTERVAL),
+            "dv_seq": (s["dv_seq"], seq),
+        },
+    )
+    return {
+        **s,
+        **upd,
+        "dv_alive": alive,
+        "seq": seq + dspawn,
+        "d_spawn_timer": torch.where(dspawn, _DIVER_SPAWN_SPEED, s["d_spawn_timer"]),
+    }
+
+
+def _player(s: State, action: Tensor) -> tuple[State, Tensor]:
+    """3. Player: fires (from where it was), then moves.
+
+    Returns the new state and the sub's new cell ``x + 10 y`` ``(N,)``.
+    """
+    sx, sy, sor = s["sub_x"], s["sub_y"], s["sub_or"]
+    shot_timer = s["shot_timer"]
+    seq = s["seq"]
+    fire = (action == 5) & (shot_timer == 0)
+    alive, upd = _append(
+        s["fb_alive"],
+        fire,
+        {
+            "fb_x": (s["fb_x"], sx),
+            "fb_y": (s["fb_y"], sy),
+            "fb_dx": (s["fb_dx"], torch.where(sor, 1, -1)),
+            "fb_seq": (s["fb_seq"], seq),
+        },
+    )
+    left, right = action == 1, action == 3
+    sx = (sx + move_x(action)).clamp(0, 9)
+    sor = (sor | right) & ~left
+    sy = (sy + move_y(action)).clamp(0, 8)
+    out = {
+        **s,
+        **upd,
+        "fb_alive": alive,
+        "seq": seq + fire,
+        "shot_timer": torch.where(fire, _SHOT_COOL_DOWN, shot_timer),
+        "sub_x": sx,
+        "sub_y": sy,
+        "sub_or": sor,
+    }
+    return out, torch.add(sx, sy, alpha=10)
+
+
+def _friendly_bullets(s: State) -> tuple[State, Tensor, Tensor, Tensor, Tensor]:
+    """4. Friendly bullets move; in reverse list order each hits the first fish,
+    else the first sub, at its cell.
+
+    A dead slot's fields are stale, so its cell becomes -1 (no enemy's); with two
+    slots, when both are live the one with the larger seq is the later-appended.
+    Returns ``(state, fb_cell, later1, shot_fb, en_cell)``: the new state, the
+    bullets' new cells ``(2, N)``, whether slot 1 is the later-appended ``(N,)``, the
+    live bullets before any hit ``(2, N)`` (for the reward) and the enemies' cells
+    before their move ``(K, N)``.
+    """
+    fb_x = s["fb_x"] + s["fb_dx"]
+    fb_alive = s["fb_alive"] & on_screen(fb_x)
+    fb_cell = torch.add(fb_x, s["fb_y"], alpha=10)
+    fb_seq = s["fb_seq"]
+    later1 = fb_seq[1] > fb_seq[0]  # slot 1 is the later-appended
+    en_alive = s["en_alive"]
+    en_cell = torch.add(s["en_x"], s["en_y"], alpha=10)
+    fish_first = s["en_sub"] * _SUB_RANK + s["en_seq"]
+    cell = torch.where(fb_alive, fb_cell, -1)
+    hits = []
+    for first in (later1, ~later1):  # slot 1 first where later1
+        c = torch.where(first, cell[1], cell[0])
+        chosen, hit = _take_first(en_alive & (en_cell == c), fish_first)
+        en_alive = en_alive & ~chosen
+        hits.append(hit)
+    # hits[0] belongs to slot 1 where later1, else to slot 0.
+    gone1 = torch.where(later1, hits[0], hits[1])
+    gone0 = torch.where(later1, hits[1], hits[0])
+    out = {
+        **s,
+        "fb_x": fb_x,
+        "fb_alive": fb_alive & ~torch.stack([gone0, gone1]),
+        "en_alive": en_alive,
+    }
+    return out, fb_cell, later1, fb_alive, en_cell
+
+
+def _divers(s: State, sub_cell: Tensor) -> State:
+    """5. Divers: collected (while diver_count < 6, in reverse list order) when at
+    the sub before or after their move."""
+    count = s["diver_count"]
+    dv_alive, dv_x, dv_y, dv_timer = s["dv_alive"], s["dv_x"], s["dv_y"], s["dv_timer"]
+    at_before = dv_alive & (torch.add(dv_x, dv_y, alpha=10) == sub_cell)
+    due = dv_alive & (dv_timer == 0)
+    moved_x = torch.where(due, dv_x + s["dv_dx"], dv_x)
+    off = due & ~on_screen(moved_x)
+    at_after = due & ~off & (torch.add(moved_x, dv_y, alpha=10) == sub_cell)
+    cand = at_before | at_after
+    dv_seq = s["dv_seq"]
+    # earlier[i, n]: candidates j of env n processed before slot i (larger seq).
+    earlier = (cand[None, :, :] & (dv_seq[None, :, :] > dv_seq[:, None, :])).sum(dim=1)
+    collect = cand & (count + earlier < 6)
+    return {
+        **s,
+        "diver_count": count + collect.sum(dim=0),
+        "dv_alive": dv_alive & ~collect & ~off,
+        "dv_x": moved_x,
+        "dv_timer": torch.where(due, _DIVER_MOVE_INTERVAL, dv_timer - 1),
+    }
+
+
+def _enemies(
+    s: State, sub_cell: Tensor, en_cell: Tensor, fb_cell: Tensor, later1: Tensor
+) -> tuple[State, Tensor, Tensor]:
+    """6.+8. Enemy subs, then enemy fish: touch the player before or after their
+    move; each moved enemy still on screen takes a bullet at its cell.
+
+    ``en_cell``: the enemies' cells before the move; ``fb_cell``, ``later1``: as
+    :func:`_friendly_bullets` returns them. Returns ``(state, shooters, en_cell)``:
+    the new state, the subs in the list when their loop starts, and the enemies'
+    cells after the move.
+    """
+    en_alive = s["en_alive"]
+    terminal = s["terminal"] | (en_alive & (en_cell == sub_cell)).any(dim=0)
+    due = en_alive & (s["en_timer"] == 0)
+    en_x = torch.where(due, s["en_x"] + s["en_dx"], s["en_x"])
+    en_cell = torch.add(en_x, s["en_y"], alpha=10)
+    off = due & ~on_screen(en_x)
+    at = due & ~off & (en_cell == sub_cell)
+    terminal = terminal | at.any(dim=0)
+    eligible = due & ~off & ~at
+    en_timer = torch.where(due, s["move_speed"], s["en_timer"] - 1)
+    shooters = en_alive & s["en_sub"]  # the subs in the list when their loop starts
+    en_alive = en_alive & ~off
+    subs_first = (~s["en_sub"]) * _SUB_RANK - s["en_seq"]
+    # Bullets in list order (slot 0 first where later1); subs before fish, the
+    # reverse loop's last-appended first.
+    fb_alive = s["fb_alive"]
+    cell = torch.where(fb_alive, fb_cell, -1)
+    hits = []
+    for first in (~later1, later1):  # slot 1 first where not later1
+        c = torch.where(first, cell[1], cell[0])
+        chosen, hit = _take_first(eligible & (en_cell == c), subs_first)
+        eligible = eligible & ~chosen
+        en_alive = en_alive & ~chosen
+        hits.append(hit)
+    gone1 = torch.where(later1, hits[1], hits[0])
+    gone0 = torch.where(later1, hits[0], hits[1])
+    out = {
+        **s,
+        "terminal": terminal,
+        "en_timer": en_timer,
+        "fb_alive": fb_alive & ~torch.stack([gone0, gone1]),
+        "en_alive": en_alive,
+        "en_x": en_x,
+    }
+    return out, shooters, en_cell
+
+
+def _enemy_shots(s: State, shooters: Tensor, en_cell: Tensor) -> State:
+    """(6.) Shots: every sub that was in the list, even one that just left or was
+    shot, fires when its timer is due; ``en_cell``: the enemies' cells after the move."""
+    n = s["sub_x"].shape[0]
+    device = en_cell.device
+    shot = s["en_shot"]
+    shoot = shooters & (shot == 0)
+    base, trash = env_offsets(n, 200, device)
+    at = (s["en_dx"] + 1) * 50 + en_cell + base  # flat index in (N, 2, 10, 10)
+    idx = torch.where(shoot & on_screen(s["en_x"]), at, trash)
+    flat = torch.zeros(n * 200 + 1, dtype=torch.bool, device=device)
+    new = flat.index_fill_(0, idx.flatten(), True)[: n * 200].view(n, 2, 10, 10)
+    return {
+        **s,
+        "en_shot": torch.where(shoot, _ENEMY_SHOT_INTERVAL, shot - 1),
+        "eb": s["eb"] | new,
+    }
+
+
+def _enemy_bullets(s: State, sub_cell: Tensor) -> State:
+    """7. Enemy bullets: deadly before and after their move (left-movers shift left)."""
+    eb = s["eb"]
+    n = eb.shape[0]
+    at_sub = sub_cell[:, None, None].expand(n, 2, 1)
+    terminal = s["terminal"] | eb.view(n, 2, 100).gather(2, at_sub).flatten(1).any(dim=1)
+    # Flat shifts, then the column a bullet would wrap into is cleared (faster on
+    # CPU than copying (N, 10, 9) blocks).
+    flat_eb = eb.view(n, 2, 100)
+    moved = torch.empty_like(flat_eb)
+    moved[:, 0, :99] = flat_eb[:, 0, 1:]
+    moved[:, 0, 9::10] = False
+    moved[:, 1, 1:] = flat_eb[:, 1, :99]
+    moved[:, 1, 0::10] = False
+    terminal = terminal | moved.gather(2, at_sub).flatten(1).any(dim=1)
+    return {**s, "terminal": terminal, "eb": moved.view(n, 2, 10, 10)}
+
+
+def _timers_and_surfacing(s: State, ramping: bool) -> tuple[State, Tensor]:
+    """9. Timers, oxygen and surfacing. Returns the new state and the surfacing
+    bonus ``(N,)``."""
+    oxygen, count, ms = s["oxygen"], s["diver_count"], s["move_speed"]
+    terminal = s["terminal"] | (oxygen <= 0)
+    below = s["sub_y"] > 0
+    oxygen = torch.where(below, oxygen - 1, oxygen)
+    arriving = ~below & ~s["surface"]
+    terminal = terminal | (arriving & (count == 0))
+    surf = arriving & (count != 0)
+    surface = (s["surface"] & below.logical_not()) | surf
+    six = surf & (count == 6)
+    bonus = torch.where(six, oxygen * 10 // _MAX_OXYGEN, 0)
+    e_speed, ramp_index = s["e_spawn_speed"], s["ramp_index"]
+    ramp = surf & ((e_speed > 1) | (ms > 2)) & ramping
+    out = {
+        **s,
+        "e_spawn_timer": (s["e_spawn_timer"] - 1).clamp_min(0),
+        "d_spawn_timer": (s["d_spawn_timer"] - 1).clamp_min(0),
+        "shot_timer": (s["shot_timer"] - 1).clamp_min(0),
+        "terminal": terminal,
+        "surface": surface,
+        "diver_count": torch.where(six, 0, count) - surf.long(),
+        "oxygen": torch.where(surf, _MAX_OXYGEN, oxygen),
+        "move_speed": ms - (ramp & (ms > 2) & (ramp_index % 2 == 1)).long(),
+        "e_spawn_speed": e_speed - (ramp & (e_speed > 1)).long(),
+        "ramp_index": ramp_index + ramp,
+    }
+    return out, bonus
+
+
 class Seaquest(TorchMinAtarGame):
     """Batched MinAtar Seaquest (see the module docstring for the representation)."""
 
@@ -210,218 +495,25 @@ class Seaquest(TorchMinAtarGame):
         return state
 
     def step(self, state: State, action: Tensor, draws: Tensor) -> tuple[State, Tensor, Tensor]:
-        """One ``Env.act`` for every env (see seaquest.py and the module docstring)."""
-        s = dict(state)
-        n = action.shape[0]
-        seq = s["seq"]
-        ms = s["move_speed"]
+        """One ``Env.act`` for every env (see seaquest.py and the module docstring).
 
-        # 1. Enemy spawn: none in a row where an enemy moves the other way.
-        spawn = s["e_spawn_timer"] == 0
-        lr = draws[:, 0] < 0.5
-        dx = torch.where(lr, 1, -1)
-        is_sub = draws[:, 1] < 1.0 / 3.0
-        y = (draws[:, 2] * 8).long().clamp_max(7) + 1  # draws >= 0: long() is floor
-        clash = s["en_alive"] & (s["en_y"] == y) & (s["en_dx"] != dx)
-        do = spawn & ~clash.any(dim=0)
-        if action.device.type == "cpu" and bool((do & s["en_alive"].all(dim=0)).any()):
-            _grow(s, s["en_alive"].shape[0])
-        s["en_alive"], upd = _append(
-            s["en_alive"],
-            do,
-            {
-                "en_x": (s["en_x"], torch.where(lr, 0, 9)),
-                "en_y": (s["en_y"], y),
-                "en_dx": (s["en_dx"], dx),
-                "en_sub": (s["en_sub"], is_sub),
-                "en_timer": (s["en_timer"], ms),
-                "en_shot": (s["en_shot"], _ENEMY_SHOT_INTERVAL),
-                "en_seq": (s["en_seq"], seq),
-            },
-        )
-        s.update(upd)
-        seq = seq + do
-        s["e_spawn_timer"] = torch.where(spawn, s["e_spawn_speed"], s["e_spawn_timer"])
-
-        # 2. Diver spawn.
-        dspawn = s["d_spawn_timer"] == 0
-        dlr = draws[:, 3] < 0.5
-        dy = (draws[:, 4] * 8).long().clamp_max(7) + 1
-        s["dv_alive"], upd = _append(
-            s["dv_alive"],
-            dspawn,
-            {
-                "dv_x": (s["dv_x"], torch.where(dlr, 0, 9)),
-                "dv_y": (s["dv_y"], dy),
-                "dv_dx": (s["dv_dx"], torch.where(dlr, 1, -1)),
-                "dv_timer": (s["dv_timer"], _DIVER_MOVE_INTERVAL),
-                "dv_seq": (s["dv_seq"], seq),
-            },
-        )
-        s.update(upd)
-        seq = seq + dspawn
-        s["d_spawn_timer"] = torch.where(dspawn, _DIVER_SPAWN_SPEED, s["d_spawn_timer"])
-
-        # 3. Player.
-        sx, sy, sor = s["sub_x"], s["sub_y"], s["sub_or"]
-        shot_timer = s["shot_timer"]
-        fire = (action == 5) & (shot_timer == 0)
-        s["fb_alive"], upd = _append(
-            s["fb_alive"],
-            fire,
-            {
-                "fb_x": (s["fb_x"], sx),
-                "fb_y": (s["fb_y"], sy),
-                "fb_dx": (s["fb_dx"], torch.where(sor, 1, -1)),
-                "fb_seq": (s["fb_seq"], seq),
-            },
-        )
-        s.update(upd)
-        seq = seq + fire
-        shot_timer = torch.where(fire, _SHOT_COOL_DOWN, shot_timer)
-        left, right = action == 1, action == 3
-        sx = (sx + move_x(action)).clamp(0, 9)
-        sor = (sor | right) & ~left
-        sy = (sy + move_y(action)).clamp(0, 8)
-        sub_cell = torch.add(sx, sy, alpha=10)
-
-        # 4. Friendly bullets move; in reverse list order each hits the first fish,
-        #    else the first sub, at its cell. A dead slot's fields are stale, so its
-        #    cell becomes -1 (no enemy's); with two slots, when both are live the one
-        #    with the larger seq is the later-appended.
-        fb_x = s["fb_x"] + s["fb_dx"]
-        fb_alive = s["fb_alive"] & on_screen(fb_x)
-        fb_cell = torch.add(fb_x, s["fb_y"], alpha=10)
-        fb_seq = s["fb_seq"]
-        later1 = fb_seq[1] > fb_seq[0]  # slot 1 is the later-appended
-        en_alive = s["en_alive"]
-        en_cell = torch.add(s["en_x"], s["en_y"], alpha=10)
-        fish_first = s["en_sub"] * _SUB_RANK + s["en_seq"]
-        cell = torch.where(fb_alive, fb_cell, -1)
-        hits = []
-        for first in (later1, ~later1):  # slot 1 first where later1
-            c = torch.where(first, cell[1], cell[0])
-            chosen, hit = _take_first(en_alive & (en_cell == c), fish_first)
-            en_alive = en_alive & ~chosen
-            hits.append(hit)
-        # hits[0] belongs to slot 1 where later1, else to slot 0.
-        gone1 = torch.where(later1, hits[0], hits[1])
-        gone0 = torch.where(later1, hits[1], hits[0])
-        shot_fb = fb_alive  # live bullets before any hit (for the reward below)
-        fb_alive = fb_alive & ~torch.stack([gone0, gone1])
-
-        # 5. Divers: collected (while diver_count < 6, in reverse list order) when at
-        #    the sub before or after their move.
-        count = s["diver_count"]
-        dv_alive, dv_x, dv_y, dv_timer = s["dv_alive"], s["dv_x"], s["dv_y"], s["dv_timer"]
-        at_before = dv_alive & (torch.add(dv_x, dv_y, alpha=10) == sub_cell)
-        due = dv_alive & (dv_timer == 0)
-        moved_x = torch.where(due, dv_x + s["dv_dx"], dv_x)
-        off = due & ~on_screen(moved_x)
-        at_after = due & ~off & (torch.add(moved_x, dv_y, alpha=10) == sub_cell)
-        cand = at_before | at_after
-        dv_seq = s["dv_seq"]
-        # earlier[i, n]: candidates j of env n processed before slot i (larger seq).
-        earlier = (cand[None, :, :] & (dv_seq[None, :, :] > dv_seq[:, None, :])).sum(dim=1)
-        collect = cand & (count + earlier < 6)
-        count = count + collect.sum(dim=0)
-        s["dv_alive"] = dv_alive & ~collect & ~off
-        s["dv_x"] = moved_x
-        s["dv_timer"] = torch.where(due, _DIVER_MOVE_INTERVAL, dv_timer - 1)
-
-        # 6.+8. Enemy subs, then enemy fish: touch the player before or after their
-        #    move; each moved enemy still on screen takes a bullet at its cell.
-        terminal = s["terminal"] | (en_alive & (en_cell == sub_cell)).any(dim=0)
-        due = en_alive & (s["en_timer"] == 0)
-        en_x = torch.where(due, s["en_x"] + s["en_dx"], s["en_x"])
-        en_cell = torch.add(en_x, s["en_y"], alpha=10)
-        off = due & ~on_screen(en_x)
-        at = due & ~off & (en_cell == sub_cell)
-        terminal = terminal | at.any(dim=0)
-        eligible = due & ~off & ~at
-        s["en_timer"] = torch.where(due, ms, s["en_timer"] - 1)
-        shooters = en_alive & s["en_sub"]  # the subs in the list when their loop starts
-        en_alive = en_alive & ~off
-        subs_first = (~s["en_sub"]) * _SUB_RANK - s["en_seq"]
-        # Bullets in list order (slot 0 first where later1); subs before fish, the
-        # reverse loop's last-appended first.
-        cell = torch.where(fb_alive, fb_cell, -1)
-        hits = []
-        for first in (~later1, later1):  # slot 1 first where not later1
-            c = torch.where(first, cell[1], cell[0])
-            chosen, hit = _take_first(eligible & (en_cell == c), subs_first)
-            eligible = eligible & ~chosen
-            en_alive = en_alive & ~chosen
-            hits.append(hit)
-        gone1 = torch.where(later1, hits[1], hits[0])
-        gone0 = torch.where(later1, hits[0], hits[1])
-        fb_alive = fb_alive & ~torch.stack([gone0, gone1])
-        reward = (shot_fb & ~fb_alive).sum(dim=0)  # one point per bullet that hit
-
-        # Shots: every sub that was in the list, even one that just left or was shot.
-        shot = s["en_shot"]
-        shoot = shooters & (shot == 0)
-        s["en_shot"] = torch.where(shoot, _ENEMY_SHOT_INTERVAL, shot - 1)
-        base, trash = env_offsets(n, 200, action.device)
-        at = (s["en_dx"] + 1) * 50 + en_cell + base  # flat index in (N, 2, 10, 10)
-        idx = torch.where(shoot & on_screen(en_x), at, trash)
-        flat = torch.zeros(n * 200 + 1, dtype=torch.bool, device=action.device)
-        eb = s["eb"] | flat.index_fill_(0, idx.flatten(), True)[: n * 200].view(n, 2, 10, 10)
-
-        # 7. Enemy bullets: deadly before and after their move (left-movers shift left).
-        at_sub = sub_cell[:, None, None].expand(n, 2, 1)
-        terminal = terminal | eb.view(n, 2, 100).gather(2, at_sub).flatten(1).any(dim=1)
-        # Flat shifts, then the column a bullet would wrap into is cleared (faster on
-        # CPU than copying (N, 10, 9) blocks).
-        flat_eb = eb.view(n, 2, 100)
-        moved = torch.empty_like(flat_eb)
-        moved[:, 0, :99] = flat_eb[:, 0, 1:]
-        moved[:, 0, 9::10] = False
-        moved[:, 1, 1:] = flat_eb[:, 1, :99]
-        moved[:, 1, 0::10] = False
-        terminal = terminal | moved.gather(2, at_sub).flatten(1).any(dim=1)
-        moved = moved.view(n, 2, 10, 10)
-
-        # 9. Timers, oxygen and surfacing.
-        s["e_spawn_timer"] = (s["e_spawn_timer"] - 1).clamp_min(0)
-        s["d_spawn_timer"] = (s["d_spawn_timer"] - 1).clamp_min(0)
-        shot_timer = (shot_timer - 1).clamp_min(0)
-        oxygen = s["oxygen"]
-        terminal = terminal | (oxygen <= 0)
-        below = sy > 0
-        oxygen = torch.where(below, oxygen - 1, oxygen)
-        arriving = ~below & ~s["surface"]
-        terminal = terminal | (arriving & (count == 0))
-        surf = arriving & (count != 0)
-        surface = (s["surface"] & below.logical_not()) | surf
-        six = surf & (count == 6)
-        reward = reward + torch.where(six, oxygen * 10 // _MAX_OXYGEN, 0)
-        count = torch.where(six, 0, count) - surf.long()
-        oxygen = torch.where(surf, _MAX_OXYGEN, oxygen)
-        e_speed, ramp_index = s["e_spawn_speed"], s["ramp_index"]
-        ramp = surf & ((e_speed > 1) | (ms > 2)) & self.ramping
-        ms = ms - (ramp & (ms > 2) & (ramp_index % 2 == 1)).long()
-        s["e_spawn_speed"] = e_speed - (ramp & (e_speed > 1)).long()
-        s["ramp_index"] = ramp_index + ramp
-
-        s.update(
-            oxygen=oxygen,
-            diver_count=count,
-            sub_x=sx,
-            sub_y=sy,
-            sub_or=sor,
-            move_speed=ms,
-            shot_timer=shot_timer,
-            surface=surface,
-            terminal=terminal,
-            seq=seq,
-            eb=moved,
-            fb_alive=fb_alive,
-            fb_x=fb_x,
-            en_alive=en_alive,
-            en_x=en_x,
-        )
-        return s, reward.to(torch.float32), terminal
+        The phases run in seaquest.py's order (its numbers in the phase functions'
+        docstrings), except that its enemy-sub loop (6) and enemy-fish loop (8) are
+        one pass over the shared enemy list, followed by the subs' shots, before the
+        enemy bullets (7), which only the player's position affects.
+        """
+        s = _spawn_enemy(state, draws[:, 0], draws[:, 1], draws[:, 2], action.device.type == "cpu")
+        s = _spawn_diver(s, draws[:, 3], draws[:, 4])
+        s, sub_cell = _player(s, action)
+        s, fb_cell, later1, shot_fb, en_cell = _friendly_bullets(s)
+        s = _divers(s, sub_cell)
+        s, shooters, en_cell = _enemies(s, sub_cell, en_cell, fb_cell, later1)
+        reward = (shot_fb & ~s["fb_alive"]).sum(dim=0)  # one point per bullet that hit
+        s = _enemy_shots(s, shooters, en_cell)
+        s = _enemy_bullets(s, sub_cell)
+        s, bonus = _timers_and_surfacing(s, self.ramping)
+        reward = reward + bonus
+        return s, reward.to(torch.float32), s["terminal"]
 
     def match_shapes(self, fresh: State, like: State) -> State:
         """``fresh`` with as many enemy slots as ``like`` (after growth on CPU)."""

@@ -56,14 +56,6 @@ TORCH_MINATAR_IDS: dict[str, type[TorchMinAtarGame]] = {
     "maskrl/MinAtar-SpaceInvaders-v0": SpaceInvaders,
 }
 
-#: Observation buffers a GameBatch keeps for reuse on CPU: the two of the step being
-#: made, the two the caller may still hold from the previous step, and spares.
-_POOL_SIZE = 6
-#: A pooled buffer whose every row may be non-zero.
-_ALL_ROWS = object()
-#: How many tensors share a storage (a private torch function; without it, no reuse).
-_storage_use_count: Callable[[int], int] | None = getattr(torch._C, "_storage_Use_Count", None)
-
 # = maskrl.envs.MINATAR_MAX_EPISODE_STEPS, the registered ids' time limit.
 _DEFAULT_MAX_STEPS = 10_000
 
@@ -116,6 +108,9 @@ class GameBatch:
             (default: on CPU, where that read is free). Off, every step resets all envs
             and keeps the ended ones with ``torch.where``: no sync, as a GPU wants.
             Both give the same results.
+        reuse_obs: :meth:`step` writes its observations into the same two buffers
+            every step, so what one step returns is valid only until the next
+            :meth:`step` (see :meth:`_obs_buffer`). Off (default): new tensors.
     """
 
     def __init__(
@@ -126,6 +121,7 @@ class GameBatch:
         sticky_action_prob: float = 0.1,
         max_episode_steps: int | None = _DEFAULT_MAX_STEPS,
         lazy_reset: bool | None = None,
+        reuse_obs: bool = False,
     ) -> None:
         self.game = game
         self.lazy_reset = device.type == "cpu" if lazy_reset is None else lazy_reset
@@ -144,10 +140,11 @@ class GameBatch:
         self._variants: tuple[State, Tensor] | None = None
         # (state shapes, per-key fills) of the cached start(s); see _reset_rows.
         self._fills: tuple[tuple[torch.Size, ...], list[tuple[str, str, Any]]] | None = None
-        # Reused observation buffers (CPU only; see _zeroed) and the rows each wrote.
-        self._pool: list[Tensor] = []
-        self._dirty: list[object] = []
-        self._last = -1
+        self.reuse_obs = reuse_obs
+        # With reuse_obs: the observation and final-observation buffers (see
+        # _obs_buffer), and the rows of the latter that the last step wrote.
+        self._buffers: list[Tensor | None] = [None, None]
+        self._final_rows: Tensor | None = None
         self._obs_numel = n * game.channels * 100
         if game.reset_draws == 0:
             start = game.reset(1, torch.empty(1, 0, device=device), device)
@@ -161,45 +158,29 @@ class GameBatch:
             starts = game.reset(game.reset_variants, draws, device)
             self._variants = (starts, game.render(starts))
 
-    def _zeroed(self) -> Tensor:
-        """An all-zero flat float32 buffer for ``n`` observations (+1 scratch element).
+    def _obs_buffer(self, final: bool = False) -> Tensor:
+        """An all-zero flat float32 buffer for ``n`` observations (+1 scratch element),
+        for a step's observations or, with ``final``, its final observations.
 
-        On CPU, a new multi-megabyte tensor per observation costs page faults
-        (the allocator hands freed memory back to the system), which at 1,024+
-        envs take longer than the whole game step. So the batch keeps a few
-        buffers and reuses one only when nothing outside the pool refers to its
-        storage any more (no returned observation, view or copy-free alias of it
-        is alive): results stay fresh tensors from the caller's point of view.
-        Each pooled buffer remembers which rows it wrote (all of them, or the rows
-        of a ``final_obs``), so making it zero again clears only those.
-        Off the CPU (the caching allocator already reuses memory), or where the
-        storage use count cannot be read, a new zero tensor.
+        Without ``reuse_obs``, a new zero tensor. With it, the same buffer every
+        step, made zero again: all of it for observations (rendering writes
+        anywhere), only the rows the last step wrote for final observations. On
+        CPU a new multi-megabyte tensor per step costs page faults (the allocator
+        hands freed memory back to the system), which at 1,024+ envs take longer
+        than the whole game step.
         """
-        if self.device.type == "cpu" and _storage_use_count is not None:
-            for i, buf in enumerate(self._pool):
-                # 2 = the pool's tensor and the storage object made for the query.
-                if _storage_use_count(buf.untyped_storage()._cdata) <= 2:
-                    dirty = self._dirty[i]
-                    if dirty is _ALL_ROWS:
-                        buf.zero_()
-                    elif isinstance(dirty, Tensor) and dirty.numel():
-                        buf[: self._obs_numel].view(self.n, -1).index_fill_(0, dirty, 0.0)
-                    self._dirty[i] = _ALL_ROWS  # the caller's default; see _mark
-                    self._last = i
-                    return buf
-            if len(self._pool) < _POOL_SIZE:
-                buf = torch.zeros(self._obs_numel + 1, device=self.device)
-                self._pool.append(buf)
-                self._dirty.append(_ALL_ROWS)
-                self._last = len(self._pool) - 1
-                return buf
-        self._last = -1
-        return torch.zeros(self._obs_numel + 1, device=self.device)
-
-    def _mark(self, rows: Tensor) -> None:
-        """The buffer the last :meth:`_zeroed` returned holds non-zeros only in ``rows``."""
-        if self._last >= 0:
-            self._dirty[self._last] = rows
+        if not self.reuse_obs:
+            return torch.zeros(self._obs_numel + 1, device=self.device)
+        i = 1 if final else 0
+        buf = self._buffers[i]
+        if buf is None:
+            buf = torch.zeros(self._obs_numel + 1, device=self.device)
+            self._buffers[i] = buf
+        elif not final or self._final_rows is None:
+            buf.zero_()
+        elif self._final_rows.numel():
+            buf[: self._obs_numel].view(self.n, -1).index_fill_(0, self._final_rows, 0.0)
+        return buf
 
     def _fresh(self, k: int, draws: Tensor) -> tuple[State, Tensor]:
         """``k`` new episodes and their first observations.
@@ -227,9 +208,9 @@ class GameBatch:
     def _reset_rows(self, state: State, obs: Tensor, rows: Tensor, draws: Tensor | None) -> None:
         """Start new episodes in ``rows`` of ``state`` and ``obs``, in place.
 
-        In place is safe: a step returns fresh tensors (or the previous state's,
-        which is dropped), so no one else sees these. Games whose reset draws
-        nothing start alike, and games with ``reset_variants`` start in one of a few
+        In place is safe: the step has not returned them yet, and the state is the
+        step's new one (or the previous state's tensors, which the step drops).
+        Games whose reset draws nothing start alike, and games with ``reset_variants`` start in one of a few
         ways: each key is then filled from the cached start(s) -- a scalar fill
         where the starts are one value throughout, the one start's row, or the row
         of each env's variant -- and the keys the game lists in
@@ -332,7 +313,7 @@ class GameBatch:
                 return rand(k, game.reset_draws)
 
         terminated = terminated.clone()  # it is also state["terminal"], which resets overwrite
-        obs = game.render(state, self._zeroed())
+        obs = game.render(state, self._obs_buffer())
         self.ep_return += reward
         self.ep_length += 1
         if self.max_episode_steps is None:
@@ -344,8 +325,8 @@ class GameBatch:
         if self.lazy_reset:
             # Reset only the envs that ended (knowing which costs a sync: free on CPU).
             ended = torch.nonzero(done).flatten()
-            flat = self._zeroed()
-            self._mark(ended)
+            flat = self._obs_buffer(final=True)
+            self._final_rows = ended
             final_obs = flat[: self._obs_numel].view_as(obs)
             if ended.numel():
                 final_obs.index_copy_(0, ended, obs.index_select(0, ended))
@@ -385,6 +366,7 @@ class _TorchMinAtarBase(VectorEnv[Any, Tensor, Tensor]):
         difficulty_ramping: bool,
         max_episode_steps: int | None,
         check_actions: bool,
+        copy_obs: bool,
     ) -> None:
         if num_envs < len(env_ids):
             raise ValueError(
@@ -398,9 +380,16 @@ class _TorchMinAtarBase(VectorEnv[Any, Tensor, Tensor]):
         self.env_ids = list(env_ids)
         self.num_envs = num_envs
         self.check_actions = check_actions
+        if not isinstance(copy_obs, bool):
+            raise ValueError(f"copy_obs must be True or False, got {copy_obs!r}")
+        #: False: ``step`` may write the next step's observations into the tensors it
+        #: returned (see the class docstring).
+        self.copy_obs = copy_obs
         games = [make_game(i, difficulty_ramping) for i in self.env_ids]
         k = len(games)
         # Slot i plays game i % k (as the numpy multi-game env); batch g holds slots g::k.
+        # With several games the batches' observations are copied into a new tensor
+        # (_assemble), so their buffers never reach the caller and can always be reused.
         self._batches = [
             GameBatch(
                 g,
@@ -408,6 +397,7 @@ class _TorchMinAtarBase(VectorEnv[Any, Tensor, Tensor]):
                 self.device,
                 sticky_action_prob,
                 max_episode_steps,
+                reuse_obs=not copy_obs or k > 1,
             )
             for j, g in enumerate(games)
         ]
@@ -564,6 +554,15 @@ class TorchMinAtarVectorEnv(_TorchMinAtarBase):
         max_episode_steps: truncation limit (default 10,000 as the registered ids; None: none).
         check_actions: raise ``ValueError`` on an action outside the minimal set (default
             True; costs one device sync per step).
+        copy_obs: True (default): every ``step`` returns new observation tensors,
+            which stay valid as long as the caller holds them. False: ``obs`` and
+            ``infos["final_obs"]`` returned by ``step`` are **valid only until the
+            next** ``step`` **or** ``reset``, which may write into the same memory
+            (the env reuses its observation buffers, as shared-memory vector envs
+            do); ``obs.clone()`` keeps one longer. Much faster on CPU at 1,000+
+            envs, where a new multi-megabyte tensor per step costs page faults;
+            right for a caller that copies each step's observations before the next
+            step, as the trainers' rollout does (they build the env this way).
 
     Example:
         >>> envs = TorchMinAtarVectorEnv("maskrl/MinAtar-Breakout-v0", 4, seed=0)
@@ -582,6 +581,7 @@ class TorchMinAtarVectorEnv(_TorchMinAtarBase):
         difficulty_ramping: bool = True,
         max_episode_steps: int | None = _DEFAULT_MAX_STEPS,
         check_actions: bool = True,
+        copy_obs: bool = True,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -594,6 +594,7 @@ class TorchMinAtarVectorEnv(_TorchMinAtarBase):
             difficulty_ramping,
             max_episode_steps,
             check_actions,
+            copy_obs,
         )
         self.single_observation_space = spaces.Box(0.0, 1.0, (self._channels, 10, 10), np.float32)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -605,7 +606,8 @@ class TorchMinAtarMultiGameVectorEnv(_TorchMinAtarBase):
     Observation ``{"obs": float32 (N, Cmax, 10, 10), "game_id": int64 (N,)}``; a
     game with fewer channels than ``Cmax`` gets zero channels at the end. Infos
     also hold ``"game_id"`` int64 ``(N,)``; ``infos["final_obs"]`` has the same
-    dict form. Arguments as :class:`TorchMinAtarVectorEnv`, with ``env_ids``.
+    dict form. Arguments as :class:`TorchMinAtarVectorEnv`, with ``env_ids``
+    (``copy_obs=False`` makes the same promise, valid until the next ``step``).
     """
 
     def __init__(
@@ -618,6 +620,7 @@ class TorchMinAtarMultiGameVectorEnv(_TorchMinAtarBase):
         difficulty_ramping: bool = True,
         max_episode_steps: int | None = _DEFAULT_MAX_STEPS,
         check_actions: bool = True,
+        copy_obs: bool = True,
     ) -> None:
         if not env_ids:
             raise ValueError("make_multigame_vec needs at least one env id")
@@ -630,6 +633,7 @@ class TorchMinAtarMultiGameVectorEnv(_TorchMinAtarBase):
             difficulty_ramping,
             max_episode_steps,
             check_actions,
+            copy_obs,
         )
         self.single_observation_space = spaces.Dict(
             {
