@@ -200,6 +200,23 @@ def test_atari_mask_is_ales_minimal_action_set(name: str) -> None:
     env.close()
 
 
+def test_atari_mask_follows_ales_legal_set_when_it_has_9_actions() -> None:
+    # ale-py's legal set for Skiing is the 9 actions without fire,
+    # [NOOP, UP, RIGHT, LEFT, DOWN, UPRIGHT, UPLEFT, DOWNRIGHT, DOWNLEFT] = [0, 2, ..., 9],
+    # and its minimal set NOOP, RIGHT, LEFT = 0, 3, 4: positions 0, 2, 3.
+    env = make("maskrl/Atari-Skiing-v0")
+    _, info = env.reset(seed=0)
+    assert env.action_space == gym.spaces.Discrete(9)
+    assert np.flatnonzero(info["action_mask"]).tolist() == [0, 2, 3]
+    assert env.step(2)[4]["action_mask"].shape == (9,)  # RIGHT
+    env.close()
+    # LostLuggage: the same 9 legal actions, all of them minimal.
+    env = make("maskrl/Atari-LostLuggage-v0")
+    _, info = env.reset(seed=0)
+    assert env.action_space == gym.spaces.Discrete(9) and info["action_mask"].all()
+    env.close()
+
+
 @pytest.mark.parametrize("name", ["Breakout", "Pong"])
 def test_atari_passes_env_checker_and_its_values_are_right(name: str) -> None:
     import ale_py
