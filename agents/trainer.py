@@ -305,10 +305,9 @@ def make_training_env(
     if backend != "numpy":
         dev = device if device is not None else torch.device("cpu")
         extra = {"backend": backend, "device": str(dev)}
-        if dev.type == "cuda":
-            # The env's own action check costs a device sync per step; the trainer
-            # never samples a masked action and counts any it took once per rollout.
-            extra["check_actions"] = False
+    # The envs' default (check_actions=False) accepts a masked action and applies
+    # the game's rule for it, with no device sync per step; the trainer never
+    # samples one and counts any it took, once per rollout (invalid_action_rate).
     if len(env_ids) == 1:
         return make_vec(env_ids[0], num_envs, seed=seed, **extra)
     return make_multigame_vec(env_ids, num_envs, seed=seed, **extra)

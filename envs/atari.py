@@ -22,6 +22,13 @@ What an id builds (:func:`make_atari_env`):
   ``ale.getMinimalActionSet()`` as the (constant) mask, over the legal action
   set (:func:`atari_minimal_mask`). Action ``k`` is ``ale.getLegalActionSet()[k]``,
   which for 18 actions is the ``Action`` enum in order (``Action(k)``).
+
+Every action of the action space is accepted: ALE runs any action of the legal set
+(the console's joystick has all 18 positions), and one outside the game's
+minimal set does what the game does with that input: the same as a minimal
+action, and the no-op for an input the game ignores (Breakout's ``UP``).
+``check_actions=True`` raises :class:`ValueError` on it instead, to debug an
+agent's masking.
 """
 
 from __future__ import annotations
@@ -98,7 +105,7 @@ def make_atari_env(
     stack_size: int = 4,
     terminal_on_life_loss: bool = False,
     max_num_frames_per_episode: int = 108_000,
-    check_actions: bool = True,
+    check_actions: bool = False,
 ) -> gym.Env[np.ndarray, np.int64]:
     """Build one preprocessed, masked Atari game (entry point of ``maskrl/Atari-*-v0``).
 
@@ -112,7 +119,9 @@ def make_atari_env(
         terminal_on_life_loss: end the episode on a lost life (off: whole games).
         max_num_frames_per_episode: truncation, in emulator frames.
         check_actions: raise :class:`ValueError` for an action outside the minimal set
-            (when False, ALE executes it: every legal action is defined).
+            (to debug an agent's masking). When False (default) ALE executes it: every
+            legal action is defined and acts as the game's equivalent minimal action
+            (the no-op for an input the game ignores).
 
     Returns:
         An env with observation ``Box(0, 255, (stack_size, screen_size, screen_size), uint8)``,
