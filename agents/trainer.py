@@ -305,10 +305,9 @@ def make_training_env(
         # The rollout copies each step's observations before the next step, so the
         # env may reuse its observation buffers (copy_obs=False: much faster on CPU).
         extra = {"backend": backend, "device": str(dev), "copy_obs": False}
-        if dev.type == "cuda":
-            # The env's own action check costs a device sync per step; the trainer
-            # never samples a masked action and counts any it took once per rollout.
-            extra["check_actions"] = False
+    # The envs' default (check_actions=False) accepts a masked action and applies
+    # the game's rule for it, with no device sync per step; the trainer never
+    # samples one and counts any it took, once per rollout (invalid_action_rate).
     if len(env_ids) == 1 and not multigame:
         return make_vec(env_ids[0], num_envs, seed=seed, **extra)
     return make_multigame_vec(env_ids, num_envs, seed=seed, **extra)

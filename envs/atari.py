@@ -1,4 +1,4 @@
-"""Atari 2600 games (ale-py) with the full 18-action space and the minimal action set as the mask.
+"""Atari 2600 games (ale-py) with the full action space and the minimal action set as the mask.
 
 Registered ids: ``maskrl/Atari-<Game>-v0`` for every single-player game ale-py
 ships (:data:`ATARI_GAMES`, the same list ale-py registers as ``ALE/<Game>-v5``;
@@ -8,8 +8,10 @@ when an Atari id is made (optional extra ``atari``).
 
 What an id builds (:func:`make_atari_env`):
 
-* ``ale_py.env.AtariEnv`` with ``full_action_space=True`` (``Discrete(18)`` for
-  every game), sticky actions ``repeat_action_probability=0.25`` and
+* ``ale_py.env.AtariEnv`` with ``full_action_space=True``: ``Discrete(18)`` for
+  every game but Skiing and LostLuggage, whose legal set in ale-py is the 9
+  actions without fire (``Discrete(9)``); sticky actions
+  ``repeat_action_probability=0.25`` and
   ``max_num_frames_per_episode=108_000`` (27,000 agent steps), the settings
   Machado et al. (2018, "Revisiting the Arcade Learning Environment")
   recommend and Gymnasium's ``ALE/*-v5`` ids use;
@@ -17,8 +19,16 @@ What an id builds (:func:`make_atari_env`):
   the last two frames), 84x84 grayscale ``uint8``, no end of episode on life loss;
 * ``FrameStackObservation`` of 4 frames: observation ``Box(0, 255, (4, 84, 84), uint8)``;
 * :class:`~maskrl.envs.ActionMaskWrapper` with the game's
-  ``ale.getMinimalActionSet()`` as the (constant) mask. ALE's full action set is
-  the ``Action`` enum in order, so action ``k`` of the 18 is ``Action(k)``.
+  ``ale.getMinimalActionSet()`` as the (constant) mask, over the legal action
+  set (:func:`atari_minimal_mask`). Action ``k`` is ``ale.getLegalActionSet()[k]``,
+  which for 18 actions is the ``Action`` enum in order (``Action(k)``).
+
+Every action of the action space is accepted: ALE runs any action of the legal set
+(the console's joystick has all 18 positions), and one outside the game's
+minimal set does what the game does with that input: the same as a minimal
+action, and the no-op for an input the game ignores (Breakout's ``UP``).
+``check_actions=True`` raises :class:`ValueError` on it instead, to debug an
+agent's masking.
 """
 
 from __future__ import annotations
@@ -53,9 +63,6 @@ ATARI_GAMES: tuple[str, ...] = (
     'word_zapper', 'yars_revenge', 'zaxxon',
 )  # fmt: skip
 
-#: Size of ALE's full action set.
-FULL_ACTION_COUNT = 18
-
 
 def atari_game_name(rom: str) -> str:
     """The id's game name for a ROM id, as ale-py names its ids.
@@ -67,10 +74,14 @@ def atari_game_name(rom: str) -> str:
 
 
 def atari_minimal_mask(ale: Any) -> np.ndarray:
-    """Boolean ``(18,)`` mask of ``ale.getMinimalActionSet()`` within the full action set."""
-    mask = np.zeros(FULL_ACTION_COUNT, dtype=np.bool_)
-    mask[[a.value for a in ale.getMinimalActionSet()]] = True
-    return mask
+    """Boolean mask of ``ale.getMinimalActionSet()`` within ``ale.getLegalActionSet()``.
+
+    Entry ``k`` belongs to legal action ``k``, the env's action ``k`` with
+    ``full_action_space=True``: shape ``(18,)`` for almost every game, ``(9,)``
+    for the two whose legal set has no fire actions (Skiing, LostLuggage).
+    """
+    legal = [a.value for a in ale.getLegalActionSet()]
+    return np.isin(legal, [a.value for a in ale.getMinimalActionSet()])
 
 
 class _ConstantMask:
@@ -94,7 +105,7 @@ def make_atari_env(
     stack_size: int = 4,
     terminal_on_life_loss: bool = False,
     max_num_frames_per_episode: int = 108_000,
-    check_actions: bool = True,
+    check_actions: bool = False,
 ) -> gym.Env[np.ndarray, np.int64]:
     """Build one preprocessed, masked Atari game (entry point of ``maskrl/Atari-*-v0``).
 
@@ -108,11 +119,14 @@ def make_atari_env(
         terminal_on_life_loss: end the episode on a lost life (off: whole games).
         max_num_frames_per_episode: truncation, in emulator frames.
         check_actions: raise :class:`ValueError` for an action outside the minimal set
-            (when False, ALE executes it: every one of the 18 actions is defined).
+            (to debug an agent's masking). When False (default) ALE executes it: every
+            legal action is defined and acts as the game's equivalent minimal action
+            (the no-op for an input the game ignores).
 
     Returns:
         An env with observation ``Box(0, 255, (stack_size, screen_size, screen_size), uint8)``,
-        action space ``Discrete(18)`` and ``info["action_mask"]`` / ``action_masks()``.
+        action space ``Discrete(18)`` (``Discrete(9)`` for Skiing and LostLuggage)
+        and ``info["action_mask"]`` / ``action_masks()``.
     """
     import ale_py  # optional dependency, imported only when an Atari id is made
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation

@@ -12,6 +12,11 @@ one of these ids is made.
   are the mask (``info["action_mask"]``, ``action_masks()``).
 * One ``step`` = the agent's move, then (unless the game is over) the opponent's
   reply. Reward: +1 win, -1 loss, 0 draw or game still going (PettingZoo's).
+* An illegal move (a full column, a taken cell) ends the game as a loss for the
+  agent, as PettingZoo's classic games rule it (their ``TerminateIllegalWrapper``):
+  reward -1, ``terminated``, the board unchanged, ``info["invalid_action"] = True``.
+  ``check_actions=True`` raises :class:`ValueError` instead, to debug an agent's
+  masking. An action outside the action space always raises ``ValueError``.
 * Opponent: ``opponent(observation, action_mask, rng) -> action`` with the
   opponent's own view, its legal moves and the env's generator; default
   :func:`random_opponent`, a uniformly random legal move drawn from the env's
@@ -66,9 +71,10 @@ class TurnBasedGameEnv(gym.Env[np.ndarray, np.int64]):
         opponent: the other seat's policy (default :func:`random_opponent`).
         agent_seat: ``"first"`` (default), ``"second"`` or ``"random"`` (drawn per
             episode from the env's generator).
-        check_actions: when True (default) an illegal move raises
-            :class:`ValueError`; when False it changes nothing, gives reward 0 and
-            sets ``info["invalid_action"] = True`` (for Gymnasium's env checker).
+        check_actions: when True an illegal move raises :class:`ValueError` (to
+            debug an agent's masking). When False (default) it loses the game, as in
+            PettingZoo: reward -1, terminated, the board unchanged and
+            ``info["invalid_action"] = True``.
 
     Example:
         >>> import gymnasium as gym, maskrl.envs
@@ -87,7 +93,7 @@ class TurnBasedGameEnv(gym.Env[np.ndarray, np.int64]):
         game: str = "connect_four",
         opponent: Opponent | None = None,
         agent_seat: Literal["first", "second", "random"] = "first",
-        check_actions: bool = True,
+        check_actions: bool = False,
     ) -> None:
         if game not in BOARD_GAMES:
             raise ValueError(f"unknown game {game!r}; choose one of {sorted(BOARD_GAMES)}")
@@ -144,21 +150,33 @@ class TurnBasedGameEnv(gym.Env[np.ndarray, np.int64]):
         return obs, {"action_mask": mask}
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Play ``action``, then the opponent's reply; reward +1/-1/0 from the agent's view."""
+        """Play ``action``, then the opponent's reply; reward +1/-1/0 from the agent's view.
+
+        An illegal move ends the game as a loss (reward -1, terminated, board
+        unchanged, ``info["invalid_action"] = True``), as in PettingZoo.
+
+        Raises:
+            ValueError: an action outside the action space, or with ``check_actions``
+                an illegal move.
+            RuntimeError: a step after the game ended, before ``reset``.
+        """
         if self._done:
             raise RuntimeError("the game is over: call reset()")
         a = int(action)
         self._steps += 1
-        _, mask = self._view(self._agent)
+        obs, mask = self._view(self._agent)
         if not (0 <= a < mask.shape[0] and mask[a]):
-            if self._check_actions:
+            in_space = 0 <= a < mask.shape[0]
+            if self._check_actions or not in_space:
                 env_id = self.spec.id if self.spec is not None else self.game
+                why = "legal moves are" if in_space else f"not in {self.action_space}; legal moves:"
                 raise ValueError(
-                    f"invalid action {a} in env '{env_id}' at step {self._steps}: legal moves "
-                    f"are {np.flatnonzero(mask).tolist()}"
+                    f"invalid action {a} in env '{env_id}' at step {self._steps}: {why} "
+                    f"{np.flatnonzero(mask).tolist()}"
                 )
-            obs, _ = self._view(self._agent)
-            return obs, 0.0, False, False, {"action_mask": mask, "invalid_action": True}
+            # PettingZoo's rule: the player who moves illegally loses, the game ends.
+            self._done = True
+            return obs, -1.0, True, False, {"action_mask": mask, "invalid_action": True}
         self._pz.step(a)
         reward = float(self._pz.rewards[self._agent])
         if not self._over():

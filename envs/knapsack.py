@@ -24,6 +24,15 @@ action mask (``info["action_mask"]``, ``action_masks()``) is ``item_mask`` and
 "fits in the remaining capacity": padding, already-picked and too-heavy items
 are invalid. The episode terminates when no remaining item fits.
 
+An invalid pick (padding, an item already picked or one too heavy for the
+remaining capacity) closes the knapsack: the episode terminates with reward 0
+for that step, nothing is added, and ``info["invalid_action"] = True`` (so
+``total_value`` is what was packed before it). A policy that ignores the mask
+thus forfeits the value it could still have packed, and every episode still
+ends within ``n_max`` steps. ``check_actions=True`` raises :class:`ValueError`
+instead, to debug an agent's masking; an action outside ``0..n_max-1`` (not in
+the action space) always raises it.
+
 Reward: the picked item's **raw** integer value (as a float). ``info`` holds, in
 the same raw units, ``"optimal_value"`` (exact optimum by dynamic programming
 over integer capacities) and ``"total_value"`` (value picked so far), so any
@@ -72,10 +81,9 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         n_min, n_max: range of the number of items per episode (inclusive).
         max_weight, max_value: upper ends of the integer weights and values.
         capacity_fraction: capacity as a fraction of the instance's total weight.
-        check_actions: when True (default) an invalid pick raises
-            :class:`ValueError`; when False it changes nothing, gives reward 0 and
-            sets ``info["invalid_action"] = True`` (for tools that step with
-            unmasked random actions, like Gymnasium's env checker).
+        check_actions: when True an invalid pick raises :class:`ValueError` (to
+            debug an agent's masking). When False (default) it ends the episode:
+            reward 0, terminated, nothing picked, ``info["invalid_action"] = True``.
 
     Example:
         >>> import gymnasium as gym, maskrl.envs
@@ -95,7 +103,7 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         max_weight: int = 20,
         max_value: int = 20,
         capacity_fraction: float = 0.5,
-        check_actions: bool = True,
+        check_actions: bool = False,
     ) -> None:
         if not 1 <= n_min <= n_max:
             raise ValueError(f"need 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
@@ -173,24 +181,32 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     def step(
         self, action: Any
     ) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
-        """Pick item ``action``; reward = its raw value; terminated when nothing more fits."""
+        """Pick item ``action``; reward = its raw value; terminated when nothing more fits.
+
+        An invalid pick terminates the episode with reward 0 (see the module doc).
+
+        Raises:
+            ValueError: an action outside ``0..n_max-1``, or with ``check_actions``
+                an invalid pick.
+        """
         i = int(action)
         self._steps += 1
         mask = self._mask()
         if not (0 <= i < self.n_max and mask[i]):
             why = (
-                "out of range" if not 0 <= i < self.n_max
+                f"out of range for {self.action_space}" if not 0 <= i < self.n_max
                 else "padding or already picked" if not self.available[i]
                 else f"too heavy (weight {self.weights[i]} > remaining capacity {self.remaining})"
             )  # fmt: skip
-            if self._check_actions:
+            if self._check_actions or not 0 <= i < self.n_max:
                 env_id = self.spec.id if self.spec is not None else "Knapsack"
                 raise ValueError(
                     f"invalid action {i} in env '{env_id}' at step {self._steps}: item {why}"
                 )
+            # The documented rule: an invalid pick closes the knapsack.
             info = self._info(mask)
             info["invalid_action"] = True
-            return self._obs(), 0.0, False, False, info
+            return self._obs(), 0.0, True, False, info
         self.available[i] = False
         self.remaining -= int(self.weights[i])
         self.total_value += int(self.values[i])

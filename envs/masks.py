@@ -240,9 +240,13 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
     Args:
         env: the env to wrap (Discrete, MultiDiscrete or MultiBinary actions).
         mask_fn: optional ``mask_fn(env) -> array`` (see :data:`MaskFn`).
-        check_actions: when True (default), ``step`` raises :class:`ValueError`
-            for an action the current mask forbids, naming env id and step,
-            instead of passing it on. It costs one array lookup per step.
+        check_actions: when True, ``step`` raises :class:`ValueError` for an
+            action the current mask forbids, naming env id and step, instead of
+            passing it on (to debug an agent's masking; one array lookup per step).
+            When False (default) every action of the action space is passed on and
+            the env decides what an invalid one does (Taxi penalises it, ALE plays
+            it as its equivalent minimal action), as Gymnasium's and SB3's env
+            checkers and agents that do not mask need.
         env_index: the env's index in a vector env (:func:`maskrl.envs.make_vec`
             passes it), named in every error so that the failing slot can be found.
 
@@ -261,7 +265,7 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
         env: gym.Env[Any, Any],
         mask_fn: MaskFn | None = None,
         *,
-        check_actions: bool = True,
+        check_actions: bool = False,
         env_index: int | None = None,
     ) -> None:
         super().__init__(env)
@@ -374,7 +378,8 @@ class ActionMaskWrapper(gym.Wrapper[Any, Any, Any, Any]):
         """Step the env; ``info["action_mask"]`` is the returned observation's mask.
 
         Raises:
-            ValueError: with ``check_actions``, for an action the current mask forbids.
+            ValueError: with ``check_actions``, for an action the current mask forbids
+                (without it, the action goes to the env unchanged).
         """
         if self._check_actions:
             mask = self.action_masks()

@@ -8,6 +8,11 @@ Registered ids (on ``import maskrl.envs``): ``maskrl/MinAtar-Asterix-v0``,
   ``[noop, left, up, right, down, fire]``), so one network can play all of them;
   ``info["action_mask"]`` / ``action_masks()`` is the game's
   ``minimal_action_set()`` (e.g. Breakout: noop, left, right).
+* Every one of the 6 actions is accepted. One outside the minimal set does what
+  it does in MinAtar: the game ignores it, so it acts as the no-op (Breakout's
+  "up" moves nothing; under sticky actions it is the action that repeats).
+  ``check_actions=True`` raises :class:`ValueError` on it instead, to debug an
+  agent's masking.
 * Observation ``Box(0, 1, (C, 10, 10), float32)``, channels first (MinAtar's own
   state is ``(10, 10, C)`` bool); ``C`` is 4 (Breakout), 4 (Asterix),
   7 (Freeway), 10 (Seaquest), 6 (Space Invaders).
@@ -49,10 +54,10 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
         game: MinAtar module name (``"breakout"``, ``"space_invaders"``, ...).
         sticky_action_prob: probability of repeating the previous action (MinAtar: 0.1).
         difficulty_ramping: MinAtar's difficulty ramping (default on).
-        check_actions: when True (default) ``step`` raises :class:`ValueError` for an
-            action outside the game's minimal set. When False the emulator executes
-            any of the 6 actions (each is defined in every game; outside the minimal
-            set they duplicate another action), as Gymnasium's checker needs.
+        check_actions: when True, ``step`` raises :class:`ValueError` for an action
+            outside the game's minimal set (to debug an agent's masking). When False
+            (default) MinAtar executes any of the 6 actions: one outside the minimal
+            set is ignored by the game, i.e. it acts as the no-op, as in MinAtar.
         mask_in_info: when False, infos carry no mask. Only for vector envs that
             add the constant mask themselves, batched (:func:`maskrl.envs.make_vec`
             does so: it saves a per-env copy and info entry on every step).
@@ -76,7 +81,7 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
         game: str = "breakout",
         sticky_action_prob: float = 0.1,
         difficulty_ramping: bool = True,
-        check_actions: bool = True,
+        check_actions: bool = False,
         mask_in_info: bool = True,
     ) -> None:
         from minatar import Environment
@@ -120,22 +125,30 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
         return self._obs(), ({"action_mask": self._mask.copy()} if self._mask_in_info else {})
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Apply ``action`` (0..5); the returned info carries the (constant) mask."""
+        """Apply ``action`` (0..5); the returned info carries the (constant) mask.
+
+        An action outside the minimal set acts as the no-op (MinAtar's own rule);
+        with ``check_actions`` it raises :class:`ValueError` instead.
+
+        Raises:
+            ValueError: an action outside ``0..5`` (not in the action space), or with
+                ``check_actions`` an action outside the minimal set.
+        """
         a = int(action)
-        if self._check_actions:
-            self._t += 1
-            if not (0 <= a < 6 and self._mask[a]):
-                self._invalid(a)
+        self._t += 1
+        if not 0 <= a < 6:
+            self._invalid(a, "the action space is Discrete(6)")
+        if self._check_actions and not self._mask[a]:
+            self._invalid(
+                a, f"the game's minimal action set is {np.flatnonzero(self._mask).tolist()}"
+            )
         reward, terminal = self._game.act(a)
         info = {"action_mask": self._mask.copy()} if self._mask_in_info else {}
         return self._obs(), float(reward), bool(terminal), False, info
 
-    def _invalid(self, a: int) -> None:
+    def _invalid(self, a: int, why: str) -> None:
         env_id = self.spec.id if self.spec is not None else f"MinAtar {self.game}"
-        raise ValueError(
-            f"invalid action {a} in env '{env_id}' at step {self._t}: the game's minimal "
-            f"action set is {np.flatnonzero(self._mask).tolist()}"
-        )
+        raise ValueError(f"invalid action {a} in env '{env_id}' at step {self._t}: {why}")
 
     @property
     def constant_action_mask(self) -> np.ndarray:

@@ -263,7 +263,11 @@ class _ConstantMaskInfos(VectorWrapper):
         return obs, self._add(infos)
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """Step all slots; raises ValueError (slot, action, step) for an invalid action."""
+        """Step all slots; with ``check_actions``, ValueError (slot, action, step) for an invalid action.
+
+        Without it (default) the actions go to the envs, whose own rule applies
+        (MinAtar: an action outside the minimal set is the no-op).
+        """
         self._steps += 1
         if self._check:
             a = np.asarray(actions)
@@ -366,6 +370,10 @@ def make_vec(
             ``sticky_action_prob``, ``difficulty_ramping``, ``max_episode_steps``,
             ``check_actions``, ``copy_obs`` (False: observations valid only until the
             next step; see :class:`~maskrl.envs.torch_minatar.TorchMinAtarVectorEnv`).
+            ``check_actions=True`` (the maskrl envs and the torch
+            backend; default False) makes a step with an action outside a slot's
+            mask raise ``ValueError`` naming the slot, to debug an agent's masking;
+            by default each env applies its own rule for invalid actions.
 
     Returns:
         A vector env whose ``reset``/``step`` infos hold ``"action_mask"``:
@@ -403,7 +411,7 @@ def make_vec(
     probe.close()
     env_kwargs = dict(env_kwargs)
     fast = constant is not None and "mask_in_info" not in env_kwargs
-    check_actions = bool(env_kwargs.get("check_actions", True))
+    check_actions = bool(env_kwargs.get("check_actions", False))
     if fast:
         # Constant masks are batched once per vector step by _ConstantMaskInfos
         # instead of per env (keeps the plumbing well under 10% of a MinAtar step).

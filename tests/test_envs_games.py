@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import warnings
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,16 +66,12 @@ def trajectory(env_id: str, seed: int, steps: int) -> list[tuple[Any, float, boo
 
 
 def checked(env_id: str, expected_mask: np.ndarray | None = None, steps: int = 60) -> None:
-    """Gymnasium's env checker on the env as gym.make builds it (random, unmasked actions),
-    then the values: spaces and dtypes of what the env returns, the mask (``expected_mask``
+    """The values: spaces and dtypes of what the env returns, the mask (``expected_mask``
     when the game's mask is constant), and that one seed gives one trajectory.
+
+    Gymnasium's and SB3's env checkers run on every registered id in
+    tests/test_envs_invalid_actions.py.
     """
-    env = make(env_id, check_actions=False)
-    with warnings.catch_warnings():
-        # The checker notes that a gym.make stack differs from env.unwrapped: intended here.
-        warnings.filterwarnings("ignore", message=".*is different from the unwrapped version.*")
-        check_env(env, skip_render_check=True)
-    env.close()
     a = trajectory(env_id, seed=3, steps=steps)
     b = trajectory(env_id, seed=3, steps=steps)
     for t, (x, y) in enumerate(zip(a, b, strict=True)):
@@ -118,7 +112,7 @@ def test_minatar_mask_is_the_games_minimal_action_set(name: str) -> None:
     from minatar import Environment
 
     minimal = Environment(MINATAR_GAMES[name]).minimal_action_set()
-    env = gym.make(f"maskrl/MinAtar-{name}-v0")
+    env = gym.make(f"maskrl/MinAtar-{name}-v0", check_actions=True)
     obs, info = env.reset(seed=0)
     expected = np.isin(np.arange(6), minimal)
     np.testing.assert_array_equal(info["action_mask"], expected)
@@ -200,6 +194,23 @@ def test_atari_mask_is_ales_minimal_action_set(name: str) -> None:
     env.close()
 
 
+def test_atari_mask_follows_ales_legal_set_when_it_has_9_actions() -> None:
+    # ale-py's legal set for Skiing is the 9 actions without fire,
+    # [NOOP, UP, RIGHT, LEFT, DOWN, UPRIGHT, UPLEFT, DOWNRIGHT, DOWNLEFT] = [0, 2, ..., 9],
+    # and its minimal set NOOP, RIGHT, LEFT = 0, 3, 4: positions 0, 2, 3.
+    env = make("maskrl/Atari-Skiing-v0")
+    _, info = env.reset(seed=0)
+    assert env.action_space == gym.spaces.Discrete(9)
+    assert np.flatnonzero(info["action_mask"]).tolist() == [0, 2, 3]
+    assert env.step(2)[4]["action_mask"].shape == (9,)  # RIGHT
+    env.close()
+    # LostLuggage: the same 9 legal actions, all of them minimal.
+    env = make("maskrl/Atari-LostLuggage-v0")
+    _, info = env.reset(seed=0)
+    assert env.action_space == gym.spaces.Discrete(9) and info["action_mask"].all()
+    env.close()
+
+
 @pytest.mark.parametrize("name", ["Breakout", "Pong"])
 def test_atari_passes_env_checker_and_its_values_are_right(name: str) -> None:
     import ale_py
@@ -261,10 +272,10 @@ def first_legal(observation: np.ndarray, action_mask: np.ndarray, rng: np.random
     return int(np.flatnonzero(action_mask)[0])
 
 
-def test_illegal_moves_are_refused_with_env_id_and_step() -> None:
+def test_illegal_moves_are_refused_with_env_id_and_step_under_check_actions() -> None:
     # Both players drop into column 0 (alternating colours: nobody wins); after the
     # agent's third move and the reply the column is full.
-    env = make("maskrl/ConnectFour-v0", opponent=first_legal)
+    env = make("maskrl/ConnectFour-v0", opponent=first_legal, check_actions=True)
     env.reset(seed=0)
     for _ in range(3):
         _, _, term, _, info = env.step(0)
@@ -274,7 +285,7 @@ def test_illegal_moves_are_refused_with_env_id_and_step() -> None:
         ValueError, match=r"invalid action 0 in env 'maskrl/ConnectFour-v0' at step 4"
     ):
         env.step(0)
-    env = make("maskrl/TicTacToe-v0", opponent=first_legal)
+    env = make("maskrl/TicTacToe-v0", opponent=first_legal, check_actions=True)
     env.reset(seed=0)
     env.step(4)
     with pytest.raises(
@@ -367,8 +378,8 @@ def test_knapsack_masks_exclude_padding_picked_and_too_heavy_and_play_never_beat
     assert len(sizes) >= 5
 
 
-def test_knapsack_invalid_pick_errors() -> None:
-    env = gym.make("maskrl/Knapsack-v0", n_min=2, n_max=6)
+def test_knapsack_invalid_pick_errors_under_check_actions() -> None:
+    env = gym.make("maskrl/Knapsack-v0", n_min=2, n_max=6, check_actions=True)
     seed = next(s for s in range(100) if env.reset(seed=s)[0]["item_mask"][5] == 0)
     obs, info = env.reset(seed=seed)
     with pytest.raises(

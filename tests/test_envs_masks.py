@@ -185,7 +185,9 @@ def test_bad_masks_raise_with_env_id_and_step(bad: Any, message: str, at_step: i
 def test_multidiscrete_masks_are_concatenated_and_empty_dimension_is_named() -> None:
     space = spaces.MultiDiscrete([3, 2])
     good = [1, 0, 1, 0, 1]
-    env = ActionMaskWrapper(ScriptedEnv([good, good, [1, 1, 1, 0, 0], good], "method", space))
+    env = ActionMaskWrapper(
+        ScriptedEnv([good, good, [1, 1, 1, 0, 0], good], "method", space), check_actions=True
+    )
     _, info = env.reset()
     np.testing.assert_array_equal(info["action_mask"], np.array(good, dtype=bool))
     assert action_is_valid(np.array([2, 1]), info["action_mask"], space)
@@ -216,13 +218,13 @@ def test_multibinary_masks_are_per_bit_can_be_0_can_be_1_pairs() -> None:
         env.step(np.array([1, 0, 0]))
 
 
-def test_check_actions_raises_with_env_id_and_step_and_can_be_turned_off() -> None:
-    env = ActionMaskWrapper(gym.make("Taxi-v4"))
+def test_check_actions_raises_with_env_id_and_step_and_is_off_by_default() -> None:
+    env = ActionMaskWrapper(gym.make("Taxi-v4"), check_actions=True)
     _, info = env.reset(seed=0)
     bad = int(np.flatnonzero(~info["action_mask"])[0])
     with pytest.raises(ValueError, match=rf"invalid action {bad} in env 'Taxi-v4' at step 1"):
         env.step(bad)
-    lenient = ActionMaskWrapper(gym.make("Taxi-v4"), check_actions=False)
+    lenient = ActionMaskWrapper(gym.make("Taxi-v4"))
     _, info = lenient.reset(seed=0)
     lenient.step(bad)  # passed on to the env unchanged
 
@@ -298,7 +300,7 @@ def test_errors_name_the_env_index_when_given() -> None:
         match=r"action mask of env 'x' \(index 3 of the vector env\) at step 7 has no valid",
     ):
         validate_mask([0, 0, 0], spaces.Discrete(3), env_id="x", step=7, env_index=3)
-    env = ActionMaskWrapper(ScriptedEnv(GOOD, "info"), env_index=5)
+    env = ActionMaskWrapper(ScriptedEnv(GOOD, "info"), env_index=5, check_actions=True)
     env.reset()
     with pytest.raises(
         ValueError,

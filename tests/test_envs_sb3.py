@@ -1,8 +1,8 @@
 """Every kind of maskrl id trains under sb3-contrib's MaskablePPO, unchanged, without invalid actions.
 
-The envs are made with ``check_actions=True`` (their default), so an invalid
-action would raise inside ``learn``; a recording wrapper also counts every action
-against the mask it was chosen under.
+The envs are made with ``check_actions=True`` (not the default, which accepts an
+invalid action), so an invalid action would raise inside ``learn``; a recording
+wrapper also counts every action against the mask it was chosen under.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_maskable_ppo_trains_without_invalid_actions(
         pytest.skip(missing)
     atari = "Atari" in env_id
     total = 512 if atari else 2048  # an Atari step costs ~1 ms
-    env = ActionAudit(gym.make(env_id, **env_kwargs))
+    env = ActionAudit(gym.make(env_id, check_actions=True, **env_kwargs))
     model = MaskablePPO(
         policy,
         env,

@@ -199,7 +199,9 @@ def test_multigame_minatar_masks_are_each_slots_minimal_set(vectorization: str) 
 
 def test_make_vec_minatar_constant_masks_in_both_modes_and_final_info() -> None:
     for mode in ("same_step", "next_step"):
-        envs = make_vec("maskrl/MinAtar-Breakout-v0", 3, seed=0, autoreset_mode=mode)
+        envs = make_vec(
+            "maskrl/MinAtar-Breakout-v0", 3, seed=0, autoreset_mode=mode, check_actions=True
+        )
         obs, infos = envs.reset()
         rng = np.random.default_rng(1)
         seen_final = False

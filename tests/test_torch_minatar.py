@@ -300,18 +300,19 @@ def test_bad_actions_raise_clear_errors() -> None:
         envs.step(torch.zeros(4, dtype=torch.int32))
     with pytest.raises(ValueError, match="meta"):
         envs.step(torch.zeros(4, dtype=torch.int64, device="meta"))
-    # Breakout's minimal set is noop, left, right: "up" (2) is masked.
-    with pytest.raises(ValueError, match=r"slot 2 .* took 2, valid \[0, 1, 3\]"):
-        envs.step(torch.tensor([0, 1, 2, 3]))
     for bad in (6, -1):
         with pytest.raises(ValueError, match=f"took {bad}"):
             envs.step(torch.tensor([0, 0, 0, bad]))
-    # Unchecked, MinAtar's rules run any of the six actions (masked ones act as noop here).
-    unchecked = make_vec(
-        "maskrl/MinAtar-Breakout-v0", 4, backend="torch", seed=0, check_actions=False
-    )
-    unchecked.reset()
-    unchecked.step(torch.tensor([0, 2, 4, 5]))
+    # By default MinAtar's rules run any of the six actions (masked ones act as noop).
+    envs.step(torch.tensor([0, 2, 4, 5]))
+    # Checked, Breakout's minimal set is noop, left, right: "up" (2) is masked.
+    strict = make_vec("maskrl/MinAtar-Breakout-v0", 4, backend="torch", seed=0, check_actions=True)
+    strict.reset()
+    with pytest.raises(ValueError, match=r"slot 2 .* took 2, valid \[0, 1, 3\]"):
+        strict.step(torch.tensor([0, 1, 2, 3]))
+    for bad in (6, -1):
+        with pytest.raises(ValueError, match=f"took {bad}"):
+            strict.step(torch.tensor([0, 0, 0, bad]))
 
 
 def test_make_vec_argument_errors() -> None:
@@ -406,7 +407,7 @@ def _first_episodes_torch(
     env_id: str, n: int, max_steps: int, probs: list[float] | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return and length of each env's first episode (an unbiased sample of episodes)."""
-    envs = make_vec(env_id, n, backend="torch", seed=123, check_actions=False)
+    envs = make_vec(env_id, n, backend="torch", seed=123)
     envs.reset()
     valid, p = _policy(env_id, probs)
     table = torch.as_tensor(valid)

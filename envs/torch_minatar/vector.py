@@ -411,6 +411,7 @@ class _TorchMinAtarBase(VectorEnv[Any, Tensor, Tensor]):
         for j, g in enumerate(games):
             lut[j, [a + 1 for a in g.minimal_actions]] = True
         self._valid_lut = lut.flatten()
+        self._action_range = torch.zeros(6, device=self.device)  # indexed to check 0..5
         self._lut_base = (torch.arange(num_envs, device=self.device) % k) * 8 + 1
         self._game_id = torch.arange(num_envs, device=self.device) % k
         self._generator = torch.Generator(device=self.device)
@@ -464,16 +465,32 @@ class _TorchMinAtarBase(VectorEnv[Any, Tensor, Tensor]):
             raise ValueError(f"actions must be int64, got {actions.dtype}")
         if actions.device != self.device:
             raise ValueError(f"actions are on {actions.device}, the env is on {self.device}")
-        if self.check_actions:
-            ok = self._valid_lut[actions.clamp(-1, 6) + self._lut_base]
-            if not bool(ok.all()):  # one device sync per step: check_actions=False skips it
-                bad = torch.nonzero(~ok).flatten()[:5].tolist()
-                detail = "; ".join(
-                    f"slot {i} ({self.env_ids[i % len(self.env_ids)]}) took "
-                    f"{int(actions[i])}, valid {torch.nonzero(self._masks[i]).flatten().tolist()}"
-                    for i in bad
+        if not self.check_actions:
+            # Default: every action of Discrete(6) runs; the games ignore one outside
+            # the minimal set (MinAtar's no-op). Only the range is checked: on CPU with
+            # a clear error (reading the result costs no device sync); on CUDA by an
+            # index into a 6-entry table, which fails on the device, asynchronously,
+            # instead of some games silently playing an action 7 as the no-op.
+            if self.device.type != "cpu":
+                torch.index_select(self._action_range, 0, actions)  # bounds-checked, no sync
+                return actions
+            low, high = torch.aminmax(actions)
+            if int(low) < 0 or int(high) > 5:
+                bad = torch.nonzero((actions < 0) | (actions > 5)).flatten()[:5].tolist()
+                detail = "; ".join(f"slot {i} took {int(actions[i])}" for i in bad)
+                raise ValueError(
+                    f"action(s) outside Discrete(6) at vector step {self._steps}: {detail}"
                 )
-                raise ValueError(f"invalid action(s) at vector step {self._steps}: {detail}")
+            return actions
+        ok = self._valid_lut[actions.clamp(-1, 6) + self._lut_base]
+        if not bool(ok.all()):  # one device sync per step, hence opt-in
+            bad = torch.nonzero(~ok).flatten()[:5].tolist()
+            detail = "; ".join(
+                f"slot {i} ({self.env_ids[i % len(self.env_ids)]}) took "
+                f"{int(actions[i])}, valid {torch.nonzero(self._masks[i]).flatten().tolist()}"
+                for i in bad
+            )
+            raise ValueError(f"invalid action(s) at vector step {self._steps}: {detail}")
         return actions
 
     def _extra_infos(self, infos: dict[str, Any]) -> dict[str, Any]:
@@ -502,9 +519,12 @@ class _TorchMinAtarBase(VectorEnv[Any, Tensor, Tensor]):
         """Step all envs with int64 ``(N,)`` actions on the env's device.
 
         Raises:
-            ValueError: actions of the wrong type, shape, dtype or device; with
-                ``check_actions`` (default, costs one device sync per step) an action
-                outside a slot's minimal action set.
+            ValueError: actions of the wrong type, shape, dtype or device; on CPU an
+                action outside ``0..5`` (on CUDA a device-side index error); with
+                ``check_actions`` (costs one device sync per step) an action outside
+                a slot's minimal action set, or outside ``0..5`` on any device.
+                Without it (default) an action outside the minimal set acts as the
+                no-op, as in MinAtar.
             RuntimeError: ``step`` before ``reset``.
         """
         if not self._started:
@@ -552,8 +572,13 @@ class TorchMinAtarVectorEnv(_TorchMinAtarBase):
         sticky_action_prob: MinAtar's sticky actions (default 0.1).
         difficulty_ramping: MinAtar's difficulty ramping (default on).
         max_episode_steps: truncation limit (default 10,000 as the registered ids; None: none).
-        check_actions: raise ``ValueError`` on an action outside the minimal set (default
-            True; costs one device sync per step).
+        check_actions: raise ``ValueError`` on an action outside the minimal set (to
+            debug an agent's masking; costs one device sync per step). Default False:
+            such an action acts as the no-op, as in MinAtar, and nothing is read
+            back from the device. An action outside ``0..5`` is a ``ValueError`` on
+            CPU; on CUDA it fails a device-side index check (no sync, so the error
+            surfaces at the next synchronisation), or a ``ValueError`` with
+            ``check_actions``.
         copy_obs: True (default): every ``step`` returns new observation tensors,
             which stay valid as long as the caller holds them. False: ``obs`` and
             ``infos["final_obs"]`` returned by ``step`` are **valid only until the
@@ -580,7 +605,7 @@ class TorchMinAtarVectorEnv(_TorchMinAtarBase):
         sticky_action_prob: float = 0.1,
         difficulty_ramping: bool = True,
         max_episode_steps: int | None = _DEFAULT_MAX_STEPS,
-        check_actions: bool = True,
+        check_actions: bool = False,
         copy_obs: bool = True,
     ) -> None:
         if num_envs < 1:
@@ -619,7 +644,7 @@ class TorchMinAtarMultiGameVectorEnv(_TorchMinAtarBase):
         sticky_action_prob: float = 0.1,
         difficulty_ramping: bool = True,
         max_episode_steps: int | None = _DEFAULT_MAX_STEPS,
-        check_actions: bool = True,
+        check_actions: bool = False,
         copy_obs: bool = True,
     ) -> None:
         if not env_ids:
