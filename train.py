@@ -8,7 +8,7 @@
     python train.py eval --checkpoint runs/NAME/checkpoint.pt --episodes 20
     tensorboard --logdir runs
 
-The parser and the commands live in :mod:`maskrl.agents.cli`; this file is the
+The parser and the commands live in :mod:`maskrl.cli`; this file is the
 thin entry that runs them from a checkout.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from maskrl.agents.cli import (  # noqa: F401  (re-exported for callers of train.py)
+from maskrl.cli import (  # noqa: F401  (re-exported for callers of train.py)
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     EXIT_USAGE,
