@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskrl.agents.base import OnPolicyTrainer
-from maskrl.agents.checkpoint import load_checkpoint
+from maskrl.agents.base import OnPolicyTrainer, read_trainer_checkpoint
 from maskrl.agents.config import TrainerConfig, _check
 from maskrl.agents.mimic_losses import (
     FeatureRegressionHeads,
@@ -332,7 +331,7 @@ class ActorMimic(OnPolicyTrainer):
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> ActorMimic:
         """Resume a distillation run from its checkpoint (its experts must still exist)."""
-        ckpt = load_checkpoint(path)
+        ckpt = read_trainer_checkpoint(path)  # refuses non-finite state anywhere in it
         if ckpt.get("format") != cls.FORMAT:
             raise ValueError(
                 f"checkpoint {path} has format {ckpt.get('format')!r}, not {cls.FORMAT}"
