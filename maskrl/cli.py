@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""maskrl command line: train and evaluate masked agents.
+"""maskrl command line: train and evaluate masked agents (``maskrl ...`` or ``python train.py ...``).
 
     python train.py                      # the default job: masked PPO on MinAtar Breakout
     python train.py ppo --env maskrl/MinAtar-SpaceInvaders-v0 --total-timesteps 500000
@@ -12,7 +11,13 @@ Every flag is a field of a configuration dataclass (maskrl.agents.PPOConfig,
 maskrl.agents.runner.RunConfig); ``--help`` shows each one's documentation.
 Bad input prints one line and exits with status 2; Ctrl-C (or SIGTERM, as a
 cluster scheduler sends before it kills a job) finishes the current update,
-saves a checkpoint and exits with status 130 (143 for SIGTERM).
+saves a checkpoint and exits with status 130 (143 for SIGTERM). Outside the
+update loop -- building envs, the final evaluation, ``eval`` -- there is nothing
+to finish: the command stops at once, with the same statuses, and says what
+was saved. Every "continue with" command it prints runs as printed.
+
+The installed command ``maskrl`` (:func:`maskrl_main`) and ``train.py``
+(:func:`main`) are the same parser.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -29,6 +35,10 @@ import types
 import typing
 from collections.abc import Iterator
 from typing import Any
+
+#: Most episodes ``eval --episodes`` plays per game (maskrl.agents.evaluate.MAX_EPISODES;
+#: a test keeps the two equal, since this module imports no maskrl module at load time).
+MAX_EPISODES = 10_000_000
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -91,7 +101,8 @@ def _pick(ns: argparse.Namespace, cls: type) -> Any:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    """The command line's parser (``prog``: the name it shows, ``train.py`` or ``maskrl``)."""
     from maskrl.agents.config import PPOConfig
     from maskrl.agents.mimic import MimicConfig
     from maskrl.agents.runner import RunConfig
@@ -99,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: an abbreviated flag would escape the explicit-flag
     # detection that presets and --resume rely on.
     parser = argparse.ArgumentParser(
-        prog="train.py",
+        prog=prog,
         allow_abbrev=False,
         description="Train and evaluate action-masked RL agents. With no arguments: "
         "masked PPO on maskrl/MinAtar-Breakout-v0 with the default settings.",
@@ -147,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument(
         "--finetune-ppo",
         type=int,
-        default=0,
+        default=None,
         help="then train the student this many more steps with multi-game masked PPO, "
-        "in <run>/finetune (default: 0)",
+        "in <run>/finetune, at most 1e13 (default: 0; on --resume, the run's own; "
+        "--resume continues the fine-tune once the distillation is done)",
     )
     add_dataclass_args(mi, RunConfig, exclude=frozenset({"env", "preset"}))
     add_dataclass_args(mi, MimicConfig)
@@ -162,7 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--checkpoint", required=True, help="path to a checkpoint.pt written by train.py ppo"
     )
-    ev.add_argument("--episodes", type=int, default=20, help="episodes per game (default: 20)")
+    ev.add_argument(
+        "--episodes",
+        type=int,
+        default=20,
+        help=f"episodes per game, at most {MAX_EPISODES:,} (default: 20)",
+    )
     ev.add_argument(
         "--env", default=None, help="env id(s), comma-separated (default: the ones trained on)"
     )
@@ -182,25 +199,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Signals:
-    """The command line's SIGINT/SIGTERM handlers: the first asks the run to stop after its
-    current update (it then saves and exits 130 / 143); a second SIGINT stops at once.
+    """The command line's SIGINT/SIGTERM handlers, and the run's stop request.
 
-    Installed as the very first thing ``main`` does -- before any environment is
-    built (MinAtar imports matplotlib inside a bare ``try/except`` that would
-    swallow a KeyboardInterrupt) -- and restored when ``main`` returns. Only the
-    command line installs handlers; the library takes a ``StopRequest``.
+    In the update loop (phase ``"training"``) the first signal asks the run to
+    stop after its current update (it then saves and exits 130 / 143) and a
+    second SIGINT stops at once. In every other phase -- loading and building
+    envs, the final evaluation, ``eval`` -- there is nothing to finish, so the
+    first signal stops at once (``KeyboardInterrupt``, which the harness turns
+    into a message saying what is saved).
+
+    Installed as the very first thing ``main`` does -- before torch and any
+    environment are imported (MinAtar imports matplotlib inside a bare
+    ``try/except`` that would swallow a KeyboardInterrupt: the request stays set
+    and the harness reads it before training) -- and restored when ``main``
+    returns. Only the command line installs handlers; the library takes a
+    ``StopRequest``, whose interface (``signum``, ``requested``, ``request``,
+    ``phase``, ``during``) this object has.
     """
 
     def __init__(self) -> None:
-        # No maskrl import here: the handlers must be in place before torch and the
-        # envs are imported. This object is the run's stop request itself (the
-        # harness reads ``requested`` and ``signum``, as on maskrl's StopRequest).
+        # No maskrl import here: this module loads before torch and the envs.
         self.signum: int | None = None
+        self.phase = "setup"
         self._previous: dict[int, Any] = {}
-
-    @property
-    def stop(self) -> _Signals:
-        return self
+        #: The phase a signal stopped at once (None: none did).
+        self.stopped_in: str | None = None
 
     @property
     def requested(self) -> bool:
@@ -210,18 +233,36 @@ class _Signals:
         if self.signum is None:
             self.signum = signum
 
+    @contextlib.contextmanager
+    def during(self, phase: str) -> Iterator[None]:
+        """Mark the block as ``phase`` (restored afterwards)."""
+        previous, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = previous
+
+    @property
+    def stop(self) -> _Signals:
+        return self
+
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
         first = not self.requested
         self.request(signum)
-        if first:
-            name = "Ctrl-C" if signum == signal.SIGINT else str(signal.Signals(signum).name)
+        if self.phase == "training" and first:
+            name = _signal_name(signum)
             print(
                 f"\n{name}: stopping after the current update and saving a checkpoint "
                 "(press Ctrl-C again to stop at once, without saving)",
                 file=sys.stderr,
             )
+            return
+        if self.phase == "training" and signum != signal.SIGINT:
+            return  # a repeated SIGTERM: the update in progress still finishes and saves
+        if self.phase == "loading":
+            return  # read when the step ends (see maskrl.agents.runner._check_fits_first)
+        self.stopped_in = self.phase
+        raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Signals]:
@@ -239,14 +280,39 @@ class _Signals:
             self._previous.clear()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _signal_name(signum: int | None) -> str:
+    if signum is None or signum == signal.SIGINT:
+        return "Ctrl-C"
+    return str(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    ``prog`` is how the program is called, in its messages and in the commands
+    it prints (``train.py`` prints ``python train.py ...``).
+    """
     signals = _Signals()
     with signals.installed():
         try:
-            return _main(argv, signals)
+            return _main(argv, signals, prog)
         except KeyboardInterrupt:
-            print("train.py: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            where = {
+                "setup": "before training started; nothing new was saved",
+                "evaluation": "during the evaluation; nothing was written",
+            }.get(signals.stopped_in or signals.phase, "at once; nothing more was saved")
+            print(f"{prog}: stopped ({_signal_name(signals.signum)}) {where}", file=sys.stderr)
+            return EXIT_TERMINATED if signals.signum == signal.SIGTERM else EXIT_INTERRUPTED
+
+
+def maskrl_main(argv: list[str] | None = None) -> int:
+    """The ``maskrl`` console command: :func:`main` under the name ``maskrl``."""
+    return main(argv, prog="maskrl")
+
+
+def _command(prog: str) -> str:
+    """How a printed command starts: ``python train.py`` or ``maskrl``."""
+    return "python train.py" if prog == "train.py" else prog
 
 
 def _check_seed(seed: int, flag: str = "--seed") -> None:
@@ -269,15 +335,23 @@ def _check_output(path: str | None) -> None:
         raise ValueError(f"--output {path}: folder {parent} is not writable")
 
 
-def _main(argv: list[str] | None, signals: _Signals) -> int:
+def _main(argv: list[str] | None, signals: _Signals, prog: str = "train.py") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["ppo"]  # the default real job
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    if ns.command is None:
-        parser.print_help()
-        return EXIT_USAGE
+    # eval: the whole command is an evaluation, parsing included (building the parser
+    # imports torch, which takes seconds): a signal stops it at once and says so.
+    phase = signals.during("evaluation") if argv[0] == "eval" else contextlib.nullcontext()
+    with phase:
+        parser = build_parser(prog)
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return _dispatch(ns, argv, signals, prog)
+
+
+def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: str) -> int:
     from maskrl.agents.runner import TrainingInterrupted
 
     try:
@@ -291,6 +365,7 @@ def _main(argv: list[str] | None, signals: _Signals) -> int:
                 ppo_cfg = apply_preset(ppo_cfg, run_cfg.preset, keep=given)
             if run_cfg.resume:
                 _check_resume_flags(given)
+            _check_qat_flags(given, ppo_cfg)
             summary = _runner().train_ppo(run_cfg, ppo_cfg, signals.stop)
             _print_summary(summary)
             return 0
@@ -301,10 +376,10 @@ def _main(argv: list[str] | None, signals: _Signals) -> int:
             from maskrl.agents.runner import RunConfig
 
             run_cfg, mimic_cfg = _pick(ns, RunConfig), _pick(ns, MimicConfig)
+            given = _explicit_flags(argv)
             if run_cfg.resume:
-                _check_resume_flags(_explicit_flags(argv))
-            if ns.finetune_ppo < 0:
-                raise ValueError(f"--finetune-ppo must be >= 0, got {ns.finetune_ppo}")
+                _check_resume_flags(given, extra={"finetune_ppo"})
+            _check_qat_flags(given, mimic_cfg)
             summary = _runner().train_mimic(
                 run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo
             )
@@ -314,33 +389,51 @@ def _main(argv: list[str] | None, signals: _Signals) -> int:
                 _print_summary(summary["finetune"])
             return 0
         if ns.command == "eval":
-            return _eval(ns)
+            return _eval(ns, prog, signals)
     except TrainingInterrupted as e:
-        how = "--resume" if e.saved else "a new run"
-        print(
-            f"train.py: {e}"
-            + (
-                f"; continue with: python train.py {ns.command} --resume {e.run_dir}"
-                if e.saved
-                else ""
-            )
-            + ("" if e.saved else f" (start {how})"),
-            file=sys.stderr,
-        )
+        if ns.command == "experts":
+            # The experts command resumes what it left: the same command continues it.
+            advice = f"; continue with: {_command(prog)} {shlex.join(argv)}"
+        elif e.resume is not None:
+            advice = f"; continue with: {_command(prog)} {ns.command} --resume {e.resume}"
+        else:
+            advice = " (start a new run)"
+        print(f"{prog}: {e}{advice}", file=sys.stderr)
         return EXIT_TERMINATED if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
     except ValueError as e:
         # Bad input: one clear line (whatever line breaks the message had), no traceback.
-        print(f"train.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        if ns.command == "experts" and signals.requested:
+            # Stopped at once (building an expert's envs, or its evaluation).
+            print(
+                f"{prog}: stopped ({_signal_name(signals.signum)}); finished experts are kept; "
+                f"continue with: {_command(prog)} {shlex.join(argv)}",
+                file=sys.stderr,
+            )
+            return EXIT_TERMINATED if signals.signum == signal.SIGTERM else EXIT_INTERRUPTED
+        raise
     return EXIT_USAGE
+
+
+def _check_qat_flags(given: set[str], cfg: Any) -> None:
+    """Refuse QAT settings given without ``--qat`` (they would be silently ignored)."""
+    loose = sorted(given & {"qat_bits", "qat_start_after"})
+    if loose and not cfg.qat:
+        raise ValueError(
+            f"{', '.join(_flag(f) for f in loose)} only apply with --qat: add --qat or drop them"
+        )
 
 
 def _experts(ns: argparse.Namespace, argv: list[str], signals: _Signals) -> int:
     from maskrl.agents.config import PPOConfig
 
     cfg = _pick(ns, PPOConfig)
+    given = _explicit_flags(argv)
     if ns.preset is not None:
-        cfg = apply_preset(cfg, ns.preset, keep=_explicit_flags(argv))
+        cfg = apply_preset(cfg, ns.preset, keep=given)
+    _check_qat_flags(given, cfg)
     if ns.total_timesteps < 1:
         raise ValueError(f"--total-timesteps must be >= 1, got {ns.total_timesteps}")
     ids = [e.strip() for e in ns.env.split(",") if e.strip()]
@@ -368,10 +461,10 @@ def _runner() -> Any:
 RESUME_FLAGS = {"resume", "total_timesteps", "eval_episodes", "progress", "device"}
 
 
-def _check_resume_flags(given: set[str]) -> None:
+def _check_resume_flags(given: set[str], extra: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     # A resumed run keeps the settings in its config.json; silently ignoring a
     # changed setting would be worse than refusing it.
-    fixed = sorted(given - RESUME_FLAGS)
+    fixed = sorted(given - RESUME_FLAGS - extra)
     if fixed:
         raise ValueError(
             f"--resume continues a run with its saved settings; these flags cannot "
@@ -390,12 +483,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         _print_eval(ev)
 
 
-def _eval(ns: argparse.Namespace) -> int:
+def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -> int:
     from maskrl.agents import evaluate, load_policy
 
     _check_seed(ns.seed)
-    if ns.episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {ns.episodes}")
+    if not 1 <= ns.episodes <= MAX_EPISODES:
+        raise ValueError(f"--episodes must be in [1, {MAX_EPISODES:,}], got {ns.episodes}")
     _check_output(ns.output)
     policy = load_policy(ns.checkpoint, device="cpu" if ns.int8 else ns.device, seed=ns.seed)
     if ns.int8:
@@ -409,11 +502,13 @@ def _eval(ns: argparse.Namespace) -> int:
         asked = [e.strip() for e in ns.env.split(",") if e.strip()]
         if asked != list(policy.env_ids):
             print(
-                f"train.py: note: evaluating on {', '.join(asked)}; the policy was trained on "
+                f"{prog}: note: evaluating on {', '.join(asked)}; the policy was trained on "
                 f"{', '.join(policy.env_ids)}",
                 file=sys.stderr,
             )
-    res = evaluate(policy, env, ns.episodes, seed=ns.seed, deterministic=ns.deterministic)
+    res = evaluate(
+        policy, env, ns.episodes, seed=ns.seed, deterministic=ns.deterministic, stop=signals
+    )
     _print_eval(res)
     if ns.output:
         try:
