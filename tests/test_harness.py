@@ -561,3 +561,32 @@ def test_the_command_line_loads_before_torch() -> None:
     from maskrl.cli import MAX_EPISODES as CLI_MAX
 
     assert CLI_MAX == MAX_EPISODES
+
+
+def test_a_signal_while_a_resume_builds_its_envs_stops_at_once_and_says_how_to_continue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler in this process")
+    from maskrl.agents import runner
+
+    run = ppo_run(tmp_path, "r", BATCH)
+    real = runner._make_env
+
+    def build_then_sigterm(*args: Any, **kwargs: Any) -> Any:
+        envs = real(*args, **kwargs)
+        envs.close()
+        signal.raise_signal(signal.SIGTERM)  # stops here: nothing to finish while building
+        raise AssertionError("the signal did not stop the build")
+
+    monkeypatch.setattr(runner, "_make_env", build_then_sigterm)
+    capsys.readouterr()
+    argv = ["ppo", "--resume", str(run), "--total-timesteps", str(2 * BATCH), "--no-progress"]
+    assert train.main(argv) == 143
+    err = capsys.readouterr().err
+    assert f"stopped before training resumed; {run} is unchanged" in err, err
+    assert load_checkpoint(run / "checkpoint.pt")["global_step"] == BATCH
+    monkeypatch.setattr(runner, "_make_env", real)
+    command = continue_command(err)
+    assert command[2:] == ["ppo", "--resume", str(run)]
+    assert train.main(command[2:]) == 0  # as printed
