@@ -21,13 +21,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskrl.agents.checkpoint import save_checkpoint
-from maskrl.agents.policy import MaskedPolicy
+from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
+from maskrl.agents.policy import MaskedPolicy, action_layout
 from maskrl.agents.rollout import (
     EpisodeStats,
     Obs,
     RolloutBuffer,
     RolloutState,
+    _check_fits,
+    _space_spec,
+    buffer_bytes,
     collect_rollout,
     start_rollouts,
 )
@@ -42,7 +45,63 @@ from maskrl.agents.trainer import (
 from maskrl.distributions import MaskedPolicyHead
 from maskrl.quant import set_qat_step
 
-__all__ = ["OnPolicyTrainer"]
+__all__ = ["OnPolicyTrainer", "check_rollout_fits", "read_trainer_checkpoint"]
+
+
+def read_trainer_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A trainer checkpoint to resume from: :func:`load_checkpoint` plus a finite check
+    of the whole state (weights, optimiser moments, any head a trainer adds).
+
+    Every trainer's ``load`` reads through here, so a file holding NaN or inf
+    anywhere is refused before any of it reaches a network -- the same rule
+    :meth:`OnPolicyTrainer.save` applies when writing.
+
+    Raises:
+        ValueError: missing, corrupt, or holding a non-finite value (named by its key path).
+    """
+    state = load_checkpoint(path)
+    bad = check_finite_state(state)
+    if bad is not None:
+        raise ValueError(
+            f"checkpoint {path} holds a non-finite value in {bad}; it cannot be resumed"
+        )
+    return state
+
+
+def check_rollout_fits(
+    env_ids: list[str],
+    num_envs: int,
+    num_steps: int,
+    device: torch.device,
+    backend: str = "numpy",
+    multigame: bool = False,
+) -> None:
+    """Refuse, before any of the ``num_envs`` envs is built, a rollout buffer that cannot fit.
+
+    One env per game is built to read the spaces (``multigame``: as
+    :func:`~maskrl.envs.make_multigame_vec` lays them out even for one game), then
+    the buffer's size is checked against the memory free on ``device``, as
+    :class:`~maskrl.agents.rollout.RolloutBuffer` itself does -- but without
+    first spending minutes and gigabytes on an impossible number of envs.
+
+    Raises:
+        ValueError: the buffer would not fit (lower ``--num-steps`` or ``--num-envs``).
+    """
+    from maskrl.agents.trainer import make_training_env
+    from maskrl.envs import make_multigame_vec
+
+    k = len(env_ids)
+    if multigame:
+        probe = make_multigame_vec(env_ids, k, seed=0)
+    else:
+        probe = make_training_env(env_ids, k, 0, backend, device)
+    try:
+        obs_space, act_space = probe.single_observation_space, probe.single_action_space
+    finally:
+        probe.close()
+    nvec, action_shape = action_layout(act_space)
+    need = buffer_bytes(_space_spec(obs_space), sum(nvec), action_shape, num_steps, num_envs)
+    _check_fits(need, device, num_steps, num_envs)
 
 
 class OnPolicyTrainer:

@@ -12,7 +12,10 @@ import numpy as np
 
 from maskrl.agents.rollout import read_masks
 
-__all__ = ["evaluate"]
+__all__ = ["MAX_EPISODES", "evaluate"]
+
+#: Most episodes (per game) one evaluation plays.
+MAX_EPISODES = 10_000_000
 
 
 def evaluate(
@@ -23,6 +26,7 @@ def evaluate(
     deterministic: bool = False,
     num_envs: int | None = None,
     max_steps: int = 10_000_000,
+    stop: Any = None,
 ) -> dict[str, Any]:
     """Play ``episodes`` full episodes per game and report their returns.
 
@@ -32,13 +36,16 @@ def evaluate(
         env_id: a registered id, a list of ids / a comma-separated string (the
             multi-game vector env: ``episodes`` episodes for *each* game); default:
             the ids the agent was trained on.
-        episodes: episodes per game.
+        episodes: episodes per game, in ``[1, MAX_EPISODES]``.
         seed: seeds the evaluation envs (env ``i`` gets ``seed + i``).
         deterministic: take the most probable valid action instead of sampling.
         num_envs: parallel envs (default: up to 8 per game; several games get
             ``num_envs // k`` each). Each env plays a fixed quota of episodes,
             so short episodes are not over-represented.
         max_steps: safety bound on vector steps.
+        stop: an object with ``requested`` (e.g. :class:`maskrl.agents.runner.StopRequest`),
+            read every vector step: once it is true the evaluation ends by raising
+            ``KeyboardInterrupt``, as a Ctrl-C would (nothing is returned).
 
     Returns:
         ``{"mean": ..., "std": ..., "episodes": n, "returns": [...]}`` for one
@@ -47,6 +54,9 @@ def evaluate(
     """
     from maskrl.envs import make_multigame_vec, make_vec
 
+    if not isinstance(episodes, bool) and isinstance(episodes, (int, np.integer)):
+        if episodes > MAX_EPISODES:
+            raise ValueError(f"episodes must be in [1, {MAX_EPISODES:,}], got {episodes}")
     for name, value, low in (
         ("episodes", episodes, 1),
         ("seed", seed, 0),
@@ -101,6 +111,8 @@ def evaluate(
         for _ in range(max_steps):
             if (quota == 0).all():
                 break
+            if stop is not None and stop.requested:
+                raise KeyboardInterrupt("evaluation stopped on request")
             mask = read_masks(
                 infos, n, n_logits, getattr(getattr(agent, "head", None), "nvec", None)
             )

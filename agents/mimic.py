@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskrl.agents.base import OnPolicyTrainer
+from maskrl.agents.base import OnPolicyTrainer, read_trainer_checkpoint
 from maskrl.agents.checkpoint import load_checkpoint, space_to_dict
 from maskrl.agents.config import TrainerConfig, _check
 from maskrl.agents.mimic_losses import (
@@ -486,7 +486,7 @@ class ActorMimic(OnPolicyTrainer):
             ValueError: a missing or corrupt checkpoint, or an expert that is
                 missing, changed or no longer matches its game.
         """
-        ckpt = load_checkpoint(path)
+        ckpt = read_trainer_checkpoint(path)  # refuses non-finite state anywhere in it
         if ckpt.get("format") != cls.FORMAT:
             raise ValueError(
                 f"checkpoint {path} has format {ckpt.get('format')!r}, not {cls.FORMAT}"

@@ -16,15 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskrl.agents.base import OnPolicyTrainer
-from maskrl.agents.checkpoint import load_checkpoint
+from maskrl.agents.base import OnPolicyTrainer, read_trainer_checkpoint
 from maskrl.agents.config import PPOConfig
 from maskrl.agents.networks import obs_layout_of
 from maskrl.agents.policy import MaskedPolicy, policy_from_checkpoint
 from maskrl.agents.quantize import prepare_for_qat
 from maskrl.agents.rollout import Obs, RolloutBuffer, flatten_obs, index_obs
 from maskrl.agents.trainer import (
-    check_finite_state,
     make_adam,
     make_training_env,
     optimize_minibatches,
@@ -329,7 +327,7 @@ class PPO(OnPolicyTrainer):
             ValueError: a missing, corrupt, unknown-format, non-finite or
                 incompatible checkpoint.
         """
-        ckpt = load_checkpoint(path)
+        ckpt = read_trainer_checkpoint(path)  # refuses non-finite state anywhere in it
         fmt = ckpt.get("format")
         if fmt not in ("maskrl.ppo/1", cls.FORMAT):
             raise ValueError(
@@ -357,9 +355,6 @@ class PPO(OnPolicyTrainer):
                 agent.rng.load_state_dict(ckpt["rng"])
         except (KeyError, TypeError, RuntimeError) as e:
             raise ValueError(f"checkpoint {path} is not a valid maskrl PPO checkpoint: {e}") from e
-        bad = check_finite_state(ckpt["optimizer"])
-        if bad is not None:
-            raise ValueError(f"checkpoint {path} holds non-finite optimiser state (in {bad})")
         return agent
 
 

@@ -27,14 +27,17 @@ killed run left are removed when the folder is next used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
 import math
 import os
 import re
+import signal
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,7 @@ import numpy as np
 
 from maskrl.agents.checkpoint import clean_stale_temporaries
 from maskrl.agents.config import PPOConfig, check_types
-from maskrl.agents.evaluation import evaluate
+from maskrl.agents.evaluation import MAX_EPISODES, evaluate
 from maskrl.agents.ppo import PPO
 from maskrl.agents.trainer import NonFiniteError
 
@@ -111,9 +114,10 @@ class RunConfig:
             raise ValueError(
                 f"checkpoint_every (--checkpoint-every) must be >= 1, got {self.checkpoint_every}"
             )
-        if self.eval_episodes < 0:
+        if not 0 <= self.eval_episodes <= MAX_EPISODES:
             raise ValueError(
-                f"eval_episodes (--eval-episodes) must be >= 0, got {self.eval_episodes}"
+                f"eval_episodes (--eval-episodes) must be in [0, {MAX_EPISODES:,}], "
+                f"got {self.eval_episodes}"
             )
         if not self.env_ids:
             raise ValueError("env (--env) is empty")
@@ -149,12 +153,25 @@ class TrainingInterrupted(Exception):
     """Raised when a stop was requested, once the checkpoint is safely written.
 
     ``signum`` is the signal that asked (``signal.SIGINT`` or ``signal.SIGTERM``).
+    ``resume`` is the folder that ``--resume`` continues (the run's own, or for a
+    fine-tune its distillation run), or None when there is nothing to resume.
     """
 
-    def __init__(self, run_dir: Path, step: int, signum: int, saved: bool) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        step: int,
+        signum: int,
+        saved: bool,
+        message: str | None = None,
+        resume: Path | None = None,
+    ) -> None:
         what = f"checkpoint saved in {run_dir}" if saved else "nothing was trained, nothing saved"
-        super().__init__(f"stopped at step {step}; {what}")
+        super().__init__(message or f"stopped at step {step}; {what}")
         self.run_dir, self.step, self.signum, self.saved = run_dir, step, signum, saved
+        if resume is None and (Path(run_dir) / "checkpoint.pt").is_file():
+            resume = Path(run_dir)
+        self.resume = resume
 
 
 class StopRequest:
@@ -163,10 +180,19 @@ class StopRequest:
     The command line sets it from its SIGINT/SIGTERM handlers (a library never
     installs signal handlers itself); a program embedding maskrl can set it
     from anywhere with :meth:`request`.
+
+    ``phase`` says what the run is doing: ``"setup"`` (loading, building envs),
+    ``"loading"`` (the first env of each game, whose import may swallow a
+    ``KeyboardInterrupt``; the request is read right after), ``"training"`` (a
+    request is read between updates), ``"evaluation"`` (the final evaluation,
+    after the checkpoint is written). The command line's handlers only set the
+    request in ``"loading"`` and ``"training"``, and stop the other phases at once
+    (they raise ``KeyboardInterrupt``): there is nothing there worth finishing.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.phase = "setup"
 
     def request(self, signum: int) -> None:
         if self.signum is None:
@@ -175,6 +201,31 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+    @contextlib.contextmanager
+    def during(self, phase: str) -> Iterator[None]:
+        """Mark the block as ``phase`` (restored afterwards)."""
+        previous, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = previous
+
+
+@contextlib.contextmanager
+def _phase(stop: Any, phase: str) -> Iterator[None]:
+    """``stop.during(phase)`` for any stop object (one without phases is left alone)."""
+    during = getattr(stop, "during", None)
+    if during is None:
+        yield
+        return
+    with during(phase):
+        yield
+
+
+def _signum(stop: Any) -> int:
+    got = getattr(stop, "signum", None)
+    return int(got) if got is not None else int(signal.SIGINT)
 
 
 class RunLock:
@@ -185,8 +236,9 @@ class RunLock:
             folder cannot be written.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume: bool = False) -> None:
         self.path = run_dir / ".lock"
+        self.resume = resume
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
@@ -209,7 +261,11 @@ class RunLock:
                 raise ValueError(
                     f"run folder {self.path.parent} is in use by another training"
                     + (f" (pid {holder})" if holder else "")
-                    + "; wait for it to finish or choose another --run-name"
+                    + (
+                        "; wait for it to finish"
+                        if self.resume
+                        else "; wait for it to finish or choose another --run-name"
+                    )
                 ) from e
             raise
         os.ftruncate(fd, 0)
@@ -223,15 +279,19 @@ class RunLock:
             self._fd = None
 
 
-def prepare_run_dir(run_dir: Path) -> RunLock:
-    """Create (if needed), check writable, lock and tidy a run folder; returns the held lock."""
+def prepare_run_dir(run_dir: Path, resume: bool = False) -> RunLock:
+    """Create (if needed), check writable, lock and tidy a run folder; returns the held lock.
+
+    ``resume``: the folder is being resumed (a busy folder's message then does not
+    suggest another ``--run-name``, which a resume cannot take).
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run folder {run_dir} exists and is not a folder")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"cannot create run folder {run_dir} ({e.strerror or e})") from e
-    lock = RunLock(run_dir).acquire()
+    lock = RunLock(run_dir, resume).acquire()
     try:
         probe = run_dir / f".write-test.{os.getpid()}"
         probe.write_bytes(b"")
@@ -241,14 +301,23 @@ def prepare_run_dir(run_dir: Path) -> RunLock:
         raise ValueError(
             f"run folder {run_dir} is not writable ({e.strerror or e}): nothing could be saved"
         ) from e
-    clean_stale_temporaries(run_dir)
+    for name in ("checkpoint.pt", "config.json", "eval.json", "experts.json"):
+        clean_stale_temporaries(run_dir, name)
     return lock
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    """Write ``path`` atomically (a temporary of its own, then a rename over the target)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _game_label(env_id: str) -> str:
@@ -381,7 +450,8 @@ def run_training(
         return not (stop is not None and stop.requested)
 
     try:
-        trainer.learn(total, callback=on_update)
+        with _phase(stop, "training"):
+            trainer.learn(total, callback=on_update)
     except NonFiniteError as e:
         where = (
             f"the last good checkpoint is {ckpt_path} (step {last_good['step']})"
@@ -393,44 +463,68 @@ def run_training(
         if bar is not None:
             bar.close()
         writer.flush()
+    finished = False  # the final checkpoint is written
     try:
-        if stop is not None and stop.requested:
-            # The model is at the end of its last completed update; save it so that
-            # --resume continues from there.
-            trained = trainer.global_step > step_start
-            if trained:
-                save()
-            raise TrainingInterrupted(run_dir, trainer.global_step, stop.signum or 2, trained)
-        save()
-        elapsed = time.perf_counter() - t_start
-        steps = trainer.global_step - step_start
-        summary: dict[str, Any] = {
-            "run_dir": str(run_dir),
-            "global_step": trainer.global_step,
-            "steps_trained": steps,
-            "train_seconds": elapsed,
-            "train_sps": steps / max(elapsed, 1e-9),
-            "last_100_episode_return": float(np.mean(recent)) if recent else None,
-        }
-        if run.eval_episodes > 0:
-            fn = eval_fn or _default_eval
-            ev = fn(trainer.policy, run.env_ids, run.eval_episodes, eval_seed)
-            summary["eval"] = ev
-            if "per_game" in ev:
-                for game, r in ev["per_game"].items():
-                    writer.add_scalar(
-                        f"eval/return/{_game_label(game)}", r["mean"], trainer.global_step
+        # Still "training" while saving: a signal now is read afterwards, never mid-write.
+        with _phase(stop, "training"):
+            if stop is not None and stop.requested:
+                # The model is at the end of its last completed update; save it so that
+                # --resume continues from there.
+                trained = trainer.global_step > step_start
+                if trained:
+                    save()
+                raise TrainingInterrupted(run_dir, trainer.global_step, stop.signum or 2, trained)
+            save()
+            finished = True
+        with _phase(stop, "evaluation"):
+            elapsed = time.perf_counter() - t_start
+            steps = trainer.global_step - step_start
+            summary: dict[str, Any] = {
+                "run_dir": str(run_dir),
+                "global_step": trainer.global_step,
+                "steps_trained": steps,
+                "train_seconds": elapsed,
+                "train_sps": steps / max(elapsed, 1e-9),
+                "last_100_episode_return": float(np.mean(recent)) if recent else None,
+            }
+            if run.eval_episodes > 0:
+                if eval_fn is None:
+                    ev = _default_eval(
+                        trainer.policy, run.env_ids, run.eval_episodes, eval_seed, stop
                     )
-            writer.add_scalar("eval/return", ev["mean"], trainer.global_step)
-        _write_json(run_dir / "eval.json", summary)
+                else:
+                    ev = eval_fn(trainer.policy, run.env_ids, run.eval_episodes, eval_seed)
+                summary["eval"] = ev
+                if "per_game" in ev:
+                    for game, r in ev["per_game"].items():
+                        writer.add_scalar(
+                            f"eval/return/{_game_label(game)}", r["mean"], trainer.global_step
+                        )
+                writer.add_scalar("eval/return", ev["mean"], trainer.global_step)
+            _write_json(run_dir / "eval.json", summary)
         return summary
+    except KeyboardInterrupt:
+        if not finished:
+            raise
+        # Stopped in the final evaluation: the checkpoint is written, and --resume
+        # trains nothing more and evaluates.
+        raise TrainingInterrupted(
+            run_dir,
+            trainer.global_step,
+            _signum(stop),
+            True,
+            message=f"stopped during the final evaluation at step {trainer.global_step}; "
+            f"training is done and its checkpoint saved in {run_dir} (eval.json not written)",
+        ) from None
     finally:
         writer.close()
         trainer.envs.close()
 
 
-def _default_eval(policy: Any, ids: list[str], episodes: int, seed: int) -> dict[str, Any]:
-    return evaluate(policy, ids if len(ids) > 1 else ids[0], episodes, seed=seed)
+def _default_eval(
+    policy: Any, ids: list[str], episodes: int, seed: int, stop: Any = None
+) -> dict[str, Any]:
+    return evaluate(policy, ids if len(ids) > 1 else ids[0], episodes, seed=seed, stop=stop)
 
 
 # ---------------------------------------------------------------------- PPO
@@ -467,7 +561,7 @@ def open_resumed_run(run: RunConfig) -> tuple[RunConfig, dict[str, Any], Path, R
     if run.total_timesteps is not None:
         saved_run.total_timesteps = run.total_timesteps
     saved_run.progress, saved_run.eval_episodes = run.progress, run.eval_episodes
-    return saved_run, saved, run_dir, prepare_run_dir(run_dir)
+    return saved_run, saved, run_dir, prepare_run_dir(run_dir, resume=True)
 
 
 def new_run_dir(run: RunConfig, seed: int) -> Path:
@@ -484,8 +578,44 @@ def new_run_dir(run: RunConfig, seed: int) -> Path:
         raise ValueError(
             f"run folder {run_dir} already holds a checkpoint: use --resume {run_dir} or another --run-name"
         )
+    if (run_dir / "experts.json").exists():
+        raise ValueError(
+            f"run folder {run_dir} holds experts (experts.json), not a run: choose another --run-name"
+        )
     run.run_name = name
     return run_dir
+
+
+def _check_fits_first(stop: Any, *args: Any, **kwargs: Any) -> None:
+    """:func:`~maskrl.agents.base.check_rollout_fits`, as the first step of a run's setup.
+
+    It builds one env per game, which imports the games' modules; MinAtar's import
+    swallows a ``KeyboardInterrupt`` (a bare ``try/except`` around matplotlib), so
+    this step runs in the ``"loading"`` phase, where a signal only sets the stop
+    request, and the request is read right after it. Building the run's envs
+    afterwards imports nothing new, so a signal there stops it at once.
+    """
+    from maskrl.agents.base import check_rollout_fits
+
+    with _phase(stop, "loading"):
+        check_rollout_fits(*args, **kwargs)
+    if stop is not None and stop.requested:
+        raise KeyboardInterrupt
+
+
+def check_resume_total(asked: int | None, step: int, run_dir: Path, saved: Any = None) -> None:
+    """Refuse a ``--total-timesteps`` below the step a resumed run has reached.
+
+    Such a resume would train nothing and overwrite the run's saved total. The
+    run's own total (``asked`` None, or equal to ``saved``, the total in its
+    ``config.json``) is always accepted: a run that ended a little past its total
+    (runs do whole updates) resumes to be evaluated.
+    """
+    if asked is not None and asked < step and asked != saved:
+        raise ValueError(
+            f"--total-timesteps {asked} is below the step {run_dir} has reached ({step}): "
+            f"give at least {step}, or leave it out to keep the run's own total"
+        )
 
 
 def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None) -> dict[str, Any]:
@@ -494,33 +624,59 @@ def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
     Raises:
         ValueError: bad input (unknown env, no mask source, impossible config,
             missing or corrupt checkpoint, an unusable run folder, a run folder
-            in use), or a non-finite value stopped training.
+            in use, a ``--total-timesteps`` below a resumed run's step, a rollout
+            buffer that cannot fit in memory), or a non-finite value stopped training.
         TrainingInterrupted: after a stop request, once the checkpoint is written.
     """
+    from maskrl.agents.trainer import resolve_device
+
     run.validate()
     config.validate()
     lock: RunLock | None = None
+    resume_dir = Path(run.resume) if run.resume else None
     try:
-        if run.resume:
-            run, _, run_dir, lock = open_resumed_run(run)
-            agent = PPO.load(run_dir / "checkpoint.pt", device=config.device)
-            agent.envs = _make_env(
-                agent.config, run.env_ids, agent.device, agent.policy.is_multigame
-            )
-            agent.env_ids = run.env_ids
-            config = agent.config
-        else:
-            if run.total_timesteps is None:
-                run.total_timesteps = DEFAULT_TOTAL_TIMESTEPS
-            # The envs first: a bad id is reported as such, not as a bad folder name.
-            agent = PPO(run.env_ids, config)
-            try:
-                agent.allocate()  # fails on an impossible buffer before a folder is made
-                run_dir = new_run_dir(run, config.seed)
-                lock = prepare_run_dir(run_dir)
-            except BaseException:
-                agent.envs.close()
+        try:
+            with _phase(stop, "setup"):
+                if run.resume:
+                    asked = run.total_timesteps
+                    run, saved, run_dir, lock = open_resumed_run(run)
+                    agent = PPO.load(run_dir / "checkpoint.pt", device=config.device)
+                    check_resume_total(
+                        asked, agent.global_step, run_dir, saved["run"].get("total_timesteps")
+                    )
+                    c = agent.config
+                    _check_fits_first(
+                        stop, run.env_ids, c.num_envs, c.num_steps, agent.device, c.env_backend
+                    )
+                    agent.envs = _make_env(c, run.env_ids, agent.device, agent.policy.is_multigame)
+                    agent.env_ids = run.env_ids
+                    config = agent.config
+                else:
+                    if run.total_timesteps is None:
+                        run.total_timesteps = DEFAULT_TOTAL_TIMESTEPS
+                    # Before the envs are built: an impossible buffer is refused at once.
+                    _check_fits_first(
+                        stop, run.env_ids, config.num_envs, config.num_steps,
+                        resolve_device(config.device), config.env_backend,
+                    )  # fmt: skip
+                    agent = PPO(run.env_ids, config)
+                    try:
+                        agent.allocate()  # fails on an impossible buffer before a folder is made
+                        run_dir = new_run_dir(run, config.seed)
+                        lock = prepare_run_dir(run_dir)
+                    except BaseException:
+                        agent.envs.close()
+                        raise
+        except KeyboardInterrupt:
+            if resume_dir is None:
                 raise
+            raise TrainingInterrupted(
+                resume_dir,
+                0,
+                _signum(stop),
+                False,
+                message=f"stopped before training resumed; {resume_dir} is unchanged",
+            ) from None
         hparams = {**dataclasses.asdict(run), **config.to_dict()}
         # Written only now that everything loaded: a failed resume leaves config.json alone.
         _write_json(
@@ -546,6 +702,74 @@ def _make_env(config: PPOConfig, ids: list[str], device: Any, multigame: bool = 
 # ------------------------------------------------------------- Actor-Mimic
 
 
+#: PPO settings that change how fast an expert trains, not what it learns: an
+#: interrupted expert may be resumed with other values of these.
+_EXPERT_FREE_SETTINGS = frozenset({"device", "torch_threads", "cpu_rollout_tuning"})
+
+
+def _expert_settings_differ(
+    run_dir: Path, config: PPOConfig, total_timesteps: int, eval_episodes: int
+) -> list[str]:
+    """The settings (as flags) an expert's saved run differs in from those asked for now."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        saved_ppo, saved_run = dict(saved["ppo"]), dict(saved["run"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{run_dir} holds an expert whose config.json is missing or unreadable ({e}); "
+            "move it away or choose another --run-name"
+        ) from e
+    asked = config.to_dict()
+    out = [
+        f"--{k.replace('_', '-')} {asked[k]} (the expert has {saved_ppo.get(k)})"
+        for k in asked
+        if k not in _EXPERT_FREE_SETTINGS and saved_ppo.get(k) != asked[k]
+    ]
+    if saved_run.get("total_timesteps") != total_timesteps:
+        out.append(
+            f"--total-timesteps {total_timesteps} (the expert has {saved_run.get('total_timesteps')})"
+        )
+    if (run_dir / "eval.json").is_file() and saved_run.get("eval_episodes") != eval_episodes:
+        out.append(
+            f"--eval-episodes {eval_episodes} (the expert has {saved_run.get('eval_episodes')})"
+        )
+    return out
+
+
+def _read_experts_json(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())["experts"]
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("env_id"), str) for e in entries
+        ):
+            raise TypeError("'experts' is not a list of entries with an env_id")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path} is unreadable ({e}); move it away or choose another --run-name"
+        ) from e
+    return entries
+
+
+def merge_experts_json(path: Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Add (or replace, by ``env_id``) one expert in ``experts.json``; returns all entries.
+
+    Read, merge, then write atomically: every other expert already listed is
+    kept, and a reader never sees a half-written file. The caller holds the
+    folder's lock, so no other writer can interleave.
+    """
+    entries = _read_experts_json(path)
+    for i, e in enumerate(entries):
+        if e["env_id"] == entry["env_id"]:
+            entries[i] = entry
+            break
+    else:
+        entries.append(entry)
+    _write_json(path, {"experts": entries})
+    return entries
+
+
 def train_experts(
     env_ids: list[str],
     config: PPOConfig,
@@ -561,49 +785,82 @@ def train_experts(
 
     Each expert is a normal run (``train.py eval`` accepts it). A game whose run
     already finished (it has ``eval.json``) is kept; one with only a checkpoint
-    is resumed. Writes ``runs_dir/run_name/experts.json``::
+    is resumed -- in both cases only if it was trained with the same settings
+    (PPO config except device and thread settings, ``total_timesteps``, and for
+    a finished one ``eval_episodes``): otherwise the call is refused (ValueError
+    naming each differing flag), never silently answered with the old expert.
+
+    The folder is locked for the whole call (a second ``experts`` run into it is
+    refused, as for any run folder), and ``runs_dir/run_name/experts.json`` is
+    merged one expert at a time, atomically: experts of games not listed in
+    ``env_ids`` (from an earlier call) stay listed::
 
         {"experts": [{"env_id", "checkpoint", "run_dir", "mean_return", "std",
                       "episodes", "steps", "train_seconds"}, ...]}
 
-    Returns that dict.
+    Returns ``{"experts": <the entries of env_ids, in that order>, "run_dir"}``.
     """
     check_run_name(run_name)
-    if eval_episodes < 1:
-        raise ValueError(f"eval_episodes (--eval-episodes) must be >= 1, got {eval_episodes}")
+    if not 1 <= eval_episodes <= MAX_EPISODES:
+        raise ValueError(
+            f"eval_episodes (--eval-episodes) must be in [1, {MAX_EPISODES:,}], got {eval_episodes}"
+        )
     if len(set(env_ids)) != len(env_ids) or not env_ids:
         raise ValueError(f"--env must list distinct ids, got {env_ids}")
+    if not 1 <= total_timesteps <= 10**13:
+        raise ValueError(
+            f"total_timesteps (--total-timesteps) must be in [1, 1e13], got {total_timesteps}"
+        )
     config.validate()
     root = Path(runs_dir) / run_name
-    entries = []
-    for env_id in env_ids:
-        label = _game_label(env_id)  # one folder per game
-        run_dir = root / label
-        done = run_dir / "eval.json"
-        if done.is_file():
-            summary = json.loads(done.read_text())
-        elif (run_dir / "checkpoint.pt").is_file():
-            summary = train_ppo(
-                RunConfig(
-                    env=env_id, total_timesteps=total_timesteps, resume=str(run_dir),
-                    eval_episodes=eval_episodes, progress=progress,
-                ),
-                config,
-                stop,
-            )  # fmt: skip
-        else:
-            summary = train_ppo(
-                RunConfig(
-                    env=env_id, total_timesteps=total_timesteps, run_name=label,
-                    runs_dir=str(root), eval_episodes=eval_episodes, progress=progress,
-                    checkpoint_every=checkpoint_every,
-                ),
-                dataclasses.replace(config),
-                stop,
-            )  # fmt: skip
-        ev = summary.get("eval") or {}
-        entries.append(
-            {
+    if (root / "checkpoint.pt").exists():
+        raise ValueError(
+            f"run folder {root} already holds a training run, not experts: choose another --run-name"
+        )
+    if Path(runs_dir).exists() and not Path(runs_dir).is_dir():
+        raise ValueError(f"runs_dir (--runs-dir) {runs_dir} exists and is not a folder")
+    lock = prepare_run_dir(root)
+    try:
+        _read_experts_json(root / "experts.json")  # an unreadable one is refused up front
+        labels = [_game_label(e) for e in env_ids]
+        # Every game's settings first: nothing is trained if one of them is refused.
+        for env_id, label in zip(env_ids, labels, strict=True):
+            run_dir = root / label
+            if (run_dir / "eval.json").is_file() or (run_dir / "checkpoint.pt").is_file():
+                diff = _expert_settings_differ(run_dir, config, total_timesteps, eval_episodes)
+                if diff:
+                    raise ValueError(
+                        f"{run_dir} holds the expert of {env_id} trained with other settings: "
+                        f"{'; '.join(diff)}; rerun with the expert's settings, or choose "
+                        "another --run-name"
+                    )
+        entries = []
+        for env_id, label in zip(env_ids, labels, strict=True):
+            run_dir = root / label
+            done = run_dir / "eval.json"
+            if done.is_file():
+                summary = json.loads(done.read_text())
+            elif (run_dir / "checkpoint.pt").is_file():
+                summary = train_ppo(
+                    RunConfig(
+                        env=env_id, total_timesteps=total_timesteps, resume=str(run_dir),
+                        eval_episodes=eval_episodes, progress=progress,
+                    ),
+                    dataclasses.replace(config),
+                    stop,
+                )  # fmt: skip
+            else:
+                summary = train_ppo(
+                    RunConfig(
+                        env=env_id, total_timesteps=total_timesteps, run_name=label,
+                        runs_dir=str(root), eval_episodes=eval_episodes, progress=progress,
+                        checkpoint_every=checkpoint_every,
+                    ),
+                    dataclasses.replace(config),
+                    stop,
+                )  # fmt: skip
+            ev = summary.get("eval") or {}
+            entry = {
                 "env_id": env_id,
                 "checkpoint": f"{label}/checkpoint.pt",
                 "run_dir": label,
@@ -613,9 +870,27 @@ def train_experts(
                 "steps": summary.get("global_step"),
                 "train_seconds": summary.get("train_seconds"),
             }
-        )
-        _write_json(root / "experts.json", {"experts": entries})
+            merge_experts_json(root / "experts.json", entry)
+            entries.append(entry)
+    finally:
+        lock.release()
     return {"experts": entries, "run_dir": str(root)}
+
+
+def _mimic_of_finetune(run_dir: Path) -> Path | None:
+    """The distillation run whose fine-tune ``run_dir`` is, or None."""
+    parent = run_dir.resolve().parent
+    if run_dir.resolve().name != "finetune":
+        return None
+    try:
+        return parent if "mimic" in json.loads((parent / "config.json").read_text()) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _check_finetune_steps(finetune_ppo: int | None) -> None:
+    if finetune_ppo is not None and not 0 <= finetune_ppo <= 10**13:
+        raise ValueError(f"finetune_ppo (--finetune-ppo) must be in [0, 1e13], got {finetune_ppo}")
 
 
 def train_mimic(
@@ -623,22 +898,56 @@ def train_mimic(
     config: Any,
     experts_dir: str | None,
     stop: StopRequest | None = None,
-    finetune_ppo: int = 0,
+    finetune_ppo: int | None = None,
     ppo_config: PPOConfig | None = None,
 ) -> dict[str, Any]:
     """Distil the experts of ``experts_dir`` into one student (or resume a distillation run).
 
     With ``finetune_ppo > 0``, the student then trains that many more steps with
     multi-game masked PPO, in ``<run>/finetune`` (a normal PPO run).
+    ``finetune_ppo=None``: 0 for a new run; on resume, the run's own setting
+    (saved in its ``config.json``).
+
+    Resuming a run resumes whatever it was doing: the distillation, or, once
+    that is done, its fine-tune (``<run>/finetune``; a new ``finetune_ppo`` then
+    sets the fine-tune's total). A resume that distils further (a larger
+    ``total_timesteps``) keeps an existing fine-tune as
+    ``<run>/finetune-from-step-<step>`` -- it belongs to the earlier student --
+    and fine-tunes the new student afresh. ``run.resume`` naming the fine-tune
+    folder itself is refused with the command that continues it.
     """
     from maskrl.agents.mimic import ActorMimic, MimicConfig, load_experts
+    from maskrl.agents.trainer import resolve_device
 
     run.validate()
+    _check_finetune_steps(finetune_ppo)
+    if run.resume:
+        parent = _mimic_of_finetune(Path(run.resume))
+        if parent is not None:
+            raise ValueError(
+                f"{run.resume} is the PPO fine-tune of the distillation run {parent}: "
+                f"continue both with mimic --resume {parent}"
+            )
+        if (Path(run.resume) / "finetune" / "checkpoint.pt").is_file():
+            saved_total = load_run_config(Path(run.resume))[0].total_timesteps
+            if run.total_timesteps in (None, saved_total):  # no more distillation asked
+                return _resume_finetune(run, config, finetune_ppo, stop)
     lock: RunLock | None = None
     try:
         if run.resume:
+            asked = run.total_timesteps
             run, saved, run_dir, lock = open_resumed_run(run)
+            if finetune_ppo is None:
+                finetune_ppo = int(saved.get("finetune_ppo") or 0)
             trainer = ActorMimic.load(run_dir / "checkpoint.pt", device=config.device)
+            check_resume_total(
+                asked, trainer.global_step, run_dir, saved["run"].get("total_timesteps")
+            )
+            fine = run_dir / "finetune"
+            if (fine / "checkpoint.pt").is_file() and trainer.global_step < run.total:
+                # More distillation: the fine-tune there started from the student as it
+                # was; kept under another name, never resumed for the new student.
+                os.replace(fine, run_dir / f"finetune-from-step-{trainer.global_step}")
             experts_dir = saved.get("experts")
         else:
             if not experts_dir:
@@ -651,9 +960,15 @@ def train_mimic(
             run_dir = new_run_dir(run, config.seed)
             if run.total_timesteps is None:
                 run.total_timesteps = DEFAULT_TOTAL_TIMESTEPS
+            # Before the envs are built, as for PPO: an impossible buffer is refused at once.
+            _check_fits_first(
+                stop, run.env_ids, config.num_envs, config.num_steps,
+                resolve_device(config.device), multigame=True,
+            )  # fmt: skip
             trainer = ActorMimic(experts, config)
             trainer.allocate()
             lock = prepare_run_dir(run_dir)
+        finetune_ppo = finetune_ppo or 0
         hparams = {**dataclasses.asdict(run), **trainer.config.to_dict()}
         _write_json(
             run_dir / "config.json",
@@ -661,40 +976,106 @@ def train_mimic(
                 "run": dataclasses.asdict(run),
                 "mimic": trainer.config.to_dict(),
                 "experts": str(experts_dir),
+                "finetune_ppo": finetune_ppo,
                 "device": str(trainer.device),
             },
         )
-        summary = run_training(
-            trainer, run_dir, run, hparams, bool(run.resume), stop,
-            eval_seed=trainer.config.seed + 10_000,
-        )  # fmt: skip
+        if run.resume and (run_dir / "eval.json").is_file() and trainer.global_step >= run.total:
+            # Distilled and evaluated already (stopped before its fine-tune began).
+            trainer.envs.close()
+            summary = json.loads((run_dir / "eval.json").read_text())
+        else:
+            summary = run_training(
+                trainer, run_dir, run, hparams, bool(run.resume), stop,
+                eval_seed=trainer.config.seed + 10_000,
+            )  # fmt: skip
     finally:
         if lock is not None:
             lock.release()
     if finetune_ppo > 0:
-        pcfg = dataclasses.replace(ppo_config or PPOConfig(), device=str(trainer.device))
-        pcfg.seed = trainer.config.seed
+        try:
+            if (run_dir / "finetune" / "checkpoint.pt").is_file():
+                again = dataclasses.replace(run, resume=str(run_dir))
+                summary["finetune"] = _resume_finetune(again, config, finetune_ppo, stop)[
+                    "finetune"
+                ]
+            else:
+                summary["finetune"] = _new_finetune(
+                    trainer, run, run_dir, finetune_ppo, ppo_config, stop
+                )
+        except TrainingInterrupted as e:
+            e.resume = run_dir  # `mimic --resume <run>` continues the fine-tune
+            raise
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                run_dir,
+                trainer.global_step,
+                _signum(stop),
+                False,
+                resume=run_dir,
+                message=f"stopped before the PPO fine-tune began; the distilled student is "
+                f"saved in {run_dir}",
+            ) from None
+    return summary
+
+
+def _new_finetune(
+    trainer: Any,
+    run: RunConfig,
+    run_dir: Path,
+    finetune_ppo: int,
+    ppo_config: PPOConfig | None,
+    stop: StopRequest | None,
+) -> dict[str, Any]:
+    """Start the PPO fine-tune of a distilled student in ``run_dir/finetune``."""
+    pcfg = dataclasses.replace(ppo_config or PPOConfig(), device=str(trainer.device))
+    pcfg.seed = trainer.config.seed
+    with _phase(stop, "setup"):
         agent = PPO(
             run.env_ids, pcfg, trainer.policy.net, network_kwargs=trainer.policy.network_kwargs
         )
-        frun = RunConfig(
-            env=run.env, total_timesteps=finetune_ppo, run_name="finetune", runs_dir=str(run_dir),
-            eval_episodes=run.eval_episodes, progress=run.progress,
+    frun = RunConfig(
+        env=run.env, total_timesteps=finetune_ppo, run_name="finetune", runs_dir=str(run_dir),
+        eval_episodes=run.eval_episodes, progress=run.progress,
+    )  # fmt: skip
+    flock = prepare_run_dir(run_dir / "finetune")
+    try:
+        _write_json(
+            run_dir / "finetune" / "config.json",
+            {
+                "run": dataclasses.asdict(frun),
+                "ppo": pcfg.to_dict(),
+                "device": str(agent.device),
+            },
+        )
+        return run_training(
+            agent, run_dir / "finetune", frun, {**dataclasses.asdict(frun), **pcfg.to_dict()},
+            False, stop, eval_seed=pcfg.seed + 10_000,
         )  # fmt: skip
-        flock = prepare_run_dir(run_dir / "finetune")
-        try:
-            _write_json(
-                run_dir / "finetune" / "config.json",
-                {
-                    "run": dataclasses.asdict(frun),
-                    "ppo": pcfg.to_dict(),
-                    "device": str(agent.device),
-                },
-            )
-            summary["finetune"] = run_training(
-                agent, run_dir / "finetune", frun, {**dataclasses.asdict(frun), **pcfg.to_dict()},
-                False, stop, eval_seed=pcfg.seed + 10_000,
-            )  # fmt: skip
-        finally:
-            flock.release()
+    finally:
+        flock.release()
+
+
+def _resume_finetune(
+    run: RunConfig, config: Any, finetune_ppo: int | None, stop: StopRequest | None
+) -> dict[str, Any]:
+    """``mimic --resume <run>`` once the distillation is done: continue its fine-tune."""
+    assert run.resume is not None
+    run_dir = Path(run.resume)
+    try:
+        summary = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot resume: {run_dir / 'eval.json'} is unreadable ({e})") from e
+    try:
+        summary["finetune"] = train_ppo(
+            RunConfig(
+                resume=str(run_dir / "finetune"), total_timesteps=finetune_ppo or None,
+                eval_episodes=run.eval_episodes, progress=run.progress,
+            ),
+            PPOConfig(device=config.device),
+            stop,
+        )  # fmt: skip
+    except TrainingInterrupted as e:
+        e.resume = run_dir
+        raise
     return summary

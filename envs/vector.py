@@ -294,6 +294,33 @@ def _constant_mask(env: gym.Env[Any, Any]) -> np.ndarray | None:
     return None if mask is None else np.asarray(mask, dtype=np.bool_)
 
 
+def _check_num_envs(num_envs: Any) -> None:
+    """``num_envs`` is an int >= 1 (a bool, float or str is a TypeError naming it)."""
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer):
+        raise TypeError(f"num_envs must be an int, got {type(num_envs).__name__} {num_envs!r}")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+
+
+def _torch_device(device: Any) -> Any:
+    """``device`` for the torch backend (None: cpu), refused with a ValueError naming it."""
+    import torch  # the torch backend only: maskrl.envs itself stays free of torch
+
+    if device is None:
+        return "cpu"
+    if not isinstance(device, str | torch.device):
+        raise TypeError(
+            f"device must be a str or torch.device, got {type(device).__name__} {device!r}"
+        )
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(
+            f"device {device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:N'"
+        ) from e
+    return device
+
+
 def _check_backend(backend: str, device: Any) -> None:
     if backend not in ("numpy", "torch"):
         raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
@@ -383,7 +410,9 @@ def make_vec(
         ValueError: unknown id (with suggestions), an env with no mask source
             (at construction), bad ``vectorization``/``autoreset_mode``, a bad
             ``backend``, ``backend="torch"`` for an id without a torch version, or
-            ``device`` with the numpy backend.
+            ``device`` with the numpy backend, or a ``device`` string torch does not know.
+        TypeError: ``num_envs`` that is not an int (a bool, float or str), or a
+            ``device`` that is not a str or ``torch.device``.
 
     Example:
         >>> import maskrl.envs
@@ -392,8 +421,7 @@ def make_vec(
         >>> obs.shape, infos["action_mask"].shape
         ((4, 4, 10, 10), (4, 6))
     """
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    _check_num_envs(num_envs)
     if backend == "torch":
         if mask_fn is not None:
             raise ValueError("mask_fn does not apply to backend='torch'")
@@ -402,7 +430,7 @@ def make_vec(
         from maskrl.envs.torch_minatar import TorchMinAtarVectorEnv
 
         return TorchMinAtarVectorEnv(
-            name, num_envs, device="cpu" if device is None else device, seed=seed, **env_kwargs
+            name, num_envs, device=_torch_device(device), seed=seed, **env_kwargs
         )
     _check_backend(backend, device)
     _check_id(env_id)
@@ -614,6 +642,7 @@ def make_multigame_vec(
     if not env_ids:
         raise ValueError("make_multigame_vec needs at least one env id")
     _check_unique(env_ids)
+    _check_num_envs(num_envs)
     if num_envs < len(env_ids):
         raise ValueError(
             f"num_envs={num_envs} is smaller than the number of games ({len(env_ids)}): "
@@ -625,7 +654,7 @@ def make_multigame_vec(
         from maskrl.envs.torch_minatar import TorchMinAtarMultiGameVectorEnv
 
         return TorchMinAtarMultiGameVectorEnv(
-            names, num_envs, device="cpu" if device is None else device, seed=seed, **env_kwargs
+            names, num_envs, device=_torch_device(device), seed=seed, **env_kwargs
         )
     _check_backend(backend, device)
     if env_kwargs:

@@ -1,0 +1,556 @@
+"""maskrl command line: train and evaluate masked agents (``maskrl ...`` or ``python train.py ...``).
+
+    python train.py                      # the default job: masked PPO on MinAtar Breakout
+    python train.py ppo --env maskrl/MinAtar-SpaceInvaders-v0 --total-timesteps 500000
+    python train.py ppo --env maskrl/MinAtar-Breakout-v0,maskrl/MinAtar-Asterix-v0   # one multi-game agent
+    python train.py ppo --resume runs/NAME
+    python train.py eval --checkpoint runs/NAME/checkpoint.pt --episodes 20
+    tensorboard --logdir runs
+
+Every flag is a field of a configuration dataclass (maskrl.agents.PPOConfig,
+maskrl.agents.runner.RunConfig); ``--help`` shows each one's documentation.
+Bad input prints one line and exits with status 2; Ctrl-C (or SIGTERM, as a
+cluster scheduler sends before it kills a job) finishes the current update,
+saves a checkpoint and exits with status 130 (143 for SIGTERM). Outside the
+update loop -- building envs, the final evaluation, ``eval`` -- there is nothing
+to finish: the command stops at once, with the same statuses, and says what
+was saved. Every "continue with" command it prints runs as printed.
+
+The installed command ``maskrl`` (:func:`maskrl_main`) and ``train.py``
+(:func:`main`) are the same parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+#: Most episodes ``eval --episodes`` plays per game (maskrl.agents.evaluation.MAX_EPISODES;
+#: a test keeps the two equal, since this module imports no maskrl module at load time).
+MAX_EPISODES = 10_000_000
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_optional(inner: type) -> Any:
+    def parse(s: str) -> Any:
+        return None if s.lower() in ("none", "null", "") else inner(s)
+
+    parse.__name__ = inner.__name__
+    return parse
+
+
+def add_dataclass_args(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    defaults: dict[str, Any] | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> None:
+    """Add one flag per dataclass field, with the field's ``metadata["help"]`` as help."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        tp = hints[f.name]
+        default = (defaults or {}).get(f.name, f.default)
+        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        args = typing.get_args(tp)
+        optional = (typing.get_origin(tp) in (typing.Union, types.UnionType)) and type(None) in args
+        base = next((a for a in args if a is not type(None)), tp) if optional else tp
+        if base is bool:
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=help_,
+            )
+        else:
+            conv = _parse_optional(base) if optional else base
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                type=conv,
+                default=default,
+                help=help_,
+                metavar=base.__name__.upper(),
+            )
+
+
+def _pick(ns: argparse.Namespace, cls: type) -> Any:
+    return cls(
+        **{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)}
+    )
+
+
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    """The command line's parser (``prog``: the name it shows, ``train.py`` or ``maskrl``)."""
+    from maskrl.agents.config import PPOConfig
+    from maskrl.agents.mimic import MimicConfig
+    from maskrl.agents.runner import RunConfig
+
+    # allow_abbrev=False: an abbreviated flag would escape the explicit-flag
+    # detection that presets and --resume rely on.
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        allow_abbrev=False,
+        description="Train and evaluate action-masked RL agents. With no arguments: "
+        "masked PPO on maskrl/MinAtar-Breakout-v0 with the default settings.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    ppo = sub.add_parser(
+        "ppo",
+        allow_abbrev=False,
+        help="train masked PPO",
+        description="Train masked PPO; writes runs/<name>/.",
+    )
+    add_dataclass_args(ppo, RunConfig)
+    add_dataclass_args(ppo, PPOConfig)
+    ex = sub.add_parser(
+        "experts",
+        allow_abbrev=False,
+        help="train one masked-PPO expert per game (for Actor-Mimic)",
+        description="Train one masked-PPO expert per game into runs/<name>/<game>/ and write "
+        "runs/<name>/experts.json with each expert's evaluated mean return. A game whose run "
+        "finished is kept; an interrupted one is resumed.",
+    )
+    ex.add_argument("--env", required=True, help="env ids, comma-separated (one expert each)")
+    ex.add_argument(
+        "--total-timesteps", type=int, default=1_000_000, help="steps per expert (default: 1000000)"
+    )
+    ex.add_argument("--run-name", required=True, help="folder under --runs-dir for the experts")
+    ex.add_argument("--runs-dir", default="runs", help="parent folder (default: runs)")
+    ex.add_argument(
+        "--eval-episodes", type=int, default=50, help="evaluation episodes per expert (default: 50)"
+    )
+    ex.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
+    )
+    ex.add_argument("--preset", default=None, help="PPO settings preset (reference, fast)")
+    add_dataclass_args(ex, PPOConfig)
+    mi = sub.add_parser(
+        "mimic",
+        allow_abbrev=False,
+        help="distil per-game experts into one multi-game student (Actor-Mimic)",
+        description="Actor-Mimic: the student plays all the experts' games at once and "
+        "regresses onto each expert's temperature softmax over the game's valid actions "
+        "(plus beta x feature regression); writes runs/<name>/.",
+    )
+    mi.add_argument("--experts", default=None, help="a folder written by train.py experts")
+    mi.add_argument(
+        "--finetune-ppo",
+        type=int,
+        default=None,
+        help="then train the student this many more steps with multi-game masked PPO, "
+        "in <run>/finetune, at most 1e13 (default: 0; on --resume, the run's own; "
+        "--resume continues the fine-tune once the distillation is done)",
+    )
+    add_dataclass_args(mi, RunConfig, exclude=frozenset({"env", "preset"}))
+    add_dataclass_args(mi, MimicConfig)
+    ev = sub.add_parser(
+        "eval",
+        allow_abbrev=False,
+        help="evaluate a checkpoint",
+        description="Evaluate a saved agent.",
+    )
+    ev.add_argument(
+        "--checkpoint", required=True, help="path to a checkpoint.pt written by train.py ppo"
+    )
+    ev.add_argument(
+        "--episodes",
+        type=int,
+        default=20,
+        help=f"episodes per game, at most {MAX_EPISODES:,} (default: 20)",
+    )
+    ev.add_argument(
+        "--env", default=None, help="env id(s), comma-separated (default: the ones trained on)"
+    )
+    ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation envs (default: 0)")
+    ev.add_argument(
+        "--deterministic", action="store_true", help="take the most probable valid action"
+    )
+    ev.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    ev.add_argument("--output", default=None, help="also write the summary to this JSON file")
+    ev.add_argument(
+        "--int8",
+        action="store_true",
+        help="run the policy converted to int8 kernels (CPU): a QAT checkpoint as trained, "
+        "a float one after post-training calibration on its own env",
+    )
+    return parser
+
+
+class _Signals:
+    """The command line's SIGINT/SIGTERM handlers, and the run's stop request.
+
+    In the update loop (phase ``"training"``) the first signal asks the run to
+    stop after its current update (it then saves and exits 130 / 143) and a
+    second SIGINT stops at once. In every other phase -- loading and building
+    envs, the final evaluation, ``eval`` -- there is nothing to finish, so the
+    first signal stops at once (``KeyboardInterrupt``, which the harness turns
+    into a message saying what is saved).
+
+    Installed as the very first thing ``main`` does -- before torch and any
+    environment are imported (MinAtar imports matplotlib inside a bare
+    ``try/except`` that would swallow a KeyboardInterrupt: the request stays set
+    and the harness reads it before training) -- and restored when ``main``
+    returns. Only the command line installs handlers; the library takes a
+    ``StopRequest``, whose interface (``signum``, ``requested``, ``request``,
+    ``phase``, ``during``) this object has.
+    """
+
+    def __init__(self) -> None:
+        # No maskrl import here: this module loads before torch and the envs.
+        self.signum: int | None = None
+        self.phase = "setup"
+        self._previous: dict[int, Any] = {}
+        #: The phase a signal stopped at once (None: none did).
+        self.stopped_in: str | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    @contextlib.contextmanager
+    def during(self, phase: str) -> Iterator[None]:
+        """Mark the block as ``phase`` (restored afterwards)."""
+        previous, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = previous
+
+    @property
+    def stop(self) -> _Signals:
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = not self.requested
+        self.request(signum)
+        if self.phase == "training" and first:
+            name = _signal_name(signum)
+            print(
+                f"\n{name}: stopping after the current update and saving a checkpoint "
+                "(press Ctrl-C again to stop at once, without saving)",
+                file=sys.stderr,
+            )
+            return
+        if self.phase == "training" and signum != signal.SIGINT:
+            return  # a repeated SIGTERM: the update in progress still finishes and saves
+        if self.phase == "loading":
+            return  # read when the step ends (see maskrl.agents.runner._check_fits_first)
+        self.stopped_in = self.phase
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Signals]:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (int(signal.SIGINT), int(signal.SIGTERM)):
+                current = signal.getsignal(sig)
+                # A signal someone chose to ignore stays ignored.
+                if current in (signal.default_int_handler, signal.SIG_DFL):
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, prev in self._previous.items():
+                signal.signal(sig, prev)
+            self._previous.clear()
+
+
+def _signal_name(signum: int | None) -> str:
+    if signum is None or signum == signal.SIGINT:
+        return "Ctrl-C"
+    return str(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    ``prog`` is how the program is called, in its messages and in the commands
+    it prints (``train.py`` prints ``python train.py ...``).
+    """
+    signals = _Signals()
+    with signals.installed():
+        try:
+            return _main(argv, signals, prog)
+        except KeyboardInterrupt:
+            where = {
+                "setup": "before training started; nothing new was saved",
+                "evaluation": "during the evaluation; nothing was written",
+            }.get(signals.stopped_in or signals.phase, "at once; nothing more was saved")
+            print(f"{prog}: stopped ({_signal_name(signals.signum)}) {where}", file=sys.stderr)
+            return EXIT_TERMINATED if signals.signum == signal.SIGTERM else EXIT_INTERRUPTED
+
+
+def maskrl_main(argv: list[str] | None = None) -> int:
+    """The ``maskrl`` console command: :func:`main` under the name ``maskrl``."""
+    return main(argv, prog="maskrl")
+
+
+def _command(prog: str) -> str:
+    """How a printed command starts: ``python train.py`` or ``maskrl``."""
+    return "python train.py" if prog == "train.py" else prog
+
+
+def _check_seed(seed: int, flag: str = "--seed") -> None:
+    from maskrl.agents.config import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{flag} must be in [0, {MAX_SEED}], got {seed}")
+
+
+def _check_output(path: str | None) -> None:
+    """Refuse an --output that cannot be written before any work is done."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"--output {path} is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"--output {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--output {path}: folder {parent} is not writable")
+
+
+def _main(argv: list[str] | None, signals: _Signals, prog: str = "train.py") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["ppo"]  # the default real job
+    # eval: the whole command is an evaluation, parsing included (building the parser
+    # imports torch, which takes seconds): a signal stops it at once and says so.
+    phase = signals.during("evaluation") if argv[0] == "eval" else contextlib.nullcontext()
+    with phase:
+        parser = build_parser(prog)
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return _dispatch(ns, argv, signals, prog)
+
+
+def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: str) -> int:
+    from maskrl.agents.runner import TrainingInterrupted
+
+    try:
+        if ns.command == "ppo":
+            from maskrl.agents.config import PPOConfig
+            from maskrl.agents.runner import RunConfig
+
+            run_cfg, ppo_cfg = _pick(ns, RunConfig), _pick(ns, PPOConfig)
+            given = _explicit_flags(argv)
+            if run_cfg.preset is not None:
+                ppo_cfg = apply_preset(ppo_cfg, run_cfg.preset, keep=given)
+            if run_cfg.resume:
+                _check_resume_flags(given)
+            _check_qat_flags(given, ppo_cfg)
+            summary = _runner().train_ppo(run_cfg, ppo_cfg, signals.stop)
+            _print_summary(summary)
+            return 0
+        if ns.command == "experts":
+            return _experts(ns, argv, signals)
+        if ns.command == "mimic":
+            from maskrl.agents.mimic import MimicConfig
+            from maskrl.agents.runner import RunConfig
+
+            run_cfg, mimic_cfg = _pick(ns, RunConfig), _pick(ns, MimicConfig)
+            given = _explicit_flags(argv)
+            if run_cfg.resume:
+                _check_resume_flags(given, extra={"finetune_ppo"})
+            _check_qat_flags(given, mimic_cfg)
+            summary = _runner().train_mimic(
+                run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo
+            )
+            _print_summary(summary)
+            if "finetune" in summary:
+                print("after PPO fine-tuning:")
+                _print_summary(summary["finetune"])
+            return 0
+        if ns.command == "eval":
+            return _eval(ns, prog, signals)
+    except TrainingInterrupted as e:
+        if ns.command == "experts":
+            # The experts command resumes what it left: the same command continues it.
+            advice = f"; continue with: {_command(prog)} {shlex.join(argv)}"
+        elif e.resume is not None:
+            advice = f"; continue with: {_command(prog)} {ns.command} --resume {e.resume}"
+        else:
+            advice = " (start a new run)"
+        print(f"{prog}: {e}{advice}", file=sys.stderr)
+        return EXIT_TERMINATED if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
+    except ValueError as e:
+        # Bad input: one clear line (whatever line breaks the message had), no traceback.
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if ns.command == "experts" and signals.requested:
+            # Stopped at once (building an expert's envs, or its evaluation).
+            print(
+                f"{prog}: stopped ({_signal_name(signals.signum)}); finished experts are kept; "
+                f"continue with: {_command(prog)} {shlex.join(argv)}",
+                file=sys.stderr,
+            )
+            return EXIT_TERMINATED if signals.signum == signal.SIGTERM else EXIT_INTERRUPTED
+        raise
+    return EXIT_USAGE
+
+
+def _check_qat_flags(given: set[str], cfg: Any) -> None:
+    """Refuse QAT settings given without ``--qat`` (they would be silently ignored)."""
+    loose = sorted(given & {"qat_bits", "qat_start_after"})
+    if loose and not cfg.qat:
+        raise ValueError(
+            f"{', '.join(_flag(f) for f in loose)} only apply with --qat: add --qat or drop them"
+        )
+
+
+def _experts(ns: argparse.Namespace, argv: list[str], signals: _Signals) -> int:
+    from maskrl.agents.config import PPOConfig
+
+    cfg = _pick(ns, PPOConfig)
+    given = _explicit_flags(argv)
+    if ns.preset is not None:
+        cfg = apply_preset(cfg, ns.preset, keep=given)
+    _check_qat_flags(given, cfg)
+    if ns.total_timesteps < 1:
+        raise ValueError(f"--total-timesteps must be >= 1, got {ns.total_timesteps}")
+    ids = [e.strip() for e in ns.env.split(",") if e.strip()]
+    out = _runner().train_experts(
+        ids, cfg, ns.total_timesteps, ns.run_name, ns.runs_dir, ns.eval_episodes,
+        ns.progress, signals.stop,
+    )  # fmt: skip
+    for e in out["experts"]:
+        print(
+            f"expert {e['env_id']}: mean return {e['mean_return']:.2f} +- {e['std']:.2f} over "
+            f"{e['episodes']} episodes ({e['steps']} steps, {e['train_seconds']:.0f} s)"
+        )
+    print(f"experts: {out['run_dir']}/experts.json")
+    return 0
+
+
+def _runner() -> Any:
+    from maskrl.agents import runner
+
+    return runner
+
+
+#: Flags a resumed run accepts: the length of the run and the bookkeeping of this
+#: invocation. Everything else comes from the run's config.json.
+RESUME_FLAGS = {"resume", "total_timesteps", "eval_episodes", "progress", "device"}
+
+
+def _check_resume_flags(given: set[str], extra: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    # A resumed run keeps the settings in its config.json; silently ignoring a
+    # changed setting would be worse than refusing it.
+    fixed = sorted(given - RESUME_FLAGS - extra)
+    if fixed:
+        raise ValueError(
+            f"--resume continues a run with its saved settings; these flags cannot "
+            f"change on resume: {', '.join(_flag(f) for f in fixed)}"
+        )
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"run folder: {summary['run_dir']}")
+    print(
+        f"trained {summary['steps_trained']} steps in {summary['train_seconds']:.0f} s "
+        f"({summary['train_sps']:.0f} steps/s; the run is at step {summary['global_step']})"
+    )
+    ev = summary.get("eval")
+    if ev is not None:
+        _print_eval(ev)
+
+
+def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -> int:
+    from maskrl.agents import evaluate, load_policy
+
+    _check_seed(ns.seed)
+    if not 1 <= ns.episodes <= MAX_EPISODES:
+        raise ValueError(f"--episodes must be in [1, {MAX_EPISODES:,}], got {ns.episodes}")
+    _check_output(ns.output)
+    policy = load_policy(ns.checkpoint, device="cpu" if ns.int8 else ns.device, seed=ns.seed)
+    if ns.int8:
+        from maskrl.agents.quantize import int8_policy
+
+        policy = int8_policy(policy, seed=ns.seed)
+    env = ns.env or policy.env_ids
+    if not env:
+        raise ValueError("the checkpoint does not record its env; pass --env")
+    if ns.env and policy.env_ids:
+        asked = [e.strip() for e in ns.env.split(",") if e.strip()]
+        if asked != list(policy.env_ids):
+            print(
+                f"{prog}: note: evaluating on {', '.join(asked)}; the policy was trained on "
+                f"{', '.join(policy.env_ids)}",
+                file=sys.stderr,
+            )
+    res = evaluate(
+        policy, env, ns.episodes, seed=ns.seed, deterministic=ns.deterministic, stop=signals
+    )
+    _print_eval(res)
+    if ns.output:
+        try:
+            with open(ns.output, "w") as f:
+                json.dump(res, f, indent=2)
+        except OSError as e:
+            raise ValueError(f"--output {ns.output}: {e.strerror}") from e
+    return 0
+
+
+def _explicit_flags(argv: list[str]) -> set[str]:
+    """Field names of the flags written on the command line (``--a-b`` / ``--a-b=x`` / ``--no-a-b``)."""
+    out = set()
+    for tok in argv:
+        if tok.startswith("--") and len(tok) > 2:
+            name = tok[2:].split("=", 1)[0].replace("-", "_")
+            out.add(name[3:] if name.startswith("no_") else name)
+    return out
+
+
+def apply_preset(config: Any, preset: str, keep: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+    """Return ``config`` with the preset's values, except for the fields in ``keep``."""
+    from maskrl.agents.config import PRESETS
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {k: v for k, v in PRESETS[preset].items() if k not in keep}
+    return dataclasses.replace(config, **values)
+
+
+def _print_eval(ev: dict[str, Any]) -> None:
+    if "per_game" in ev:
+        for e, r in ev["per_game"].items():
+            print(
+                f"eval {e}: mean return {r['mean']:.2f} +- {r['std']:.2f} over {r['episodes']} episodes"
+            )
+        print(f"eval mean over games: {ev['mean']:.2f}")
+    else:
+        print(
+            f"eval {ev['env_id']}: mean return {ev['mean']:.2f} +- {ev['std']:.2f} over {ev['episodes']} episodes"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
