@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from maskrl.device import resolve_device
+
 __all__ = [
     "NonFiniteError",
     "TrainerRNG",
@@ -49,36 +51,6 @@ class NonFiniteError(ValueError):
     Raised before the value reaches the weights, so the model in memory and the
     last checkpoint on disk stay finite.
     """
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` are checked.
-
-    Raises:
-        ValueError: any other device type (maskrl trains on CPU or CUDA), CUDA
-            asked for where there is none, or ``cuda:N`` beyond the device count.
-    """
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from e
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(
-            f"device {str(device)!r} is not supported: maskrl trains on cpu, cuda, cuda:N or auto"
-        )
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(
-            f"device {str(device)!r} was asked for but only {torch.cuda.device_count()} "
-            "CUDA device(s) exist"
-        )
-    return dev
 
 
 class TrainerRNG:

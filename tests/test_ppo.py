@@ -453,6 +453,19 @@ def test_resolve_device_rejects_unknown_devices():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:3")
     assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="not supported"):
+        resolve_device("meta")
+    with pytest.raises(TypeError, match="device must be a str"):
+        resolve_device(0)  # type: ignore[arg-type]
+
+
+def test_one_device_rule_for_the_envs_and_the_trainers():
+    import maskrl.device
+    from maskrl.agents import resolve_device
+    from maskrl.envs.torch_minatar import vector
+
+    assert resolve_device is maskrl.device.resolve_device is vector.resolve_device
 
 
 def test_bad_arguments_to_predict_load_and_evaluate_are_named(tmp_path):

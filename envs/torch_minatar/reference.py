@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskrl.device import resolve_device
 from maskrl.envs.torch_minatar._base import Call
-from maskrl.envs.torch_minatar.vector import GameBatch, make_game, resolve_device
+from maskrl.envs.torch_minatar.vector import GameBatch, make_game
 
 __all__ = ["ConformanceResult", "RecordingRandomState", "check_conformance"]
 

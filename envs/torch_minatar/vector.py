@@ -32,6 +32,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
+from maskrl.device import resolve_device
 from maskrl.envs.torch_minatar._base import State, TorchMinAtarGame, merge_states
 from maskrl.envs.torch_minatar.asterix import Asterix
 from maskrl.envs.torch_minatar.breakout import Breakout
@@ -70,25 +71,6 @@ def make_game(env_id: str, difficulty_ramping: bool = True) -> TorchMinAtarGame:
             f"{sorted(TORCH_MINATAR_IDS)}"
         ) from None
     return cls(ramping=difficulty_ramping)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``torch.device`` with an explicit index for CUDA (``"cuda"`` -> ``cuda:<current>``).
-
-    Raises:
-        ValueError: CUDA requested but not available, or an index beyond the device count.
-    """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
-        index = torch.cuda.current_device() if dev.index is None else dev.index
-        if index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s)"
-            )
-        dev = torch.device("cuda", index)
-    return dev
 
 
 class GameBatch:
