@@ -303,22 +303,12 @@ def _check_num_envs(num_envs: Any) -> None:
 
 
 def _torch_device(device: Any) -> Any:
-    """``device`` for the torch backend (None: cpu), refused with a ValueError naming it."""
-    import torch  # the torch backend only: maskrl.envs itself stays free of torch
+    """``device`` for the torch backend (None: cpu).
 
-    if device is None:
-        return "cpu"
-    if not isinstance(device, str | torch.device):
-        raise TypeError(
-            f"device must be a str or torch.device, got {type(device).__name__} {device!r}"
-        )
-    try:
-        torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(
-            f"device {device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:N'"
-        ) from e
-    return device
+    Checked by :func:`maskrl.device.resolve_device` when the torch env is
+    built (a TypeError or ValueError naming it): this module imports no torch.
+    """
+    return "cpu" if device is None else device
 
 
 def _check_backend(backend: str, device: Any) -> None:
