@@ -49,6 +49,7 @@ from maskrl.agents.config import PPOConfig, check_types
 from maskrl.agents.evaluation import MAX_EPISODES, evaluate
 from maskrl.agents.ppo import PPO
 from maskrl.agents.trainer import NonFiniteError
+from maskrl.stop import StopRequest
 
 __all__ = [
     "DEFAULT_TOTAL_TIMESTEPS",
@@ -172,44 +173,6 @@ class TrainingInterrupted(Exception):
         if resume is None and (Path(run_dir) / "checkpoint.pt").is_file():
             resume = Path(run_dir)
         self.resume = resume
-
-
-class StopRequest:
-    """A flag that asks a training to stop after its current update.
-
-    The command line sets it from its SIGINT/SIGTERM handlers (a library never
-    installs signal handlers itself); a program embedding maskrl can set it
-    from anywhere with :meth:`request`.
-
-    ``phase`` says what the run is doing: ``"setup"`` (loading, building envs),
-    ``"loading"`` (the first env of each game, whose import may swallow a
-    ``KeyboardInterrupt``; the request is read right after), ``"training"`` (a
-    request is read between updates), ``"evaluation"`` (the final evaluation,
-    after the checkpoint is written). The command line's handlers only set the
-    request in ``"loading"`` and ``"training"``, and stop the other phases at once
-    (they raise ``KeyboardInterrupt``): there is nothing there worth finishing.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.phase = "setup"
-
-    def request(self, signum: int) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    @contextlib.contextmanager
-    def during(self, phase: str) -> Iterator[None]:
-        """Mark the block as ``phase`` (restored afterwards)."""
-        previous, self.phase = self.phase, phase
-        try:
-            yield
-        finally:
-            self.phase = previous
 
 
 @contextlib.contextmanager

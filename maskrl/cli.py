@@ -36,6 +36,8 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
+from maskrl.stop import StopRequest
+
 #: Most episodes ``eval --episodes`` plays per game (maskrl.agents.evaluation.MAX_EPISODES;
 #: a test keeps the two equal, since this module imports no maskrl module at load time).
 MAX_EPISODES = 10_000_000
@@ -198,7 +200,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     return parser
 
 
-class _Signals:
+class _Signals(StopRequest):
     """The command line's SIGINT/SIGTERM handlers, and the run's stop request.
 
     In the update loop (phase ``"training"``) the first signal asks the run to
@@ -213,34 +215,15 @@ class _Signals:
     ``try/except`` that would swallow a KeyboardInterrupt: the request stays set
     and the harness reads it before training) -- and restored when ``main``
     returns. Only the command line installs handlers; the library takes a
-    ``StopRequest``, whose interface (``signum``, ``requested``, ``request``,
-    ``phase``, ``during``) this object has.
+    :class:`~maskrl.stop.StopRequest`, which this object is (a torch-free
+    module, so it loads before torch too).
     """
 
     def __init__(self) -> None:
-        # No maskrl import here: this module loads before torch and the envs.
-        self.signum: int | None = None
-        self.phase = "setup"
+        super().__init__()
         self._previous: dict[int, Any] = {}
         #: The phase a signal stopped at once (None: none did).
         self.stopped_in: str | None = None
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def request(self, signum: int) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    @contextlib.contextmanager
-    def during(self, phase: str) -> Iterator[None]:
-        """Mark the block as ``phase`` (restored afterwards)."""
-        previous, self.phase = self.phase, phase
-        try:
-            yield
-        finally:
-            self.phase = previous
 
     @property
     def stop(self) -> _Signals:
