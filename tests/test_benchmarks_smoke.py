@@ -72,6 +72,27 @@ def test_knapsack_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(0.0 < f <= 1.0 + 1e-9 for f in fractions.values())
 
 
+def test_knapsack_benchmark_attention_sizes_and_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    bench = _load("knapsack_attention")
+    ckpt, out = tmp_path / "k.pt", tmp_path / "k.json"
+    common = ["--episodes", "3", "--layers", "1", "--heads", "2", "--checkpoint", str(ckpt)]
+    argv = [*common, "--total-timesteps", "1024", "--eval-sizes", "30", "--out", str(out)]
+    assert bench.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["global_step"] == 1024 and set(report["results"]) == {"train", "30"}
+    for row in report["results"].values():
+        assert set(row) == {"random", "greedy", "ppo"}
+        assert all(0.0 < r["mean"] <= 1.0 + 1e-9 for r in row.values())
+    assert "30 items:" in capsys.readouterr().out
+    # Rerunning with a larger budget resumes from the checkpoint.
+    assert bench.main([*common, "--total-timesteps", "2048"]) == 0
+    assert "trained 1024 steps" in capsys.readouterr().out and ckpt.exists()
+
+
 def test_actor_mimic_table_reads_runs(tmp_path: Path) -> None:
     import importlib.util
 

@@ -335,3 +335,25 @@ def test_layers_must_not_be_negative() -> None:
         GridTokenEncoder([4], 5, 5, layers=-1)
     with pytest.raises(ValueError, match="layers must be >= 0"):
         SetActorCritic(2, layers=-1)
+
+
+def test_knapsack_item_range_is_set_per_env_and_the_optimum_stays_exact() -> None:
+    """Evaluation beyond the training sizes: ``n_min = n_max = 100`` items, exact optimum."""
+    import gymnasium as gym
+    import numpy as np
+
+    import maskrl.envs  # noqa: F401
+
+    env = gym.make("maskrl/Knapsack-v0", n_min=100, n_max=100)
+    for seed in range(3):
+        obs, info = env.reset(seed=seed)
+        assert obs["item_features"].shape == (100, 2) and int(obs["item_mask"].sum()) == 100
+        inner = env.unwrapped
+        w, v, cap = inner.weights, inner.values, inner.capacity  # type: ignore[attr-defined]
+        # An independent exact method: the least weight reaching each total value.
+        least = np.full(int(v.sum()) + 1, np.iinfo(np.int64).max // 2)
+        least[0] = 0
+        for wi, vi in zip(w, v, strict=True):
+            least[vi:] = np.minimum(least[vi:], least[: len(least) - vi] + wi)
+        assert info["optimal_value"] == int(np.flatnonzero(least <= cap).max())
+    env.close()
