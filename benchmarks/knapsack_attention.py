@@ -18,6 +18,12 @@ same evaluation instances for:
 that many items (``n_min = n_max = size``, e.g. 30, 50, 100: sizes never seen
 in training), against the same exact optimum and greedy.
 
+``--features scale-free`` trains and evaluates on an observation wrapper
+(:class:`ScaleFreeFeatures`) whose item features do not change scale with
+the number of items: the raw ones (weight / initial capacity) shrink as
+instances grow, so a policy trained on 5-20 items reads 100-item instances
+out of its training range.
+
 ``--checkpoint PATH`` saves the agent there every ``--save-every`` steps and,
 when the file exists, resumes from it (an interrupted run is rerun with the
 same command); ``--out`` writes the figures as JSON.
@@ -42,11 +48,60 @@ import gymnasium as gym
 import numpy as np
 
 
+class ScaleFreeFeatures(gym.ObservationWrapper):  # type: ignore[type-arg]
+    """Knapsack item features that keep their scale whatever the number of items.
+
+    Per present item (padded rows stay 0): ``log(v/w)`` and ``log w`` minus
+    their means over the items still available (relative value density and
+    relative weight), ``R / (w + R)`` (1 for an item that is tiny next to the
+    remaining capacity ``R``, 1/2 for one that exactly fits, below 1/2 for
+    one that does not), and ``v / max_value``. The capacity key (remaining
+    / initial) is unchanged. The action mask and rewards are the env's.
+    """
+
+    def __init__(self, env: gym.Env) -> None:  # type: ignore[type-arg]
+        super().__init__(env)
+        n = env.observation_space["item_features"].shape[0]  # type: ignore[index]
+        self.observation_space = gym.spaces.Dict(
+            {
+                "item_features": gym.spaces.Box(-np.inf, np.inf, (n, 4), np.float32),
+                "item_mask": env.observation_space["item_mask"],  # type: ignore[index]
+                "capacity": env.observation_space["capacity"],  # type: ignore[index]
+            }
+        )
+
+    def observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        f, present = obs["item_features"], obs["item_mask"].astype(bool)
+        out = np.zeros((f.shape[0], 4), dtype=np.float32)
+        if present.any():
+            w, v = f[present, 0].astype(np.float64), f[present, 1].astype(np.float64)
+            r = float(obs["capacity"][0])
+            log_ratio, log_w = np.log(v / w), np.log(w)
+            out[present, 0] = log_ratio - log_ratio.mean()
+            out[present, 1] = log_w - log_w.mean()
+            out[present, 2] = r / (w + r)
+            out[present, 3] = v
+        return {"item_features": out, "item_mask": obs["item_mask"], "capacity": obs["capacity"]}
+
+
+def _make_scale_free(**kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
+    import maskrl.envs  # noqa: F401
+
+    return ScaleFreeFeatures(gym.make("maskrl/Knapsack-v0", **kwargs).unwrapped)
+
+
+RAW_ID = "maskrl/Knapsack-v0"
+SCALE_FREE_ID = "maskrl_bench/KnapsackScaleFree-v0"
+if SCALE_FREE_ID not in gym.registry:
+    gym.register(SCALE_FREE_ID, entry_point=_make_scale_free)
+
+
 def score(
     policy: Callable[[dict[str, np.ndarray], np.ndarray], int],
     episodes: int,
     seed: int,
     size: int | None = None,
+    env_id: str = "maskrl/Knapsack-v0",
 ) -> np.ndarray:
     """Fraction of the optimum reached in each of ``episodes`` episodes.
 
@@ -56,7 +111,7 @@ def score(
     import maskrl.envs  # noqa: F401
 
     kwargs = {} if size is None else {"n_min": size, "n_max": size}
-    env = gym.make("maskrl/Knapsack-v0", **kwargs)
+    env = gym.make(env_id, **kwargs)
     out = []
     for ep in range(episodes):
         obs, info = env.reset(seed=seed + ep)
@@ -91,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         help="also score on instances of exactly these many items (e.g. 30 50 100)",
+    )
+    p.add_argument(
+        "--features",
+        choices=["raw", "scale-free"],
+        default="raw",
+        help="the env's item features, or ScaleFreeFeatures (see above)",
     )
     p.add_argument("--checkpoint", type=Path, help="save here and resume from here if it exists")
     p.add_argument("--save-every", type=int, default=50_000, help="steps between checkpoints")
@@ -130,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         attention_layers=a.layers,
         attention_heads=a.heads,
     )
-    env_id = "maskrl/Knapsack-v0"
+    env_id = RAW_ID if a.features == "raw" else SCALE_FREE_ID
     resumed = a.checkpoint is not None and a.checkpoint.exists()
     agent = PPO.load(a.checkpoint, device="cpu", env=env_id) if resumed else PPO(env_id, cfg)
     start_step = agent.global_step
@@ -179,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fraction of the optimum over {a.episodes} unseen instances, {label}:")
         row = {}
         for name, policy in policies.items():
-            r = score(policy, a.episodes, eval_seed, size)
+            # The references read the env's own features; the same seeds give
+            # the same instances under the scale-free wrapper.
+            r = score(policy, a.episodes, eval_seed, size, env_id if name == "ppo" else RAW_ID)
             optimal = float(np.mean(r >= 1 - 1e-9))
             row[name] = {"mean": float(r.mean()), "optimal": optimal}
             print(f"  {name:7s} {r.mean():.4f}  optimal in {optimal:.1%}")

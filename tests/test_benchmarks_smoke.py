@@ -93,6 +93,34 @@ def test_knapsack_benchmark_attention_sizes_and_resume(
     assert "trained 1024 steps" in capsys.readouterr().out and ckpt.exists()
 
 
+def test_knapsack_scale_free_features() -> None:
+    import gymnasium as gym
+    import numpy as np
+
+    import maskrl.envs  # noqa: F401
+
+    bench = _load("knapsack_attention")
+    raw = gym.make("maskrl/Knapsack-v0", n_min=30, n_max=30)
+    free = gym.make(bench.SCALE_FREE_ID, n_min=30, n_max=30)
+    obs_r, info_r = raw.reset(seed=5)
+    obs_f, info_f = free.reset(seed=5)
+    assert info_f["optimal_value"] == info_r["optimal_value"]  # the same instance
+    f, present = obs_f["item_features"], obs_f["item_mask"].astype(bool)
+    assert f.shape == (30, 4) and np.allclose(f[present, :2].mean(axis=0), 0, atol=1e-5)
+    w, v = obs_r["item_features"][:, 0], obs_r["item_features"][:, 1]
+    # Column 0 is the value density relative to the set's (what greedy orders by).
+    log_ratio = np.log(v[present] / w[present])
+    assert np.allclose(f[present, 0], log_ratio - log_ratio.mean(), atol=1e-5)
+    assert np.allclose(f[:, 2], 1 / (1 + w), atol=1e-6)  # remaining capacity is all of it
+    a = int(np.argmax(info_f["action_mask"]))
+    obs_f, _, _, _, info_f = free.step(a)
+    obs_r, _, _, _, info_r = raw.step(a)
+    assert (info_f["action_mask"] == info_r["action_mask"]).all()
+    assert obs_f["item_features"][a].tolist() == [0.0] * 4  # a picked item leaves the set
+    raw.close()
+    free.close()
+
+
 def test_actor_mimic_table_reads_runs(tmp_path: Path) -> None:
     import importlib.util
 
