@@ -121,6 +121,19 @@ def test_knapsack_scale_free_features() -> None:
     free.close()
 
 
+def test_encoder_step_time_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    bench = _load("encoder_step_time")
+    argv = ["--repeats", "1", "--envs", "4", "--minibatch", "8", "--steps", "2", "--updates", "1"]
+    assert bench.main(argv) == 0
+    assert torch.get_num_threads() == threads  # the thread setting is put back
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {"cnn", "tokens", "tokens+attn"}
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 and float(r[3]) > 0 for r in rows.values())
+
+
 def test_actor_mimic_table_reads_runs(tmp_path: Path) -> None:
     import importlib.util
 
