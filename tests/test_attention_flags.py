@@ -80,7 +80,7 @@ def test_attention_flags_refuse_what_cannot_attend(
 
 
 def test_config_defaults_keep_the_networks_without_attention() -> None:
-    assert PPOConfig().attention_layers == 0 and MimicConfig().attention_layers == 0
+    assert PPOConfig().attention_layers == 0 and MimicConfig().attention_layers is None
     env = maskrl.envs.make_vec("maskrl/Knapsack-v0", 2)
     net = build_actor_critic(env.single_observation_space, env.single_action_space)
     assert not _blocks(net)
@@ -92,6 +92,44 @@ def test_config_defaults_keep_the_networks_without_attention() -> None:
     )
     assert len(_blocks(net)) == 3 and _blocks(net)[0].num_heads == 4
     env.close()
+
+
+def test_tokens_student_gets_self_attention_by_default(tmp_path: Path) -> None:
+    from maskrl.agents.mimic import TOKENS_ATTENTION_LAYERS
+
+    ex = tmp_path / "ex"
+    argv = ["experts", "--env", "maskrl/MinAtar-Breakout-v0", "--total-timesteps", "128"]
+    argv += ["--run-name", "ex", "--runs-dir", str(tmp_path), "--eval-episodes", "1"]
+    argv += ["--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2", "--num-epochs", "1"]
+    assert train.main([*argv, "--device", "cpu", "--no-progress"]) == 0
+    common = ["mimic", "--experts", str(ex), "--total-timesteps", "64", "--num-envs", "4"]
+    common += ["--num-steps", "16", "--num-minibatches", "2", "--num-epochs", "1"]
+    common += [
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--runs-dir",
+        str(tmp_path),
+        "--eval-episodes",
+        "0",
+    ]
+    assert train.main([*common, "--run-name", "tok", "--multigame-encoder", "tokens"]) == 0
+    tok = load_policy(tmp_path / "tok" / "checkpoint.pt", device="cpu")
+    assert len(_blocks(tok.net)) == TOKENS_ATTENTION_LAYERS == 2
+    assert all(b.num_heads == 4 for b in _blocks(tok.net))
+    argv = [
+        *common,
+        "--run-name",
+        "bag",
+        "--multigame-encoder",
+        "tokens",
+        "--attention-layers",
+        "0",
+    ]
+    assert train.main(argv) == 0
+    assert not _blocks(load_policy(tmp_path / "bag" / "checkpoint.pt", device="cpu").net)
+    assert train.main([*common, "--run-name", "cnn"]) == 0
+    assert not _blocks(load_policy(tmp_path / "cnn" / "checkpoint.pt", device="cpu").net)
 
 
 def test_build_tokens_student_with_attention_layers() -> None:
