@@ -158,10 +158,18 @@ class PPOConfig(TrainerConfig):
         "numpy: Python-stepped Gymnasium envs; torch: the MinAtar games as batched torch "
         "programs on the training device (MinAtar ids only)",
     )
+    attention_layers: int = _f(
+        0,
+        "self-attention blocks in the set network (Knapsack) of the default network "
+        "(0: items encoded on their own); set observations only",
+    )
+    attention_heads: int = _f(1, "heads of each self-attention block")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the offending field (and its flag) for an impossible config."""
         super().validate()
+        _check(self, "attention_layers", 0 <= self.attention_layers <= 64, "in [0, 64]")
+        _check(self, "attention_heads", 1 <= self.attention_heads <= 64, "in [1, 64]")
         _check(self, "gamma", 0.0 <= self.gamma <= 1.0, "in [0, 1]")
         _check(self, "gae_lambda", 0.0 <= self.gae_lambda <= 1.0, "in [0, 1]")
         _check(self, "clip_coef", 0 < self.clip_coef < math.inf, "finite and > 0")

@@ -80,6 +80,8 @@ def _token_encoder(
     layout: str,
     num_games: int,
     channels_per_game: Sequence[int] | None,
+    attention_layers: int,
+    attention_heads: int,
 ) -> GridTokenEncoder:
     if channels_per_game is None:
         raise ValueError(
@@ -97,7 +99,13 @@ def _token_encoder(
             f"channels_per_game={channels} does not match the observation space: "
             f"{num_games} games, padded to {shape[0]} channels"
         )
-    return GridTokenEncoder(channels, shape[1], shape[2])
+    return GridTokenEncoder(
+        channels,
+        shape[1],
+        shape[2],
+        layers=attention_layers,
+        attention_heads=attention_heads,
+    )
 
 
 def build_actor_critic(
@@ -108,6 +116,8 @@ def build_actor_critic(
     multigame_encoder: Literal["cnn", "tokens"] = "cnn",
     channels_per_game: Sequence[int] | None = None,
     hidden: int | None = None,
+    attention_layers: int = 0,
+    attention_heads: int = 1,
 ) -> nn.Module:
     """Pick a default actor-critic from Gymnasium spaces.
 
@@ -140,12 +150,20 @@ def build_actor_critic(
         hidden: width of the encoder's dense layer(s) (None: the defaults, 128
             for the MinAtar CNN, 512 for the Atari CNN, 64 for MLPs); not used
             by the token and set encoders.
+        attention_layers: masked self-attention blocks
+            (:class:`maskrl.SelfAttentionBlock`) in the set encoder
+            (Knapsack) or the token encoder (``multigame_encoder="tokens"``);
+            0: none (each item or token encoded on its own). Only for those
+            two networks.
+        attention_heads: heads of each self-attention block.
 
     Raises:
         ValueError: for a space it has no default for (pass your own network);
             ``multigame_encoder="tokens"`` without ``channels_per_game``, with
             channel counts that do not match the space, or for observations
-            that are not multi-game grids.
+            that are not multi-game grids; ``attention_layers > 0`` for a
+            network with no set or token encoder; a negative
+            ``attention_layers`` or ``attention_heads < 1``.
 
     Example:
         >>> import maskrl.envs
@@ -165,9 +183,25 @@ def build_actor_critic(
         raise ValueError(
             f"multigame_encoder must be one of {MULTIGAME_ENCODERS}, got {multigame_encoder!r}"
         )
+    if attention_layers < 0:
+        raise ValueError(f"attention_layers must be >= 0, got {attention_layers}")
+    if attention_heads < 1:
+        raise ValueError(f"attention_heads must be >= 1, got {attention_heads}")
     is_multigame = isinstance(observation_space, spaces.Dict) and {"obs", "game_id"} <= set(
         observation_space.spaces
     )
+    is_set = (
+        isinstance(observation_space, spaces.Dict)
+        and not is_multigame
+        and "item_mask" in observation_space.spaces
+        and any(k in observation_space.spaces for k in SET_ITEM_KEYS)
+    )
+    if attention_layers and not (is_set or multigame_encoder == "tokens"):
+        raise ValueError(
+            f"attention_layers={attention_layers} needs a set observation (item_features + "
+            'item_mask) or multigame_encoder="tokens"; this network has no set of items or '
+            "tokens to attend over"
+        )
     if multigame_encoder == "tokens" and not is_multigame:
         raise ValueError(
             'multigame_encoder="tokens" needs a multi-game observation space (a Dict with '
@@ -193,7 +227,12 @@ def build_actor_critic(
             encoder: nn.Module
             if multigame_encoder == "tokens":
                 encoder = _token_encoder(
-                    tuple(inner.shape), obs_layout, num_games, channels_per_game
+                    tuple(inner.shape),
+                    obs_layout,
+                    num_games,
+                    channels_per_game,
+                    attention_layers,
+                    attention_heads,
                 )
             else:
                 encoder = _encoder_for_box(tuple(inner.shape), obs_layout, hidden)
@@ -210,7 +249,14 @@ def build_actor_critic(
                 )
             ctx_keys = tuple(sorted(keys - {items_key, "item_mask"}))
             ctx_dim = sum(int(math.prod(observation_space[k].shape or ())) for k in ctx_keys)
-            return SetActorCritic(int(items.shape[1]), ctx_keys, ctx_dim, items_key=items_key)
+            return SetActorCritic(
+                int(items.shape[1]),
+                ctx_keys,
+                ctx_dim,
+                items_key=items_key,
+                layers=attention_layers,
+                attention_heads=attention_heads,
+            )
         raise ValueError(
             f"no default network for Dict observations with keys {sorted(keys)}; "
             "pass your own network"

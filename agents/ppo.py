@@ -203,6 +203,9 @@ class PPO(OnPolicyTrainer):
             raise ValueError("PPO needs an env, or observation_space and action_space")
         if network is None:
             kwargs = {"obs_layout": obs_layout or "CHW", **(network_kwargs or {})}
+            if config.attention_layers:  # recorded in network_kwargs, so checkpoints rebuild it
+                kwargs.setdefault("attention_layers", config.attention_layers)
+                kwargs.setdefault("attention_heads", config.attention_heads)
             self.policy = MaskedPolicy.build(
                 observation_space, action_space, self.env_ids, self.device, config.seed, **kwargs
             )

@@ -9,33 +9,111 @@ same evaluation instances for:
 * ``random`` -- a uniformly random valid item each step;
 * ``greedy`` -- the valid item with the best value/weight ratio (a strong
   classic heuristic);
-* ``ppo``    -- maskrl's PPO (``SetActorCritic``: per-item MLP, additive
-  attention pooling with padding masked out, pointer-style logits).
+* ``ppo``    -- maskrl's PPO (``SetActorCritic``: per-item MLP, ``--layers``
+  masked self-attention blocks relating the items to each other and to the
+  capacity left, additive attention pooling with padding masked out,
+  pointer-style logits over the related item embeddings).
+
+``--eval-sizes`` also scores the same trained policy on instances of exactly
+that many items (``n_min = n_max = size``, e.g. 30, 50, 100: sizes never seen
+in training), against the same exact optimum and greedy.
+
+``--features scale-free`` trains and evaluates on an observation wrapper
+(:class:`ScaleFreeFeatures`) whose item features do not change scale with
+the number of items: the raw ones (weight / initial capacity) shrink as
+instances grow, so a policy trained on 5-20 items reads 100-item instances
+out of its training range.
+
+``--checkpoint PATH`` saves the agent there every ``--save-every`` steps and,
+when the file exists, resumes from it (an interrupted run is rerun with the
+same command); ``--out`` writes the figures as JSON.
 
 Usage::
 
-    python benchmarks/knapsack_attention.py --total-timesteps 300000 --episodes 500
+    # the defaults: 2 self-attention blocks of 2 heads, scale-free features
+    python benchmarks/knapsack_attention.py --total-timesteps 450000 --eval-sizes 30 50 100
+    # the network before self-attention, on the env's own features
+    python benchmarks/knapsack_attention.py --layers 0 --features raw --total-timesteps 300000
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 
-def score(
-    policy: Callable[[dict[str, np.ndarray], np.ndarray], int], episodes: int, seed: int
-) -> np.ndarray:
-    """Fraction of the optimum reached in each of ``episodes`` episodes."""
+class ScaleFreeFeatures(gym.ObservationWrapper):  # type: ignore[type-arg]
+    """Knapsack item features that keep their scale whatever the number of items.
+
+    Per present item (padded rows stay 0): ``log(v/w)`` and ``log w`` minus
+    their means over the items still available (relative value density and
+    relative weight), ``R / (w + R)`` (1 for an item that is tiny next to the
+    remaining capacity ``R``, 1/2 for one that exactly fits, below 1/2 for
+    one that does not), and ``v / max_value``. The capacity key (remaining
+    / initial) is unchanged. The action mask and rewards are the env's.
+    """
+
+    def __init__(self, env: gym.Env) -> None:  # type: ignore[type-arg]
+        super().__init__(env)
+        n = env.observation_space["item_features"].shape[0]  # type: ignore[index]
+        self.observation_space = gym.spaces.Dict(
+            {
+                "item_features": gym.spaces.Box(-np.inf, np.inf, (n, 4), np.float32),
+                "item_mask": env.observation_space["item_mask"],  # type: ignore[index]
+                "capacity": env.observation_space["capacity"],  # type: ignore[index]
+            }
+        )
+
+    def observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        f, present = obs["item_features"], obs["item_mask"].astype(bool)
+        out = np.zeros((f.shape[0], 4), dtype=np.float32)
+        if present.any():
+            w, v = f[present, 0].astype(np.float64), f[present, 1].astype(np.float64)
+            r = float(obs["capacity"][0])
+            log_ratio, log_w = np.log(v / w), np.log(w)
+            out[present, 0] = log_ratio - log_ratio.mean()
+            out[present, 1] = log_w - log_w.mean()
+            out[present, 2] = r / (w + r)
+            out[present, 3] = v
+        return {"item_features": out, "item_mask": obs["item_mask"], "capacity": obs["capacity"]}
+
+
+def _make_scale_free(**kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
     import maskrl.envs  # noqa: F401
 
-    env = gym.make("maskrl/Knapsack-v0")
+    return ScaleFreeFeatures(gym.make("maskrl/Knapsack-v0", **kwargs).unwrapped)
+
+
+RAW_ID = "maskrl/Knapsack-v0"
+SCALE_FREE_ID = "maskrl_bench/KnapsackScaleFree-v0"
+if SCALE_FREE_ID not in gym.registry:
+    gym.register(SCALE_FREE_ID, entry_point=_make_scale_free)
+
+
+def score(
+    policy: Callable[[dict[str, np.ndarray], np.ndarray], int],
+    episodes: int,
+    seed: int,
+    size: int | None = None,
+    env_id: str = "maskrl/Knapsack-v0",
+) -> np.ndarray:
+    """Fraction of the optimum reached in each of ``episodes`` episodes.
+
+    ``size``: instances of exactly that many items; None: the env's default
+    range (5-20, the training distribution).
+    """
+    import maskrl.envs  # noqa: F401
+
+    kwargs = {} if size is None else {"n_min": size, "n_max": size}
+    env = gym.make(env_id, **kwargs)
     out = []
     for ep in range(episodes):
         obs, info = env.reset(seed=seed + ep)
@@ -62,9 +140,34 @@ def main(argv: list[str] | None = None) -> int:
         default=0.02,
         help="raw item values are 1-20 by default: scale returns of ~100 down",
     )
+    p.add_argument("--layers", type=int, default=2, help="self-attention blocks of the set network")
+    p.add_argument("--heads", type=int, default=2, help="heads per self-attention block")
+    p.add_argument(
+        "--eval-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also score on instances of exactly these many items (e.g. 30 50 100)",
+    )
+    p.add_argument(
+        "--features",
+        choices=["raw", "scale-free"],
+        default="scale-free",
+        help="the env's item features (raw), or ScaleFreeFeatures (see above)",
+    )
+    p.add_argument("--checkpoint", type=Path, help="save here and resume from here if it exists")
+    p.add_argument("--save-every", type=int, default=50_000, help="steps between checkpoints")
+    p.add_argument("--out", type=Path, help="write the figures here as JSON")
     a = p.parse_args(argv)
+    if a.layers < 0 or a.heads < 1:
+        p.error(f"--layers must be >= 0 and --heads >= 1, got {a.layers}, {a.heads}")
+    if any(n < 1 for n in a.eval_sizes):
+        p.error(f"--eval-sizes must be positive, got {a.eval_sizes}")
+
+    import torch
 
     from maskrl.agents import PPO, PPOConfig
+    from maskrl.masking import masked_log_softmax
 
     rng = np.random.default_rng(a.seed)
     eval_seed = 10_000_000  # evaluation instances are never trained on (training seeds are small)
@@ -87,35 +190,68 @@ def main(argv: list[str] | None = None) -> int:
         ent_coef=0.01,
         seed=a.seed,
         device="cpu",
+        attention_layers=a.layers,
+        attention_heads=a.heads,
     )
-    agent = PPO("maskrl/Knapsack-v0", cfg)
+    env_id = RAW_ID if a.features == "raw" else SCALE_FREE_ID
+    resumed = a.checkpoint is not None and a.checkpoint.exists()
+    agent = PPO.load(a.checkpoint, device="cpu", env=env_id) if resumed else PPO(env_id, cfg)
+    start_step = agent.global_step
     t0 = time.perf_counter()
     invalid = 0.0
+    last_save = start_step
 
     def cb(ag: Any, m: dict[str, float]) -> None:
-        nonlocal invalid
+        nonlocal invalid, last_save
         invalid += m["invalid_actions"]
+        if a.checkpoint is not None and ag.global_step - last_save >= a.save_every:
+            ag.save(a.checkpoint)
+            last_save = ag.global_step
 
     agent.learn(a.total_timesteps, callback=cb)
     train_s = time.perf_counter() - t0
+    if a.checkpoint is not None and agent.global_step > last_save:
+        agent.save(a.checkpoint)
+    net = agent.policy.net
+    net.eval()
 
     def ppo_policy(obs: dict[str, np.ndarray], mask: np.ndarray) -> int:
-        return int(agent.predict(obs, mask, deterministic=True))
+        # The network itself, not agent.predict: the pointer head scores a set
+        # of any size, also sizes the agent's observation space does not have.
+        batch = {k: torch.as_tensor(v)[None] for k, v in obs.items()}
+        with torch.no_grad():
+            logits, _ = net(batch)
+        return int(masked_log_softmax(logits, torch.as_tensor(mask)[None]).argmax())
 
-    results = {
-        "random": score(random_policy, a.episodes, eval_seed),
-        "greedy": score(greedy_policy, a.episodes, eval_seed),
-        "ppo": score(ppo_policy, a.episodes, eval_seed),
+    policies = {"random": random_policy, "greedy": greedy_policy, "ppo": ppo_policy}
+    sizes: list[int | None] = [None, *a.eval_sizes]
+    steps = agent.global_step - start_step
+    print(
+        f"PPO trained {steps} steps in {train_s:.0f} s ({steps / max(train_s, 1e-9):.0f} steps/s; "
+        f"{agent.global_step} in all{', resumed' if resumed else ''}), "
+        f"invalid actions: {int(invalid)}, layers={a.layers}, heads={a.heads}"
+    )
+    report: dict[str, Any] = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+        "global_step": agent.global_step,
+        "train_seconds": train_s,
+        "results": {},
     }
-    print(
-        f"PPO trained {agent.global_step} steps in {train_s:.0f} s ({agent.global_step / train_s:.0f} steps/s), "
-        f"invalid actions: {int(invalid)}"
-    )
-    print(
-        f"fraction of the optimum over {a.episodes} unseen instances (mean, share solved optimally):"
-    )
-    for name, r in results.items():
-        print(f"  {name:7s} {r.mean():.4f}  optimal in {np.mean(r >= 1 - 1e-9):.1%}")
+    for size in sizes:
+        label = "5-20 items (training range)" if size is None else f"{size} items"
+        print(f"fraction of the optimum over {a.episodes} unseen instances, {label}:")
+        row = {}
+        for name, policy in policies.items():
+            # The references read the env's own features; the same seeds give
+            # the same instances under the scale-free wrapper.
+            r = score(policy, a.episodes, eval_seed, size, env_id if name == "ppo" else RAW_ID)
+            optimal = float(np.mean(r >= 1 - 1e-9))
+            row[name] = {"mean": float(r.mean()), "optimal": optimal}
+            print(f"  {name:7s} {r.mean():.4f}  optimal in {optimal:.1%}")
+        report["results"]["train" if size is None else str(size)] = row
+    if a.out is not None:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AttentionPool": "maskrl.attention",
+    "SelfAttentionBlock": "maskrl.attention",
     "MaskedCategorical": "maskrl.distributions",
     "MaskedMultiCategorical": "maskrl.distributions",
     "HIDDEN_GAIN": "maskrl.init",
@@ -32,7 +33,7 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # static type checkers see the real names
     # ruff: noqa: F401
-    from maskrl.attention import AttentionPool
+    from maskrl.attention import AttentionPool, SelfAttentionBlock
     from maskrl.distributions import MaskedCategorical, MaskedMultiCategorical
     from maskrl.init import HIDDEN_GAIN, POLICY_GAIN, VALUE_GAIN, layer_init
     from maskrl.masking import as_bool_mask, masked_log_softmax, masked_softmax

@@ -12,6 +12,9 @@ unpadded, whatever sits in the padded slots (zeros, garbage, NaN). Hence:
   1 and padded slots weigh exactly 0;
 * an empty set (all padding) is legitimate and pools to zeros, with finite
   gradients for the whole batch.
+
+:class:`SelfAttentionBlock` relates the items of such a set to each other
+(a pre-norm transformer block, masked the same way) before they are pooled.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import math
 from typing import Literal, overload
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrl.masking import as_bool_mask, masked_softmax
 
-__all__ = ["AttentionPool"]
+__all__ = ["AttentionPool", "SelfAttentionBlock"]
 
 
 class AttentionPool(nn.Module):
@@ -166,3 +170,104 @@ class AttentionPool(nn.Module):
             has_item, pooled, torch.zeros((), dtype=pooled.dtype, device=pooled.device)
         )
         return (pooled, weights) if return_weights else pooled
+
+
+class SelfAttentionBlock(nn.Module):
+    """Masked multi-head self-attention over a padded set, then a feed-forward layer.
+
+    A pre-norm transformer block (as in the Set Transformer's SAB and the
+    entity encoders of AlphaStar and OpenAI Five)::
+
+        h = x + Out(MHA(LayerNorm(x)))          # each present item attends to the present items
+        y = h + FF2(relu(FF1(LayerNorm(h))))
+
+    Padding never matters:
+
+    * padded rows are replaced by zeros (``torch.where``) before any
+      arithmetic, so whatever they hold (garbage, ``inf``, NaN) cannot reach
+      the outputs or the gradients of the present rows;
+    * padded keys are masked out of every softmax: they get exactly zero
+      weight in every dtype (a boolean mask, i.e. ``-inf`` before the
+      softmax, so half precision has no leak either);
+    * the outputs at padded rows are exactly zero;
+    * a row with no present item (an empty set) outputs zeros with finite
+      gradients. (``scaled_dot_product_attention`` gives NaN for a query
+      whose keys are all masked; such a row attends over its zeroed slots
+      instead, and its outputs are then replaced by zeros.)
+
+    The attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`,
+    so PyTorch's fused kernels are used where they apply (e.g. the
+    memory-efficient kernel on a GPU, which takes a mask). Every projection is
+    an ``nn.Linear`` called as a module, so :func:`maskrl.quant.prepare_qat`
+    quantizes all of them (it refuses ``nn.MultiheadAttention``, whose
+    weights are read directly).
+
+    Args:
+        dim: feature size of each item (input and output).
+        num_heads: attention heads; ``dim`` must be divisible by it.
+        ff_dim: hidden size of the feed-forward layer (default ``2 * dim``).
+
+    Shapes:
+        ``forward(x [B, N, dim], present [B, N]) -> [B, N, dim]``; ``present``
+        is bool (or 0/1 integers), ``True`` = the item is in the set. The
+        block is equivariant to permutations of the items: permuting the
+        rows of ``x`` and ``present`` together permutes the output rows.
+
+    Example:
+        >>> block = SelfAttentionBlock(8, num_heads=2)
+        >>> x = torch.randn(2, 4, 8)
+        >>> present = torch.tensor([[True, True, False, False], [False] * 4])
+        >>> x[0, 2:] = float("nan")  # padding may hold anything
+        >>> y = block(x, present)
+        >>> y.shape, bool((y[0, 2:] == 0).all()), bool((y[1] == 0).all())
+        (torch.Size([2, 4, 8]), True, True)
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, ff_dim: int | None = None) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        if num_heads < 1 or dim % num_heads != 0:
+            raise ValueError(
+                f"num_heads must be a positive divisor of dim ({dim}), got {num_heads}"
+            )
+        ff = 2 * dim if ff_dim is None else ff_dim
+        if ff < 1:
+            raise ValueError(f"ff_dim must be positive or None, got {ff_dim}")
+        self.dim, self.num_heads, self.head_dim, self.ff_dim = dim, num_heads, dim // num_heads, ff
+        self.norm_attn = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff1 = nn.Linear(dim, ff)
+        self.ff2 = nn.Linear(ff, dim)
+
+    def attention(self, h: Tensor, key_ok: Tensor) -> Tensor:
+        """Multi-head attention of the normalised items ``h [B, N, dim]``.
+
+        ``key_ok [B, N]`` (bool) marks the keys each query may attend to; every
+        row must have at least one. Returns the projected context ``[B, N, dim]``.
+        """
+        b, n, _ = h.shape
+        heads, hd = self.num_heads, self.head_dim
+        q, k, v = self.qkv(h).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)  # 3 x [B, h, N, hd]
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok[:, None, None, :])
+        return self.out(context.transpose(1, 2).reshape(b, n, self.dim))
+
+    def forward(self, x: Tensor, present: Tensor) -> Tensor:
+        """Relate the present items of ``x [B, N, dim]`` to each other; see the class docstring."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape [B, N, {self.dim}], got {tuple(x.shape)}")
+        if not isinstance(present, Tensor) or present.shape != x.shape[:2]:
+            got = tuple(present.shape) if isinstance(present, Tensor) else type(present).__name__
+            raise ValueError(f"present must have shape [B, N] = {tuple(x.shape[:2])}, got {got}")
+        present = as_bool_mask(present, x[..., 0], name="present")
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        keep = present[..., None]
+        x = torch.where(keep, x, zero)
+        # An empty row would mask every key (NaN from the softmax): let it
+        # attend over its own zeroed slots, which are finite, and zero it below.
+        key_ok = present | ~present.any(dim=1, keepdim=True)
+        h = x + self.attention(self.norm_attn(x), key_ok)
+        h = h + self.ff2(torch.relu(self.ff1(self.norm_ff(h))))
+        return torch.where(keep, h, zero)

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-from maskrl.attention import AttentionPool
+from maskrl.attention import AttentionPool, SelfAttentionBlock
 from maskrl.init import layer_init
 
 Obs = torch.Tensor | dict[str, torch.Tensor]
@@ -138,7 +138,7 @@ class MLPEncoder(nn.Module):
 
 
 class SetEncoder(nn.Module):
-    """Encode a zero-padded set of items with a per-item MLP and attention pooling.
+    """Encode a zero-padded set of items: per-item MLP, self-attention, attention pooling.
 
     Args:
         item_dim: features per item.
@@ -147,10 +147,18 @@ class SetEncoder(nn.Module):
         hidden: width of the per-item MLP and of the pooled summary.
         pool: ``"additive"`` or ``"multihead"`` (see :class:`maskrl.AttentionPool`).
         num_heads: heads for ``pool="multihead"``.
+        layers: masked self-attention blocks (:class:`maskrl.SelfAttentionBlock`)
+            after the per-item MLP, so that each item's embedding is related to
+            the other items and to the context; 0: each item is encoded on its
+            own. With a context, the context is projected into one more
+            token, always present, that the items attend to.
+        attention_heads: heads of each self-attention block.
 
     ``forward(items [B, N, item_dim], mask [B, N] (True = present), context [B, context_dim])``
     returns ``(per_item [B, N, hidden], summary [B, hidden + context_dim])``. Padded
-    rows never influence ``summary``, whatever values they hold.
+    rows never influence ``summary`` or the present rows of ``per_item``,
+    whatever values they hold; with ``layers > 0`` the padded rows of
+    ``per_item`` are zero.
     """
 
     def __init__(
@@ -160,8 +168,12 @@ class SetEncoder(nn.Module):
         hidden: int = 64,
         pool: str = "additive",
         num_heads: int = 1,
+        layers: int = 0,
+        attention_heads: int = 1,
     ) -> None:
         super().__init__()
+        if layers < 0:
+            raise ValueError(f"layers must be >= 0, got {layers}")
         self.item_mlp = nn.Sequential(
             layer_init(nn.Linear(item_dim, hidden)),
             nn.ReLU(),
@@ -171,6 +183,13 @@ class SetEncoder(nn.Module):
         if pool not in ("additive", "multihead"):
             raise ValueError(f"pool must be 'additive' or 'multihead', got {pool!r}")
         self.pool = AttentionPool(hidden, num_heads=num_heads, kind=pool)  # type: ignore[arg-type]
+        self.blocks = nn.ModuleList(
+            SelfAttentionBlock(hidden, num_heads=attention_heads) for _ in range(layers)
+        )
+        # The context as one more token (for the blocks only).
+        self.context_token = (
+            layer_init(nn.Linear(context_dim, hidden)) if layers and context_dim else None
+        )
         self.context_dim = context_dim
         self.out_dim = hidden + context_dim
         self.item_dim_out = hidden
@@ -183,11 +202,23 @@ class SetEncoder(nn.Module):
         # that nothing non-finite reaches the per-item features or gradients.
         items = torch.where(mask.unsqueeze(-1), items.float(), 0.0)
         per_item = self.item_mlp(items)
-        pooled = self.pool(per_item, mask)
         if self.context_dim:
             if context is None:
                 raise ValueError(f"SetEncoder expects a context of size {self.context_dim}")
-            pooled = torch.cat([pooled, context.float().flatten(1)], dim=-1)
+            context = context.float().flatten(1)
+        if self.blocks:
+            n = per_item.shape[1]
+            h, present = per_item, mask
+            if self.context_token is not None:
+                assert context is not None
+                h = torch.cat([h, self.context_token(context).unsqueeze(1)], dim=1)
+                present = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            for block in self.blocks:
+                h = block(h, present)
+            per_item = h[:, :n]
+        pooled = self.pool(per_item, mask)
+        if context is not None and self.context_dim:
+            pooled = torch.cat([pooled, context], dim=-1)
         return per_item, pooled
 
 
@@ -319,6 +350,9 @@ class SetActorCritic(nn.Module):
     Each item's logit is scored from its own embedding and the pooled summary
     of the whole set (a pointer-style head), so the policy is equivariant to
     the order of the items and works for any ``N``; the value reads the summary.
+    With ``layers > 0`` (see :class:`SetEncoder`) the item embeddings the
+    pointer head reads are the self-attention outputs, each item related to
+    the others and to the context (the capacity left).
     """
 
     def __init__(
@@ -331,11 +365,15 @@ class SetActorCritic(nn.Module):
         num_heads: int = 1,
         items_key: str = "items",
         mask_key: str = "item_mask",
+        layers: int = 0,
+        attention_heads: int = 1,
     ) -> None:
         super().__init__()
         self.items_key, self.mask_key = items_key, mask_key
         self.context_keys = context_keys
-        self.encoder = SetEncoder(item_dim, context_dim, hidden, pool, num_heads)
+        self.encoder = SetEncoder(
+            item_dim, context_dim, hidden, pool, num_heads, layers, attention_heads
+        )
         s = self.encoder.out_dim
         self.score = nn.Sequential(
             layer_init(nn.Linear(hidden + s, hidden)),

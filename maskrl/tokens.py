@@ -12,8 +12,10 @@ reads a screen as a set:
 * its embedding is the sum, over the game's channels, of the cell's value
   times a per-(game, channel) embedding (for 0/1 grids: the sum of the
   embeddings of the objects in the cell), plus a row and a column embedding;
-* a small per-token MLP encodes each token, and :class:`maskrl.AttentionPool`
-  pools the set, with empty cells masked out.
+* ``layers`` masked self-attention blocks (:class:`maskrl.SelfAttentionBlock`)
+  relate the tokens to each other (the ball to the paddle), a small per-token
+  MLP follows, and :class:`maskrl.AttentionPool` pools the set, with empty
+  cells masked out.
 
 So a game's padded channels are never read (whatever they hold, NaN
 included), empty cells never matter, an empty screen pools to zeros, and no
@@ -31,7 +33,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from maskrl.attention import AttentionPool
+from maskrl.attention import AttentionPool, SelfAttentionBlock
 from maskrl.init import layer_init
 
 __all__ = ["GridTokenEncoder"]
@@ -66,6 +68,11 @@ class GridTokenEncoder(nn.Module):
         out_dim: ``None``: the output is the pooled token, size ``dim``.
             Otherwise a linear projection of it (still exactly zero for an
             empty screen).
+        layers: masked self-attention blocks over the tokens before the
+            per-token MLP (0: each token is encoded on its own, a bag of
+            tokens).
+        attention_heads: heads of each self-attention block (``dim``
+            divisible by it).
 
     Attributes:
         out_dim: output feature size.
@@ -109,6 +116,8 @@ class GridTokenEncoder(nn.Module):
         pool: Literal["additive", "multihead"] = "additive",
         num_heads: int = 1,
         out_dim: int | None = None,
+        layers: int = 0,
+        attention_heads: int = 1,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels_per_game]
@@ -120,6 +129,8 @@ class GridTokenEncoder(nn.Module):
             raise ValueError(f"height and width must be positive, got {height} x {width}")
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
+        if layers < 0:
+            raise ValueError(f"layers must be >= 0, got {layers}")
         cells = height * width
         if max_tokens is not None and not 1 <= max_tokens <= cells:
             raise ValueError(f"max_tokens must be in [1, H*W = {cells}] or None, got {max_tokens}")
@@ -150,6 +161,9 @@ class GridTokenEncoder(nn.Module):
         # Token embedding (linear in the cell's channels and position) -> ReLU ->
         # Linear -> ReLU: a two-layer per-token MLP whose first layer is the
         # embedding itself, so only one dim x dim product runs per token.
+        self.blocks = nn.ModuleList(
+            SelfAttentionBlock(dim, num_heads=attention_heads) for _ in range(layers)
+        )
         self.token_mlp = layer_init(nn.Linear(dim, dim))
         self.pool = AttentionPool(dim, num_heads=num_heads, kind=pool, out_dim=out_dim)
         self.out_dim = dim if out_dim is None else out_dim
@@ -232,7 +246,7 @@ class GridTokenEncoder(nn.Module):
         return tokens, present
 
     def encode(self, tokens: Tensor, present: Tensor) -> Tensor:
-        """Per-token MLP and attention pooling over the present tokens.
+        """Self-attention blocks, per-token MLP and attention pooling over the present tokens.
 
         ``tokens [B, K, dim]``, ``present [B, K]`` -> ``[B, out_dim]``. Tokens
         that are not present may hold anything (NaN included): they are
@@ -242,8 +256,10 @@ class GridTokenEncoder(nn.Module):
         # Zero absent slots *before* the MLP: NaN there would reach the weight
         # gradients through the linear layer (0 * NaN = NaN).
         zero = torch.zeros((), dtype=tokens.dtype, device=tokens.device)
-        h = torch.relu(torch.where(present[..., None], tokens, zero))
-        h = torch.relu(self.token_mlp(h))
+        h = torch.where(present[..., None], tokens, zero)
+        for block in self.blocks:
+            h = block(h, present)
+        h = torch.relu(self.token_mlp(torch.relu(h)))
         return self.pool(h, present)
 
     def forward(self, obs: Tensor, game_id: Tensor) -> Tensor:

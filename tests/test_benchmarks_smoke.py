@@ -72,6 +72,68 @@ def test_knapsack_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(0.0 < f <= 1.0 + 1e-9 for f in fractions.values())
 
 
+def test_knapsack_benchmark_attention_sizes_and_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    bench = _load("knapsack_attention")
+    ckpt, out = tmp_path / "k.pt", tmp_path / "k.json"
+    common = ["--episodes", "3", "--layers", "1", "--heads", "2", "--checkpoint", str(ckpt)]
+    argv = [*common, "--total-timesteps", "1024", "--eval-sizes", "30", "--out", str(out)]
+    assert bench.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["global_step"] == 1024 and set(report["results"]) == {"train", "30"}
+    for row in report["results"].values():
+        assert set(row) == {"random", "greedy", "ppo"}
+        assert all(0.0 < r["mean"] <= 1.0 + 1e-9 for r in row.values())
+    assert "30 items:" in capsys.readouterr().out
+    # Rerunning with a larger budget resumes from the checkpoint.
+    assert bench.main([*common, "--total-timesteps", "2048"]) == 0
+    assert "trained 1024 steps" in capsys.readouterr().out and ckpt.exists()
+
+
+def test_knapsack_scale_free_features() -> None:
+    import gymnasium as gym
+    import numpy as np
+
+    import maskrl.envs  # noqa: F401
+
+    bench = _load("knapsack_attention")
+    raw = gym.make("maskrl/Knapsack-v0", n_min=30, n_max=30)
+    free = gym.make(bench.SCALE_FREE_ID, n_min=30, n_max=30)
+    obs_r, info_r = raw.reset(seed=5)
+    obs_f, info_f = free.reset(seed=5)
+    assert info_f["optimal_value"] == info_r["optimal_value"]  # the same instance
+    f, present = obs_f["item_features"], obs_f["item_mask"].astype(bool)
+    assert f.shape == (30, 4) and np.allclose(f[present, :2].mean(axis=0), 0, atol=1e-5)
+    w, v = obs_r["item_features"][:, 0], obs_r["item_features"][:, 1]
+    # Column 0 is the value density relative to the set's (what greedy orders by).
+    log_ratio = np.log(v[present] / w[present])
+    assert np.allclose(f[present, 0], log_ratio - log_ratio.mean(), atol=1e-5)
+    assert np.allclose(f[:, 2], 1 / (1 + w), atol=1e-6)  # remaining capacity is all of it
+    a = int(np.argmax(info_f["action_mask"]))
+    obs_f, _, _, _, info_f = free.step(a)
+    obs_r, _, _, _, info_r = raw.step(a)
+    assert (info_f["action_mask"] == info_r["action_mask"]).all()
+    assert obs_f["item_features"][a].tolist() == [0.0] * 4  # a picked item leaves the set
+    raw.close()
+    free.close()
+
+
+def test_encoder_step_time_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    bench = _load("encoder_step_time")
+    argv = ["--repeats", "1", "--envs", "4", "--minibatch", "8", "--steps", "2", "--updates", "1"]
+    assert bench.main(argv) == 0
+    assert torch.get_num_threads() == threads  # the thread setting is put back
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {"cnn", "tokens", "tokens+attn"}
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 and float(r[3]) > 0 for r in rows.values())
+
+
 def test_actor_mimic_table_reads_runs(tmp_path: Path) -> None:
     import importlib.util
 

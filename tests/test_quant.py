@@ -296,6 +296,20 @@ NETWORKS = {
         lambda b: {"obs": (torch.rand(b, 6, 10, 10) > 0.9).float(), "game_id": torch.arange(b) % 2},
         6,
     ),
+    "multigame_tokens_attention": (
+        lambda: MultiGameActorCritic(
+            GridTokenEncoder([4, 6], 10, 10, dim=32, layers=2, attention_heads=4), 6, 2
+        ),
+        lambda b: {"obs": (torch.rand(b, 6, 10, 10) > 0.9).float(), "game_id": torch.arange(b) % 2},
+        6,
+    ),
+    "set_attention": (
+        lambda: SetActorCritic(
+            3, ("capacity",), 1, items_key="item_features", layers=2, attention_heads=2
+        ),
+        _set_obs,
+        5,
+    ),
     "set_additive": (
         lambda: SetActorCritic(3, ("capacity",), 1, items_key="item_features"),
         _set_obs,
