@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from train_module import train
 
 import maskrl.envs
 from maskrl.agents import build_actor_critic, load_policy
@@ -22,17 +22,6 @@ TINY = [
     "--num-envs", "4", "--num-steps", "64", "--num-epochs", "1", "--num-minibatches", "2",
     "--device", "cpu", "--seed", "1", "--no-progress",
 ]  # fmt: skip
-
-
-def _load_train_module() -> Any:
-    spec = importlib.util.spec_from_file_location("train", REPO / "train.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train = _load_train_module()
 
 
 @pytest.fixture(autouse=True)

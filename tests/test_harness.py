@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import tomllib
 import torch
+from train_module import train
 
 import maskrl.envs
 from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
@@ -32,17 +33,6 @@ ASTERIX = "maskrl/MinAtar-Asterix-v0"
 TINY = ["--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2", "--num-epochs", "1"]
 TINY += ["--device", "cpu", "--no-progress"]
 BATCH = 4 * 16
-
-
-def _load_train_module() -> Any:
-    spec = importlib.util.spec_from_file_location("train_harness", REPO / "train.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train = _load_train_module()
 
 
 @pytest.fixture(autouse=True)

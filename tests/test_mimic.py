@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from train_module import train
 
 from maskrl.agents import PPO, PPOConfig, load_policy
 from maskrl.agents.checkpoint import load_checkpoint
@@ -17,17 +16,6 @@ from maskrl.agents.mimic import ActorMimic, MimicConfig, load_experts, student_a
 REPO = Path(__file__).resolve().parents[1]
 BREAKOUT = "maskrl/MinAtar-Breakout-v0"
 ASTERIX = "maskrl/MinAtar-Asterix-v0"
-
-
-def _load_train_module() -> Any:
-    spec = importlib.util.spec_from_file_location("train_mimic_tests", REPO / "train.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train = _load_train_module()
 
 
 def _decisive_experts(folder: Path, ids: list[str]) -> Path:

@@ -7,7 +7,6 @@ slots x 8 steps.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from train_module import train
 
 from maskrl.agents import PPO, MaskedPolicy, PPOConfig, load_policy
 from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
@@ -40,17 +40,6 @@ ASTERIX = "maskrl/MinAtar-Asterix-v0"
 INVADERS = "maskrl/MinAtar-SpaceInvaders-v0"  # 6 channels; Breakout and Asterix have 4
 TINY = ["--num-envs", "2", "--num-steps", "8", "--num-minibatches", "1", "--device", "cpu",
         "--no-progress"]  # fmt: skip
-
-
-def _load_train_module() -> Any:
-    spec = importlib.util.spec_from_file_location("train_mimic_experts_tests", REPO / "train.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train = _load_train_module()
 
 
 def _label(env_id: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +118,8 @@ def test_a_trainer_and_env_on_different_devices_are_refused() -> None:
 
 
 def test_train_py_env_backend_torch(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("train_tb", REPO / "train.py")
-    assert spec is not None and spec.loader is not None
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    from train_module import train
+
     args = ["ppo", "--env", BREAKOUT, "--env-backend", "torch", "--device", "cpu"]
     args += ["--num-envs", "8", "--num-steps", "16", "--num-minibatches", "2"]
     args += ["--total-timesteps", "256", "--runs-dir", str(tmp_path), "--run-name", "tb"]

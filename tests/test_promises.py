@@ -4,7 +4,6 @@ leaves process-wide state alone."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from train_module import train
 
 import maskrl.envs
 from maskrl.agents import PPO, PPOConfig, load_policy
@@ -31,17 +31,6 @@ T = [
     "--num-envs", "2", "--num-steps", "16", "--num-minibatches", "2", "--num-epochs", "1",
     "--eval-episodes", "0", "--no-progress", "--device", "cpu",
 ]  # fmt: skip
-
-
-def _load_train_module() -> Any:
-    spec = importlib.util.spec_from_file_location("train_promises", REPO / "train.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train = _load_train_module()
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:

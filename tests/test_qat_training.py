@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from train_module import train
 
 from maskrl.agents import PPO, PPOConfig, load_policy
 from maskrl.agents.checkpoint import load_checkpoint
@@ -19,17 +19,6 @@ from maskrl.quant import QATConv2d, QATLinear
 REPO = Path(__file__).resolve().parents[1]
 BREAKOUT = "maskrl/MinAtar-Breakout-v0"
 TINY = ["--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2", "--device", "cpu"]
-
-
-def _train() -> Any:
-    spec = importlib.util.spec_from_file_location("train_qat", REPO / "train.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train = _train()
 
 
 def _observations(n_steps: int = 16) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ import torch
 from gymnasium import spaces
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
+from train_module import train
 
 import maskrl.envs  # noqa: F401  (registers the maskrl/... ids)
 from maskrl.agents import PPO
@@ -55,17 +55,6 @@ REQUIRED_SCALARS = {
     "losses/clipfrac",
     "losses/explained_variance",
 }
-
-
-def _load_train_module() -> Any:
-    spec = importlib.util.spec_from_file_location("train", REPO / "train.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train = _load_train_module()
 
 
 @pytest.fixture(autouse=True)

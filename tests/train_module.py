@@ -1,0 +1,20 @@
+"""``train.py`` loaded as a module, the way a checkout runs it: one copy for every test file."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_train_module() -> Any:
+    spec = importlib.util.spec_from_file_location("train", REPO / "train.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+train = load_train_module()
