@@ -77,16 +77,22 @@ def as_bool_mask(mask: Tensor | np.ndarray, target: Tensor, *, name: str = "mask
                 f"integer {name} must hold only 0 and 1 (True = valid); got other values"
             )
         mask = mask.bool()
-    try:
-        shape = torch.broadcast_shapes(mask.shape, target.shape)
-    except RuntimeError:
-        shape = None
-    if shape != target.shape:
+    if not broadcasts_to(mask.shape, target.shape):
         raise ValueError(
             f"{name} of shape {tuple(mask.shape)} does not broadcast to the shape "
             f"{tuple(target.shape)} it applies to"
         )
     return mask.to(target.device)
+
+
+def broadcasts_to(
+    shape: tuple[int, ...] | torch.Size, target: tuple[int, ...] | torch.Size
+) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (no growth of ``target``)."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

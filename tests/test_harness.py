@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import tomllib
 import torch
-from train_module import train
+from train_module import popen, train
 
 import maskrl.envs
 from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
@@ -74,17 +74,6 @@ def continue_command(err: str) -> list[str]:
 
 def run_printed(argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def popen(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
 
 
 def wait_for_handlers(proc: subprocess.Popen[str], timeout: float = 90) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from train_module import train
+from train_module import popen, train
 
 import maskrl.envs
 from maskrl.agents import PPO, PPOConfig, load_policy
@@ -41,17 +41,6 @@ def one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
-
-
-def popen(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
 
 
 # ------------------------------------------------------- every family trains

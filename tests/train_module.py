@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,3 +21,15 @@ def load_train_module() -> Any:
 
 
 train = load_train_module()
+
+
+def popen(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """``python train.py ARGS`` in ``cwd`` with SIGINT at its default (for the signal tests)."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )

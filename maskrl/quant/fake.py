@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from maskrl.masking import broadcasts_to
+
 # ---------------------------------------------------------------------------
 # fake_quantize: TF's fake_quant_with_min_max_vars
 # ---------------------------------------------------------------------------
@@ -223,11 +225,7 @@ def fake_quantize(
     lo = _as_range_tensor(x_min, x, "x_min")
     hi = _as_range_tensor(x_max, x, "x_max")
     for name, t in (("x_min", lo), ("x_max", hi)):
-        try:
-            shape = torch.broadcast_shapes(t.shape, x.shape)
-        except RuntimeError:
-            shape = None
-        if shape != x.shape:
+        if not broadcasts_to(t.shape, x.shape):
             raise ValueError(
                 f"{name} of shape {tuple(t.shape)} does not broadcast to x's shape "
                 f"{tuple(x.shape)} (0-dim per tensor, [C, 1, ..., 1] per channel)"
