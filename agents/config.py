@@ -164,10 +164,17 @@ class PPOConfig(TrainerConfig):
         "(0: items encoded on their own); set observations only",
     )
     attention_heads: int = _f(1, "heads of each self-attention block")
+    hidden: int | None = _f(
+        None,
+        "width of the default network's dense encoder layer (None: the defaults, 128 for "
+        "MinAtar grids, 512 for Atari frames, 64 for vectors)",
+    )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the offending field (and its flag) for an impossible config."""
         super().validate()
+        if self.hidden is not None:
+            _check(self, "hidden", 1 <= self.hidden <= 65536, "in [1, 65536] or None")
         _check(self, "attention_layers", 0 <= self.attention_layers <= 64, "in [0, 64]")
         _check(self, "attention_heads", 1 <= self.attention_heads <= 64, "in [1, 64]")
         _check(self, "gamma", 0.0 <= self.gamma <= 1.0, "in [0, 1]")

@@ -202,6 +202,15 @@ def build_actor_critic(
             'item_mask) or multigame_encoder="tokens"; this network has no set of items or '
             "tokens to attend over"
         )
+    if hidden is not None and (
+        is_set or multigame_encoder == "tokens" or isinstance(observation_space, spaces.Discrete)
+    ):
+        raise ValueError(
+            f"hidden={hidden} sets the dense layer of a grid or vector encoder; this network "
+            "(a set, token or one-hot encoder) has none"
+        )
+    if hidden is not None and hidden < 1:
+        raise ValueError(f"hidden must be >= 1, got {hidden}")
     if multigame_encoder == "tokens" and not is_multigame:
         raise ValueError(
             'multigame_encoder="tokens" needs a multi-game observation space (a Dict with '

@@ -206,6 +206,8 @@ class PPO(OnPolicyTrainer):
             if config.attention_layers:  # recorded in network_kwargs, so checkpoints rebuild it
                 kwargs.setdefault("attention_layers", config.attention_layers)
                 kwargs.setdefault("attention_heads", config.attention_heads)
+            if config.hidden is not None:
+                kwargs.setdefault("hidden", config.hidden)
             self.policy = MaskedPolicy.build(
                 observation_space, action_space, self.env_ids, self.device, config.seed, **kwargs
             )

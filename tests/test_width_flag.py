@@ -1,0 +1,65 @@
+"""``train.py ppo --hidden N``: the width of the default network's dense layer,
+recorded in the checkpoint so that every loader rebuilds the same network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gymnasium import spaces
+from train_module import train
+
+import maskrl.envs  # noqa: F401  (registers the ids)
+from maskrl.agents import build_actor_critic, load_policy
+from maskrl.networks import MinAtarCNN
+
+TINY = [
+    "--num-envs", "4", "--num-steps", "32", "--num-epochs", "1", "--num-minibatches", "2",
+    "--device", "cpu", "--seed", "1", "--no-progress", "--eval-episodes", "0",
+]  # fmt: skip
+
+
+def test_ppo_hidden_sets_the_minatar_dense_layer_and_survives_reload(tmp_path: Path) -> None:
+    argv = ["ppo", "--env", "maskrl/MinAtar-Breakout-v0", "--hidden", "48", *TINY]
+    argv += ["--total-timesteps", "128", "--runs-dir", str(tmp_path), "--run-name", "w"]
+    assert train.main(argv) == 0
+    policy = load_policy(tmp_path / "w" / "checkpoint.pt", device="cpu")
+    cnn = [m for m in policy.net.modules() if isinstance(m, MinAtarCNN)]
+    assert len(cnn) == 1 and cnn[0].fc.out_features == 48 and cnn[0].out_dim == 48
+    assert policy.network_kwargs is not None and policy.network_kwargs["hidden"] == 48
+
+
+def test_default_width_is_the_minatar_papers() -> None:
+    obs = spaces.Box(0, 1, (4, 10, 10))
+    net = build_actor_critic(obs, spaces.Discrete(3))
+    cnn = [m for m in net.modules() if isinstance(m, MinAtarCNN)]
+    assert cnn[0].fc.out_features == 128
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        spaces.Discrete(5),
+        spaces.Dict(
+            {
+                "item_features": spaces.Box(0, 1, (4, 3)),
+                "item_mask": spaces.MultiBinary(4),
+                "capacity": spaces.Box(0, 1, (1,)),
+            }
+        ),
+    ],
+    ids=["one-hot", "set"],
+)
+def test_hidden_where_no_dense_encoder_layer_exists_is_refused(space: spaces.Space) -> None:
+    n = 4 if isinstance(space, spaces.Dict) else 3
+    with pytest.raises(ValueError, match="has none"):
+        build_actor_critic(space, spaces.Discrete(n), hidden=32)
+
+
+def test_bad_hidden_flag_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["ppo", "--hidden", "0", "--runs-dir", str(tmp_path), *TINY]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hidden (--hidden)" in err[0]
