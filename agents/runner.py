@@ -97,7 +97,7 @@ class RunConfig:
     )
     preset: str | None = _f(
         None,
-        "settings preset from maskrl.agents.PRESETS ('reference', 'fast'); "
+        "settings preset from maskrl.agents.PRESETS ('fast', 'reference', 'minatar'); "
         "flags given explicitly override it",
     )
     checkpoint_every: int = _f(100_000, "write checkpoint.pt every this many steps")

@@ -146,7 +146,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     ex.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
     )
-    ex.add_argument("--preset", default=None, help="PPO settings preset (reference, fast)")
+    ex.add_argument("--preset", default=None, help="PPO settings preset (fast, reference, minatar)")
     add_dataclass_args(ex, PPOConfig)
     mi = sub.add_parser(
         "mimic",

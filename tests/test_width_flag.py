@@ -63,3 +63,14 @@ def test_bad_hidden_flag_is_one_line_and_exit_2(
     assert train.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "hidden (--hidden)" in err[0]
+
+
+def test_help_texts_name_every_preset() -> None:
+    from maskrl.agents.config import PRESETS
+    from maskrl.agents.runner import RunConfig
+    from maskrl.cli import build_parser
+
+    help_text = RunConfig.__dataclass_fields__["preset"].metadata["help"]
+    experts = build_parser()._subparsers._group_actions[0].choices["experts"].format_help()  # type: ignore[union-attr]
+    for name in PRESETS:
+        assert f"'{name}'" in help_text and name in experts
