@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from maskrl.distributions import gumbel_argmax
 from maskrl.masking import as_bool_mask, broadcasts_to
 
 __all__ = ["dqn_target", "masked_argmax", "masked_epsilon_greedy"]
@@ -232,9 +233,10 @@ def masked_epsilon_greedy(
 
     Each row independently: with probability ``1 - epsilon`` the masked argmax of
     ``q`` (:func:`masked_argmax`), otherwise an action drawn uniformly from the
-    row's valid actions (``torch.multinomial`` over the mask's 0/1 weights: the
-    draw is exactly uniform over the valid set and never returns an invalid
-    action). An invalid action is therefore never chosen, with any ``epsilon``.
+    row's valid actions: Gumbel-max over equal logits
+    (:func:`maskrl.distributions.gumbel_argmax`, maskrl's one sampling path),
+    whose invalid entries are ``-inf`` after the noise, so they never win. An
+    invalid action is therefore never chosen, with any ``epsilon``.
 
     The randomness comes from ``generator`` only (never torch's global
     generator): every call draws both the explore coin and the random action for
@@ -285,8 +287,6 @@ def masked_epsilon_greedy(
     empty = ~mask.any(dim=-1)
     if bool(empty.any()):  # the one device-to-host read
         raise ValueError(f"action mask has no valid action in row(s) {_rows(empty)} {_ROW_HINT}")
-    n = q.shape[-1]
-    weights = mask.reshape(-1, n).to(torch.float32)
-    uniform = torch.multinomial(weights, 1, generator=generator).reshape(q.shape[:-1])
+    uniform = gumbel_argmax(torch.zeros_like(q), mask, generator)
     coin = torch.rand(q.shape[:-1], generator=generator, device=q.device)
     return torch.where(coin < epsilon, uniform, masked_argmax(q, mask))
