@@ -6,10 +6,13 @@
   trained policy alone (inference, or a teacher);
 * the trainer core every trainer shares (:mod:`maskrl.agents.trainer`,
   :mod:`maskrl.agents.rollout`, the run harness :mod:`maskrl.agents.runner`);
-* :func:`build_actor_critic` -- the default network for a pair of spaces.
+* :func:`build_actor_critic` -- the default network for a pair of spaces;
+* masked DQN building blocks (:mod:`maskrl.agents.dqn`): :func:`dqn_target`,
+  :func:`masked_epsilon_greedy`, :func:`masked_argmax`.
 """
 
 from maskrl.agents.config import PRESETS, PPOConfig
+from maskrl.agents.dqn import dqn_target, masked_argmax, masked_epsilon_greedy
 from maskrl.agents.evaluation import evaluate
 from maskrl.agents.mimic import ActorMimic, MimicConfig, load_experts
 from maskrl.agents.mimic_losses import (
@@ -45,8 +48,11 @@ __all__ = [
     "build_actor_critic",
     "collect_rollout",
     "compute_gae",
+    "dqn_target",
     "evaluate",
     "load_policy",
+    "masked_argmax",
+    "masked_epsilon_greedy",
     "ppo_loss",
     "read_masks",
     "resolve_device",

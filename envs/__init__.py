@@ -8,8 +8,13 @@ The convention: a mask is a boolean numpy array, ``True`` = valid; an env puts
 the mask of the observation it returns in ``info["action_mask"]`` after every
 ``reset`` and ``step`` and answers ``action_masks()``; a vector env carries them
 batched, ``infos["action_mask"]`` of shape ``(num_envs, n)``.
+
+:class:`InvalidActionPolicy` is the masking ablation at the env level: what an
+action outside the mask does when the agent masks (``mask``), is penalised
+(``penalty``) or sees no mask at all (``none``).
 """
 
+from maskrl.envs.invalid_actions import InvalidActionPolicy
 from maskrl.envs.masks import (
     ActionMaskWrapper,
     MaskFn,
@@ -37,6 +42,7 @@ register_envs()
 
 __all__ = [
     "ActionMaskWrapper",
+    "InvalidActionPolicy",
     "MaskFn",
     "MinAtarEnv",
     "action_is_valid",

@@ -127,6 +127,7 @@ def register_envs() -> None:
             max_episode_steps=MINATAR_MAX_EPISODE_STEPS,
         )
     _register("maskrl/Knapsack-v0", "maskrl.envs.knapsack:KnapsackEnv")
+    _register("maskrl/Recall-v0", "maskrl.envs.recall:RecallEnv")
     # Board games import PettingZoo only in the env's constructor.
     _register(
         "maskrl/ConnectFour-v0",

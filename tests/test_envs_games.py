@@ -101,6 +101,7 @@ def test_every_ale_game_has_an_id_and_the_static_list_matches_ale_py() -> None:
     assert len(maskrl.envs.atari_ids()) == len(ATARI_GAMES)
     expected = {*maskrl.envs.atari_ids(), *maskrl.envs.minatar_ids()}
     expected |= {"maskrl/Knapsack-v0", "maskrl/ConnectFour-v0", "maskrl/TicTacToe-v0"}
+    expected |= {"maskrl/Recall-v0"}
     assert set(maskrl.envs.registered_ids()) == expected
 
 
