@@ -165,7 +165,9 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         "in <run>/finetune, at most 1e13 (default: 0; on --resume, the run's own; "
         "--resume continues the fine-tune once the distillation is done)",
     )
-    add_dataclass_args(mi, RunConfig, exclude=frozenset({"env", "preset"}))
+    add_dataclass_args(
+        mi, RunConfig, exclude=frozenset({"env", "preset", "init_from", "init_layers"})
+    )
     add_dataclass_args(mi, MimicConfig)
     ev = sub.add_parser(
         "eval",
@@ -346,6 +348,7 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
             given = _explicit_flags(argv)
             if run_cfg.preset is not None:
                 ppo_cfg = apply_preset(ppo_cfg, run_cfg.preset, keep=given)
+            _check_init_flags(given, run_cfg)
             if run_cfg.resume:
                 _check_resume_flags(given)
             _check_qat_flags(given, ppo_cfg)
@@ -398,6 +401,17 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
             return EXIT_TERMINATED if signals.signum == signal.SIGTERM else EXIT_INTERRUPTED
         raise
     return EXIT_USAGE
+
+
+def _check_init_flags(given: set[str], run_cfg: Any) -> None:
+    """Refuse ``--init-from`` with ``--resume``, and ``--init-layers`` without ``--init-from``."""
+    if run_cfg.init_from is not None and run_cfg.resume:
+        raise ValueError(
+            "--init-from starts a new run from another run's weights; --resume continues a "
+            "run from its own checkpoint: give one or the other"
+        )
+    if "init_layers" in given and run_cfg.init_from is None:
+        raise ValueError("--init-layers only applies with --init-from: add --init-from or drop it")
 
 
 def _check_qat_flags(given: set[str], cfg: Any) -> None:
