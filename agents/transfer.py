@@ -35,7 +35,9 @@ How the layers map, by state-dict name (``encoder.*``, ``policy_head.*``,
   note. A single-game source's value head is copied.
 
 Layers not copied keep the new agent's own initialisation from its seed: the
-same values a from-scratch run with that seed starts with.
+same values a from-scratch run with that seed starts with. Only weights
+transfer: the fake quantizers of a quantization-aware (``--qat``) source or new
+network are left out, and the new run calibrates its own ranges.
 """
 
 from __future__ import annotations
@@ -128,6 +130,14 @@ def source_network_kwargs(source: MaskedPolicy) -> dict[str, Any]:
     return {} if hidden is None else {"hidden": int(hidden)}
 
 
+def _weights(net: nn.Module) -> dict[str, torch.Tensor]:
+    """``net.state_dict()`` less the state of its fake quantizers (QAT)."""
+    from maskrl.quant.observer import FakeQuant
+
+    quant = tuple(f"{n}." for n, m in net.named_modules() if isinstance(m, FakeQuant))
+    return {k: v for k, v in net.state_dict().items() if not (quant and k.startswith(quant))}
+
+
 def _first_conv(keys: list[str]) -> str | None:
     return next((k for k in keys if k.startswith("encoder.") and k.endswith(".weight")), None)
 
@@ -153,7 +163,9 @@ def transfer_weights(
         raise ValueError(
             f"init_layers (--init-layers) must be one of {INIT_LAYERS}, got {layers!r}"
         )
-    src, tgt = source.state_dict(), target.state_dict()
+    # The weights transfer; a QAT network's quantizer state (observed ranges) does
+    # not: the new run calibrates its own.
+    src, tgt = _weights(source), _weights(target)
     multi = isinstance(source, MultiGameActorCritic) or isinstance(target, MultiGameActorCritic)
     per_game_ok = same_games and all(isinstance(n, MultiGameActorCritic) for n in (source, target))
     src_enc = [k for k in src if k.startswith("encoder.")]

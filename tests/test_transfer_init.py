@@ -263,3 +263,16 @@ def test_the_source_folder_is_left_untouched(sources: dict[str, Path], tmp_path:
     agent, _ = build_ppo_from([BREAKOUT], _cfg(), str(copy), "encoder")
     agent.envs.close()
     assert sorted(p.name for p in copy.iterdir()) == before
+
+
+def test_quantizer_state_does_not_transfer_but_the_weights_do(sources: dict[str, Path]) -> None:
+    src = _params(load_policy(sources["ppo"] / "checkpoint.pt", device="cpu").net)
+    cfg = PPOConfig(seed=1, qat=True, **CFG)  # type: ignore[arg-type]
+    agent, rec = build_ppo_from([BREAKOUT], cfg, str(sources["ppo"]), "all")
+    agent.envs.close()
+    got = _params(agent.policy.net)
+    assert any("_quant." in k for k in got)  # a QAT network...
+    assert not any("_quant." in k for k in rec["copied"])  # ...whose quantizers start afresh
+    assert sorted(rec["copied"]) == sorted(src)
+    for k in src:
+        assert torch.equal(got[k], src[k]), k
