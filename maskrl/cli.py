@@ -170,34 +170,6 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         mi, RunConfig, exclude=frozenset({"env", "preset", "init_from", "init_layers"})
     )
     add_dataclass_args(mi, MimicConfig)
-    pl = sub.add_parser(
-        "plot",
-        allow_abbrev=False,
-        help="draw learning curves from runs' tensorboard files",
-        description="Draw the runs' learning curves (one panel per game, one line per run) "
-        "from their tensorboard event files into an image; needs matplotlib (the optional "
-        "extra maskrl[plots]). See maskrl.plots.",
-    )
-    pl.add_argument("runs", nargs="+", metavar="RUN", help="run folders (runs/<name>)")
-    pl.add_argument(
-        "--tag",
-        default="charts/episodic_return",
-        help="scalar to draw; per game for multi-game runs (default: charts/episodic_return)",
-    )
-    pl.add_argument("--out", default="curves.png", help="image file to write (default: curves.png)")
-    pl.add_argument(
-        "--smooth", type=int, default=1, help="trailing mean over this many points (default: 1)"
-    )
-    pl.add_argument(
-        "--x", choices=("steps", "time"), default="steps", help="x axis: env steps or wall time"
-    )
-    pl.add_argument(
-        "--group",
-        action="store_true",
-        help="one line per setting: runs named alike up to a -s<seed> suffix drawn as their "
-        "mean and min-max band",
-    )
-    pl.add_argument("--title", default=None, help="figure title")
     ev = sub.add_parser(
         "eval",
         allow_abbrev=False,
@@ -228,6 +200,34 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         help="run the policy converted to int8 kernels (CPU): a QAT checkpoint as trained, "
         "a float one after post-training calibration on its own env",
     )
+    pl = sub.add_parser(
+        "plot",
+        allow_abbrev=False,
+        help="draw learning curves from runs' tensorboard files",
+        description="Draw the runs' learning curves (one panel per game, one line per run) "
+        "from their tensorboard event files into an image; needs matplotlib (the optional "
+        "extra maskrl[plots]). See maskrl.plots.",
+    )
+    pl.add_argument("runs", nargs="+", metavar="RUN", help="run folders (runs/<name>)")
+    pl.add_argument(
+        "--tag",
+        default="charts/episodic_return",
+        help="scalar to draw; per game for multi-game runs (default: charts/episodic_return)",
+    )
+    pl.add_argument("--out", default="curves.png", help="image file to write (default: curves.png)")
+    pl.add_argument(
+        "--smooth", type=int, default=1, help="trailing mean over this many points (default: 1)"
+    )
+    pl.add_argument(
+        "--x", choices=("steps", "time"), default="steps", help="x axis: env steps or wall time"
+    )
+    pl.add_argument(
+        "--group",
+        action="store_true",
+        help="one line per setting: runs named alike up to a -s<seed> suffix drawn as their "
+        "mean and min-max band",
+    )
+    pl.add_argument("--title", default=None, help="figure title")
     return parser
 
 
