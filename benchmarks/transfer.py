@@ -143,8 +143,10 @@ def _teachers(
     return folder
 
 
-def _setting(runs: list[Path], smooth_n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The seeds' smoothed return curves, averaged on the steps all of them reached."""
+def _setting(runs: list[Path], smooth_n: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The seeds' smoothed return curves averaged on the steps all of them reached, and the
+    longest of their median intervals between logged points (how far short of a step a
+    curve may end and still count as having reached it)."""
     curves = []
     for r in runs:
         try:
@@ -156,7 +158,8 @@ def _setting(runs: list[Path], smooth_n: int) -> tuple[np.ndarray, np.ndarray]:
             raise SystemExit(f"transfer.py: {e}{hint}") from e
         curves.append((c.steps, smooth(c.values, smooth_n)))
     grid, mean, _, _ = mean_curve(curves)
-    return grid, mean
+    gap = max(float(np.median(np.diff(st))) if st.size > 1 else 0.0 for st, _ in curves)
+    return grid, mean, gap
 
 
 def _eval_mean(runs: list[Path]) -> float | None:
@@ -173,16 +176,16 @@ def game_figures(
     scratch: list[Path], transfer: list[Path], steps: int, at: int, smooth_n: int
 ) -> dict[str, Any]:
     """The per-game figures (see the module docstring) from the runs' curves."""
-    s_steps, s_mean = _setting(scratch, smooth_n)
-    t_steps, t_mean = _setting(transfer, smooth_n)
-    final = value_at(s_steps, s_mean, steps)
+    s_steps, s_mean, s_gap = _setting(scratch, smooth_n)
+    t_steps, t_mean, t_gap = _setting(transfer, smooth_n)
+    final = value_at(s_steps, s_mean, steps, s_gap)
     s_reach = steps_to_reach(s_steps, s_mean, final) if final is not None else None
     t_reach = steps_to_reach(t_steps, t_mean, final) if final is not None else None
     return {
-        "scratch_at": value_at(s_steps, s_mean, at),
-        "transfer_at": value_at(t_steps, t_mean, at),
+        "scratch_at": value_at(s_steps, s_mean, at, s_gap),
+        "transfer_at": value_at(t_steps, t_mean, at, t_gap),
         "scratch_final": final,
-        "transfer_final": value_at(t_steps, t_mean, steps),
+        "transfer_final": value_at(t_steps, t_mean, steps, t_gap),
         "scratch_steps_to_final": s_reach,
         "transfer_steps_to_final": t_reach,
         "speedup": (s_reach / t_reach) if s_reach and t_reach else None,
@@ -210,10 +213,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_fmt(r['scratch_steps_to_final'], ',.0f')} / "
             f"{_fmt(r['transfer_steps_to_final'], ',.0f')}"
         )
+        speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         rows.append(
             f"| {game} | {_fmt(r['scratch_at'])} | {_fmt(r['transfer_at'])} | "
             f"{_fmt(r['scratch_final'])} | {_fmt(r['transfer_final'])} | {reach} | "
-            f"{_fmt(r['speedup'], '.2f')}x | {_fmt(r['auc_ratio'], '.2f')} | "
+            f"{speedup} | {_fmt(r['auc_ratio'], '.2f')} | "
             f"{_fmt(r['scratch_eval'])} / {_fmt(r['transfer_eval'])} |"
         )
     s = results["settings"]

@@ -163,19 +163,24 @@ def mean_curve(
     return grid, stacked.mean(0), stacked.min(0), stacked.max(0)
 
 
-def value_at(steps: np.ndarray, values: np.ndarray, step: float) -> float | None:
-    """The value at the last point logged at or before ``step``; None if the curve has not reached it.
+def value_at(
+    steps: np.ndarray, values: np.ndarray, step: float, tolerance: float | None = None
+) -> float | None:
+    """The value at the last point logged at or before ``step``.
 
-    A curve "reaches" ``step`` when its last point is at ``step`` or later, or
-    within one logging interval before it (runs end on whole updates).
+    None if the curve has no point at or before ``step``, or has not reached
+    it: its last point is more than ``tolerance`` steps before ``step`` (default:
+    the curve's median interval between points; runs end on whole updates and
+    log only when episodes end, so the last point may fall a little short).
     """
-    if steps.size == 0:
+    if steps.size == 0 or step < steps[0]:
         return None
-    gap = float(np.median(np.diff(steps))) if steps.size > 1 else 0.0
-    if steps[-1] + gap < step:
+    if tolerance is None:
+        tolerance = float(np.median(np.diff(steps))) if steps.size > 1 else 0.0
+    if steps[-1] + tolerance < step:
         return None
     i = int(np.searchsorted(steps, step, side="right")) - 1
-    return float(values[max(i, 0)])
+    return float(values[i])
 
 
 def steps_to_reach(steps: np.ndarray, values: np.ndarray, target: float) -> float | None:
@@ -193,8 +198,8 @@ def area_ratio(
 ) -> float | None:
     """Area under curve a over area under curve b, both from step 0 to ``upto`` (trapezoids).
 
-    Each curve is extended flat to step 0 (its first value) and cut at ``upto``
-    (interpolated there). None if b's area is 0 or a curve is empty.
+    Each curve is extended flat before its first point and after its last, and
+    cut at ``upto`` (interpolated there). None if b's area is 0 or a curve is empty.
     """
 
     def area(s: np.ndarray, v: np.ndarray) -> float:

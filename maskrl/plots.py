@@ -98,13 +98,17 @@ def learning_curves_figure(
             if not got:
                 continue
             if len(got) == 1:
-                ax.plot(got[0][0], got[0][1], color=color, label=key, linewidth=1.2)
+                # Markers when there are few points: a lone point draws no line.
+                few = "." if len(got[0][0]) < 30 else None
+                ax.plot(got[0][0], got[0][1], color=color, label=key, linewidth=1.2, marker=few)
                 continue
             try:
                 grid, mean, lo, hi = mean_curve(got)
             except ValueError as e:
                 raise ValueError(f"{key} ({game}): {e}") from e
-            ax.plot(grid, mean, color=color, label=f"{key} (mean of {len(got)})", linewidth=1.2)
+            few = "." if len(grid) < 30 else None
+            label = f"{key} (mean of {len(got)})"
+            ax.plot(grid, mean, color=color, label=label, linewidth=1.2, marker=few)
             ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
         ax.set_title(game)
         ax.set_xlabel(xlabel)

@@ -112,6 +112,9 @@ def test_curve_figures(tmp_path: Path) -> None:
     s = np.array([0.0, 100, 200, 300])
     a, b = np.array([0.0, 2, 4, 4]), np.array([0.0, 1, 2, 4])
     assert value_at(s, a, 250) == 4.0 and value_at(s, a, 1000) is None
+    assert value_at(s[1:], a[1:], 50) is None  # nothing logged at or before step 50
+    assert value_at(s, a, 390) == 4.0 and value_at(s, a, 410) is None  # within one interval
+    assert value_at(s, a, 1000, tolerance=700) == 4.0
     assert steps_to_reach(s, a, 4.0) == 200.0 and steps_to_reach(s, b, 5.0) is None
     # areas 0..300: a = 100 + 300 + 400 = 800, b = 50 + 150 + 300 = 500
     assert area_ratio(s, a, s, b, 300) == pytest.approx(800 / 500)
