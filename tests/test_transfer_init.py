@@ -276,3 +276,21 @@ def test_quantizer_state_does_not_transfer_but_the_weights_do(sources: dict[str,
     assert sorted(rec["copied"]) == sorted(src)
     for k in src:
         assert torch.equal(got[k], src[k]), k
+
+
+def test_all_layers_into_a_multigame_run_of_the_students_own_games(
+    sources: dict[str, Path],
+) -> None:
+    src = _params(load_policy(sources["student"] / "checkpoint.pt", device="cpu").net)
+    agent, rec = build_ppo_from([BREAKOUT, INVADERS], _cfg(), str(sources["student"]), "all")
+    agent.envs.close()
+    got = _params(agent.policy.net)
+    assert set(rec["copied"]) == set(got) == set(src) and not rec["fresh"]
+    for k in src:  # the per-game layers too: the same games in the same order
+        assert torch.equal(got[k], src[k]), k
+    # In another order the per-game rows would be the wrong games': they stay fresh.
+    agent, rec = build_ppo_from([INVADERS, BREAKOUT], _cfg(), str(sources["student"]), "all")
+    agent.envs.close()
+    assert sorted(rec["fresh"]) == [
+        "game_embedding.weight", "value_head.bias", "value_head.weight"
+    ]  # fmt: skip
