@@ -6,6 +6,7 @@
     python train.py ppo --env maskrl/MinAtar-Breakout-v0,maskrl/MinAtar-Asterix-v0   # one multi-game agent
     python train.py ppo --resume runs/NAME
     python train.py eval --checkpoint runs/NAME/checkpoint.pt --episodes 20
+    python train.py plot runs/A runs/B --out curves.png   # learning curves (maskrl[plots])
     tensorboard --logdir runs
 
 The parser and the commands live in :mod:`maskrl.cli`; this file is the

@@ -35,6 +35,7 @@ import math
 import os
 import re
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -100,6 +101,14 @@ class RunConfig:
         "settings preset from maskrl.agents.PRESETS ('fast', 'reference', 'minatar'); "
         "flags given explicitly override it",
     )
+    init_from: str | None = _f(
+        None,
+        "start a new PPO run from this run folder's (or checkpoint's) weights: a PPO run, "
+        "an expert or an Actor-Mimic student (see maskrl.agents.transfer)",
+    )
+    init_layers: str = _f(
+        "encoder", "with --init-from: the layers taken, encoder or all (encoder and heads)"
+    )
     checkpoint_every: int = _f(100_000, "write checkpoint.pt every this many steps")
     eval_episodes: int = _f(10, "episodes (per game) of the final evaluation; 0 to skip")
     progress: bool = _f(True, "show a progress bar")
@@ -127,6 +136,10 @@ class RunConfig:
             raise ValueError(f"env (--env) lists {', '.join(dup)} more than once")
         if self.run_name is not None:
             check_run_name(self.run_name)
+        if self.init_layers not in ("encoder", "all"):
+            raise ValueError(
+                f"init_layers (--init-layers) must be encoder or all, got {self.init_layers!r}"
+            )
 
     @property
     def env_ids(self) -> list[str]:
@@ -595,8 +608,14 @@ def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
 
     run.validate()
     config.validate()
+    if run.resume and run.init_from is not None:
+        raise ValueError(
+            "--init-from starts a new run from another run's weights; --resume continues a "
+            "run from its own checkpoint: give one or the other"
+        )
     lock: RunLock | None = None
     resume_dir = Path(run.resume) if run.resume else None
+    init: dict[str, Any] | None = None
     try:
         try:
             with _phase(stop, "setup"):
@@ -622,7 +641,14 @@ def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
                         stop, run.env_ids, config.num_envs, config.num_steps,
                         resolve_device(config.device), config.env_backend,
                     )  # fmt: skip
-                    agent = PPO(run.env_ids, config)
+                    if run.init_from is not None:
+                        from maskrl.agents.transfer import build_ppo_from
+
+                        agent, init = build_ppo_from(
+                            run.env_ids, config, run.init_from, run.init_layers
+                        )
+                    else:
+                        agent = PPO(run.env_ids, config)
                     try:
                         agent.allocate()  # fails on an impossible buffer before a folder is made
                         run_dir = new_run_dir(run, config.seed)
@@ -641,11 +667,20 @@ def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
                 message=f"stopped before training resumed; {resume_dir} is unchanged",
             ) from None
         hparams = {**dataclasses.asdict(run), **config.to_dict()}
+        saved_json: dict[str, Any] = {
+            "run": dataclasses.asdict(run),
+            "ppo": config.to_dict(),
+            "device": str(agent.device),
+        }
+        if init is None and run.resume:
+            init = saved.get("init")  # what the run started from stays recorded
+        elif init is not None:
+            for note in init["notes"]:
+                print(f"init-from: {note}", file=sys.stderr)
+        if init is not None:
+            saved_json["init"] = init
         # Written only now that everything loaded: a failed resume leaves config.json alone.
-        _write_json(
-            run_dir / "config.json",
-            {"run": dataclasses.asdict(run), "ppo": config.to_dict(), "device": str(agent.device)},
-        )
+        _write_json(run_dir / "config.json", saved_json)
         return run_training(
             agent, run_dir, run, hparams, bool(run.resume), stop, eval_seed=config.seed + 10_000
         )
@@ -883,6 +918,8 @@ def train_mimic(
     from maskrl.agents.trainer import resolve_device
 
     run.validate()
+    if run.init_from is not None:
+        raise ValueError("init_from (--init-from) applies to PPO runs only")
     _check_finetune_steps(finetune_ppo)
     if run.resume:
         parent = _mimic_of_finetune(Path(run.resume))

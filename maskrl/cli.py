@@ -5,6 +5,7 @@
     python train.py ppo --env maskrl/MinAtar-Breakout-v0,maskrl/MinAtar-Asterix-v0   # one multi-game agent
     python train.py ppo --resume runs/NAME
     python train.py eval --checkpoint runs/NAME/checkpoint.pt --episodes 20
+    python train.py plot runs/A runs/B --out curves.png   # learning curves (maskrl[plots])
     tensorboard --logdir runs
 
 Every flag is a field of a configuration dataclass (maskrl.agents.PPOConfig,
@@ -165,7 +166,9 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         "in <run>/finetune, at most 1e13 (default: 0; on --resume, the run's own; "
         "--resume continues the fine-tune once the distillation is done)",
     )
-    add_dataclass_args(mi, RunConfig, exclude=frozenset({"env", "preset"}))
+    add_dataclass_args(
+        mi, RunConfig, exclude=frozenset({"env", "preset", "init_from", "init_layers"})
+    )
     add_dataclass_args(mi, MimicConfig)
     ev = sub.add_parser(
         "eval",
@@ -197,6 +200,34 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         help="run the policy converted to int8 kernels (CPU): a QAT checkpoint as trained, "
         "a float one after post-training calibration on its own env",
     )
+    pl = sub.add_parser(
+        "plot",
+        allow_abbrev=False,
+        help="draw learning curves from runs' tensorboard files",
+        description="Draw the runs' learning curves (one panel per game, one line per run) "
+        "from their tensorboard event files into an image; needs matplotlib (the optional "
+        "extra maskrl[plots]). See maskrl.plots.",
+    )
+    pl.add_argument("runs", nargs="+", metavar="RUN", help="run folders (runs/<name>)")
+    pl.add_argument(
+        "--tag",
+        default="charts/episodic_return",
+        help="scalar to draw; per game for multi-game runs (default: charts/episodic_return)",
+    )
+    pl.add_argument("--out", default="curves.png", help="image file to write (default: curves.png)")
+    pl.add_argument(
+        "--smooth", type=int, default=1, help="trailing mean over this many points (default: 1)"
+    )
+    pl.add_argument(
+        "--x", choices=("steps", "time"), default="steps", help="x axis: env steps or wall time"
+    )
+    pl.add_argument(
+        "--group",
+        action="store_true",
+        help="one line per setting: runs named alike up to a -s<seed> suffix drawn as their "
+        "mean and min-max band",
+    )
+    pl.add_argument("--title", default=None, help="figure title")
     return parser
 
 
@@ -346,6 +377,7 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
             given = _explicit_flags(argv)
             if run_cfg.preset is not None:
                 ppo_cfg = apply_preset(ppo_cfg, run_cfg.preset, keep=given)
+            _check_init_flags(given, run_cfg)
             if run_cfg.resume:
                 _check_resume_flags(given)
             _check_qat_flags(given, ppo_cfg)
@@ -373,6 +405,12 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
             return 0
         if ns.command == "eval":
             return _eval(ns, prog, signals)
+        if ns.command == "plot":
+            from maskrl.plots import write_plot
+
+            out = write_plot(ns.runs, ns.out, ns.tag, ns.x, ns.smooth, ns.group, ns.title)
+            print(f"wrote {out}")
+            return 0
     except TrainingInterrupted as e:
         if ns.command == "experts":
             # The experts command resumes what it left: the same command continues it.
@@ -398,6 +436,17 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
             return EXIT_TERMINATED if signals.signum == signal.SIGTERM else EXIT_INTERRUPTED
         raise
     return EXIT_USAGE
+
+
+def _check_init_flags(given: set[str], run_cfg: Any) -> None:
+    """Refuse ``--init-from`` with ``--resume``, and ``--init-layers`` without ``--init-from``."""
+    if run_cfg.init_from is not None and run_cfg.resume:
+        raise ValueError(
+            "--init-from starts a new run from another run's weights; --resume continues a "
+            "run from its own checkpoint: give one or the other"
+        )
+    if "init_layers" in given and run_cfg.init_from is None:
+        raise ValueError("--init-layers only applies with --init-from: add --init-from or drop it")
 
 
 def _check_qat_flags(given: set[str], cfg: Any) -> None:

@@ -1,0 +1,168 @@
+"""Learning-curve figures from runs' tensorboard files (``train.py plot``).
+
+matplotlib is an optional dependency (the ``plots`` extra); this module imports
+it only when a figure is drawn, and never through ``pyplot``: a figure is a
+plain :class:`matplotlib.figure.Figure`, so drawing changes no global state
+(no current figure, no backend switch).
+
+* one panel per game (a multi-game run's per-game curves, a single-game run's
+  game; runs of the same game share its panel);
+* one line per run, or with ``group=True`` one line per setting: runs whose
+  folder names are equal up to a ``-s<seed>`` suffix (``scratch-s1``,
+  ``scratch-s2`` -> ``scratch``) are drawn as their mean with a shaded min-max
+  band, on the steps every one of them reached (:func:`maskrl.curves.mean_curve`);
+* x: env steps, or wall time since the run's first logged point;
+* smoothing: a trailing mean over the last ``n`` logged points
+  (:func:`maskrl.curves.smooth`), applied to each run before grouping.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from maskrl.curves import RETURN_TAG, SEED_SUFFIX, mean_curve, read_run, smooth
+
+__all__ = ["MATPLOTLIB_REQUIREMENT", "learning_curves_figure", "require_matplotlib", "write_plot"]
+
+#: What ``pip install`` needs for the figures (the ``plots`` extra of pyproject.toml).
+MATPLOTLIB_REQUIREMENT = "matplotlib>=3.7"  # 3.7: legends placed outside the axes
+
+X_AXES = ("steps", "time")
+
+
+def require_matplotlib() -> None:
+    """ValueError with the command that installs matplotlib, if it cannot be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise ValueError(
+            "plot needs matplotlib (the optional extra maskrl[plots]); install it with: "
+            f'pip install "{MATPLOTLIB_REQUIREMENT}"'
+        ) from e
+
+
+def group_name(run_dir: str | Path) -> str:
+    """The setting a run belongs to: its folder name without a ``-s<seed>`` suffix."""
+    return SEED_SUFFIX.sub("", Path(run_dir).resolve().name)
+
+
+def learning_curves_figure(
+    runs: list[str | Path],
+    tag: str = RETURN_TAG,
+    x: str = "steps",
+    smooth_n: int = 1,
+    group: bool = False,
+    title: str | None = None,
+) -> Any:
+    """A :class:`matplotlib.figure.Figure` of the runs' ``tag`` curves (see the module docstring).
+
+    Raises:
+        ValueError: no runs, a run without event files or without ``tag``, a bad
+            ``x`` or ``smooth_n``, grouped runs whose steps do not overlap, or
+            matplotlib missing (the message says how to install it).
+    """
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    if not runs:
+        raise ValueError("plot needs at least one run folder")
+    if x not in X_AXES:
+        raise ValueError(f"--x must be one of {X_AXES}, got {x!r}")
+    if smooth_n < 1:
+        raise ValueError(f"--smooth must be >= 1, got {smooth_n}")
+    # series name -> game -> [(x, smoothed values)], in the order runs were given
+    series: dict[str, dict[str, list[Any]]] = {}
+    panels: list[str] = []
+    names = [Path(r).resolve().name for r in runs]
+    for run, name in zip(runs, names, strict=True):
+        curves = read_run(run, tag)
+        key = group_name(run) if group else (name if names.count(name) == 1 else str(run))
+        for game, c in curves.items():
+            if game not in panels:
+                panels.append(game)
+            xs = c.steps if x == "steps" else c.wall
+            series.setdefault(key, {}).setdefault(game, []).append((xs, smooth(c.values, smooth_n)))
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(5.0 * cols, 3.6 * rows), layout="constrained")
+    xlabel = "env steps" if x == "steps" else "wall time (s)"
+    ylabel = "episodic return" if tag == RETURN_TAG else tag
+    for i, game in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for j, (key, by_game) in enumerate(series.items()):
+            color = f"C{j % 10}"
+            got = by_game.get(game)
+            if not got:
+                continue
+            if len(got) == 1:
+                # Markers when there are few points: a lone point draws no line.
+                few = "." if len(got[0][0]) < 30 else None
+                ax.plot(got[0][0], got[0][1], color=color, label=key, linewidth=1.2, marker=few)
+                continue
+            try:
+                grid, mean, lo, hi = mean_curve(got)
+            except ValueError as e:
+                raise ValueError(f"{key} ({game}): {e}") from e
+            few = "." if len(grid) < 30 else None
+            label = f"{key} (mean of {len(got)})"
+            ax.plot(grid, mean, color=color, label=label, linewidth=1.2, marker=few)
+            ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
+        ax.set_title(game)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    # One legend for the figure: every series once, wherever it appears.
+    handles: dict[str, Any] = {}
+    for ax in fig.axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(
+        list(handles.values()), list(handles), loc="outside lower center",
+        ncols=min(4, len(handles)), fontsize="small",
+    )  # fmt: skip
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def write_plot(
+    runs: list[str | Path],
+    out: str | Path,
+    tag: str = RETURN_TAG,
+    x: str = "steps",
+    smooth_n: int = 1,
+    group: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Draw :func:`learning_curves_figure` and save it to ``out`` (format from its suffix).
+
+    Raises:
+        ValueError: as :func:`learning_curves_figure`, or an ``out`` that cannot be
+            written (a folder, a missing parent folder, an unknown image format).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name such as curves.png")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {out}: folder {parent} is not writable")
+    require_matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = out.suffix.lstrip(".").lower()
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise ValueError(
+            f"--out {out}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}"
+        )
+    fig = learning_curves_figure(runs, tag, x, smooth_n, group, title)
+    try:
+        fig.savefig(out, dpi=100)
+    except OSError as e:
+        raise ValueError(f"--out {out}: {e.strerror or e}") from e
+    return out
