@@ -244,7 +244,14 @@ def build_ppo_from(
             f"init_layers (--init-layers) must be one of {INIT_LAYERS}, got {layers!r}"
         )
     source, ckpt = load_init_source(init_from)
-    agent = PPO(env_ids, config, network_kwargs=source_network_kwargs(source))
+    width = source_network_kwargs(source)
+    if config.hidden is not None and width and width["hidden"] != config.hidden:
+        raise ValueError(
+            f"hidden={config.hidden} (--hidden, or the preset's) differs from the width of the "
+            f"--init-from network ({width['hidden']}): pass --hidden {width['hidden']} so the "
+            "encoders line up"
+        )
+    agent = PPO(env_ids, config, network_kwargs=width)
     try:
         same = list(source.env_ids or []) == list(env_ids)
         report = transfer_weights(agent.policy.net, source.net, layers, same_games=same)

@@ -294,3 +294,23 @@ def test_all_layers_into_a_multigame_run_of_the_students_own_games(
     assert sorted(rec["fresh"]) == [
         "game_embedding.weight", "value_head.bias", "value_head.weight"
     ]  # fmt: skip
+
+
+def test_a_hidden_flag_other_than_the_sources_width_is_one_line(
+    sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The student is 32 units wide; --hidden 64 (or the minatar preset's 256) cannot line up.
+    for extra in (["--hidden", "64"], ["--preset", "minatar"]):
+        rc = train.main(["ppo", "--env", ASTERIX, "--init-from", str(sources["student"]), *extra,
+                         "--runs-dir", str(tmp_path / "runs"), *TINY])  # fmt: skip
+        assert rc == 2
+        line = _one_error(capsys)
+        assert "differs from the width of the --init-from network (32)" in line
+        assert "pass --hidden 32" in line
+
+
+def test_the_sources_width_given_as_hidden_is_accepted(sources: dict[str, Path]) -> None:
+    agent, record = build_ppo_from([ASTERIX], PPOConfig(hidden=32, **CFG), str(sources["student"]))  # type: ignore[arg-type]
+    agent.envs.close()
+    cnn = [m for m in agent.policy.net.modules() if isinstance(m, MinAtarCNN)]
+    assert cnn[0].fc.out_features == 32 and record["copied"]
