@@ -27,6 +27,7 @@ def evaluate(
     num_envs: int | None = None,
     max_steps: int = 10_000_000,
     stop: Any = None,
+    use_mask: bool = True,
 ) -> dict[str, Any]:
     """Play ``episodes`` full episodes per game and report their returns.
 
@@ -46,11 +47,18 @@ def evaluate(
         stop: an object with ``requested`` (e.g. :class:`maskrl.agents.runner.StopRequest`),
             read every vector step: once it is true the evaluation ends by raising
             ``KeyboardInterrupt``, as a Ctrl-C would (nothing is returned).
+        use_mask: False evaluates "trained with masks, played without": the
+            agent is shown every action as valid (it picks among all of them)
+            and an invalid action gets the env's own rule for it (a no-op in
+            MinAtar's full action set; see each env). The envs' true masks still
+            count the invalid actions taken.
 
     Returns:
-        ``{"mean": ..., "std": ..., "episodes": n, "returns": [...]}`` for one
-        game; for several, the same per game under ``"per_game"`` (keyed by env
-        id) plus the overall mean.
+        ``{"mean": ..., "std": ..., "episodes": n, "returns": [...],
+        "invalid_action_rate": ...}`` for one game (the share of the counted
+        episodes' steps whose action the env's mask marked invalid: 0 when
+        ``use_mask``); for several, the same per game under ``"per_game"``
+        (keyed by env id) plus the overall mean.
     """
     from maskrl.envs import make_multigame_vec, make_vec
 
@@ -106,17 +114,23 @@ def evaluate(
             quota[slots] = q
         returns: list[list[float]] = [[] for _ in range(k)]
         ep_ret = np.zeros(n)
+        steps = np.zeros(n, dtype=np.int64)
+        invalid = np.zeros(n, dtype=np.int64)
         obs, infos = envs.reset(seed=seed)
         n_logits = int(np.asarray(infos["action_mask"]).shape[1])
+        nvec = getattr(getattr(agent, "head", None), "nvec", None)
+        offsets = None if nvec is None else np.cumsum([0, *list(nvec)[:-1]])
         for _ in range(max_steps):
             if (quota == 0).all():
                 break
             if stop is not None and stop.requested:
                 raise KeyboardInterrupt("evaluation stopped on request")
-            mask = read_masks(
-                infos, n, n_logits, getattr(getattr(agent, "head", None), "nvec", None)
-            )
-            action = agent.predict(obs, mask, deterministic=deterministic)
+            mask = read_masks(infos, n, n_logits, nvec)
+            shown = mask if use_mask else np.ones_like(mask)
+            action = agent.predict(obs, shown, deterministic=deterministic)
+            counted = quota > 0
+            steps += counted
+            invalid += counted & ~_action_valid(mask, np.asarray(action), offsets)
             obs, reward, term, trunc, infos = envs.step(action)
             ep_ret += reward
             for i in np.flatnonzero(np.logical_or(term, trunc)):
@@ -131,19 +145,30 @@ def evaluate(
     finally:
         envs.close()
 
-    def summary(r: list[float]) -> dict[str, Any]:
+    def summary(g: int) -> dict[str, Any]:
+        r = returns[g]
         return {
             "mean": float(np.mean(r)),
             "std": float(np.std(r)),
             "episodes": len(r),
             "returns": r,
+            "invalid_action_rate": float(invalid[g::k].sum() / max(1, steps[g::k].sum())),
         }
 
     if k == 1:
-        return {"env_id": ids[0], **summary(returns[0])}
-    by_game = {e: summary(r) for e, r in zip(ids, returns, strict=True)}
+        return {"env_id": ids[0], **summary(0)}
+    by_game = {e: summary(g) for g, e in enumerate(ids)}
     mean = float(np.mean([by_game[e]["mean"] for e in ids]))
     return {"env_ids": ids, "per_game": by_game, "mean": mean}
+
+
+def _action_valid(mask: np.ndarray, action: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
+    """Per env, whether ``action`` is valid under ``mask`` (every dimension, for ``MultiDiscrete``)."""
+    rows = np.arange(mask.shape[0])
+    if offsets is None:
+        return mask[rows, action.reshape(mask.shape[0])]
+    cols = action.reshape(mask.shape[0], len(offsets)) + offsets
+    return mask[rows[:, None], cols].all(axis=1)
 
 
 def _is_multigame(agent: Any) -> bool:

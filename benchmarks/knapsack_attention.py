@@ -140,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0.02,
         help="raw item values are 1-20 by default: scale returns of ~100 down",
     )
+    p.add_argument(
+        "--gamma",
+        type=float,
+        default=0.99,
+        help="discount (1.0: the episode's return is exactly the knapsack's value)",
+    )
+    p.add_argument("--gae-lambda", type=float, default=0.95, help="GAE lambda")
     p.add_argument("--layers", type=int, default=2, help="self-attention blocks of the set network")
     p.add_argument("--heads", type=int, default=2, help="heads per self-attention block")
     p.add_argument(
@@ -187,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         num_minibatches=4,
         learning_rate=a.learning_rate,
         reward_scale=a.reward_scale,
+        gamma=a.gamma,
+        gae_lambda=a.gae_lambda,
         ent_coef=0.01,
         seed=a.seed,
         device="cpu",

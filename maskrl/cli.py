@@ -192,6 +192,13 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     ev.add_argument(
         "--deterministic", action="store_true", help="take the most probable valid action"
     )
+    ev.add_argument(
+        "--no-mask",
+        dest="use_mask",
+        action="store_false",
+        help="play without the action mask (every action offered; an invalid one gets the "
+        "env's own rule) and report the share of invalid actions: what the mask buys",
+    )
     ev.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     ev.add_argument("--output", default=None, help="also write the summary to this JSON file")
     ev.add_argument(
@@ -539,8 +546,9 @@ def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -
                 file=sys.stderr,
             )
     res = evaluate(
-        policy, env, ns.episodes, seed=ns.seed, deterministic=ns.deterministic, stop=signals
-    )
+        policy, env, ns.episodes, seed=ns.seed, deterministic=ns.deterministic, stop=signals,
+        use_mask=ns.use_mask,
+    )  # fmt: skip
     _print_eval(res)
     if ns.output:
         try:
@@ -572,16 +580,17 @@ def apply_preset(config: Any, preset: str, keep: set[str] = frozenset()) -> Any:
 
 
 def _print_eval(ev: dict[str, Any]) -> None:
+    def line(e: str, r: dict[str, Any]) -> str:
+        rate = r.get("invalid_action_rate", 0.0)
+        tail = f"; invalid actions: {rate:.1%} of steps" if rate else ""
+        return f"eval {e}: mean return {r['mean']:.2f} +- {r['std']:.2f} over {r['episodes']} episodes{tail}"
+
     if "per_game" in ev:
         for e, r in ev["per_game"].items():
-            print(
-                f"eval {e}: mean return {r['mean']:.2f} +- {r['std']:.2f} over {r['episodes']} episodes"
-            )
+            print(line(e, r))
         print(f"eval mean over games: {ev['mean']:.2f}")
     else:
-        print(
-            f"eval {ev['env_id']}: mean return {ev['mean']:.2f} +- {ev['std']:.2f} over {ev['episodes']} episodes"
-        )
+        print(line(ev["env_id"], ev))
 
 
 if __name__ == "__main__":

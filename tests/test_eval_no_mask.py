@@ -1,0 +1,81 @@
+"""``evaluate(..., use_mask=False)`` / ``train.py eval --no-mask``: a policy trained
+with masks, played without them, and the share of invalid actions it takes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from train_module import train
+
+import maskrl.envs  # noqa: F401  (registers the ids)
+from maskrl.agents import evaluate
+from maskrl.agents.evaluation import _action_valid
+
+BREAKOUT = "maskrl/MinAtar-Breakout-v0"  # valid: noop 0, left 1, right 3 of the six
+
+
+class Prefers:
+    """Takes action ``a`` where the mask it is shown allows it, else the first valid one."""
+
+    def __init__(self, a: int, env_ids: list[str]) -> None:
+        self.a, self.env_ids = a, env_ids
+        self.shown: list[np.ndarray] = []
+
+    def predict(self, obs: object, mask: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        self.shown.append(mask.copy())
+        return np.where(mask[:, self.a], self.a, mask.argmax(axis=1))
+
+
+def test_with_the_mask_no_invalid_action_is_taken_and_without_every_one_is() -> None:
+    masked = Prefers(2, [BREAKOUT])  # "up": not one of Breakout's actions
+    r = evaluate(masked, episodes=3, seed=1)
+    assert r["invalid_action_rate"] == 0.0
+    assert all(not m[:, 2].any() for m in masked.shown)  # the true masks were shown
+    bare = Prefers(2, [BREAKOUT])
+    r = evaluate(bare, episodes=3, seed=1, use_mask=False)
+    assert all(m.all() for m in bare.shown)  # every action offered
+    assert r["invalid_action_rate"] == 1.0 and r["episodes"] == 3
+
+
+def test_a_valid_preferred_action_counts_no_invalid_action_without_the_mask() -> None:
+    r = evaluate(Prefers(3, [BREAKOUT]), episodes=2, seed=1, use_mask=False)
+    assert r["invalid_action_rate"] == 0.0
+
+
+def test_the_rate_is_per_game_in_a_multigame_evaluation() -> None:
+    ids = [BREAKOUT, "maskrl/MinAtar-Freeway-v0"]  # Freeway: noop 0, up 2, down 4
+    r = evaluate(Prefers(2, ids), ids, episodes=1, seed=0, use_mask=False, num_envs=2)
+    assert r["per_game"][BREAKOUT]["invalid_action_rate"] == 1.0
+    assert r["per_game"][ids[1]]["invalid_action_rate"] == 0.0
+
+
+def test_action_valid_by_hand() -> None:
+    mask = np.array([[True, False, True], [False, True, True]])
+    assert _action_valid(mask, np.array([1, 1]), None).tolist() == [False, True]
+    # MultiDiscrete (2, 3): offsets 0 and 2; env 0 picks (0, 2) -> columns 0 and 4.
+    md = np.array([[True, False, True, False, True], [True, True, True, True, False]])
+    actions = np.array([[0, 2], [1, 2]])
+    assert _action_valid(md, actions, np.array([0, 2])).tolist() == [True, False]
+
+
+def test_cli_eval_no_mask_reports_the_invalid_actions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = ["--num-envs", "2", "--num-steps", "16", "--num-minibatches", "1", "--device", "cpu"]
+    argv = ["ppo", "--env", BREAKOUT, "--total-timesteps", "32", *tiny, "--no-progress"]
+    argv += ["--eval-episodes", "0", "--runs-dir", str(tmp_path), "--run-name", "b"]
+    assert train.main(argv) == 0
+    ckpt = str(tmp_path / "b" / "checkpoint.pt")
+    out = tmp_path / "nomask.json"
+    argv = ["eval", "--checkpoint", ckpt, "--episodes", "2", "--no-mask", "--output", str(out)]
+    capsys.readouterr()
+    assert train.main(argv) == 0
+    # An untrained policy spreads over all six actions, three of them invalid in Breakout.
+    rate = json.loads(out.read_text())["invalid_action_rate"]
+    assert 0.2 < rate < 0.8
+    assert f"invalid actions: {rate:.1%} of steps" in capsys.readouterr().out
+    assert train.main(["eval", "--checkpoint", ckpt, "--episodes", "2", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["invalid_action_rate"] == 0.0
