@@ -106,6 +106,7 @@ def _pick(ns: argparse.Namespace, cls: type) -> Any:
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     """The command line's parser (``prog``: the name it shows, ``train.py`` or ``maskrl``)."""
     from maskrl.agents.config import PPOConfig
+    from maskrl.agents.distributed import DistConfig
     from maskrl.agents.mimic import MimicConfig
     from maskrl.agents.runner import RunConfig
 
@@ -126,6 +127,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     )
     add_dataclass_args(ppo, RunConfig)
     add_dataclass_args(ppo, PPOConfig)
+    add_dataclass_args(ppo, DistConfig)
     ex = sub.add_parser(
         "experts",
         allow_abbrev=False,
@@ -167,6 +169,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     )
     add_dataclass_args(mi, RunConfig, exclude=frozenset({"env", "preset"}))
     add_dataclass_args(mi, MimicConfig)
+    add_dataclass_args(mi, DistConfig)
     ev = sub.add_parser(
         "eval",
         allow_abbrev=False,
@@ -234,6 +237,8 @@ class _Signals(StopRequest):
         self.request(signum)
         if self.phase == "training" and first:
             name = _signal_name(signum)
+            if _torchrun_rank() > 0:
+                return  # rank 0 says it for the job
             print(
                 f"\n{name}: stopping after the current update and saving a checkpoint "
                 "(press Ctrl-C again to stop at once, without saving)",
@@ -263,6 +268,14 @@ class _Signals(StopRequest):
             self._previous.clear()
 
 
+def _torchrun_rank() -> int:
+    """This process's rank in a torchrun job of several ranks (0 otherwise; torch-free)."""
+    try:
+        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except (KeyError, ValueError):
+        return 0
+
+
 def _signal_name(signum: int | None) -> str:
     if signum is None or signum == signal.SIGINT:
         return "Ctrl-C"
@@ -284,7 +297,8 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
                 "setup": "before training started; nothing new was saved",
                 "evaluation": "during the evaluation; nothing was written",
             }.get(signals.stopped_in or signals.phase, "at once; nothing more was saved")
-            print(f"{prog}: stopped ({_signal_name(signals.signum)}) {where}", file=sys.stderr)
+            if _torchrun_rank() == 0:  # in a torchrun job, rank 0 says it for the job
+                print(f"{prog}: stopped ({_signal_name(signals.signum)}) {where}", file=sys.stderr)
             return EXIT_TERMINATED if signals.signum == signal.SIGTERM else EXIT_INTERRUPTED
 
 
@@ -331,11 +345,56 @@ def _main(argv: list[str] | None, signals: _Signals, prog: str = "train.py") -> 
         if ns.command is None:
             parser.print_help()
             return EXIT_USAGE
-        return _dispatch(ns, argv, signals, prog)
+        try:
+            ranks = _ranks(ns, prog)
+        except ValueError as e:
+            print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return EXIT_USAGE
+        with ranks as dp:
+            return _dispatch(ns, argv, signals, prog, dp)
 
 
-def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: str) -> int:
+def _ranks(ns: argparse.Namespace, prog: str) -> Any:
+    """The process group of a torchrun job for this command (a null context in one process).
+
+    ``ppo`` and ``mimic`` train data-parallel under torchrun; ``--device`` becomes
+    this rank's (``cuda:LOCAL_RANK``). Other commands run in one process.
+
+    Raises:
+        ValueError: a bad ``--dist-timeout``, a malformed torchrun environment, a
+            device a rank cannot take, or a command that does not run under torchrun.
+    """
+    if _torchrun_rank() == 0 and "WORLD_SIZE" not in os.environ:
+        return contextlib.nullcontext(None)  # one process: torch.distributed is never touched
+    from maskrl.agents.distributed import DistConfig, process_group, rank_device, torchrun_env
+
+    env = torchrun_env()
+    if env is None:
+        return contextlib.nullcontext(None)
+    if ns.command not in ("ppo", "mimic"):
+        raise ValueError(
+            f"{ns.command} runs in one process: run {_command(prog)} {ns.command} without torchrun "
+            "(only ppo and mimic train data-parallel)"
+        )
+    dist_cfg = _pick(ns, DistConfig)
+    dist_cfg.validate()
+    rank_device(ns.device, env[1])  # refuses --device cuda:N before the group is joined
+
+    @contextlib.contextmanager
+    def joined() -> Iterator[Any]:
+        with process_group(ns.device, dist_cfg.dist_timeout) as (dp, device):
+            ns.device = device
+            yield dp
+
+    return joined()
+
+
+def _dispatch(
+    ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: str, dp: Any = None
+) -> int:
     from maskrl.agents.runner import TrainingInterrupted
+
+    main = dp is None or dp.is_main  # in a torchrun job, rank 0 prints for the job
 
     try:
         if ns.command == "ppo":
@@ -349,8 +408,9 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
             if run_cfg.resume:
                 _check_resume_flags(given)
             _check_qat_flags(given, ppo_cfg)
-            summary = _runner().train_ppo(run_cfg, ppo_cfg, signals.stop)
-            _print_summary(summary)
+            summary = _runner().train_ppo(run_cfg, ppo_cfg, signals.stop, data_parallel=dp)
+            if main:
+                _print_summary(summary)
             return 0
         if ns.command == "experts":
             return _experts(ns, argv, signals)
@@ -364,8 +424,11 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
                 _check_resume_flags(given, extra={"finetune_ppo"})
             _check_qat_flags(given, mimic_cfg)
             summary = _runner().train_mimic(
-                run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo
-            )
+                run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo,
+                data_parallel=dp,
+            )  # fmt: skip
+            if not main:
+                return 0
             _print_summary(summary)
             if "finetune" in summary:
                 print("after PPO fine-tuning:")
@@ -378,12 +441,18 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
             # The experts command resumes what it left: the same command continues it.
             advice = f"; continue with: {_command(prog)} {shlex.join(argv)}"
         elif e.resume is not None:
-            advice = f"; continue with: {_command(prog)} {ns.command} --resume {e.resume}"
+            how = _command(prog) if dp is None else _torchrun_command(prog)
+            advice = f"; continue with: {how} {ns.command} --resume {e.resume}"
         else:
             advice = " (start a new run)"
-        print(f"{prog}: {e}{advice}", file=sys.stderr)
+        if main:
+            print(f"{prog}: {e}{advice}", file=sys.stderr)
         return EXIT_TERMINATED if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
     except ValueError as e:
+        if dp is not None:
+            e, show = _rank_error(dp, e)
+            if not show:
+                return EXIT_USAGE
         # Bad input: one clear line (whatever line breaks the message had), no traceback.
         print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
@@ -398,6 +467,39 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
             return EXIT_TERMINATED if signals.signum == signal.SIGTERM else EXIT_INTERRUPTED
         raise
     return EXIT_USAGE
+
+
+def _rank_error(dp: Any, e: ValueError) -> tuple[ValueError, bool]:
+    """A torchrun rank's error: ``(what to print, whether this rank prints it)``.
+
+    Before training, the ranks agree on setup errors (each rank's is sent to all),
+    and rank 0 alone prints the one agreed message; once training began, a rank
+    prints its own error, named by its rank.
+    """
+    from maskrl.agents.distributed import SetupFailed
+
+    if not isinstance(e, SetupFailed) and not dp.setup_done:
+        try:
+            dp.agree_setup(str(e))
+        except SetupFailed as agreed:
+            e = agreed
+    if isinstance(e, SetupFailed):
+        return e, dp.is_main
+    return (e if dp.is_main else ValueError(f"rank {dp.rank}: {e}")), True
+
+
+def _torchrun_command(prog: str) -> str:
+    """How a printed command relaunches this torchrun job (same nodes and ranks per node)."""
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    entry = "train.py" if prog == "train.py" else f"--no-python {prog}"
+    if nodes == 1:
+        return f"torchrun --standalone --nproc_per_node={per_node} {entry}"
+    where = f"{os.environ.get('MASTER_ADDR', 'HOST')}:{os.environ.get('MASTER_PORT', '29500')}"
+    return (
+        f"torchrun --nnodes={nodes} --nproc_per_node={per_node} --rdzv_backend=c10d "
+        f"--rdzv_endpoint={where} {entry}"
+    )
 
 
 def _check_qat_flags(given: set[str], cfg: Any) -> None:
@@ -441,7 +543,7 @@ def _runner() -> Any:
 
 #: Flags a resumed run accepts: the length of the run and the bookkeeping of this
 #: invocation. Everything else comes from the run's config.json.
-RESUME_FLAGS = {"resume", "total_timesteps", "eval_episodes", "progress", "device"}
+RESUME_FLAGS = {"resume", "total_timesteps", "eval_episodes", "progress", "device", "dist_timeout"}
 
 
 def _check_resume_flags(given: set[str], extra: set[str] = frozenset()) -> None:  # type: ignore[assignment]
