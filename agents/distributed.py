@@ -49,6 +49,7 @@ import datetime
 import hashlib
 import math
 import os
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,7 @@ __all__ = [
     "DistConfig",
     "SetupFailed",
     "check_world_size",
+    "collective_failure",
     "process_group",
     "torchrun_env",
 ]
@@ -340,23 +342,46 @@ class DataParallel:
         return got[0][1]
 
 
-def check_world_size(saved: dict[str, Any], dp: DataParallel | None, run_dir: Any) -> None:
+def collective_failure(e: BaseException) -> str | None:
+    """What to say when ``e`` is a failed collective of torch.distributed (else None).
+
+    A collective fails when another rank died (its connection closed) or did not
+    answer within the process group's timeout (``--dist-timeout``).
+    """
+    if not isinstance(e, RuntimeError):
+        return None
+    frames = traceback.extract_tb(e.__traceback__)
+    if not any(f"torch{os.sep}distributed{os.sep}" in fr.filename for fr in frames):
+        return None
+    first = " ".join(str(e).split())
+    first = first if len(first) <= 240 else first[:237] + "..."
+    return (
+        "a collective with the other ranks failed: another rank died, or did not answer "
+        f"within --dist-timeout ({type(e).__name__}: {first}); the run folder keeps its "
+        "last checkpoint"
+    )
+
+
+def check_world_size(
+    saved: dict[str, Any], dp: DataParallel | None, run_dir: Any, command: str = "ppo"
+) -> None:
     """Refuse to resume a run with another number of ranks than it was trained with.
 
-    ``saved`` is the run's ``config.json`` (no ``world_size``: one process).
+    ``saved`` is the run's ``config.json`` (no ``world_size``: one process);
+    ``command`` (``ppo`` or ``mimic``) goes into the command the message suggests.
     """
     was = int(saved.get("world_size", 1))
     now = 1 if dp is None else dp.world_size
     if was != now:
         how = (
-            "without torchrun"
+            f"python train.py {command} --resume {run_dir}"
             if was == 1
-            else f"with torchrun and {was} ranks in all (e.g. torchrun --standalone "
-            f"--nproc_per_node={was} train.py ...)"
+            else f"{was} ranks in all, e.g. on one node: torchrun --standalone "
+            f"--nproc_per_node={was} train.py {command} --resume {run_dir}"
         )
         raise ValueError(
             f"cannot resume: {run_dir} was trained by {was} process(es) and this job has {now}; "
-            f"resume it {how}"
+            f"resume it with {how}"
         )
 
 

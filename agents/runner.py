@@ -357,11 +357,10 @@ def run_training(
             raise ValueError(f"could not write {ckpt_path} ({reason}); {where}") from e
         last_good["step"] = trainer.global_step
 
-    _agree_stop(dp, stop)
-    if stop is not None and stop.requested:
+    if _stopping(dp, stop):
         # Stopped while the envs were being built: nothing new to save.
         trainer.envs.close()
-        raise TrainingInterrupted(run_dir, trainer.global_step, stop.signum or 2, saved=False)
+        raise TrainingInterrupted(run_dir, trainer.global_step, _signum(stop), saved=False)
 
     # On resume, drop what was logged after the checkpoint (work that was lost); the
     # points at the checkpoint's own step belong to the update it saved, so they stay.
@@ -423,8 +422,7 @@ def run_training(
         if s >= next_ckpt:
             save()
             next_ckpt = (s // run.checkpoint_every + 1) * run.checkpoint_every
-        _agree_stop(dp, stop)  # a stop any rank saw stops every rank after this update
-        return not (stop is not None and stop.requested)
+        return not _stopping(dp, stop)  # in a job: every rank stops after the same update
 
     try:
         with _phase(stop, "training"):
@@ -444,13 +442,13 @@ def run_training(
     try:
         # Still "training" while saving: a signal now is read afterwards, never mid-write.
         with _phase(stop, "training"):
-            if stop is not None and stop.requested:
+            if _stopping(dp, stop):
                 # The model is at the end of its last completed update; save it so that
                 # --resume continues from there.
                 trained = trainer.global_step > step_start
                 if trained:
                     save()
-                raise TrainingInterrupted(run_dir, trainer.global_step, stop.signum or 2, trained)
+                raise TrainingInterrupted(run_dir, trainer.global_step, _signum(stop), trained)
             save()
             finished = True
         with _phase(stop, "evaluation"):
@@ -506,13 +504,19 @@ class _NoWriter:
         return lambda *args, **kwargs: None
 
 
-def _agree_stop(dp: Any, stop: StopRequest | None) -> None:
-    """In a data-parallel job, a stop requested on any rank is requested on every rank."""
+def _stopping(dp: Any, stop: StopRequest | None) -> bool:
+    """Whether the run stops now: ``stop.requested``, or in a job, what the ranks agree.
+
+    In a data-parallel job a stop requested on any rank is requested on every
+    rank, and the decision is the agreed one only: a signal that arrives during
+    the agreement counts at the next one, on every rank alike.
+    """
     if dp is None:
-        return
+        return stop is not None and stop.requested
     signum = dp.agree_stop(getattr(stop, "signum", None))
     if signum is not None and stop is not None:
         stop.request(signum)
+    return signum is not None
 
 
 def _default_eval(
@@ -979,7 +983,7 @@ def train_mimic(
         if run.resume:
             asked = run.total_timesteps
             run, saved, run_dir, lock = open_resumed_run(run, lock=main)
-            check_world_size(saved, dp, run_dir)
+            check_world_size(saved, dp, run_dir, "mimic")
             if finetune_ppo is None:
                 finetune_ppo = int(saved.get("finetune_ppo") or 0)
             trainer = ActorMimic.load(run_dir / "checkpoint.pt", config.device, dp)

@@ -42,6 +42,7 @@ from maskrl.stop import StopRequest
 #: a test keeps the two equal, since this module imports no maskrl module at load time).
 MAX_EPISODES = 10_000_000
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -245,8 +246,11 @@ class _Signals(StopRequest):
                 file=sys.stderr,
             )
             return
-        if self.phase == "training" and signum != signal.SIGINT:
-            return  # a repeated SIGTERM: the update in progress still finishes and saves
+        if signum == signal.SIGTERM and (self.phase == "training" or not first):
+            # A repeated SIGTERM: the update in progress still finishes and saves, and a
+            # stop under way goes on (torchrun sends one to every rank still running
+            # when another rank ends first).
+            return
         if self.phase == "loading":
             return  # read when the step ends (see maskrl.agents.runner._check_fits_first)
         self.stopped_in = self.phase
@@ -264,7 +268,8 @@ class _Signals(StopRequest):
             yield self
         finally:
             for sig, prev in self._previous.items():
-                signal.signal(sig, prev)
+                if signal.getsignal(sig) == self._handle:  # not replaced since
+                    signal.signal(sig, prev)
             self._previous.clear()
 
 
@@ -382,9 +387,16 @@ def _ranks(ns: argparse.Namespace, prog: str) -> Any:
 
     @contextlib.contextmanager
     def joined() -> Iterator[Any]:
-        with process_group(ns.device, dist_cfg.dist_timeout) as (dp, device):
-            ns.device = device
-            yield dp
+        try:
+            with process_group(ns.device, dist_cfg.dist_timeout) as (dp, device):
+                ns.device = device
+                yield dp
+        finally:
+            # When one rank exits with a non-zero status (143 after a stop), torchrun
+            # sends SIGTERM to the ranks still running: this rank is exiting, and its
+            # status stays the one the run decided.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     return joined()
 
@@ -448,6 +460,14 @@ def _dispatch(
         if main:
             print(f"{prog}: {e}{advice}", file=sys.stderr)
         return EXIT_TERMINATED if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
+    except RuntimeError as e:
+        from maskrl.agents.distributed import collective_failure
+
+        if dp is None or not collective_failure(e):
+            raise
+        # Another rank died or hung: one line, and torchrun ends the job.
+        print(f"{prog}: error: rank {dp.rank}: {collective_failure(e)}", file=sys.stderr)
+        return EXIT_FAILURE
     except ValueError as e:
         if dp is not None:
             e, show = _rank_error(dp, e)

@@ -6,8 +6,10 @@ data-parallel update of the same data, each rank holding its own envs' columns
 of that rollout. With one minibatch per epoch a single process and the ranks
 see the same minibatches (the whole batch), so the weights must agree to float
 rounding; with several minibatches the ranks must still agree bit for bit with
-each other. Writes ``{"max_diff", "start_diff", "rank_diff", "rank_diff_mb"}``
-as JSON to ``argv[1]`` on rank 0.
+each other. Then the per-update collectives on made-up values: episode
+statistics gathered, losses averaged, invalid actions summed, a stop and a
+setup error seen by rank 1 alone reaching rank 0. Writes the results as JSON
+to ``argv[1]`` on rank 0.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from maskrl.agents import PPO, PPOConfig
-from maskrl.agents.distributed import DataParallel
-from maskrl.agents.rollout import RolloutBuffer, collect_rollout
+from maskrl.agents.distributed import DataParallel, SetupFailed
+from maskrl.agents.rollout import EpisodeStats, RolloutBuffer, collect_rollout
 
 ENV = "maskrl/MinAtar-Breakout-v0"
 
@@ -37,7 +39,9 @@ def columns(buf: RolloutBuffer, into: RolloutBuffer, lo: int, hi: int) -> None:
         elif isinstance(value, dict):
             for k, v in value.items():
                 getattr(into, name)[k].copy_(v[:, lo:hi])
-        elif isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == buf.num_envs:
+        elif (
+            isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == buf.num_envs
+        ):
             getattr(into, name).copy_(value[:, lo:hi])
 
 
@@ -78,12 +82,30 @@ def main() -> None:
     max_diff, start_diff, w = reference_and_shares(cfg, dp)
     spread = rank_spread(w)
     # Several minibatches (stratified by rank, so not one process's): ranks stay identical.
-    cfg_mb = PPOConfig(num_envs=4, num_steps=16, num_epochs=2, num_minibatches=4, device="cpu", seed=5)
+    cfg_mb = PPOConfig(
+        num_envs=4, num_steps=16, num_epochs=2, num_minibatches=4, device="cpu", seed=5
+    )
     _, _, w_mb = reference_and_shares(cfg_mb, dp)
     spread_mb = rank_spread(w_mb)
+    out: dict[str, object] = {"max_diff": max_diff, "start_diff": start_diff}
+    out.update(rank_diff=spread, rank_diff_mb=spread_mb)
+    # Rank r finished r + 1 episodes of return r + 1 (after one it had before the update).
+    r = dp.rank
+    stats = EpisodeStats([-1.0], [1], [0])
+    stats.returns += [r + 1.0] * (r + 1)
+    stats.lengths += [10 * (r + 1)] * (r + 1)
+    stats.game_ids += [r] * (r + 1)
+    metrics, invalid = dp.sync_update({"loss": float(r), "kl": 2.0 * r}, 3 + r, stats, 1)
+    out["stats"] = [stats.returns, stats.lengths, stats.game_ids]
+    out["metrics"], out["invalid"] = metrics, invalid
+    out["stop"] = dp.agree_stop(15 if r == 1 else None)
+    try:
+        dp.agree_setup("the run folder is busy" if r == 1 else None, f"runs/from-rank-{r}")
+        out["setup"] = "no error"
+    except SetupFailed as e:
+        out["setup"] = str(e)
+    out["setup_value"] = dp.agree_setup(None, f"runs/from-rank-{r}")
     if dp.rank == 0:
-        out = {"max_diff": max_diff, "start_diff": start_diff, "rank_diff": spread}
-        out["rank_diff_mb"] = spread_mb
         with open(sys.argv[1], "w") as f:
             json.dump(out, f)
     dist.destroy_process_group()
