@@ -407,6 +407,7 @@ def _dispatch(
     from maskrl.agents.runner import TrainingInterrupted
 
     main = dp is None or dp.is_main  # in a torchrun job, rank 0 prints for the job
+    ranks: dict[str, Any] = {} if dp is None else {"data_parallel": dp}
 
     try:
         if ns.command == "ppo":
@@ -420,7 +421,7 @@ def _dispatch(
             if run_cfg.resume:
                 _check_resume_flags(given)
             _check_qat_flags(given, ppo_cfg)
-            summary = _runner().train_ppo(run_cfg, ppo_cfg, signals.stop, data_parallel=dp)
+            summary = _runner().train_ppo(run_cfg, ppo_cfg, signals.stop, **ranks)
             if main:
                 _print_summary(summary)
             return 0
@@ -436,9 +437,8 @@ def _dispatch(
                 _check_resume_flags(given, extra={"finetune_ppo"})
             _check_qat_flags(given, mimic_cfg)
             summary = _runner().train_mimic(
-                run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo,
-                data_parallel=dp,
-            )  # fmt: skip
+                run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo, **ranks
+            )
             if not main:
                 return 0
             _print_summary(summary)

@@ -108,6 +108,7 @@ def main() -> None:
     if dp.rank == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(out, f)
+    dist.barrier()  # both ranks done with the group before either tears it down
     dist.destroy_process_group()
 
 
