@@ -220,6 +220,11 @@ class OnPolicyTrainer:
         unless the network or mask plumbing is broken). Training resumes where it
         stopped when called again.
 
+        A data-parallel rank (``data_parallel``) first takes rank 0's weights; its
+        updates average the ranks' gradients, and after each one ``metrics`` and
+        :attr:`episode_stats` are the whole job's (losses averaged over ranks,
+        every rank's episodes), so every rank calls ``callback`` alike.
+
         Raises:
             NonFiniteError: a non-finite reward, observation, loss or gradient
                 (named, with the env index and step); the weights are left as

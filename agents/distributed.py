@@ -198,11 +198,18 @@ class DataParallel:
 
         Each rank needs a whole share of ``num_envs`` (for ``games`` > 1, an equal
         share of every game's), and ``num_minibatches`` must divide each rank's
-        batch ``num_steps * num_envs / world_size``.
+        batch ``num_steps * num_envs / world_size``. QAT is refused.
 
         Raises:
             ValueError: naming the flag and the numbers.
         """
+        if getattr(config, "qat", False):
+            # Fake quantization observes activation ranges in the forward pass: each
+            # rank would keep its own ranges, and the ranks' models would differ.
+            raise ValueError(
+                "--qat does not train under torchrun (each rank would observe its own "
+                "activation ranges); train a QAT model in one process"
+            )
         local = config.num_steps * self.local_envs(config.num_envs, games)
         if local % config.num_minibatches:
             raise ValueError(

@@ -296,6 +296,8 @@ def test_torchrun_environment_and_refusals(
         dp.check_config(MimicConfig(num_envs=6), games=2)
     with pytest.raises(ValueError, match="does not divide each rank's batch"):
         dp.check_config(PPOConfig(num_envs=8, num_steps=3, num_minibatches=4))
+    with pytest.raises(ValueError, match="--qat does not train under torchrun"):
+        dp.check_config(PPOConfig(num_envs=8, qat=True))
     assert dp.rank_seed(1, 0) != DataParallel(2, 4).rank_seed(1, 0) != dp.rank_seed(1, 64)
     check_world_size({"world_size": 4}, dp, "runs/x")
     with pytest.raises(
