@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import importlib
 import math
 import os
 import traceback
@@ -416,7 +417,7 @@ def process_group(device: str, timeout: float) -> Iterator[tuple[DataParallel | 
     Outside torchrun (or with one rank) it yields ``(None, device)`` and does
     nothing. Under torchrun it initialises the default process group (NCCL on
     CUDA, one GPU per rank by ``LOCAL_RANK``; gloo otherwise) with ``timeout``
-    seconds for every collective, and destroys it on exit. For the command
+    seconds for every collective, and destroys it on exit (its threads with it). For the command
     line only: it changes process-wide state (the default group, the current
     CUDA device), restored on exit.
 
@@ -441,6 +442,12 @@ def process_group(device: str, timeout: float) -> Iterator[tuple[DataParallel | 
         previous_cuda = torch.cuda.current_device()
         torch.cuda.set_device(local)
     backend = "nccl" if dev.startswith("cuda") else "gloo"
+    # Imported before the group exists: importing torch._dynamo (which the first
+    # optimiser does) while a group exists keeps a reference to it, so that
+    # destroy_process_group() cannot free it, its gloo threads outlive Python, and
+    # the process can abort at exit (measured with torch 2.13: 1 exit in 7).
+    importlib.import_module("torch._dynamo")
+
     dist.init_process_group(
         backend, timeout=datetime.timedelta(seconds=timeout), rank=rank, world_size=world
     )

@@ -236,20 +236,24 @@ class _Signals(StopRequest):
     def _handle(self, signum: int, frame: Any) -> None:
         first = not self.requested
         self.request(signum)
+        job = _torchrun_world() > 1
         if self.phase == "training" and first:
             name = _signal_name(signum)
             if _torchrun_rank() > 0:
                 return  # rank 0 says it for the job
             print(
-                f"\n{name}: stopping after the current update and saving a checkpoint "
+                f"\n{name}: every rank stops after the current update; rank 0 saves a checkpoint"
+                if job
+                else f"\n{name}: stopping after the current update and saving a checkpoint "
                 "(press Ctrl-C again to stop at once, without saving)",
                 file=sys.stderr,
             )
             return
-        if signum == signal.SIGTERM and (self.phase == "training" or not first):
+        if (signum == signal.SIGTERM or job) and (self.phase == "training" or not first):
             # A repeated SIGTERM: the update in progress still finishes and saves, and a
-            # stop under way goes on (torchrun sends one to every rank still running
-            # when another rank ends first).
+            # stop under way goes on. In a torchrun job any signal: torchrun forwards a
+            # Ctrl-C to ranks the terminal has signalled already, and signals the ranks
+            # still running when one ends first (it kills them 30 s later).
             return
         if self.phase == "loading":
             return  # read when the step ends (see maskrl.agents.runner._check_fits_first)
@@ -271,6 +275,14 @@ class _Signals(StopRequest):
                 if signal.getsignal(sig) == self._handle:  # not replaced since
                     signal.signal(sig, prev)
             self._previous.clear()
+
+
+def _torchrun_world() -> int:
+    """The number of ranks of the torchrun job this process is in (1 otherwise; torch-free)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _torchrun_rank() -> int:

@@ -8,20 +8,23 @@ see the same minibatches (the whole batch), so the weights must agree to float
 rounding; with several minibatches the ranks must still agree bit for bit with
 each other. Then the per-update collectives on made-up values: episode
 statistics gathered, losses averaged, invalid actions summed, a stop and a
-setup error seen by rank 1 alone reaching rank 0. Writes the results as JSON
-to ``argv[1]`` on rank 0.
+setup error seen by rank 1 alone reaching rank 0; and, once the command line's
+process group (:func:`~maskrl.agents.distributed.process_group`) is left, the
+threads still alive. Writes the results as JSON to ``argv[1]`` on rank 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from maskrl.agents import PPO, PPOConfig
-from maskrl.agents.distributed import DataParallel, SetupFailed
+from maskrl.agents.distributed import DataParallel, SetupFailed, process_group
 from maskrl.agents.rollout import EpisodeStats, RolloutBuffer, collect_rollout
 
 ENV = "maskrl/MinAtar-Breakout-v0"
@@ -73,9 +76,24 @@ def rank_spread(w: torch.Tensor) -> float:
     return max(float((g - got[0]).abs().max()) for g in got)
 
 
+def thread_names() -> list[str]:
+    tasks = Path("/proc/self/task")
+    return [(tasks / t / "comm").read_text().strip() for t in os.listdir(tasks)]
+
+
 def main() -> None:
-    dist.init_process_group("gloo")
-    dp = DataParallel(dist.get_rank(), dist.get_world_size())
+    # The command line's own group (gloo, --dist-timeout 60): joined, used, destroyed.
+    with process_group("cpu", 60.0) as (dp, _):
+        assert dp is not None
+        out = checks(dp)
+    # Destroyed with its threads: none may outlive Python (they abort its exit).
+    out["threads_after"] = thread_names()
+    if dp.rank == 0:
+        with open(sys.argv[1], "w") as f:
+            json.dump(out, f)
+
+
+def checks(dp: DataParallel) -> dict[str, object]:
     # Two epochs of one minibatch: the single-process and the data-parallel updates
     # take the same steps (advantages normalised over the union, gradients averaged).
     cfg = PPOConfig(num_envs=4, num_steps=16, num_epochs=2, num_minibatches=1, device="cpu", seed=3)
@@ -105,11 +123,8 @@ def main() -> None:
     except SetupFailed as e:
         out["setup"] = str(e)
     out["setup_value"] = dp.agree_setup(None, f"runs/from-rank-{r}")
-    if dp.rank == 0:
-        with open(sys.argv[1], "w") as f:
-            json.dump(out, f)
     dist.barrier()  # both ranks done with the group before either tears it down
-    dist.destroy_process_group()
+    return out
 
 
 if __name__ == "__main__":

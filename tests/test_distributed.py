@@ -58,7 +58,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def torchrun(args: list[str], cwd: Path = REPO, script: str = "train.py") -> subprocess.Popen[str]:
+def torchrun(
+    args: list[str], cwd: Path = REPO, script: str = "train.py", new_session: bool = False
+) -> subprocess.Popen[str]:
+    """``torchrun --standalone --nproc_per_node=2 SCRIPT ARGS`` (``new_session``: its own
+    process group, which a test can signal as a terminal does)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     return subprocess.Popen(
         [*cmd, str(REPO / script), *args],
@@ -67,6 +71,7 @@ def torchrun(args: list[str], cwd: Path = REPO, script: str = "train.py") -> sub
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )
 
 
@@ -119,6 +124,9 @@ def test_one_update_of_two_ranks_equals_one_process_on_the_whole_batch(tmp_path:
     assert got["stop"] == 15  # rank 1 alone saw SIGTERM: rank 0 stops too
     assert got["setup"] == "rank 1: the run folder is busy"
     assert got["setup_value"] == "runs/from-rank-0"
+    # The command line's group, destroyed, leaves no gloo thread behind (one that outlives
+    # Python aborts the rank's exit).
+    assert not [t for t in got["threads_after"] if "gloo" in t], got["threads_after"]
 
 
 # ------------------------------------------------------- PPO: stop, resume, eval
@@ -169,6 +177,27 @@ def test_sigterm_to_one_rank_stops_both_after_one_update_and_the_printed_resume_
     err_lines = capsys.readouterr().err.strip().splitlines()
     assert len(err_lines) == 1 and "was trained by 2 process(es) and this job has 1" in err_lines[0]
     assert "torchrun --standalone --nproc_per_node=2" in err_lines[0]
+
+
+def test_ctrl_c_in_the_terminal_stops_the_job_after_one_update_and_saves(tmp_path: Path) -> None:
+    # Ctrl-C signals torchrun and every rank; torchrun then forwards a second SIGINT to
+    # each rank. The second one must not cut the stop short: the update ends, rank 0 saves.
+    args = ["ppo", "--env", BREAKOUT, "--total-timesteps", "100000000", *TINY]
+    args += ["--runs-dir", str(tmp_path), "--run-name", "job", "--checkpoint-every", str(BATCH)]
+    proc = torchrun(args, new_session=True)
+    try:
+        wait_for(tmp_path / "job" / "checkpoint.pt", proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "a collective with the other ranks failed" not in err, err
+    assert "Ctrl-C: every rank stops after the current update; rank 0 saves a checkpoint" in err
+    (line,) = our_lines(err)
+    step = load_checkpoint(tmp_path / "job" / "checkpoint.pt")["global_step"]
+    assert step % BATCH == 0 and f"stopped at step {step}; checkpoint saved in" in line, line
 
 
 def test_a_killed_rank_ends_the_job_with_one_line_within_seconds(tmp_path: Path) -> None:
