@@ -418,7 +418,7 @@ def _dispatch(
 ) -> int:
     from maskrl.agents.runner import TrainingInterrupted
 
-    main = dp is None or dp.is_main  # in a torchrun job, rank 0 prints for the job
+    rank0 = dp is None or dp.is_main  # in a torchrun job, rank 0 prints for the job
     ranks: dict[str, Any] = {} if dp is None else {"data_parallel": dp}
 
     try:
@@ -434,7 +434,7 @@ def _dispatch(
                 _check_resume_flags(given)
             _check_qat_flags(given, ppo_cfg)
             summary = _runner().train_ppo(run_cfg, ppo_cfg, signals.stop, **ranks)
-            if main:
+            if rank0:
                 _print_summary(summary)
             return 0
         if ns.command == "experts":
@@ -451,7 +451,7 @@ def _dispatch(
             summary = _runner().train_mimic(
                 run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo, **ranks
             )
-            if not main:
+            if not rank0:
                 return 0
             _print_summary(summary)
             if "finetune" in summary:
@@ -469,7 +469,7 @@ def _dispatch(
             advice = f"; continue with: {how} {ns.command} --resume {e.resume}"
         else:
             advice = " (start a new run)"
-        if main:
+        if rank0:
             print(f"{prog}: {e}{advice}", file=sys.stderr)
         return EXIT_TERMINATED if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
     except RuntimeError as e:
