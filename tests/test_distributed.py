@@ -291,6 +291,25 @@ def test_one_process_never_touches_torch_distributed(
     assert not dist.is_initialized()
 
 
+def test_each_rank_plays_its_share_of_the_jobs_envs_seeded_after_the_others() -> None:
+    # No collective runs while a trainer is built: a rank's agent can be made here.
+    cfg = PPOConfig(num_envs=4, num_steps=8, num_minibatches=2, device="cpu", seed=11)
+    whole = PPO(BREAKOUT, cfg)
+    obs, _ = whole.envs.reset(seed=cfg.seed)
+    for rank in (0, 1):
+        agent = PPO(BREAKOUT, cfg, data_parallel=DataParallel(rank, 2))
+        assert agent.envs.num_envs == agent.num_envs_local == 2
+        assert agent.env_seed == 11 + 2 * rank and agent.steps_per_update == 4 * 8
+        assert agent.allocate().num_envs == 2
+        mine, _ = agent.envs.reset(seed=agent.env_seed)
+        # The job's envs are one process's envs: rank r plays columns 2r, 2r + 1.
+        assert (mine == obs[2 * rank : 2 * rank + 2]).all()
+        agent.envs.close()
+    whole.envs.close()
+    with pytest.raises(ValueError, match="config.num_envs=4 .this rank's share, 2."):
+        PPO(whole.envs, cfg, data_parallel=DataParallel(0, 2))
+
+
 def test_torchrun_environment_and_refusals(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
