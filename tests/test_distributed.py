@@ -95,6 +95,14 @@ def rank_pid(proc: subprocess.Popen[str], rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank} among {children}")
 
 
+def rank_pid_alive(proc: subprocess.Popen[str], rank: int) -> bool:
+    try:
+        pid = rank_pid(proc, rank)
+    except AssertionError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
 def rank_exit_codes(err: str) -> dict[int, int]:
     """Each failed rank's exit status, from torchrun's failure report."""
     found = re.findall(r"rank\s+:\s+(\d+) \(local_rank: \d+\)\s+exitcode\s+:\s+(-?\d+)", err)
@@ -221,6 +229,31 @@ def test_a_killed_rank_ends_the_job_with_one_line_within_seconds(tmp_path: Path)
     assert rank_exit_codes(err)[1] == -9
     assert "[rank0]: Traceback" not in err
     assert load_checkpoint(tmp_path / "job" / "checkpoint.pt")["global_step"] % BATCH == 0
+
+
+def test_a_hung_rank_ends_the_job_after_dist_timeout(tmp_path: Path) -> None:
+    args = ["ppo", "--env", BREAKOUT, "--total-timesteps", "100000000", *TINY]
+    args += ["--runs-dir", str(tmp_path), "--run-name", "job", "--checkpoint-every", str(BATCH)]
+    proc = torchrun([*args, "--dist-timeout", "3"])
+    rank1 = None
+    try:
+        wait_for(tmp_path / "job" / "checkpoint.pt", proc)
+        rank1 = rank_pid(proc, 1)
+        os.kill(rank1, signal.SIGSTOP)  # alive but silent: only the timeout can tell
+        t0 = time.monotonic()
+        # Rank 0 gives up after --dist-timeout; torchrun would then wait 30 s before it
+        # kills the stopped rank, so the test ends it once rank 0 has exited.
+        while rank_pid_alive(proc, 0) and time.monotonic() - t0 < 30:
+            time.sleep(0.1)
+        took = time.monotonic() - t0
+    finally:
+        if rank1 is not None:
+            os.kill(rank1, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    assert 3 <= took < 15, took
+    (line,) = our_lines(err)
+    assert line.startswith("train.py: error: rank 0: a collective with the other ranks failed")
+    assert "Timed out" in line and rank_exit_codes(err)[0] == 1
 
 
 def test_num_envs_not_divisible_by_the_ranks_is_one_line_and_status_2(tmp_path: Path) -> None:
