@@ -87,9 +87,15 @@ def rank_pid(proc: subprocess.Popen[str], rank: int) -> int:
     """The pid of ``rank`` among torchrun's workers (its children, by their RANK variable)."""
     children: list[int] = []
     for task in Path(f"/proc/{proc.pid}/task").iterdir():
-        children += [int(c) for c in (task / "children").read_text().split()]
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # a thread that has just ended
+            continue
     for pid in children:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # a child that has just ended
+            continue
         if f"RANK={rank}".encode() in environ:
             return pid
     raise AssertionError(f"no worker of rank {rank} among {children}")
@@ -100,7 +106,10 @@ def rank_pid_alive(proc: subprocess.Popen[str], rank: int) -> bool:
         pid = rank_pid(proc, rank)
     except AssertionError:
         return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
 
 
 def rank_exit_codes(err: str) -> dict[int, int]:
