@@ -23,6 +23,11 @@ training into it is refused); it is checked to be writable before anything
 is trained; a stopped, crashed or interrupted run keeps its last good
 checkpoint (a non-finite model is never saved over it); temporaries that a
 killed run left are removed when the folder is next used.
+
+In a data-parallel job (a trainer with a ``data_parallel``; see
+:mod:`maskrl.agents.distributed`) every rank goes through the same calls, the
+ranks agree on setup errors and on stops, and rank 0 alone writes the folder
+(``config.json`` records ``world_size``) and evaluates.
 """
 
 from __future__ import annotations
