@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
+from maskrl.agents.distributed import DataParallel
 from maskrl.agents.policy import MaskedPolicy, action_layout
 from maskrl.agents.rollout import (
     EpisodeStats,
@@ -110,7 +111,10 @@ class OnPolicyTrainer:
     Subclasses set, in their constructor: ``config`` (with ``num_envs``,
     ``num_steps``, ``batch_size``, ``learning_rate``, ``anneal_lr``, ``seed``,
     ``cpu_rollout_tuning``, ``torch_threads``, ``qat``), ``device``, ``envs``,
-    ``policy``, ``optimizer``; then call :meth:`_init_state`.
+    ``policy``, ``optimizer``, and ``data_parallel`` for a rank of a torchrun
+    job (:mod:`maskrl.agents.distributed`; its envs are then
+    :attr:`num_envs_local`, seeded from :attr:`env_seed`); then call
+    :meth:`_init_state`.
     """
 
     config: Any
@@ -118,6 +122,8 @@ class OnPolicyTrainer:
     envs: Any
     policy: MaskedPolicy
     optimizer: torch.optim.Optimizer
+    #: This process's rank in a data-parallel job (None: one process, the default).
+    data_parallel: DataParallel | None = None
 
     def _init_state(self) -> None:
         self.net: nn.Module = self.policy.net
@@ -128,11 +134,25 @@ class OnPolicyTrainer:
         self.episode_stats = EpisodeStats()
         self._buffer: RolloutBuffer | None = None
         self._state: RolloutState | None = None
+        self._ranks_started = False
 
     @property
     def steps_per_update(self) -> int:
-        """Env steps per update (``num_envs * num_steps``)."""
+        """Env steps per update (``num_envs * num_steps``; a data-parallel job's, all ranks)."""
         return int(self.config.batch_size)
+
+    @property
+    def num_envs_local(self) -> int:
+        """The envs this process steps: ``num_envs``, or its rank's share of them."""
+        n = int(self.config.num_envs)
+        return n if self.data_parallel is None else n // self.data_parallel.world_size
+
+    @property
+    def env_seed(self) -> int:
+        """Seed of this process's first env (``seed``, plus the rank's offset in a job)."""
+        dp = self.data_parallel
+        offset = 0 if dp is None else dp.env_seed_offset(int(self.config.num_envs))
+        return int(self.config.seed) + offset
 
     # ------------------------------------------------------------------ acting
     def _act(self, obs: Obs, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -150,7 +170,8 @@ class OnPolicyTrainer:
             c = self.config
             self._buffer = RolloutBuffer(
                 self.envs.single_observation_space, self.policy.n_logits,
-                self.policy.action_shape, c.num_steps, c.num_envs, self.device, self.head.nvec,
+                self.policy.action_shape, c.num_steps, self.num_envs_local, self.device,
+                self.head.nvec,
             )  # fmt: skip
         return self._buffer
 
@@ -162,10 +183,21 @@ class OnPolicyTrainer:
         buffer = self.allocate()
         if self._state is None:
             # Seeds differ after a resume so a resumed run does not replay its first episodes.
-            self._state = start_rollouts(
-                self.envs, buffer, seed=self.config.seed + self.global_step
-            )
+            self._state = start_rollouts(self.envs, buffer, seed=self.env_seed + self.global_step)
         return buffer, self._state
+
+    def _start_ranks(self) -> None:
+        """Once, before a data-parallel rank trains: rank 0's weights everywhere, own generators."""
+        dp = self.data_parallel
+        if dp is None or self._ranks_started:
+            return
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        seen = {id(p) for p in params}
+        tensors = params + [b for b in self.net.buffers() if id(b) not in seen]
+        dp.start(tensors)
+        if dp.rank:  # rank 0 keeps the run's own stream (the one its checkpoint saves)
+            self.rng.reseed(dp.rank_seed(int(self.config.seed), self.global_step))
+        self._ranks_started = True
 
     # ---------------------------------------------------------------- training
     def after_rollout(self, buffer: RolloutBuffer) -> None:
@@ -188,6 +220,11 @@ class OnPolicyTrainer:
         unless the network or mask plumbing is broken). Training resumes where it
         stopped when called again.
 
+        A data-parallel rank (``data_parallel``) first takes rank 0's weights; its
+        updates average the ranks' gradients, and after each one ``metrics`` and
+        :attr:`episode_stats` are the whole job's (losses averaged over ranks,
+        every rank's episodes), so every rank calls ``callback`` alike.
+
         Raises:
             NonFiniteError: a non-finite reward, observation, loss or gradient
                 (named, with the env index and step); the weights are left as
@@ -195,6 +232,8 @@ class OnPolicyTrainer:
         """
         c = self.config
         buffer, state = self._ensure_rollout_state()
+        dp = self.data_parallel
+        self._start_ranks()
         with torch_threads(c.torch_threads):
             while self.global_step < total_timesteps:
                 if c.anneal_lr:
@@ -204,6 +243,7 @@ class OnPolicyTrainer:
                     )
                 t0 = time.perf_counter()
                 invalid_before = state.invalid_actions
+                episodes_before = len(self.episode_stats.returns)
                 if c.qat:
                     set_qat_step(self.net, self.global_step)
                 self.net.eval()
@@ -215,10 +255,15 @@ class OnPolicyTrainer:
                 self.net.train()
                 metrics = self.update(buffer)
                 buffer.roll_over()
+                invalid = state.invalid_actions - invalid_before
+                if dp is not None:  # the job's losses, invalid actions and episodes
+                    metrics, invalid = dp.sync_update(
+                        metrics, invalid, self.episode_stats, episodes_before
+                    )
                 self.global_step += c.batch_size
                 self.num_updates += 1
                 metrics["SPS"] = c.batch_size / (time.perf_counter() - t0)
-                metrics["invalid_actions"] = float(state.invalid_actions - invalid_before)
+                metrics["invalid_actions"] = float(invalid)
                 metrics["invalid_action_rate"] = metrics["invalid_actions"] / c.batch_size
                 metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
                 if callback is not None and callback(self, metrics) is False:

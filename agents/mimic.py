@@ -37,6 +37,7 @@ import torch
 from maskrl.agents.base import OnPolicyTrainer, read_trainer_checkpoint
 from maskrl.agents.checkpoint import load_checkpoint, space_to_dict
 from maskrl.agents.config import TrainerConfig, _check
+from maskrl.agents.distributed import DataParallel
 from maskrl.agents.mimic_losses import (
     MIN_TAU,
     FeatureRegressionHeads,
@@ -308,6 +309,8 @@ class ActorMimic(OnPolicyTrainer):
     Args:
         experts: per-game experts (:func:`load_experts`), in game order.
         config: :class:`MimicConfig`.
+        data_parallel: this process's rank in a torchrun job (None: one process);
+            see :class:`~maskrl.agents.PPO`.
 
     The student is a :class:`~maskrl.agents.MaskedPolicy` over the multi-game env
     (``self.policy``); ``learn``, ``save`` and ``load`` follow the same contract
@@ -316,7 +319,12 @@ class ActorMimic(OnPolicyTrainer):
 
     FORMAT = "maskrl.mimic/1"
 
-    def __init__(self, experts: list[Expert], config: MimicConfig | None = None) -> None:
+    def __init__(
+        self,
+        experts: list[Expert],
+        config: MimicConfig | None = None,
+        data_parallel: DataParallel | None = None,
+    ) -> None:
         from maskrl.envs import make_multigame_vec
 
         self.config = c = config or MimicConfig()
@@ -324,6 +332,10 @@ class ActorMimic(OnPolicyTrainer):
         if not experts:
             raise ValueError("ActorMimic needs at least one expert")
         k = len(experts)
+        self.data_parallel = data_parallel
+        if data_parallel is not None:
+            # Every rank plays every game equally (slot j of each rank plays game j % k).
+            data_parallel.check_config(c, games=k)
         if c.num_envs % k:
             raise ValueError(
                 f"num_envs (--num-envs) = {c.num_envs} must be a multiple of the number of games "
@@ -337,7 +349,7 @@ class ActorMimic(OnPolicyTrainer):
             x.policy.net.to(self.device).eval()
             x.policy.device = self.device
         self.env_ids = [x.env_id for x in experts]
-        self.envs = make_multigame_vec(self.env_ids, c.num_envs, seed=c.seed)
+        self.envs = make_multigame_vec(self.env_ids, self.num_envs_local, seed=self.env_seed)
         obs_space = self.envs.single_observation_space
         act_space = self.envs.single_action_space
         net_kwargs: dict[str, Any] = {"obs_layout": "CHW"}
@@ -384,7 +396,7 @@ class ActorMimic(OnPolicyTrainer):
         )
         self._init_state()
         n = self.policy.n_logits
-        T, N = c.num_steps, c.num_envs
+        T, N = c.num_steps, self.num_envs_local
         self._expert_logits = torch.zeros((T, N, n), device=self.device)
         self._expert_features = torch.zeros((T, N, self.feature_heads.out_dim), device=self.device)
 
@@ -418,7 +430,7 @@ class ActorMimic(OnPolicyTrainer):
     def update(self, buffer: RolloutBuffer) -> dict[str, float]:
         """One distillation update on a labelled rollout; returns logged scalars."""
         c = self.config
-        T, N = c.num_steps, c.num_envs
+        T, N = c.num_steps, self.num_envs_local
         B = T * N
         b_obs = flatten_obs(index_obs(buffer.obs, slice(0, T)), B)
         assert isinstance(b_obs, dict)
@@ -469,6 +481,7 @@ class ActorMimic(OnPolicyTrainer):
             c.max_grad_norm,
             self.rng.device_gen,
             self.device,
+            data_parallel=self.data_parallel,
         )
         out.pop("epochs")
         out.update(per_game)
@@ -498,8 +511,10 @@ class ActorMimic(OnPolicyTrainer):
         }
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> ActorMimic:
-        """Resume a distillation run from its checkpoint.
+    def load(
+        cls, path: str | Path, device: str = "auto", data_parallel: DataParallel | None = None
+    ) -> ActorMimic:
+        """Resume a distillation run from its checkpoint (``data_parallel``: as one rank of a job).
 
         Its experts must still exist, unchanged: each is found by the absolute
         path the checkpoint records and checked against the recorded SHA-256
@@ -518,7 +533,7 @@ class ActorMimic(OnPolicyTrainer):
             config = MimicConfig.from_dict(dict(ckpt["config"]))
             config.device = device
             experts = _experts_from_checkpoint(ckpt["experts"], path, device)
-            trainer = cls(experts, config)
+            trainer = cls(experts, config, data_parallel)
             policy = policy_from_checkpoint(ckpt, path, device, None, config.seed)
             trainer.net.load_state_dict(policy.net.state_dict())
             trainer.feature_heads.load_state_dict(ckpt["feature_heads"])

@@ -9,6 +9,7 @@ entropy recomputed under the *stored* masks) -> log.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from maskrl.agents.base import OnPolicyTrainer, read_trainer_checkpoint
 from maskrl.agents.config import PPOConfig
+from maskrl.agents.distributed import DataParallel
 from maskrl.agents.networks import obs_layout_of
 from maskrl.agents.policy import MaskedPolicy, policy_from_checkpoint
 from maskrl.agents.quantize import prepare_for_qat
@@ -94,6 +96,7 @@ def ppo_loss(
     returns: torch.Tensor,
     old_values: torch.Tensor,
     config: PPOConfig,
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped PPO objective on one minibatch; returns ``(loss, aux)``.
 
@@ -103,12 +106,18 @@ def ppo_loss(
 
     Log-probabilities and entropy use ``masks``, the masks the actions were
     sampled under, so the ratio compares like with like.
+
+    ``normalize`` replaces the advantage normalisation over this minibatch
+    (``config.norm_adv``): a data-parallel rank normalises over every rank's
+    minibatch (:meth:`~maskrl.agents.distributed.DataParallel.normalize_advantages`).
     """
     logits, values = net(obs)
     logp, entropy = head.evaluate(logits, masks, actions)
     log_ratio = logp - old_logprobs
     ratio = log_ratio.exp()
-    if config.norm_adv and advantages.numel() > 1:
+    if config.norm_adv and normalize is not None:
+        advantages = normalize(advantages)
+    elif config.norm_adv and advantages.numel() > 1:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     pg1 = -advantages * ratio
     pg2 = -advantages * torch.clamp(ratio, 1 - config.clip_coef, 1 + config.clip_coef)
@@ -149,6 +158,11 @@ class PPO(OnPolicyTrainer):
             ``(logits [B, n], value [B])``; by default one is picked from the
             observation space (:func:`maskrl.agents.build_actor_critic`).
         network_kwargs: extra keyword arguments for the default network.
+        data_parallel: this process's rank in a torchrun job
+            (:class:`~maskrl.agents.distributed.DataParallel`; None: one process).
+            ``config.num_envs`` is then the job's: this rank builds its share,
+            seeded after the other ranks' envs, and every update averages the
+            ranks' gradients.
 
     The agent owns its randomness: its network is initialised, its actions are
     sampled and its minibatches shuffled from generators seeded with
@@ -176,9 +190,13 @@ class PPO(OnPolicyTrainer):
         action_space: Any = None,
         obs_layout: str | None = None,
         network_kwargs: dict[str, Any] | None = None,
+        data_parallel: DataParallel | None = None,
     ) -> None:
         self.config = config = config or PPOConfig()
         config.validate()
+        if data_parallel is not None:
+            data_parallel.check_config(config)  # a whole share of envs and of minibatches
+        self.data_parallel = data_parallel
         self.device = resolve_device(config.device)
         self.env_ids: list[str] | None = None
         if isinstance(env, str | list | tuple):
@@ -186,7 +204,7 @@ class PPO(OnPolicyTrainer):
             # A multi-game network reads {"obs", "game_id"} even when it plays one
             # game (a one-expert Actor-Mimic student being fine-tuned).
             env = make_training_env(
-                self.env_ids, config.num_envs, config.seed, config.env_backend, self.device,
+                self.env_ids, self.num_envs_local, self.env_seed, config.env_backend, self.device,
                 multigame=isinstance(network, MultiGameActorCritic),
             )  # fmt: skip
         self.envs = env
@@ -195,9 +213,13 @@ class PPO(OnPolicyTrainer):
             observation_space = env.single_observation_space
             action_space = env.single_action_space
             obs_layout = obs_layout_of(env)
-            if env.num_envs != config.num_envs:
+            if env.num_envs != self.num_envs_local:
+                share = (
+                    "" if data_parallel is None else f" (this rank's share, {self.num_envs_local})"
+                )
                 raise ValueError(
                     f"the vector env has {env.num_envs} envs but config.num_envs={config.num_envs}"
+                    + share
                 )
         if observation_space is None or action_space is None:
             raise ValueError("PPO needs an env, or observation_space and action_space")
@@ -245,7 +267,8 @@ class PPO(OnPolicyTrainer):
     def update(self, buffer: RolloutBuffer) -> dict[str, float]:
         """One PPO update (epochs x minibatches) on a filled buffer; returns logged scalars."""
         c = self.config
-        T, N = c.num_steps, c.num_envs
+        T, N = c.num_steps, self.num_envs_local
+        dp = self.data_parallel
         rewards = buffer.rewards if c.reward_scale == 1.0 else buffer.rewards * c.reward_scale
         advantages, returns = compute_gae(
             rewards, buffer.values, buffer.terminated, buffer.truncated,
@@ -272,6 +295,7 @@ class PPO(OnPolicyTrainer):
             return ppo_loss(
                 self.net, self.head, index_obs(b_obs, mb), b_masks[mb], b_actions[mb],
                 sc[:, 0], sc[:, 1], sc[:, 2], sc[:, 3], c,
+                None if dp is None else dp.normalize_advantages,
             )  # fmt: skip
 
         target_kl = c.target_kl
@@ -286,6 +310,7 @@ class PPO(OnPolicyTrainer):
             self.rng.device_gen,
             self.device,
             stop_after_epoch=(lambda m: m["approx_kl"] > target_kl) if target_kl else None,
+            data_parallel=dp,
         )
         var_y = b_ret.var()
         out["explained_variance"] = (
@@ -314,6 +339,7 @@ class PPO(OnPolicyTrainer):
         device: str = "auto",
         env: Any = None,
         network: nn.Module | None = None,
+        data_parallel: DataParallel | None = None,
     ) -> PPO:
         """Load a checkpoint written by :meth:`save` (``torch.load(weights_only=True)``).
 
@@ -327,6 +353,8 @@ class PPO(OnPolicyTrainer):
             env: a vector env to continue training on (optional; ``predict``
                 needs none).
             network: required if the agent was trained with a custom network.
+            data_parallel: this process's rank, to continue a run as one rank of a
+                torchrun job (:mod:`maskrl.agents.distributed`).
 
         Raises:
             ValueError: a missing, corrupt, unknown-format, non-finite or
@@ -349,7 +377,7 @@ class PPO(OnPolicyTrainer):
             agent = cls(
                 env, config, policy.net,
                 observation_space=policy.observation_space,
-                action_space=policy.action_space,
+                action_space=policy.action_space, data_parallel=data_parallel,
             )  # fmt: skip
             agent.policy.network_kwargs = policy.network_kwargs
             agent.env_ids = agent.policy.env_ids = ckpt.get("env_ids")

@@ -23,6 +23,11 @@ training into it is refused); it is checked to be writable before anything
 is trained; a stopped, crashed or interrupted run keeps its last good
 checkpoint (a non-finite model is never saved over it); temporaries that a
 killed run left are removed when the folder is next used.
+
+In a data-parallel job (a trainer with a ``data_parallel``; see
+:mod:`maskrl.agents.distributed`) every rank goes through the same calls, the
+ranks agree on setup errors and on stops, and rank 0 alone writes the folder
+(``config.json`` records ``world_size``) and evaluates.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import numpy as np
 
 from maskrl.agents.checkpoint import clean_stale_temporaries
 from maskrl.agents.config import PPOConfig, check_types
+from maskrl.agents.distributed import DataParallel, check_world_size
 from maskrl.agents.evaluation import MAX_EPISODES, evaluate
 from maskrl.agents.ppo import PPO
 from maskrl.agents.trainer import NonFiniteError
@@ -343,6 +349,11 @@ def run_training(
     """
     from torch.utils.tensorboard import SummaryWriter
 
+    dp = getattr(trainer, "data_parallel", None)
+    if dp is not None:
+        # Every rank set up (or the job stops with the one error); rank 0's folder is the run's.
+        run_dir = Path(dp.agree_setup(None, str(run_dir)))
+    main = dp is None or dp.is_main  # the rank that writes the run folder and evaluates
     ckpt_path = run_dir / "checkpoint.pt"
     labels = [_game_label(e) for e in run.env_ids]
     total = run.total
@@ -350,6 +361,8 @@ def run_training(
     last_good: dict[str, Any] = {"step": step_start if ckpt_path.exists() else None}
 
     def save() -> None:
+        if not main:
+            return
         try:
             trainer.save(ckpt_path)
         except (OSError, ValueError) as e:
@@ -362,14 +375,18 @@ def run_training(
             raise ValueError(f"could not write {ckpt_path} ({reason}); {where}") from e
         last_good["step"] = trainer.global_step
 
-    if stop is not None and stop.requested:
+    if _stopping(dp, stop):
         # Stopped while the envs were being built: nothing new to save.
         trainer.envs.close()
-        raise TrainingInterrupted(run_dir, trainer.global_step, stop.signum or 2, saved=False)
+        raise TrainingInterrupted(run_dir, trainer.global_step, _signum(stop), saved=False)
 
     # On resume, drop what was logged after the checkpoint (work that was lost); the
     # points at the checkpoint's own step belong to the update it saved, so they stay.
-    writer = SummaryWriter(str(run_dir), purge_step=trainer.global_step + 1 if resumed else None)
+    writer: Any = (
+        SummaryWriter(str(run_dir), purge_step=trainer.global_step + 1 if resumed else None)
+        if main
+        else _NoWriter()
+    )
     if not resumed:
         writer.add_text("hyperparameters", _hparam_table(hparams))
     bar = None
@@ -377,7 +394,7 @@ def run_training(
     # The run does whole updates: size the bar to the step count it will reach.
     remaining = max(0, total - step_start)
     end_step = step_start + math.ceil(remaining / per_update) * per_update
-    if run.progress:
+    if run.progress and main:
         from tqdm import tqdm
 
         bar = tqdm(
@@ -423,7 +440,7 @@ def run_training(
         if s >= next_ckpt:
             save()
             next_ckpt = (s // run.checkpoint_every + 1) * run.checkpoint_every
-        return not (stop is not None and stop.requested)
+        return not _stopping(dp, stop)  # in a job: every rank stops after the same update
 
     try:
         with _phase(stop, "training"):
@@ -443,13 +460,13 @@ def run_training(
     try:
         # Still "training" while saving: a signal now is read afterwards, never mid-write.
         with _phase(stop, "training"):
-            if stop is not None and stop.requested:
+            if _stopping(dp, stop):
                 # The model is at the end of its last completed update; save it so that
                 # --resume continues from there.
                 trained = trainer.global_step > step_start
                 if trained:
                     save()
-                raise TrainingInterrupted(run_dir, trainer.global_step, stop.signum or 2, trained)
+                raise TrainingInterrupted(run_dir, trainer.global_step, _signum(stop), trained)
             save()
             finished = True
         with _phase(stop, "evaluation"):
@@ -463,7 +480,7 @@ def run_training(
                 "train_sps": steps / max(elapsed, 1e-9),
                 "last_100_episode_return": float(np.mean(recent)) if recent else None,
             }
-            if run.eval_episodes > 0:
+            if run.eval_episodes > 0 and main:
                 if eval_fn is None:
                     ev = _default_eval(
                         trainer.policy, run.env_ids, run.eval_episodes, eval_seed, stop
@@ -477,7 +494,8 @@ def run_training(
                             f"eval/return/{_game_label(game)}", r["mean"], trainer.global_step
                         )
                 writer.add_scalar("eval/return", ev["mean"], trainer.global_step)
-            _write_json(run_dir / "eval.json", summary)
+            if main:
+                _write_json(run_dir / "eval.json", summary)
         return summary
     except KeyboardInterrupt:
         if not finished:
@@ -495,6 +513,28 @@ def run_training(
     finally:
         writer.close()
         trainer.envs.close()
+
+
+class _NoWriter:
+    """What a data-parallel rank other than 0 logs to: nothing (rank 0 writes the run)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def _stopping(dp: Any, stop: StopRequest | None) -> bool:
+    """Whether the run stops now: ``stop.requested``, or in a job, what the ranks agree.
+
+    In a data-parallel job a stop requested on any rank is requested on every
+    rank, and the decision is the agreed one only: a signal that arrives during
+    the agreement counts at the next one, on every rank alike.
+    """
+    if dp is None:
+        return stop is not None and stop.requested
+    signum = dp.agree_stop(getattr(stop, "signum", None))
+    if signum is not None and stop is not None:
+        stop.request(signum)
+    return signum is not None
 
 
 def _default_eval(
@@ -521,8 +561,12 @@ def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
     return run, saved
 
 
-def open_resumed_run(run: RunConfig) -> tuple[RunConfig, dict[str, Any], Path, RunLock]:
+def open_resumed_run(
+    run: RunConfig, lock: bool = True
+) -> tuple[RunConfig, dict[str, Any], Path, RunLock | None]:
     """The saved run that ``run.resume`` names, locked: ``(run, config.json, run_dir, lock)``.
+
+    ``lock=False`` (a data-parallel rank other than 0): read it only; no lock (None).
 
     What the user asked for now wins for the length of the run
     (``total_timesteps``, if given) and the bookkeeping (progress, evaluation);
@@ -537,7 +581,7 @@ def open_resumed_run(run: RunConfig) -> tuple[RunConfig, dict[str, Any], Path, R
     if run.total_timesteps is not None:
         saved_run.total_timesteps = run.total_timesteps
     saved_run.progress, saved_run.eval_episodes = run.progress, run.eval_episodes
-    return saved_run, saved, run_dir, prepare_run_dir(run_dir, resume=True)
+    return saved_run, saved, run_dir, prepare_run_dir(run_dir, resume=True) if lock else None
 
 
 def new_run_dir(run: RunConfig, seed: int) -> Path:
@@ -594,8 +638,17 @@ def check_resume_total(asked: int | None, step: int, run_dir: Path, saved: Any =
         )
 
 
-def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None) -> dict[str, Any]:
+def train_ppo(
+    run: RunConfig,
+    config: PPOConfig,
+    stop: StopRequest | None = None,
+    data_parallel: DataParallel | None = None,
+) -> dict[str, Any]:
     """Train (or resume) a masked PPO run and evaluate it; returns the evaluation summary.
+
+    ``data_parallel``: this process is one rank of a torchrun job
+    (:mod:`maskrl.agents.distributed`); rank 0 alone writes the run folder and
+    evaluates, and a resume needs the world size the run was trained with.
 
     Raises:
         ValueError: bad input (unknown env, no mask source, impossible config,
@@ -613,6 +666,10 @@ def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
             "--init-from starts a new run from another run's weights; --resume continues a "
             "run from its own checkpoint: give one or the other"
         )
+    dp = data_parallel
+    main = dp is None or dp.is_main
+    if dp is not None:
+        dp.setup_done = False  # every rank is setting up: a setup error is agreed on
     lock: RunLock | None = None
     resume_dir = Path(run.resume) if run.resume else None
     init: dict[str, Any] | None = None
@@ -621,38 +678,46 @@ def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
             with _phase(stop, "setup"):
                 if run.resume:
                     asked = run.total_timesteps
-                    run, saved, run_dir, lock = open_resumed_run(run)
-                    agent = PPO.load(run_dir / "checkpoint.pt", device=config.device)
+                    run, saved, run_dir, lock = open_resumed_run(run, lock=main)
+                    check_world_size(saved, dp, run_dir)
+                    agent = PPO.load(run_dir / "checkpoint.pt", config.device, data_parallel=dp)
                     check_resume_total(
                         asked, agent.global_step, run_dir, saved["run"].get("total_timesteps")
                     )
                     c = agent.config
                     _check_fits_first(
-                        stop, run.env_ids, c.num_envs, c.num_steps, agent.device, c.env_backend
+                        stop, run.env_ids, agent.num_envs_local, c.num_steps, agent.device,
+                        c.env_backend,
+                    )  # fmt: skip
+                    agent.envs = _make_env(
+                        c, run.env_ids, agent.device, agent.policy.is_multigame, agent
                     )
-                    agent.envs = _make_env(c, run.env_ids, agent.device, agent.policy.is_multigame)
                     agent.env_ids = run.env_ids
                     config = agent.config
                 else:
                     if run.total_timesteps is None:
                         run.total_timesteps = DEFAULT_TOTAL_TIMESTEPS
+                    if dp is not None:
+                        dp.check_config(config)  # before any env is built
                     # Before the envs are built: an impossible buffer is refused at once.
                     _check_fits_first(
-                        stop, run.env_ids, config.num_envs, config.num_steps,
-                        resolve_device(config.device), config.env_backend,
+                        stop, run.env_ids,
+                        config.num_envs if dp is None else dp.local_envs(config.num_envs),
+                        config.num_steps, resolve_device(config.device), config.env_backend,
                     )  # fmt: skip
                     if run.init_from is not None:
                         from maskrl.agents.transfer import build_ppo_from
 
                         agent, init = build_ppo_from(
-                            run.env_ids, config, run.init_from, run.init_layers
+                            run.env_ids, config, run.init_from, run.init_layers, dp
                         )
                     else:
-                        agent = PPO(run.env_ids, config)
+                        agent = PPO(run.env_ids, config, data_parallel=dp)
                     try:
                         agent.allocate()  # fails on an impossible buffer before a folder is made
                         run_dir = new_run_dir(run, config.seed)
-                        lock = prepare_run_dir(run_dir)
+                        if main:
+                            lock = prepare_run_dir(run_dir)
                     except BaseException:
                         agent.envs.close()
                         raise
@@ -680,7 +745,8 @@ def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
         if init is not None:
             saved_json["init"] = init
         # Written only now that everything loaded: a failed resume leaves config.json alone.
-        _write_json(run_dir / "config.json", saved_json)
+        if main:
+            _write_json(run_dir / "config.json", {**saved_json, **_world(dp)})
         return run_training(
             agent, run_dir, run, hparams, bool(run.resume), stop, eval_seed=config.seed + 10_000
         )
@@ -689,12 +755,21 @@ def train_ppo(run: RunConfig, config: PPOConfig, stop: StopRequest | None = None
             lock.release()
 
 
-def _make_env(config: PPOConfig, ids: list[str], device: Any, multigame: bool = False) -> Any:
+def _make_env(
+    config: PPOConfig, ids: list[str], device: Any, multigame: bool = False, agent: Any = None
+) -> Any:
+    """The envs of a resumed run (``agent``'s share of them and seeds in a data-parallel job)."""
     from maskrl.agents.trainer import make_training_env
 
-    return make_training_env(
-        ids, config.num_envs, config.seed, config.env_backend, device, multigame
+    n, seed = (
+        (config.num_envs, config.seed) if agent is None else (agent.num_envs_local, agent.env_seed)
     )
+    return make_training_env(ids, n, seed, config.env_backend, device, multigame)
+
+
+def _world(dp: DataParallel | None) -> dict[str, int]:
+    """``config.json``'s record of a data-parallel job's size (nothing for one process)."""
+    return {} if dp is None else {"world_size": dp.world_size}
 
 
 # ------------------------------------------------------------- Actor-Mimic
@@ -898,8 +973,12 @@ def train_mimic(
     stop: StopRequest | None = None,
     finetune_ppo: int | None = None,
     ppo_config: PPOConfig | None = None,
+    data_parallel: DataParallel | None = None,
 ) -> dict[str, Any]:
     """Distil the experts of ``experts_dir`` into one student (or resume a distillation run).
+
+    ``data_parallel``: this process is one rank of a torchrun job (see :func:`train_ppo`;
+    the fine-tune runs on the same ranks).
 
     With ``finetune_ppo > 0``, the student then trains that many more steps with
     multi-game masked PPO, in ``<run>/finetune`` (a normal PPO run).
@@ -921,6 +1000,10 @@ def train_mimic(
     if run.init_from is not None:
         raise ValueError("init_from (--init-from) applies to PPO runs only")
     _check_finetune_steps(finetune_ppo)
+    dp = data_parallel
+    main = dp is None or dp.is_main
+    if dp is not None:
+        dp.setup_done = False
     if run.resume:
         parent = _mimic_of_finetune(Path(run.resume))
         if parent is not None:
@@ -931,20 +1014,21 @@ def train_mimic(
         if (Path(run.resume) / "finetune" / "checkpoint.pt").is_file():
             saved_total = load_run_config(Path(run.resume))[0].total_timesteps
             if run.total_timesteps in (None, saved_total):  # no more distillation asked
-                return _resume_finetune(run, config, finetune_ppo, stop)
+                return _resume_finetune(run, config, finetune_ppo, stop, dp)
     lock: RunLock | None = None
     try:
         if run.resume:
             asked = run.total_timesteps
-            run, saved, run_dir, lock = open_resumed_run(run)
+            run, saved, run_dir, lock = open_resumed_run(run, lock=main)
+            check_world_size(saved, dp, run_dir, "mimic")
             if finetune_ppo is None:
                 finetune_ppo = int(saved.get("finetune_ppo") or 0)
-            trainer = ActorMimic.load(run_dir / "checkpoint.pt", device=config.device)
+            trainer = ActorMimic.load(run_dir / "checkpoint.pt", config.device, dp)
             check_resume_total(
                 asked, trainer.global_step, run_dir, saved["run"].get("total_timesteps")
             )
             fine = run_dir / "finetune"
-            if (fine / "checkpoint.pt").is_file() and trainer.global_step < run.total:
+            if main and (fine / "checkpoint.pt").is_file() and trainer.global_step < run.total:
                 # More distillation: the fine-tune there started from the student as it
                 # was; kept under another name, never resumed for the new student.
                 os.replace(fine, run_dir / f"finetune-from-step-{trainer.global_step}")
@@ -961,25 +1045,31 @@ def train_mimic(
             if run.total_timesteps is None:
                 run.total_timesteps = DEFAULT_TOTAL_TIMESTEPS
             # Before the envs are built, as for PPO: an impossible buffer is refused at once.
+            if dp is not None:
+                dp.check_config(config, games=len(experts))
             _check_fits_first(
-                stop, run.env_ids, config.num_envs, config.num_steps,
-                resolve_device(config.device), multigame=True,
+                stop, run.env_ids,
+                config.num_envs if dp is None else dp.local_envs(config.num_envs),
+                config.num_steps, resolve_device(config.device), multigame=True,
             )  # fmt: skip
-            trainer = ActorMimic(experts, config)
+            trainer = ActorMimic(experts, config, dp)
             trainer.allocate()
-            lock = prepare_run_dir(run_dir)
+            if main:
+                lock = prepare_run_dir(run_dir)
         finetune_ppo = finetune_ppo or 0
         hparams = {**dataclasses.asdict(run), **trainer.config.to_dict()}
-        _write_json(
-            run_dir / "config.json",
-            {
-                "run": dataclasses.asdict(run),
-                "mimic": trainer.config.to_dict(),
-                "experts": str(experts_dir),
-                "finetune_ppo": finetune_ppo,
-                "device": str(trainer.device),
-            },
-        )
+        if main:
+            _write_json(
+                run_dir / "config.json",
+                {
+                    "run": dataclasses.asdict(run),
+                    "mimic": trainer.config.to_dict(),
+                    "experts": str(experts_dir),
+                    "finetune_ppo": finetune_ppo,
+                    "device": str(trainer.device),
+                    **_world(dp),
+                },
+            )
         if run.resume and (run_dir / "eval.json").is_file() and trainer.global_step >= run.total:
             # Distilled and evaluated already (stopped before its fine-tune began).
             trainer.envs.close()
@@ -996,7 +1086,7 @@ def train_mimic(
         try:
             if (run_dir / "finetune" / "checkpoint.pt").is_file():
                 again = dataclasses.replace(run, resume=str(run_dir))
-                summary["finetune"] = _resume_finetune(again, config, finetune_ppo, stop)[
+                summary["finetune"] = _resume_finetune(again, config, finetune_ppo, stop, dp)[
                     "finetune"
                 ]
             else:
@@ -1030,34 +1120,46 @@ def _new_finetune(
     """Start the PPO fine-tune of a distilled student in ``run_dir/finetune``."""
     pcfg = dataclasses.replace(ppo_config or PPOConfig(), device=str(trainer.device))
     pcfg.seed = trainer.config.seed
+    dp = trainer.data_parallel
+    main = dp is None or dp.is_main
+    if dp is not None:
+        dp.setup_done = False
     with _phase(stop, "setup"):
         agent = PPO(
-            run.env_ids, pcfg, trainer.policy.net, network_kwargs=trainer.policy.network_kwargs
-        )
+            run.env_ids, pcfg, trainer.policy.net, network_kwargs=trainer.policy.network_kwargs,
+            data_parallel=dp,
+        )  # fmt: skip
     frun = RunConfig(
         env=run.env, total_timesteps=finetune_ppo, run_name="finetune", runs_dir=str(run_dir),
         eval_episodes=run.eval_episodes, progress=run.progress,
     )  # fmt: skip
-    flock = prepare_run_dir(run_dir / "finetune")
+    flock = prepare_run_dir(run_dir / "finetune") if main else None
     try:
-        _write_json(
-            run_dir / "finetune" / "config.json",
-            {
-                "run": dataclasses.asdict(frun),
-                "ppo": pcfg.to_dict(),
-                "device": str(agent.device),
-            },
-        )
+        if main:
+            _write_json(
+                run_dir / "finetune" / "config.json",
+                {
+                    "run": dataclasses.asdict(frun),
+                    "ppo": pcfg.to_dict(),
+                    "device": str(agent.device),
+                    **_world(dp),
+                },
+            )
         return run_training(
             agent, run_dir / "finetune", frun, {**dataclasses.asdict(frun), **pcfg.to_dict()},
             False, stop, eval_seed=pcfg.seed + 10_000,
         )  # fmt: skip
     finally:
-        flock.release()
+        if flock is not None:
+            flock.release()
 
 
 def _resume_finetune(
-    run: RunConfig, config: Any, finetune_ppo: int | None, stop: StopRequest | None
+    run: RunConfig,
+    config: Any,
+    finetune_ppo: int | None,
+    stop: StopRequest | None,
+    dp: DataParallel | None = None,
 ) -> dict[str, Any]:
     """``mimic --resume <run>`` once the distillation is done: continue its fine-tune."""
     assert run.resume is not None
@@ -1074,6 +1176,7 @@ def _resume_finetune(
             ),
             PPOConfig(device=config.device),
             stop,
+            dp,
         )  # fmt: skip
     except TrainingInterrupted as e:
         e.resume = run_dir

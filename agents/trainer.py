@@ -71,6 +71,12 @@ class TrainerRNG:
             self.host_gen if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
         )
 
+    def reseed(self, seed: int) -> None:
+        """Seed both generators with ``seed`` (a data-parallel rank's own stream)."""
+        self.host_gen.manual_seed(seed)
+        if self.device_gen is not self.host_gen:
+            self.device_gen.manual_seed(seed)
+
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors (CPU ``uint8``), loadable with ``weights_only=True``."""
         out = {"cpu": self.host_gen.get_state()}
@@ -118,6 +124,7 @@ def optimize_minibatches(
     generator: torch.Generator,
     device: torch.device,
     stop_after_epoch: Callable[[dict[str, float]], bool] | None = None,
+    data_parallel: Any = None,
 ) -> dict[str, float]:
     """Epochs of shuffled minibatches: the one optimisation loop of every trainer.
 
@@ -134,6 +141,10 @@ def optimize_minibatches(
         device: where the permutations live.
         stop_after_epoch: called with the epoch's mean ``aux``; True stops early
             (PPO's ``target_kl``).
+        data_parallel: a :class:`~maskrl.agents.distributed.DataParallel` (None: one
+            process): gradients are averaged over its ranks after ``backward``, and
+            ``stop_after_epoch`` reads the epoch's ``aux`` averaged over them, so
+            every rank takes the same steps.
 
     Returns:
         The mean of each ``aux`` entry over the minibatches done, plus
@@ -157,6 +168,8 @@ def optimize_minibatches(
             loss, aux = loss_fn(idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if data_parallel is not None:
+                data_parallel.all_reduce_grads(params)
             norm = nn.utils.clip_grad_norm_(
                 params, max_grad_norm if max_grad_norm is not None else math.inf
             )
@@ -176,10 +189,12 @@ def optimize_minibatches(
                 epoch_sums[name] = epoch_sums.get(name, 0) + v.detach()
             count += 1
         epochs_done += 1
-        if stop_after_epoch is not None and stop_after_epoch(
-            {n: float(v) / num_minibatches for n, v in epoch_sums.items()}
-        ):
-            break
+        if stop_after_epoch is not None:
+            epoch_mean = {n: float(v) / num_minibatches for n, v in epoch_sums.items()}
+            if data_parallel is not None:
+                epoch_mean = data_parallel.mean_metrics(epoch_mean)
+            if stop_after_epoch(epoch_mean):
+                break
     out = {n: float(v) / max(count, 1) for n, v in sums.items()}
     out["epochs"] = float(epochs_done)
     return out

@@ -226,9 +226,17 @@ def transfer_weights(
 
 
 def build_ppo_from(
-    env_ids: list[str], config: PPOConfig, init_from: str, layers: str = "encoder"
+    env_ids: list[str],
+    config: PPOConfig,
+    init_from: str,
+    layers: str = "encoder",
+    data_parallel: Any = None,
 ) -> tuple[Any, dict[str, Any]]:
     """A new :class:`~maskrl.agents.PPO` agent on ``env_ids`` whose ``layers`` come from ``init_from``.
+
+    ``data_parallel``: the run's :class:`~maskrl.agents.distributed.DataParallel`
+    under ``torchrun`` (every rank reads the same source; rank 0's weights are
+    broadcast when training starts, as for any run).
 
     Returns ``(agent, record)``; ``record`` (for the run's ``config.json``) holds
     the checkpoint read, its sha256 and the :class:`TransferReport`.
@@ -251,7 +259,7 @@ def build_ppo_from(
             f"--init-from network ({width['hidden']}): pass --hidden {width['hidden']} so the "
             "encoders line up"
         )
-    agent = PPO(env_ids, config, network_kwargs=width)
+    agent = PPO(env_ids, config, network_kwargs=width, data_parallel=data_parallel)
     try:
         same = list(source.env_ids or []) == list(env_ids)
         report = transfer_weights(agent.policy.net, source.net, layers, same_games=same)

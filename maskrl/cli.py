@@ -43,6 +43,7 @@ from maskrl.stop import StopRequest
 #: a test keeps the two equal, since this module imports no maskrl module at load time).
 MAX_EPISODES = 10_000_000
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -107,6 +108,7 @@ def _pick(ns: argparse.Namespace, cls: type) -> Any:
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     """The command line's parser (``prog``: the name it shows, ``train.py`` or ``maskrl``)."""
     from maskrl.agents.config import PPOConfig
+    from maskrl.agents.distributed import DistConfig
     from maskrl.agents.mimic import MimicConfig
     from maskrl.agents.runner import RunConfig
 
@@ -127,6 +129,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     )
     add_dataclass_args(ppo, RunConfig)
     add_dataclass_args(ppo, PPOConfig)
+    add_dataclass_args(ppo, DistConfig)
     ex = sub.add_parser(
         "experts",
         allow_abbrev=False,
@@ -170,6 +173,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         mi, RunConfig, exclude=frozenset({"env", "preset", "init_from", "init_layers"})
     )
     add_dataclass_args(mi, MimicConfig)
+    add_dataclass_args(mi, DistConfig)
     ev = sub.add_parser(
         "eval",
         allow_abbrev=False,
@@ -270,16 +274,25 @@ class _Signals(StopRequest):
     def _handle(self, signum: int, frame: Any) -> None:
         first = not self.requested
         self.request(signum)
+        job = _torchrun_world() > 1
         if self.phase == "training" and first:
             name = _signal_name(signum)
+            if _torchrun_rank() > 0:
+                return  # rank 0 says it for the job
             print(
-                f"\n{name}: stopping after the current update and saving a checkpoint "
+                f"\n{name}: every rank stops after the current update; rank 0 saves a checkpoint"
+                if job
+                else f"\n{name}: stopping after the current update and saving a checkpoint "
                 "(press Ctrl-C again to stop at once, without saving)",
                 file=sys.stderr,
             )
             return
-        if self.phase == "training" and signum != signal.SIGINT:
-            return  # a repeated SIGTERM: the update in progress still finishes and saves
+        if (signum == signal.SIGTERM or job) and (self.phase == "training" or not first):
+            # A repeated SIGTERM: the update in progress still finishes and saves, and a
+            # stop under way goes on. In a torchrun job any signal: torchrun forwards a
+            # Ctrl-C to ranks the terminal has signalled already, and signals the ranks
+            # still running when one ends first (it kills them 30 s later).
+            return
         if self.phase == "loading":
             return  # read when the step ends (see maskrl.agents.runner._check_fits_first)
         self.stopped_in = self.phase
@@ -297,8 +310,25 @@ class _Signals(StopRequest):
             yield self
         finally:
             for sig, prev in self._previous.items():
-                signal.signal(sig, prev)
+                if signal.getsignal(sig) == self._handle:  # not replaced since
+                    signal.signal(sig, prev)
             self._previous.clear()
+
+
+def _torchrun_world() -> int:
+    """The number of ranks of the torchrun job this process is in (1 otherwise; torch-free)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def _torchrun_rank() -> int:
+    """This process's rank in a torchrun job of several ranks (0 otherwise; torch-free)."""
+    try:
+        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except (KeyError, ValueError):
+        return 0
 
 
 def _signal_name(signum: int | None) -> str:
@@ -322,7 +352,8 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
                 "setup": "before training started; nothing new was saved",
                 "evaluation": "during the evaluation; nothing was written",
             }.get(signals.stopped_in or signals.phase, "at once; nothing more was saved")
-            print(f"{prog}: stopped ({_signal_name(signals.signum)}) {where}", file=sys.stderr)
+            if _torchrun_rank() == 0:  # in a torchrun job, rank 0 says it for the job
+                print(f"{prog}: stopped ({_signal_name(signals.signum)}) {where}", file=sys.stderr)
             return EXIT_TERMINATED if signals.signum == signal.SIGTERM else EXIT_INTERRUPTED
 
 
@@ -369,11 +400,64 @@ def _main(argv: list[str] | None, signals: _Signals, prog: str = "train.py") -> 
         if ns.command is None:
             parser.print_help()
             return EXIT_USAGE
-        return _dispatch(ns, argv, signals, prog)
+        try:
+            ranks = _ranks(ns, prog)
+        except ValueError as e:
+            print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return EXIT_USAGE
+        with ranks as dp:
+            return _dispatch(ns, argv, signals, prog, dp)
 
 
-def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: str) -> int:
+def _ranks(ns: argparse.Namespace, prog: str) -> Any:
+    """The process group of a torchrun job for this command (a null context in one process).
+
+    ``ppo`` and ``mimic`` train data-parallel under torchrun; ``--device`` becomes
+    this rank's (``cuda:LOCAL_RANK``). Other commands run in one process.
+
+    Raises:
+        ValueError: a bad ``--dist-timeout``, a malformed torchrun environment, a
+            device a rank cannot take, or a command that does not run under torchrun.
+    """
+    if _torchrun_rank() == 0 and "WORLD_SIZE" not in os.environ:
+        return contextlib.nullcontext(None)  # one process: torch.distributed is never touched
+    from maskrl.agents.distributed import DistConfig, process_group, rank_device, torchrun_env
+
+    env = torchrun_env()
+    if env is None:
+        return contextlib.nullcontext(None)
+    if ns.command not in ("ppo", "mimic"):
+        raise ValueError(
+            f"{ns.command} runs in one process: run {_command(prog)} {ns.command} without torchrun "
+            "(only ppo and mimic train data-parallel)"
+        )
+    dist_cfg = _pick(ns, DistConfig)
+    dist_cfg.validate()
+    rank_device(ns.device, env[1])  # refuses --device cuda:N before the group is joined
+
+    @contextlib.contextmanager
+    def joined() -> Iterator[Any]:
+        try:
+            with process_group(ns.device, dist_cfg.dist_timeout) as (dp, device):
+                ns.device = device
+                yield dp
+        finally:
+            # When one rank exits with a non-zero status (143 after a stop), torchrun
+            # sends SIGTERM to the ranks still running: this rank is exiting, and its
+            # status stays the one the run decided.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    return joined()
+
+
+def _dispatch(
+    ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: str, dp: Any = None
+) -> int:
     from maskrl.agents.runner import TrainingInterrupted
+
+    rank0 = dp is None or dp.is_main  # in a torchrun job, rank 0 prints for the job
+    ranks: dict[str, Any] = {} if dp is None else {"data_parallel": dp}
 
     try:
         if ns.command == "ppo":
@@ -388,8 +472,9 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
             if run_cfg.resume:
                 _check_resume_flags(given)
             _check_qat_flags(given, ppo_cfg)
-            summary = _runner().train_ppo(run_cfg, ppo_cfg, signals.stop)
-            _print_summary(summary)
+            summary = _runner().train_ppo(run_cfg, ppo_cfg, signals.stop, **ranks)
+            if rank0:
+                _print_summary(summary)
             return 0
         if ns.command == "experts":
             return _experts(ns, argv, signals)
@@ -403,8 +488,10 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
                 _check_resume_flags(given, extra={"finetune_ppo"})
             _check_qat_flags(given, mimic_cfg)
             summary = _runner().train_mimic(
-                run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo
+                run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo, **ranks
             )
+            if not rank0:
+                return 0
             _print_summary(summary)
             if "finetune" in summary:
                 print("after PPO fine-tuning:")
@@ -423,12 +510,26 @@ def _dispatch(ns: argparse.Namespace, argv: list[str], signals: _Signals, prog: 
             # The experts command resumes what it left: the same command continues it.
             advice = f"; continue with: {_command(prog)} {shlex.join(argv)}"
         elif e.resume is not None:
-            advice = f"; continue with: {_command(prog)} {ns.command} --resume {e.resume}"
+            how = _command(prog) if dp is None else _torchrun_command(prog)
+            advice = f"; continue with: {how} {ns.command} --resume {e.resume}"
         else:
             advice = " (start a new run)"
-        print(f"{prog}: {e}{advice}", file=sys.stderr)
+        if rank0:
+            print(f"{prog}: {e}{advice}", file=sys.stderr)
         return EXIT_TERMINATED if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
+    except RuntimeError as e:
+        from maskrl.agents.distributed import collective_failure
+
+        if dp is None or not collective_failure(e):
+            raise
+        # Another rank died or hung: one line, and torchrun ends the job.
+        print(f"{prog}: error: rank {dp.rank}: {collective_failure(e)}", file=sys.stderr)
+        return EXIT_FAILURE
     except ValueError as e:
+        if dp is not None:
+            e, show = _rank_error(dp, e)
+            if not show:
+                return EXIT_USAGE
         # Bad input: one clear line (whatever line breaks the message had), no traceback.
         print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
@@ -454,6 +555,39 @@ def _check_init_flags(given: set[str], run_cfg: Any) -> None:
         )
     if "init_layers" in given and run_cfg.init_from is None:
         raise ValueError("--init-layers only applies with --init-from: add --init-from or drop it")
+
+
+def _rank_error(dp: Any, e: ValueError) -> tuple[ValueError, bool]:
+    """A torchrun rank's error: ``(what to print, whether this rank prints it)``.
+
+    Before training, the ranks agree on setup errors (each rank's is sent to all),
+    and rank 0 alone prints the one agreed message; once training began, a rank
+    prints its own error, named by its rank.
+    """
+    from maskrl.agents.distributed import SetupFailed
+
+    if not isinstance(e, SetupFailed) and not dp.setup_done:
+        try:
+            dp.agree_setup(str(e))
+        except SetupFailed as agreed:
+            e = agreed
+    if isinstance(e, SetupFailed):
+        return e, dp.is_main
+    return (e if dp.is_main else ValueError(f"rank {dp.rank}: {e}")), True
+
+
+def _torchrun_command(prog: str) -> str:
+    """How a printed command relaunches this torchrun job (same nodes and ranks per node)."""
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    entry = "train.py" if prog == "train.py" else f"--no-python {prog}"
+    if nodes == 1:
+        return f"torchrun --standalone --nproc_per_node={per_node} {entry}"
+    where = f"{os.environ.get('MASTER_ADDR', 'HOST')}:{os.environ.get('MASTER_PORT', '29500')}"
+    return (
+        f"torchrun --nnodes={nodes} --nproc_per_node={per_node} --rdzv_backend=c10d "
+        f"--rdzv_endpoint={where} {entry}"
+    )
 
 
 def _check_qat_flags(given: set[str], cfg: Any) -> None:
@@ -497,7 +631,7 @@ def _runner() -> Any:
 
 #: Flags a resumed run accepts: the length of the run and the bookkeeping of this
 #: invocation. Everything else comes from the run's config.json.
-RESUME_FLAGS = {"resume", "total_timesteps", "eval_episodes", "progress", "device"}
+RESUME_FLAGS = {"resume", "total_timesteps", "eval_episodes", "progress", "device", "dist_timeout"}
 
 
 def _check_resume_flags(given: set[str], extra: set[str] = frozenset()) -> None:  # type: ignore[assignment]

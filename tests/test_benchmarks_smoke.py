@@ -160,3 +160,26 @@ def test_actor_mimic_table_reads_runs(tmp_path: Path) -> None:
     assert "| MinAtar-Breakout-v0 | 10.00 | 9.00 | 90% | 5.00 | 50% |" in out
     assert "| MinAtar-Asterix-v0 | 4.00 | 4.00 | 100% | 1.00 | 25% |" in out
     assert "experts: 200 env steps" in out
+
+
+def test_ddp_scaling_launches_the_same_job_and_tabulates_speed_up(tmp_path: Path) -> None:
+    bench = _load("ddp_scaling")
+    args = bench.argparse.Namespace(
+        env="maskrl/MinAtar-Breakout-v0", total_timesteps=1000, num_envs=8, seed=3,
+        device="cpu", eval_episodes=2, extra=[],
+    )  # fmt: skip
+    one, two = bench.command(1, args, tmp_path), bench.command(2, args, tmp_path)
+    assert "torch.distributed.run" not in one  # one rank: the plain single-process command
+    assert two[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    # The same job: every flag after train.py is the same but the run's name.
+    assert [a for a in one[2:] if a != "ranks1"] == [a for a in two[6:] if a != "ranks2"]
+    rows = [
+        dict(ranks=1, envs_per_rank=8, steps=1024, train_sps=1000.0, wall_seconds=9.0,
+             last10_return=1.5, eval_mean=2.0, eval_std=0.5),
+        dict(ranks=2, envs_per_rank=4, steps=1024, train_sps=1500.0, wall_seconds=8.0,
+             last10_return=None, eval_mean=None, eval_std=None),
+    ]  # fmt: skip
+    text = bench.table(rows)
+    assert "| 2 | 4 | 1,024 | 1500 | 1.50x | 8 | - | - |" in text
+    with pytest.raises(SystemExit):  # 6 envs do not split over 4 ranks: refused up front
+        bench.main(["--num-envs", "6", "--ranks", "1", "4"])

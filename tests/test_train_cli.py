@@ -34,6 +34,7 @@ from maskrl.agents import PPO
 from maskrl.agents import runner as runner_mod
 from maskrl.agents.checkpoint import load_checkpoint
 from maskrl.agents.config import PPOConfig
+from maskrl.agents.distributed import DistConfig
 from maskrl.agents.runner import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +105,11 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     squashed = "".join(out.split())  # independent of how argparse wraps lines
-    for cls, obj in ((RunConfig, RunConfig()), (PPOConfig, PPOConfig())):
+    for cls, obj in (
+        (RunConfig, RunConfig()),
+        (PPOConfig, PPOConfig()),
+        (DistConfig, DistConfig()),
+    ):
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")
             assert f" {flag}" in out, flag
@@ -113,7 +118,7 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
             assert "".join(help_.split()) in squashed, f.name
             assert "".join(f"(default: {getattr(obj, f.name)})".split()) in squashed, f.name
     # No flag that does nothing: only the dataclass fields (plus -h) are offered.
-    n_fields = len(dataclasses.fields(RunConfig)) + len(dataclasses.fields(PPOConfig))
+    n_fields = sum(len(dataclasses.fields(c)) for c in (RunConfig, PPOConfig, DistConfig))
     ppo_parser = train.build_parser()._subparsers._group_actions[0].choices["ppo"]
     assert len([a for a in ppo_parser._actions if a.dest != "help"]) == n_fields
 
