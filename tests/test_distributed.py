@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-from train_module import train
+from train_module import train, wait_for
 
 from maskrl.agents import PPO, MimicConfig, PPOConfig, load_policy
 from maskrl.agents.checkpoint import load_checkpoint
@@ -73,14 +73,6 @@ def torchrun(
         text=True,
         start_new_session=new_session,
     )
-
-
-def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
 
 
 def rank_pid(proc: subprocess.Popen[str], rank: int) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+from env_helpers import make, same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,21 +18,6 @@ from maskrl.envs.knapsack import KnapsackEnv, knapsack_optimum
 from maskrl.envs.minatar_games import MINATAR_GAMES
 
 ATARI_HANDFUL = ["Breakout", "Pong", "SpaceInvaders", "MsPacman", "Seaquest"]
-
-
-def make(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
-    """gym.make, skipping the test when the id's optional extra is not installed."""
-    missing = maskrl.envs.missing_dependency(env_id)
-    if missing:
-        pytest.skip(missing)
-    return gym.make(env_id, **kwargs)
-
-
-def same(a: Any, b: Any) -> bool:
-    """Exact equality of observations (arrays, or dicts of arrays)."""
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
 
 
 def trajectory(env_id: str, seed: int, steps: int) -> list[tuple[Any, float, bool, bool, Any]]:

@@ -17,19 +17,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from env_helpers import make
 
 import maskrl.envs
 from maskrl.envs import ActionMaskWrapper, make_multigame_vec, make_vec
 
 BREAKOUT = "maskrl/MinAtar-Breakout-v0"
-
-
-def make(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
-    """gym.make, skipping the test when the id's optional extra is not installed."""
-    missing = maskrl.envs.missing_dependency(env_id)
-    if missing:
-        pytest.skip(missing)
-    return gym.make(env_id, **kwargs)
 
 
 # ------------------------------------------------------------------ the checkers

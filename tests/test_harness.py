@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import tomllib
 import torch
-from train_module import popen, train
+from train_module import popen, train, wait_for
 
 import maskrl.envs
 from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
@@ -90,14 +90,6 @@ def wait_for_handlers(proc: subprocess.Popen[str], timeout: float = 90) -> None:
         if int(caught.split()[-1], 16) & (1 << (signal.SIGTERM - 1)):
             return
         assert time.monotonic() < deadline, "the handlers were never installed"
-        time.sleep(0.05)
-
-
-def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.05)
 
 

@@ -9,8 +9,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from env_helpers import make, same
 
-import maskrl.envs
 from maskrl.agents import masked_epsilon_greedy
 from maskrl.envs import InvalidActionPolicy, action_is_valid
 
@@ -28,19 +28,6 @@ class Spy(gym.Wrapper[Any, Any, Any, Any]):
         mask = self.env.get_wrapper_attr("action_masks")()
         self.received.append((int(action), action_is_valid(action, mask, self.action_space)))
         return self.env.step(action)
-
-
-def make(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
-    missing = maskrl.envs.missing_dependency(env_id)
-    if missing:
-        pytest.skip(missing)
-    return gym.make(env_id, **kwargs)
-
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return bool(np.array_equal(a, b))
 
 
 def play(env: InvalidActionPolicy, steps: int, epsilon: float, seed: int) -> list[bool]:

@@ -6,6 +6,7 @@ import importlib.util
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +34,12 @@ def popen(args: list[str], cwd: Path) -> subprocess.Popen[str]:
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 90) -> None:
+    """Wait until ``path`` exists; fail if ``proc`` exits or ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
