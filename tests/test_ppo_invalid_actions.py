@@ -274,3 +274,13 @@ def test_make_vec_wraps_each_env_before_seeding_it() -> None:
     assert bool(infos_b["action_mask"].all()) and not bool(infos_a["action_mask"].all())
     with pytest.raises(ValueError, match="wrapper does not apply to backend='torch'"):
         maskrl.envs.make_vec(BREAKOUT, 2, backend="torch", wrapper=wrap)
+
+
+def test_an_expert_saved_before_the_settings_existed_still_matches(tmp_path: Path) -> None:
+    from maskrl.agents.runner import _expert_settings_differ
+
+    ppo = PPOConfig().to_dict()
+    del ppo["invalid_actions"], ppo["invalid_penalty"]
+    saved = {"ppo": ppo, "run": {"total_timesteps": 1000, "eval_episodes": 5}}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert _expert_settings_differ(tmp_path, PPOConfig(), 1000, 5) == []
