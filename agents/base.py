@@ -124,6 +124,9 @@ class OnPolicyTrainer:
     optimizer: torch.optim.Optimizer
     #: This process's rank in a data-parallel job (None: one process, the default).
     data_parallel: DataParallel | None = None
+    #: Count invalid actions from the infos' ``"invalid_action"`` instead of the
+    #: stored masks (the masking ablation: the masks the agent sampled under are all-valid).
+    invalid_from_infos: bool = False
 
     def _init_state(self) -> None:
         self.net: nn.Module = self.policy.net
@@ -217,7 +220,8 @@ class OnPolicyTrainer:
         ``callback(trainer, metrics)`` runs after every update; returning ``False``
         stops training. ``metrics`` holds the update's losses, ``SPS``,
         ``learning_rate`` and the number of invalid actions taken (always 0
-        unless the network or mask plumbing is broken). Training resumes where it
+        unless the network or mask plumbing is broken, or the masking ablation's
+        ``invalid_from_infos`` lets the agent sample over all actions). Training resumes where it
         stopped when called again.
 
         A data-parallel rank (``data_parallel``) first takes rank 0's weights; its
@@ -249,8 +253,9 @@ class OnPolicyTrainer:
                 self.net.eval()
                 with cpu_rollout_mode(self.device, c.cpu_rollout_tuning):
                     collect_rollout(
-                        self.envs, buffer, state, self._act, self._value, self.episode_stats
-                    )
+                        self.envs, buffer, state, self._act, self._value, self.episode_stats,
+                        self.invalid_from_infos,
+                    )  # fmt: skip
                 self.after_rollout(buffer)
                 self.net.train()
                 metrics = self.update(buffer)

@@ -18,6 +18,14 @@ from typing import Any
 #: Gymnasium / numpy seeds must stay below 2**32.
 MAX_SEED = 2**31 - 1
 
+#: The modes of ``--invalid-actions`` (as :data:`maskrl.envs.INVALID_ACTION_MODES`).
+INVALID_ACTION_MODES: tuple[str, ...] = ("mask", "penalty", "none")
+#: The reward of an invalid action under ``--invalid-actions penalty`` when
+#: ``--invalid-penalty`` is not given: a tenth of the smallest reward of a
+#: useful step in maskrl's envs (a MinAtar point, a Knapsack item of value 1),
+#: so the penalty discourages an invalid action without swamping the returns.
+DEFAULT_INVALID_PENALTY = -0.1
+
 
 def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -169,6 +177,27 @@ class PPOConfig(TrainerConfig):
         "width of the default network's dense encoder layer (None: the defaults, 128 for "
         "MinAtar grids, 512 for Atari frames, 64 for vectors)",
     )
+    invalid_actions: str = _f(
+        "mask",
+        "the masking ablation: mask (sample among the valid actions only), penalty (sample "
+        "over all actions; an invalid one is a no-op with reward --invalid-penalty) or none "
+        "(sample over all actions; the env applies its own rule); penalty and none need the "
+        "numpy backend and one --env",
+    )
+    invalid_penalty: float | None = _f(
+        None,
+        f"the reward of an invalid action, --invalid-actions penalty only (None: "
+        f"{DEFAULT_INVALID_PENALTY})",
+    )
+
+    @property
+    def penalty_reward(self) -> float:
+        """The reward of an invalid action in mode ``penalty`` (0.0 in the other modes)."""
+        if self.invalid_actions != "penalty":
+            return 0.0
+        if self.invalid_penalty is None:
+            return DEFAULT_INVALID_PENALTY
+        return float(self.invalid_penalty)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the offending field (and its flag) for an impossible config."""
@@ -186,6 +215,26 @@ class PPOConfig(TrainerConfig):
         if self.target_kl is not None:
             _check(self, "target_kl", 0 < self.target_kl < math.inf, "finite and > 0, or None")
         _check(self, "env_backend", self.env_backend in ("numpy", "torch"), "'numpy' or 'torch'")
+        _check(
+            self,
+            "invalid_actions",
+            self.invalid_actions in INVALID_ACTION_MODES,
+            " or ".join(map(repr, INVALID_ACTION_MODES)),
+        )
+        if self.invalid_penalty is not None:
+            if self.invalid_actions != "penalty":
+                raise ValueError(
+                    f"invalid_penalty (--invalid-penalty) applies only to --invalid-actions "
+                    f"penalty, not {self.invalid_actions!r}: drop it or add --invalid-actions penalty"
+                )
+            _check(self, "invalid_penalty", math.isfinite(self.invalid_penalty), "finite")
+        if self.invalid_actions != "mask" and self.env_backend != "numpy":
+            # The batched torch games take no Gymnasium wrapper (InvalidActionPolicy).
+            raise ValueError(
+                f"invalid_actions={self.invalid_actions!r} (--invalid-actions) needs "
+                f"--env-backend numpy, not {self.env_backend!r}: the batched torch games take "
+                "no env wrapper"
+            )
 
 
 def flag_name(name: str) -> str:

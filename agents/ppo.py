@@ -206,8 +206,11 @@ class PPO(OnPolicyTrainer):
             env = make_training_env(
                 self.env_ids, self.num_envs_local, self.env_seed, config.env_backend, self.device,
                 multigame=isinstance(network, MultiGameActorCritic),
+                invalid_actions=config.invalid_actions, invalid_penalty=config.penalty_reward,
             )  # fmt: skip
         self.envs = env
+        # penalty / none sample under all-valid masks: count from the env's reports.
+        self.invalid_from_infos = config.invalid_actions != "mask"
         if env is not None:
             _check_autoreset(env)
             observation_space = env.single_observation_space

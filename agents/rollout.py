@@ -404,6 +404,34 @@ def _final_obs_batch(infos: dict[str, Any], idx: np.ndarray) -> Any:
     return np.stack(items)
 
 
+def invalid_actions_in_infos(infos: dict[str, Any], num_envs: int) -> int:
+    """How many actions of one vector step were outside the env's true mask.
+
+    Reads ``"invalid_action"`` from the step's infos and, for the slots whose
+    episode ended (same-step autoreset), from ``infos["final_info"]``: what
+    :class:`maskrl.envs.InvalidActionPolicy` reports in every mode.
+
+    Raises:
+        ValueError: a slot reported no ``"invalid_action"`` (an env not wrapped
+            in :class:`~maskrl.envs.InvalidActionPolicy`).
+    """
+    total = 0
+    reported = np.zeros(num_envs, dtype=np.bool_)
+    for src in (infos, infos.get("final_info")):
+        if src is None or "invalid_action" not in src:
+            continue
+        present = np.asarray(src["_invalid_action"], dtype=np.bool_)
+        total += int(np.asarray(src["invalid_action"], dtype=np.bool_)[present].sum())
+        reported |= present
+    if not reported.all():
+        raise ValueError(
+            f"env index(es) {np.flatnonzero(~reported).tolist()} reported no 'invalid_action' "
+            "in their step info: with --invalid-actions penalty or none, wrap each env in "
+            "maskrl.envs.InvalidActionPolicy"
+        )
+    return total
+
+
 def collect_rollout(
     envs: Any,
     buffer: RolloutBuffer,
@@ -411,6 +439,7 @@ def collect_rollout(
     act: ActFn,
     value_fn: ValueFn,
     stats: EpisodeStats,
+    invalid_from_infos: bool = False,
 ) -> None:
     """Step ``envs`` for ``buffer.num_steps`` steps with ``act`` and fill ``buffer``.
 
@@ -419,13 +448,22 @@ def collect_rollout(
     receives ``value_fn(final_obs)`` so GAE can bootstrap from it; a terminated
     episode bootstraps from nothing. Completed episodes are appended to
     ``stats``. Discounting is left to :func:`maskrl.agents.compute_gae`.
+
+    Invalid actions (``state.invalid_actions``) are counted against the stored
+    masks, or, with ``invalid_from_infos`` (the masking ablation's modes
+    ``penalty`` and ``none``, whose stored masks are all-valid), from each step's
+    ``infos["invalid_action"]`` (:func:`invalid_actions_in_infos`; numpy
+    backend only).
     """
     if is_torch_env(envs):
+        if invalid_from_infos:
+            raise ValueError("invalid_from_infos needs a numpy-backend (Gymnasium) vector env")
         _collect_rollout_on_device(envs, buffer, state, act, value_fn, stats)
         return
     T, N, dev = buffer.num_steps, buffer.num_envs, buffer.device
     buf = buffer
     host = buf.host_scalars
+    invalid = 0
     with torch.inference_mode():
         buf.final_values.zero_()  # once per rollout; truncated steps are filled below
         for t in range(T):
@@ -437,6 +475,8 @@ def collect_rollout(
             buf.values[t] = value
             next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
             mask = read_masks(infos, N, buf.n_logits, buf.nvec)
+            if invalid_from_infos:
+                invalid += invalid_actions_in_infos(infos, N)
             copy_obs_(index_obs(buf.obs, t + 1), next_obs)
             buf.masks[t + 1].copy_(torch.from_numpy(mask), non_blocking=True)
             trunc = np.asarray(truncated, dtype=bool) & ~np.asarray(terminated, dtype=bool)
@@ -461,7 +501,8 @@ def collect_rollout(
         buf.next_value.copy_(value_fn(index_obs(buf.obs, T)))
         # Counted once per rollout, never corrected: a policy that picks a masked
         # action is a bug the invalid_action_rate chart must show.
-        invalid = buffer.count_invalid_actions()
+        if not invalid_from_infos:
+            invalid = buffer.count_invalid_actions()
         scalars = torch.from_numpy(host)
         buf.rewards.copy_(scalars[0])
         buf.terminated.copy_(scalars[1])

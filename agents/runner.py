@@ -11,7 +11,8 @@ Every run writes ``runs/<name>/``:
 * ``config.json``, the resolved configuration;
 * ``checkpoint.pt``, rewritten atomically every ``checkpoint_every`` steps, at
   the end, and when the run is stopped (Ctrl-C or SIGTERM);
-* ``eval.json``, the final evaluation.
+* ``eval.json``, the final evaluation (played without the mask when the run
+  trained without it: ``--invalid-actions penalty`` or ``none``).
 
 A trainer is anything with ``global_step``, ``steps_per_update``,
 ``episode_stats``, ``envs``, ``learn(total, callback)``, ``save(path)`` and a
@@ -482,9 +483,12 @@ def run_training(
             }
             if run.eval_episodes > 0 and main:
                 if eval_fn is None:
+                    # A policy trained without the mask (the masking ablation) plays without it.
+                    mode = getattr(getattr(trainer, "config", None), "invalid_actions", "mask")
                     ev = _default_eval(
-                        trainer.policy, run.env_ids, run.eval_episodes, eval_seed, stop
-                    )
+                        trainer.policy, run.env_ids, run.eval_episodes, eval_seed, stop,
+                        use_mask=mode == "mask",
+                    )  # fmt: skip
                 else:
                     ev = eval_fn(trainer.policy, run.env_ids, run.eval_episodes, eval_seed)
                 summary["eval"] = ev
@@ -538,9 +542,11 @@ def _stopping(dp: Any, stop: StopRequest | None) -> bool:
 
 
 def _default_eval(
-    policy: Any, ids: list[str], episodes: int, seed: int, stop: Any = None
+    policy: Any, ids: list[str], episodes: int, seed: int, stop: Any = None, use_mask: bool = True
 ) -> dict[str, Any]:
-    return evaluate(policy, ids if len(ids) > 1 else ids[0], episodes, seed=seed, stop=stop)
+    return evaluate(
+        policy, ids if len(ids) > 1 else ids[0], episodes, seed=seed, stop=stop, use_mask=use_mask
+    )
 
 
 # ---------------------------------------------------------------------- PPO
@@ -764,7 +770,10 @@ def _make_env(
     n, seed = (
         (config.num_envs, config.seed) if agent is None else (agent.num_envs_local, agent.env_seed)
     )
-    return make_training_env(ids, n, seed, config.env_backend, device, multigame)
+    return make_training_env(
+        ids, n, seed, config.env_backend, device, multigame,
+        config.invalid_actions, config.penalty_reward,
+    )  # fmt: skip
 
 
 def _world(dp: DataParallel | None) -> dict[str, int]:
@@ -793,6 +802,8 @@ def _expert_settings_differ(
             "move it away or choose another --run-name"
         ) from e
     asked = config.to_dict()
+    # A setting added since the expert was saved has its default there.
+    saved_ppo = {**PPOConfig().to_dict(), **saved_ppo}
     out = [
         f"--{k.replace('_', '-')} {asked[k]} (the expert has {saved_ppo.get(k)})"
         for k in asked

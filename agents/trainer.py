@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Any
 
 import torch
@@ -273,6 +274,8 @@ def make_training_env(
     backend: str = "numpy",
     device: torch.device | None = None,
     multigame: bool = False,
+    invalid_actions: str = "mask",
+    invalid_penalty: float = 0.0,
 ) -> Any:
     """The vector env a trainer steps: one id -> ``make_vec``, several -> ``make_multigame_vec``.
 
@@ -280,8 +283,17 @@ def make_training_env(
     only); ``"numpy"`` the Python-stepped Gymnasium envs. ``multigame=True``
     builds the multi-game env even for one id (for a multi-game network that
     plays one game, such as a one-expert Actor-Mimic student).
+
+    ``invalid_actions`` ``"penalty"`` or ``"none"`` (the masking ablation) wraps
+    each env in :class:`maskrl.envs.InvalidActionPolicy` with that mode (and
+    ``invalid_penalty``): the infos then carry all-valid masks, the true ones
+    and ``"invalid_action"``. ``"mask"`` builds exactly the env it always did.
+
+    Raises:
+        ValueError: repeated ids; ``"penalty"``/``"none"`` with the torch backend
+            or several games (the multi-game env takes no wrapper).
     """
-    from maskrl.envs import make_multigame_vec, make_vec
+    from maskrl.envs import InvalidActionPolicy, make_multigame_vec, make_vec
 
     if len(set(env_ids)) != len(env_ids):
         dup = sorted({e for e in env_ids if env_ids.count(e) > 1})
@@ -295,6 +307,15 @@ def make_training_env(
     # The envs' default (check_actions=False) accepts a masked action and applies
     # the game's rule for it, with no device sync per step; the trainer never
     # samples one and counts any it took, once per rollout (invalid_action_rate).
+    if invalid_actions != "mask":
+        if backend != "numpy" or len(env_ids) != 1 or multigame:
+            raise ValueError(
+                f"--invalid-actions {invalid_actions} needs --env-backend numpy and one "
+                f"single-game --env (got backend {backend!r}, {len(env_ids)} game(s)"
+                f"{', a multi-game network' if multigame else ''})"
+            )
+        penalty = {"penalty": invalid_penalty} if invalid_actions == "penalty" else {}
+        extra["wrapper"] = partial(InvalidActionPolicy, mode=invalid_actions, **penalty)
     if len(env_ids) == 1 and not multigame:
         return make_vec(env_ids[0], num_envs, seed=seed, **extra)
     return make_multigame_vec(env_ids, num_envs, seed=seed, **extra)

@@ -59,6 +59,9 @@ __all__ = [
 Vectorization = Literal["sync", "async"]
 AutoresetName = Literal["same_step", "next_step"]
 
+#: Wraps one env of a vector env (``make_vec(..., wrapper=...)``); must pickle for "async".
+EnvWrapper = Callable[[gym.Env[Any, Any]], gym.Env[Any, Any]]
+
 _AUTORESET = {"same_step": AutoresetMode.SAME_STEP, "next_step": AutoresetMode.NEXT_STEP}
 
 
@@ -154,12 +157,15 @@ def _make_masked_env(
     env_kwargs: Mapping[str, Any],
     seed: int | None = None,
     index: int | None = None,
+    wrapper: EnvWrapper | None = None,
 ) -> gym.Env[Any, Any]:
     """Build one env of ``env_id`` following the mask convention (wrapping it if needed).
 
     With ``seed``, the env is reset once with it, so that the vector env's first
     ``reset()`` without a seed continues from a seeded generator. ``index`` is the
-    env's slot in the vector env, named in the wrapper's mask errors.
+    env's slot in the vector env, named in the wrapper's mask errors. ``wrapper``
+    (e.g. :class:`~maskrl.envs.InvalidActionPolicy`) wraps the masked env, before
+    the seeding reset.
 
     Raises:
         ValueError: an installed optional dependency of the id fails to import
@@ -177,15 +183,22 @@ def _make_masked_env(
         ) from err
     if mask_fn is not None or not _has_convention_marker(env):
         env = ActionMaskWrapper(env, mask_fn=mask_fn, env_index=index)
+    if wrapper is not None:
+        env = wrapper(env)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
 
 
-def _probe(env_id: str, mask_fn: MaskFn | None, env_kwargs: Mapping[str, Any]) -> gym.Env[Any, Any]:
+def _probe(
+    env_id: str,
+    mask_fn: MaskFn | None,
+    env_kwargs: Mapping[str, Any],
+    wrapper: EnvWrapper | None = None,
+) -> gym.Env[Any, Any]:
     """One env of ``env_id``, checked to have a mask source (raises the ValueError otherwise)."""
-    env = _make_masked_env(env_id, mask_fn, env_kwargs)
+    env = _make_masked_env(env_id, mask_fn, env_kwargs, wrapper=wrapper)
     if isinstance(env, ActionMaskWrapper) and env.mask_source == "info":
         # An info mask can only be seen after a reset: fail now, not in the trainer.
         try:
@@ -356,6 +369,7 @@ def make_vec(
     vector_kwargs: Mapping[str, Any] | None = None,
     backend: Literal["numpy", "torch"] = "numpy",
     device: Any = None,
+    wrapper: EnvWrapper | None = None,
     **env_kwargs: Any,
 ) -> VectorEnv[Any, Any, Any]:
     """A Gymnasium vector env of ``num_envs`` copies of ``env_id`` with batched masks.
@@ -383,6 +397,13 @@ def make_vec(
             ``vectorization``, ``mask_fn`` and ``vector_kwargs`` do not apply to it;
             ``seed`` seeds its ``torch.Generator``.
         device: ``"cpu"`` (default), ``"cuda"``, ... (torch backend only).
+        wrapper: optional ``wrapper(env) -> env`` applied to each env after its mask
+            wrapper and before it is seeded (numpy backend only), e.g.
+            ``functools.partial(maskrl.envs.InvalidActionPolicy, mode="none")`` for the
+            masking ablation; with ``"async"`` it must pickle (a class or a
+            ``functools.partial`` of one does, a lambda does not). A wrapped env's
+            mask is read per env (MinAtar's batched constant-mask shortcut is taken
+            only if the wrapped env still reports ``constant_action_mask``).
         **env_kwargs: passed to ``gym.make(env_id, ...)``; for the torch backend:
             ``sticky_action_prob``, ``difficulty_ramping``, ``max_episode_steps``,
             ``check_actions``, ``copy_obs`` (False: observations valid only until the
@@ -415,6 +436,8 @@ def make_vec(
     if backend == "torch":
         if mask_fn is not None:
             raise ValueError("mask_fn does not apply to backend='torch'")
+        if wrapper is not None:
+            raise ValueError("wrapper does not apply to backend='torch' (no Gymnasium envs)")
         (name,) = _torch_backend_ids([env_id], vectorization, autoreset_mode, vector_kwargs)
         # Imported here: maskrl.envs itself stays free of torch.
         from maskrl.envs.torch_minatar import TorchMinAtarVectorEnv
@@ -424,7 +447,7 @@ def make_vec(
         )
     _check_backend(backend, device)
     _check_id(env_id)
-    probe = _probe(env_id, mask_fn, env_kwargs)
+    probe = _probe(env_id, mask_fn, env_kwargs, wrapper)
     constant = _constant_mask(probe) if mask_fn is None else None
     probe.close()
     env_kwargs = dict(env_kwargs)
@@ -435,7 +458,15 @@ def make_vec(
         # instead of per env (keeps the plumbing well under 10% of a MinAtar step).
         env_kwargs.update(mask_in_info=False, check_actions=False)
     fns = [
-        partial(_make_masked_env, env_id, mask_fn, env_kwargs, _slot_seed(seed, i), index=i)
+        partial(
+            _make_masked_env,
+            env_id,
+            mask_fn,
+            env_kwargs,
+            _slot_seed(seed, i),
+            index=i,
+            wrapper=wrapper,
+        )  # fmt: skip
         for i in range(num_envs)
     ]
     envs = _build(fns, vectorization, autoreset_mode, vector_kwargs)

@@ -151,7 +151,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
     )
     ex.add_argument("--preset", default=None, help="PPO settings preset (fast, reference, minatar)")
-    add_dataclass_args(ex, PPOConfig)
+    # Experts are masked teachers: the masking ablation is `ppo`'s alone.
+    add_dataclass_args(ex, PPOConfig, exclude=frozenset({"invalid_actions", "invalid_penalty"}))
     mi = sub.add_parser(
         "mimic",
         allow_abbrev=False,

@@ -183,3 +183,20 @@ def test_ddp_scaling_launches_the_same_job_and_tabulates_speed_up(tmp_path: Path
     assert "| 2 | 4 | 1,024 | 1500 | 1.50x | 8 | - | - |" in text
     with pytest.raises(SystemExit):  # 6 envs do not split over 4 ranks: refused up front
         bench.main(["--num-envs", "6", "--ranks", "1", "4"])
+
+
+def test_masking_ablation_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("masking_ablation")
+    out = tmp_path / "a.json"
+    argv = ["--total-timesteps", "2048", "--num-envs", "8", "--episodes", "8", "--out", str(out)]
+    assert bench.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "| mask |" in text and "| penalty (-0.1) |" in text and "| none |" in text
+    by = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(by) == {"mask", "penalty", "none"}
+    # Masked training and masked evaluation never take an invalid action.
+    assert by["mask"]["train_invalid_rate"] == 0.0
+    assert all(r["eval_masked"]["invalid_action_rate"] == 0.0 for r in by.values())
+    # Sampling over all of Knapsack's items, an untrained policy takes many invalid ones.
+    assert by["none"]["first_invalid_rate"] > 0.1 and by["penalty"]["first_invalid_rate"] > 0.1
+    assert all(r["steps"] == 2048 and r["eval_unmasked"]["episodes"] == 8 for r in by.values())
