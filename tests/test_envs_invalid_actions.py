@@ -10,14 +10,13 @@ unmasked actions, so they pass only with the default.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from env_helpers import make
+from env_helpers import make, run_env_checkers
 
 import maskrl.envs
 from maskrl.envs import ActionMaskWrapper, make_multigame_vec, make_vec
@@ -30,21 +29,8 @@ BREAKOUT = "maskrl/MinAtar-Breakout-v0"
 
 @pytest.mark.parametrize("env_id", maskrl.envs.registered_ids())
 def test_gymnasium_and_sb3_env_checkers_pass_as_gym_make_builds_the_env(env_id: str) -> None:
-    from gymnasium.utils.env_checker import check_env as gymnasium_check_env
-    from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
-    env = make(env_id)  # one env for both checkers: each resets it (with seeds) first
-    with warnings.catch_warnings():
-        # Gymnasium's checker reports most findings as warnings: each one fails here,
-        # except its note that a gym.make stack differs from env.unwrapped (intended).
-        warnings.simplefilter("error")
-        warnings.filterwarnings("ignore", message=".*is different from the unwrapped version.*")
-        gymnasium_check_env(env, skip_render_check=True)
-    with warnings.catch_warnings():
-        # SB3's warnings are advice on its default policies (float image grids for
-        # MinAtar, Knapsack's set-shaped Dict entry), not findings; it fails by raising.
-        warnings.simplefilter("ignore", UserWarning)
-        sb3_check_env(env, warn=True, skip_render_check=True)
+    env = make(env_id)  # one env for both checkers
+    run_env_checkers(env)
     env.close()
 
 

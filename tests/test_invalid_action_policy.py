@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from env_helpers import make, same
+from env_helpers import make, run_env_checkers, same
 
 from maskrl.agents import masked_epsilon_greedy
 from maskrl.envs import InvalidActionPolicy, action_is_valid
@@ -209,17 +208,8 @@ def test_vector_env_batches_the_true_masks_and_flags() -> None:
 def test_env_checkers_pass(mode: str, env_id: str) -> None:
     # Mode "mask" raises on the checkers' random (unmasked) actions, as
     # check_actions=True does: that is its point.
-    from gymnasium.utils.env_checker import check_env as gymnasium_check_env
-    from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
     env = InvalidActionPolicy(make(env_id), mode, penalty=-1.0 if mode == "penalty" else 0.0)  # type: ignore[arg-type]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        warnings.filterwarnings("ignore", message=".*is different from the unwrapped version.*")
-        gymnasium_check_env(env, skip_render_check=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sb3_check_env(env, warn=True, skip_render_check=True)
+    run_env_checkers(env)
 
 
 @pytest.mark.parametrize(
