@@ -267,12 +267,17 @@ class _Signals(StopRequest):
         self._previous: dict[int, Any] = {}
         #: The phase a signal stopped at once (None: none did).
         self.stopped_in: str | None = None
+        #: The command has said how it ends (a torchrun rank whose peer died): a
+        #: signal now (torchrun ends the job's other ranks with SIGTERM) adds nothing.
+        self.ending = False
 
     @property
     def stop(self) -> _Signals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.ending:
+            return
         first = not self.requested
         self.request(signum)
         job = _torchrun_world() > 1
@@ -523,7 +528,9 @@ def _dispatch(
 
         if dp is None or not collective_failure(e):
             raise
-        # Another rank died or hung: one line, and torchrun ends the job.
+        # Another rank died or hung: one line, and torchrun ends the job (its SIGTERM
+        # to this rank, which may come at any moment now, must not add a second line).
+        signals.ending = True
         print(f"{prog}: error: rank {dp.rank}: {collective_failure(e)}", file=sys.stderr)
         return EXIT_FAILURE
     except ValueError as e:

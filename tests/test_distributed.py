@@ -204,7 +204,9 @@ def test_ctrl_c_in_the_terminal_stops_the_job_after_one_update_and_saves(tmp_pat
     assert proc.returncode != 0
     assert "a collective with the other ranks failed" not in err, err
     assert "Ctrl-C: every rank stops after the current update; rank 0 saves a checkpoint" in err
-    (line,) = our_lines(err)
+    lines = our_lines(err)
+    assert len(lines) == 1, err
+    (line,) = lines
     step = load_checkpoint(tmp_path / "job" / "checkpoint.pt")["global_step"]
     assert step % BATCH == 0 and f"stopped at step {step}; checkpoint saved in" in line, line
 
@@ -225,7 +227,9 @@ def test_a_killed_rank_ends_the_job_with_one_line_within_seconds(tmp_path: Path)
     assert proc.returncode != 0
     # Rank 0's collective fails as the connection closes (well inside --dist-timeout).
     assert took < 20, took
-    (line,) = our_lines(err)
+    lines = our_lines(err)
+    assert len(lines) == 1, err
+    (line,) = lines
     assert line.startswith("train.py: error: rank 0: a collective with the other ranks failed")
     assert rank_exit_codes(err)[1] == -9
     assert "[rank0]: Traceback" not in err
@@ -252,7 +256,9 @@ def test_a_hung_rank_ends_the_job_after_dist_timeout(tmp_path: Path) -> None:
             os.kill(rank1, signal.SIGKILL)
         out, err = proc.communicate(timeout=60)
     assert 3 <= took < 15, took
-    (line,) = our_lines(err)
+    lines = our_lines(err)
+    assert len(lines) == 1, err
+    (line,) = lines
     assert line.startswith("train.py: error: rank 0: a collective with the other ranks failed")
     assert "Timed out" in line and rank_exit_codes(err)[0] == 1
 
