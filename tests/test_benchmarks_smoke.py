@@ -93,6 +93,31 @@ def test_knapsack_benchmark_attention_sizes_and_resume(
     assert "trained 1024 steps" in capsys.readouterr().out and ckpt.exists()
 
 
+def test_knapsack_benchmark_best_of_samples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    bench = _load("knapsack_attention")
+    ckpt = tmp_path / "k.pt"
+    argv = ["--episodes", "8", "--layers", "0", "--checkpoint", str(ckpt), "--samples", "3"]
+    reports = []
+    for i in range(2):  # the second call only evaluates the saved agent again
+        out = tmp_path / f"k{i}.json"
+        assert bench.main([*argv, "--total-timesteps", "1024", "--out", str(out)]) == 0
+        reports.append(json.loads(out.read_text())["results"]["train"])
+    row = reports[0]
+    assert set(row) == {"random", "greedy", "ppo", "ppo best of 3"}
+    best, decode = row["ppo best of 3"], row["ppo"]
+    # The greedy decode is one of the candidates, so the best is never below it.
+    assert decode["mean"] <= best["mean"] <= 1.0 + 1e-9
+    assert decode["optimal"] <= best["optimal"]
+    assert reports[1] == row  # sampling is seeded: the same figures again
+    assert "ppo best of 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--samples", "-1"])
+
+
 def test_knapsack_scale_free_features() -> None:
     import gymnasium as gym
     import numpy as np
