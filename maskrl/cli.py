@@ -234,6 +234,14 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         "--x", choices=("steps", "time"), default="steps", help="x axis: env steps or wall time"
     )
     pl.add_argument(
+        "--mark",
+        action="append",
+        default=[],
+        metavar="GAME=VALUE[:LABEL]",
+        help="a dashed horizontal line at VALUE in GAME's panel (e.g. Breakout=28:published); "
+        "repeatable; GAME is a panel's name or a part of exactly one",
+    )
+    pl.add_argument(
         "--group",
         action="store_true",
         help="one line per setting: runs named alike up to a -s<seed> suffix drawn as their "
@@ -506,9 +514,10 @@ def _dispatch(
         if ns.command == "eval":
             return _eval(ns, prog, signals)
         if ns.command == "plot":
-            from maskrl.plots import write_plot
+            from maskrl.plots import parse_mark, write_plot
 
-            out = write_plot(ns.runs, ns.out, ns.tag, ns.x, ns.smooth, ns.group, ns.title)
+            marks = [parse_mark(m) for m in ns.mark]
+            out = write_plot(ns.runs, ns.out, ns.tag, ns.x, ns.smooth, ns.group, ns.title, marks)
             print(f"wrote {out}")
             return 0
     except TrainingInterrupted as e:

@@ -25,7 +25,17 @@ from typing import Any
 
 from maskrl.curves import RETURN_TAG, SEED_SUFFIX, mean_curve, read_run, smooth
 
-__all__ = ["MATPLOTLIB_REQUIREMENT", "learning_curves_figure", "require_matplotlib", "write_plot"]
+__all__ = [
+    "MATPLOTLIB_REQUIREMENT",
+    "Mark",
+    "learning_curves_figure",
+    "parse_mark",
+    "require_matplotlib",
+    "write_plot",
+]
+
+#: A horizontal reference line: (game, value, legend label).
+Mark = tuple[str, float, str]
 
 #: What ``pip install`` needs for the figures (the ``plots`` extra of pyproject.toml).
 MATPLOTLIB_REQUIREMENT = "matplotlib>=3.7"  # 3.7: legends placed outside the axes
@@ -44,6 +54,38 @@ def require_matplotlib() -> None:
         ) from e
 
 
+def parse_mark(text: str) -> Mark:
+    """``"GAME=VALUE"`` or ``"GAME=VALUE:LABEL"`` -> ``(game, value, label)`` (label: "target").
+
+    ``GAME`` names a panel: its full label (``MinAtar-Breakout-v0``) or a part of
+    exactly one panel's label (``Breakout``); checked when the figure is drawn.
+
+    Raises:
+        ValueError: no ``=``, an empty game, or a value that is not a finite number.
+    """
+    game, sep, rest = text.partition("=")
+    value_text, _, label = rest.partition(":")
+    if not sep or not game.strip():
+        raise ValueError(f"--mark {text!r}: expected GAME=VALUE or GAME=VALUE:LABEL")
+    try:
+        value = float(value_text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"--mark {text!r}: the value {value_text!r} is not a finite number")
+    return game.strip(), value, label.strip() or "target"
+
+
+def _mark_panel(game: str, panels: list[str]) -> str:
+    if game in panels:
+        return game
+    hits = [p for p in panels if game in p]
+    if len(hits) != 1:
+        which = "no panel" if not hits else f"{len(hits)} panels ({', '.join(hits)})"
+        raise ValueError(f"--mark {game!r} matches {which}; the panels are: {', '.join(panels)}")
+    return hits[0]
+
+
 def group_name(run_dir: str | Path) -> str:
     """The setting a run belongs to: its folder name without a ``-s<seed>`` suffix."""
     return SEED_SUFFIX.sub("", Path(run_dir).resolve().name)
@@ -56,13 +98,18 @@ def learning_curves_figure(
     smooth_n: int = 1,
     group: bool = False,
     title: str | None = None,
+    marks: list[Mark] | None = None,
 ) -> Any:
     """A :class:`matplotlib.figure.Figure` of the runs' ``tag`` curves (see the module docstring).
 
+    ``marks`` draws a dashed horizontal line per ``(game, value, label)`` in that
+    game's panel (e.g. a published score; see :func:`parse_mark`).
+
     Raises:
         ValueError: no runs, a run without event files or without ``tag``, a bad
-            ``x`` or ``smooth_n``, grouped runs whose steps do not overlap, or
-            matplotlib missing (the message says how to install it).
+            ``x`` or ``smooth_n``, grouped runs whose steps do not overlap, a mark
+            that names no panel (or several), or matplotlib missing (the message
+            says how to install it).
     """
     require_matplotlib()
     from matplotlib.figure import Figure
@@ -85,6 +132,9 @@ def learning_curves_figure(
                 panels.append(game)
             xs = c.steps if x == "steps" else c.wall
             series.setdefault(key, {}).setdefault(game, []).append((xs, smooth(c.values, smooth_n)))
+    by_panel: dict[str, list[Mark]] = {}
+    for m in marks or []:
+        by_panel.setdefault(_mark_panel(m[0], panels), []).append(m)
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(5.0 * cols, 3.6 * rows), layout="constrained")
@@ -110,6 +160,8 @@ def learning_curves_figure(
             label = f"{key} (mean of {len(got)})"
             ax.plot(grid, mean, color=color, label=label, linewidth=1.2, marker=few)
             ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
+        for _, value, label in by_panel.get(game, []):
+            ax.axhline(value, color="0.35", linestyle="--", linewidth=1.0, label=label)
         ax.set_title(game)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -136,6 +188,7 @@ def write_plot(
     smooth_n: int = 1,
     group: bool = False,
     title: str | None = None,
+    marks: list[Mark] | None = None,
 ) -> Path:
     """Draw :func:`learning_curves_figure` and save it to ``out`` (format from its suffix).
 
@@ -160,7 +213,7 @@ def write_plot(
         raise ValueError(
             f"--out {out}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}"
         )
-    fig = learning_curves_figure(runs, tag, x, smooth_n, group, title)
+    fig = learning_curves_figure(runs, tag, x, smooth_n, group, title, marks)
     try:
         fig.savefig(out, dpi=100)
     except OSError as e:

@@ -100,6 +100,38 @@ def test_seeds_group_into_their_mean_and_a_min_max_band(tmp_path: Path) -> None:
     assert ys.min() == pytest.approx(1.0) and ys.max() == pytest.approx(6.0)
 
 
+def test_marks_draw_a_dashed_line_in_their_games_panel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from maskrl.plots import parse_mark
+
+    pts = {
+        "charts/episodic_return/MinAtar-Breakout-v0": [(100, 1.0), (200, 3.0)],
+        "charts/episodic_return/MinAtar-Asterix-v0": [(100, 5.0), (200, 4.0)],
+    }
+    run = _fake_run(tmp_path / "multi", "maskrl/MinAtar-Breakout-v0,maskrl/MinAtar-Asterix-v0", pts)
+    marks = [parse_mark("Breakout=28:published"), parse_mark("MinAtar-Asterix-v0=15")]
+    assert marks == [("Breakout", 28.0, "published"), ("MinAtar-Asterix-v0", 15.0, "target")]
+    fig = learning_curves_figure([run], marks=marks)
+    for ax, value, label in zip(fig.axes, (28.0, 15.0), ("published", "target"), strict=True):
+        run_line, mark = _lines(ax)
+        assert mark.get_label() == label and mark.get_linestyle() == "--"
+        np.testing.assert_array_equal(mark.get_ydata(), [value, value])
+    # A mark naming no panel, or several, is refused with the panels' names.
+    with pytest.raises(ValueError, match="matches no panel; the panels are: MinAtar-Breakout"):
+        learning_curves_figure([run], marks=[parse_mark("Pong=3")])
+    with pytest.raises(ValueError, match="matches 2 panels"):
+        learning_curves_figure([run], marks=[parse_mark("MinAtar=3")])
+    for bad in ("Breakout", "=3", "Breakout=x", "Breakout=nan"):
+        with pytest.raises(ValueError, match="--mark"):
+            parse_mark(bad)
+    png = tmp_path / "m.png"
+    assert train.main(["plot", str(run), "--mark", "Breakout=28", "--out", str(png)]) == 0
+    assert png.exists()
+    assert train.main(["plot", str(run), "--mark", "Breakout=abc", "--out", str(png)]) == 2
+    assert "the value 'abc' is not a finite number" in _one_error(capsys)
+
+
 def test_smoothing_is_a_trailing_mean(tmp_path: Path) -> None:
     pts = [(i * 10, float(v)) for i, v in enumerate([0, 4, 2, 8])]
     run = _fake_run(tmp_path / "r", BREAKOUT, {"charts/episodic_return": pts})
