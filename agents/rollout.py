@@ -30,9 +30,65 @@ import numpy as np
 import torch
 
 Obs = torch.Tensor | dict[str, torch.Tensor]
+#: A policy's per-env state (e.g. an LSTM's ``(h, c)``): None for a feedforward
+#: policy, else a tensor or a tuple / list / dict of tensors, each with the env
+#: index as its first dimension.
+PolicyState = Any
 # A policy step: (obs [N, ...], mask [N, n]) -> (action [N, ...], log_prob [N], value [N]).
 ActFn = Callable[[Obs, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 ValueFn = Callable[[Obs], torch.Tensor]
+# The same with a policy state (``collect_rollout(..., stateful=True)``):
+# (obs, mask, state) -> (action, log_prob, value, next state); (obs, state) -> value.
+StatefulActFn = Callable[
+    [Obs, torch.Tensor, PolicyState],
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor, PolicyState],
+]
+StatefulValueFn = Callable[[Obs, PolicyState], torch.Tensor]
+
+
+def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: PolicyState) -> PolicyState:
+    """``fn`` applied to every tensor of a policy state (None stays None)."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, dict):
+        return {k: map_state(fn, v) for k, v in state.items()}
+    if isinstance(state, tuple | list):
+        return type(state)(map_state(fn, v) for v in state)
+    raise TypeError(
+        f"a policy state is a tensor or a tuple, list or dict of tensors, got {type(state)}"
+    )
+
+
+def reset_state_rows(state: PolicyState, done: torch.Tensor) -> PolicyState:
+    """The policy state with the rows of the envs whose episode ended (``done [N]``) zeroed.
+
+    Returns new tensors (the input is left as it is); None stays None.
+    """
+    if state is None:
+        return None
+    keep = ~done
+
+    def reset(x: torch.Tensor) -> torch.Tensor:
+        return x * keep.view((-1,) + (1,) * (x.dim() - 1)).to(x.dtype)
+
+    return map_state(reset, state)
+
+
+def _where_rows(rows: torch.Tensor, a: PolicyState, b: PolicyState) -> PolicyState:
+    """Per env: ``a``'s row where ``rows [N]`` is True, else ``b``'s (same structure)."""
+    if isinstance(a, torch.Tensor):
+        return torch.where(rows.view((-1,) + (1,) * (a.dim() - 1)), a, b)
+    if isinstance(a, dict):
+        return {k: _where_rows(rows, a[k], b[k]) for k in a}
+    return type(a)(_where_rows(rows, x, y) for x, y in zip(a, b, strict=True))
+
+
+def select_state_rows(state: PolicyState, idx: torch.Tensor) -> PolicyState:
+    """The rows ``idx`` of every tensor of a policy state (None stays None)."""
+    return map_state(lambda x: x[idx], state)
+
 
 _TORCH_DTYPES: dict[Any, torch.dtype] = {
     np.dtype(np.float32): torch.float32,
@@ -275,6 +331,9 @@ class RolloutBuffer:
         # Value of the final observation of an episode truncated at step t (else 0).
         self.final_values = torch.zeros((T, N), device=device)
         self.next_value = torch.zeros(N, device=device)
+        #: The policy state each env was in at the rollout's first step (a copy;
+        #: None for a feedforward policy): where a recurrent update replays from.
+        self.policy_state: PolicyState = None
 
     def count_invalid_actions(self) -> int:
         """How many stored actions were masked out at the step they were taken."""
@@ -352,6 +411,8 @@ class RolloutState:
     game_ids: np.ndarray
     invalid_actions: int = 0
     steps: int = 0
+    #: The policy's per-env state before the next step (None: a feedforward policy).
+    policy_state: PolicyState = None
 
 
 def is_torch_env(envs: Any) -> bool:
@@ -436,10 +497,12 @@ def collect_rollout(
     envs: Any,
     buffer: RolloutBuffer,
     state: RolloutState,
-    act: ActFn,
-    value_fn: ValueFn,
+    act: ActFn | StatefulActFn,
+    value_fn: ValueFn | StatefulValueFn,
     stats: EpisodeStats,
     invalid_from_infos: bool = False,
+    *,
+    stateful: bool = False,
 ) -> None:
     """Step ``envs`` for ``buffer.num_steps`` steps with ``act`` and fill ``buffer``.
 
@@ -454,11 +517,39 @@ def collect_rollout(
     ``penalty`` and ``none``, whose stored masks are all-valid), from each step's
     ``infos["invalid_action"]`` (:func:`invalid_actions_in_infos`; numpy
     backend only).
+
+    ``stateful``: ``act(obs, mask, policy_state)`` returns ``(action, log_prob,
+    value, next_policy_state)`` and ``value_fn(obs, policy_state)`` the value
+    (see :data:`PolicyState`). The rollout starts from ``state.policy_state``,
+    keeps a copy of it in ``buffer.policy_state``, zeroes the rows of envs whose
+    episode ended after each step (:func:`reset_state_rows`; the value of a
+    truncated episode's final observation uses the state before that reset), and
+    leaves the state for the next rollout in ``state.policy_state``. Without it
+    (the default), ``act(obs, mask)`` and ``value_fn(obs)`` carry no state.
+
+    One interface over two inner loops: a numpy (Gymnasium) vector env is read
+    on the host each step; a torch-backend env (:func:`is_torch_env`) stays on
+    its device (:func:`_collect_rollout_on_device`).
     """
+    step: StatefulActFn
+    value_of: StatefulValueFn
+    if stateful:
+        step, value_of = act, value_fn  # type: ignore[assignment]
+    else:
+        plain_act, plain_value = act, value_fn
+
+        def step(o: Obs, m: torch.Tensor, s: PolicyState) -> Any:
+            return (*plain_act(o, m), s)  # type: ignore[call-arg]
+
+        def value_of(o: Obs, s: PolicyState) -> torch.Tensor:
+            return plain_value(o)  # type: ignore[call-arg]
+
+    pstate = state.policy_state
+    buffer.policy_state = map_state(torch.clone, pstate)
     if is_torch_env(envs):
         if invalid_from_infos:
             raise ValueError("invalid_from_infos needs a numpy-backend (Gymnasium) vector env")
-        _collect_rollout_on_device(envs, buffer, state, act, value_fn, stats)
+        _collect_rollout_on_device(envs, buffer, state, step, value_of, stats)
         return
     T, N, dev = buffer.num_steps, buffer.num_envs, buffer.device
     buf = buffer
@@ -469,7 +560,7 @@ def collect_rollout(
         for t in range(T):
             obs_t = index_obs(buf.obs, t)
             mask_t = buf.masks[t]
-            action, logp, value = act(obs_t, mask_t)
+            action, logp, value, pstate = step(obs_t, mask_t, pstate)
             buf.actions[t] = action
             buf.logprobs[t] = logp
             buf.values[t] = value
@@ -486,11 +577,15 @@ def collect_rollout(
             if trunc.any():
                 idx = np.flatnonzero(trunc)
                 final = obs_to_tensor(_final_obs_batch(infos, idx), dev, buf.obs_spec)
-                buf.final_values[t, torch.as_tensor(idx, device=dev)] = value_fn(final).float()
+                rows = torch.as_tensor(idx, device=dev)
+                final_state = None if pstate is None else select_state_rows(pstate, rows)
+                buf.final_values[t, rows] = value_of(final, final_state).float()
             state.episode_returns += reward
             state.episode_lengths += 1
             done = np.logical_or(terminated, truncated)
             if done.any():
+                if pstate is not None:
+                    pstate = reset_state_rows(pstate, torch.from_numpy(done).to(dev))
                 for i in np.flatnonzero(done):
                     stats.returns.append(float(state.episode_returns[i]))
                     stats.lengths.append(int(state.episode_lengths[i]))
@@ -498,7 +593,7 @@ def collect_rollout(
                 state.episode_returns[done] = 0.0
                 state.episode_lengths[done] = 0
         check_rollout_finite(buf, state.steps, torch.from_numpy(host[0]))
-        buf.next_value.copy_(value_fn(index_obs(buf.obs, T)))
+        buf.next_value.copy_(value_of(index_obs(buf.obs, T), pstate))
         # Counted once per rollout, never corrected: a policy that picks a masked
         # action is a bug the invalid_action_rate chart must show.
         if not invalid_from_infos:
@@ -507,6 +602,7 @@ def collect_rollout(
         buf.rewards.copy_(scalars[0])
         buf.terminated.copy_(scalars[1])
         buf.truncated.copy_(scalars[2])
+    state.policy_state = pstate
     state.invalid_actions += int(invalid)
     state.steps += T * N
 
@@ -515,8 +611,8 @@ def _collect_rollout_on_device(
     envs: Any,
     buf: RolloutBuffer,
     state: RolloutState,
-    act: ActFn,
-    value_fn: ValueFn,
+    act: StatefulActFn,
+    value_fn: StatefulValueFn,
     stats: EpisodeStats,
 ) -> None:
     """:func:`collect_rollout` for a torch-backend env: nothing leaves the device per step.
@@ -536,9 +632,12 @@ def _collect_rollout_on_device(
     ep_l = torch.zeros((T, N), dtype=torch.int64, device=buf.device)
     ep_done = torch.zeros((T, N), dtype=torch.bool, device=buf.device)
     final = alloc_obs(buf.obs_spec, (N,), buf.device)
+    pstate = state.policy_state
+    # The policy state after a truncated episode's last step (its final value's state).
+    final_state = map_state(torch.zeros_like, pstate)
     with torch.inference_mode():
         for t in range(T):
-            action, logp, value = act(index_obs(buf.obs, t), buf.masks[t])
+            action, logp, value, pstate = act(index_obs(buf.obs, t), buf.masks[t], pstate)
             buf.actions[t] = action
             buf.logprobs[t] = logp
             buf.values[t] = value
@@ -556,6 +655,9 @@ def _collect_rollout_on_device(
             else:
                 keep = trunc.view((N,) + (1,) * (final.dim() - 1))
                 final.copy_(torch.where(keep, infos["final_obs"], final))
+            if pstate is not None:
+                final_state = _where_rows(trunc, pstate, final_state)
+                pstate = reset_state_rows(pstate, terminated | truncated)
             ep_done[t] = infos["_episode"]
             ep_r[t] = infos["episode"]["r"]
             ep_l[t] = infos["episode"]["l"]
@@ -565,9 +667,9 @@ def _collect_rollout_on_device(
                 f"an env was truncated twice in one rollout of {T} steps: num_steps must be "
                 "below the env's time limit"
             )
-        buf.final_values.copy_(buf.truncated * value_fn(final).float().unsqueeze(0))
+        buf.final_values.copy_(buf.truncated * value_fn(final, final_state).float().unsqueeze(0))
         check_rollout_finite(buf, state.steps, buf.rewards)
-        buf.next_value.copy_(value_fn(index_obs(buf.obs, T)))
+        buf.next_value.copy_(value_fn(index_obs(buf.obs, T), pstate))
         if not bool(buf.masks[1:].any(dim=-1).all()):
             t, i = _first_bad(~buf.masks[1:].any(dim=-1)) or (0, 0)
             raise ValueError(f"action mask has no valid action for env index {i} at step {t}")
@@ -580,5 +682,6 @@ def _collect_rollout_on_device(
             stats.returns.extend(float(x) for x in r)
             stats.lengths.extend(int(x) for x in ln)
             stats.game_ids.extend(int(state.game_ids[i]) for i in envs_idx)
+    state.policy_state = pstate
     state.invalid_actions += int(invalid)
     state.steps += T * N

@@ -79,7 +79,16 @@ def add_dataclass_args(
         args = typing.get_args(tp)
         optional = (typing.get_origin(tp) in (typing.Union, types.UnionType)) and type(None) in args
         base = next((a for a in args if a is not type(None)), tp) if optional else tp
-        if base is bool:
+        if f.metadata.get("required"):
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                type=base,
+                required=True,
+                help=f.metadata.get("help", ""),
+                metavar=base.__name__.upper(),
+            )
+        elif base is bool:
             group.add_argument(
                 _flag(f.name),
                 dest=f.name,
@@ -107,10 +116,7 @@ def _pick(ns: argparse.Namespace, cls: type) -> Any:
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     """The command line's parser (``prog``: the name it shows, ``train.py`` or ``maskrl``)."""
-    from maskrl.agents.config import PPOConfig
-    from maskrl.agents.distributed import DistConfig
-    from maskrl.agents.mimic import MimicConfig
-    from maskrl.agents.runner import RunConfig
+    from maskrl.agents.config import DistConfig, ExpertsConfig, MimicConfig, PPOConfig, RunConfig
 
     # allow_abbrev=False: an abbreviated flag would escape the explicit-flag
     # detection that presets and --resume rely on.
@@ -138,19 +144,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         "runs/<name>/experts.json with each expert's evaluated mean return. A game whose run "
         "finished is kept; an interrupted one is resumed.",
     )
-    ex.add_argument("--env", required=True, help="env ids, comma-separated (one expert each)")
-    ex.add_argument(
-        "--total-timesteps", type=int, default=1_000_000, help="steps per expert (default: 1000000)"
-    )
-    ex.add_argument("--run-name", required=True, help="folder under --runs-dir for the experts")
-    ex.add_argument("--runs-dir", default="runs", help="parent folder (default: runs)")
-    ex.add_argument(
-        "--eval-episodes", type=int, default=50, help="evaluation episodes per expert (default: 50)"
-    )
-    ex.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
-    )
-    ex.add_argument("--preset", default=None, help="PPO settings preset (fast, reference, minatar)")
+    add_dataclass_args(ex, ExpertsConfig)
     # Experts are masked teachers: the masking ablation is `ppo`'s alone.
     add_dataclass_args(ex, PPOConfig, exclude=frozenset({"invalid_actions", "invalid_penalty"}))
     mi = sub.add_parser(
@@ -620,7 +614,7 @@ def _experts(ns: argparse.Namespace, argv: list[str], signals: _Signals) -> int:
     ids = [e.strip() for e in ns.env.split(",") if e.strip()]
     out = _runner().train_experts(
         ids, cfg, ns.total_timesteps, ns.run_name, ns.runs_dir, ns.eval_episodes,
-        ns.progress, signals.stop,
+        ns.progress, signals.stop, ns.checkpoint_every,
     )  # fmt: skip
     for e in out["experts"]:
         print(
