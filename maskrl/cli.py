@@ -8,8 +8,10 @@
     python train.py plot runs/A runs/B --out curves.png   # learning curves (maskrl[plots])
     tensorboard --logdir runs
 
-Every flag is a field of a configuration dataclass (maskrl.agents.PPOConfig,
-maskrl.agents.runner.RunConfig); ``--help`` shows each one's documentation.
+Every training flag is a field of a configuration dataclass (all in
+maskrl.agents.config: PPOConfig, MimicConfig, RunConfig, ExpertsConfig,
+DistConfig), so a flag's default is its field's; ``--help`` shows each one's
+documentation.
 Bad input prints one line and exits with status 2; Ctrl-C (or SIGTERM, as a
 cluster scheduler sends before it kills a job) finishes the current update,
 saves a checkpoint and exits with status 130 (143 for SIGTERM). Outside the
