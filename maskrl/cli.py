@@ -116,6 +116,10 @@ def _pick(ns: argparse.Namespace, cls: type) -> Any:
     )
 
 
+#: The subcommands written out here; every other registered trainer's is built from the registry.
+_BUILTIN_COMMANDS = frozenset({"ppo", "experts", "mimic", "eval", "plot"})
+
+
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     """The command line's parser (``prog``: the name it shows, ``train.py`` or ``maskrl``)."""
     from maskrl.agents.config import DistConfig, ExpertsConfig, MimicConfig, PPOConfig, RunConfig
@@ -171,6 +175,23 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     )
     add_dataclass_args(mi, MimicConfig)
     add_dataclass_args(mi, DistConfig)
+    # Any other registered trainer (maskrl.agents.register_trainer) gets its own
+    # subcommand: the run's flags, its config's flags, torchrun's.
+    from maskrl.agents.registry import get_trainer, trainer_names
+
+    for name in trainer_names():
+        if name in _BUILTIN_COMMANDS:
+            continue
+        spec = get_trainer(name)
+        tr = sub.add_parser(
+            name,
+            allow_abbrev=False,
+            help=spec.help or f"train {name}",
+            description=f"Train {spec.help or name}; writes runs/<name>/.",
+        )
+        add_dataclass_args(tr, RunConfig, exclude=frozenset({"preset", "init_from", "init_layers"}))
+        add_dataclass_args(tr, spec.config_class)
+        add_dataclass_args(tr, DistConfig)
     ev = sub.add_parser(
         "eval",
         allow_abbrev=False,
@@ -507,6 +528,21 @@ def _dispatch(
             out = write_plot(ns.runs, ns.out, ns.tag, ns.x, ns.smooth, ns.group, ns.title)
             print(f"wrote {out}")
             return 0
+        # A trainer registered beyond the built-in ones: the shared run harness.
+        from maskrl.agents.config import RunConfig
+        from maskrl.agents.registry import get_trainer
+
+        spec = get_trainer(ns.command)
+        run_cfg, cfg = _pick(ns, RunConfig), _pick(ns, spec.config_class)
+        given = _explicit_flags(argv)
+        if run_cfg.resume:
+            _check_resume_flags(given)
+        if hasattr(cfg, "qat"):
+            _check_qat_flags(given, cfg)
+        summary = _runner().run_trainer(ns.command, run_cfg, cfg, signals.stop, **ranks)
+        if rank0:
+            _print_summary(summary)
+        return 0
     except TrainingInterrupted as e:
         if ns.command == "experts":
             # The experts command resumes what it left: the same command continues it.

@@ -320,6 +320,31 @@ def test_a_registered_third_trainer_runs_through_the_harness(
         trainer.envs.close()
 
 
+def test_a_registered_trainer_gets_its_own_train_py_subcommand(
+    tmp_path: Path, dummy_registered: TrainerSpec, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["dummy", "--env", BREAKOUT, "--total-timesteps", str(2 * BATCH), *TINY]
+    args += ["--run-name", "c", "--runs-dir", str(tmp_path), "--eval-episodes", "0"]
+    assert train.main([*args, "--value-target", "2.5"]) == 0
+    run_dir = tmp_path / "c"
+    assert json.loads((run_dir / "config.json").read_text())["dummy"]["value_target"] == 2.5
+    assert f"run folder: {run_dir}" in capsys.readouterr().out
+    again = ["dummy", "--resume", str(run_dir), "--total-timesteps", str(3 * BATCH)]
+    assert train.main([*again, "--no-progress", "--eval-episodes", "0"]) == 0
+    assert read_trainer_checkpoint(run_dir / "checkpoint.pt")["global_step"] == 3 * BATCH
+    # A resume keeps the saved settings, as for ppo and mimic.
+    capsys.readouterr()
+    assert train.main([*again, "--value-target", "1"]) == 2
+    assert "cannot change on resume: --value-target" in capsys.readouterr().err
+
+
+def test_an_unregistered_trainer_has_no_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        train.main(["dummy", "--env", BREAKOUT])
+    assert e.value.code == 2
+    assert "invalid choice: 'dummy'" in capsys.readouterr().err
+
+
 # --------------------------------------------------------- the policy state
 
 
