@@ -4,13 +4,17 @@
   distilled from per-game experts (:func:`policy_regression_loss`);
   :class:`MaskedPolicy` / :func:`load_policy` -- a
   trained policy alone (inference, or a teacher);
-* the trainer core every trainer shares (:mod:`maskrl.agents.trainer`,
-  :mod:`maskrl.agents.rollout`, the run harness :mod:`maskrl.agents.runner`);
+* the trainer core every trainer shares: the base class
+  :class:`OnPolicyTrainer` (the contract a trainer follows), the registry
+  (:func:`register_trainer`, :func:`load_trainer` -- any registered trainer's
+  checkpoint), :mod:`maskrl.agents.trainer`, :mod:`maskrl.agents.rollout` and
+  the run harness :mod:`maskrl.agents.runner` (see ``docs/trainers.md``);
 * :func:`build_actor_critic` -- the default network for a pair of spaces;
 * masked DQN building blocks (:mod:`maskrl.agents.dqn`): :func:`dqn_target`,
   :func:`masked_epsilon_greedy`, :func:`masked_argmax`.
 """
 
+from maskrl.agents.base import OnPolicyTrainer
 from maskrl.agents.config import PRESETS, PPOConfig
 from maskrl.agents.dqn import dqn_target, masked_argmax, masked_epsilon_greedy
 from maskrl.agents.evaluation import evaluate
@@ -24,6 +28,15 @@ from maskrl.agents.mimic_losses import (
 from maskrl.agents.networks import build_actor_critic
 from maskrl.agents.policy import MaskedPolicy, load_policy
 from maskrl.agents.ppo import PPO, compute_gae, ppo_loss
+from maskrl.agents.registry import (
+    RunContext,
+    TrainerSpec,
+    get_trainer,
+    load_trainer,
+    register_trainer,
+    trainer_names,
+    unregister_trainer,
+)
 from maskrl.agents.rollout import EpisodeStats, RolloutBuffer, collect_rollout, read_masks
 from maskrl.agents.trainer import NonFiniteError, TrainerRNG, resolve_device
 from maskrl.distributions import MaskedPolicyHead
@@ -33,6 +46,14 @@ __all__ = [
     "ActorMimic",
     "FeatureRegressionHeads",
     "MimicConfig",
+    "OnPolicyTrainer",
+    "RunContext",
+    "TrainerSpec",
+    "get_trainer",
+    "load_trainer",
+    "register_trainer",
+    "trainer_names",
+    "unregister_trainer",
     "feature_regression_loss",
     "greedy_agreement",
     "load_experts",

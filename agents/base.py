@@ -5,14 +5,19 @@ learning-rate schedule, the QAT delay, a rollout under the CPU rollout
 settings, the trainer's own labelling hook, the update, counters and the
 metrics every trainer reports -- plus the rollout buffer, the default masked
 action sampling and the checkpoint writing that refuses non-finite state. A
-trainer subclasses it and supplies :meth:`update` (its loss, through
-:func:`~maskrl.agents.trainer.optimize_minibatches`), :meth:`state_dict`, and,
-if it needs one, :meth:`after_rollout` (Actor-Mimic labels the rollout with
-its experts there).
+trainer subclasses it, calls its constructor, and supplies the abstract
+members -- :attr:`~OnPolicyTrainer.FORMAT`, :meth:`~OnPolicyTrainer.update`
+(its loss, through :func:`~maskrl.agents.trainer.optimize_minibatches`),
+:meth:`~OnPolicyTrainer.state_dict` and :meth:`~OnPolicyTrainer.load` -- and,
+if it needs them, the hooks :meth:`~OnPolicyTrainer.after_rollout`
+(Actor-Mimic labels the rollout with its experts there) and
+:meth:`~OnPolicyTrainer.act` (a recurrent policy's state). ``docs/trainers.md``
+walks through adding one.
 """
 
 from __future__ import annotations
 
+import abc
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +32,7 @@ from maskrl.agents.policy import MaskedPolicy, action_layout
 from maskrl.agents.rollout import (
     EpisodeStats,
     Obs,
+    PolicyState,
     RolloutBuffer,
     RolloutState,
     _check_fits,
@@ -46,7 +52,13 @@ from maskrl.agents.trainer import (
 from maskrl.distributions import MaskedPolicyHead
 from maskrl.quant import set_qat_step
 
-__all__ = ["OnPolicyTrainer", "check_rollout_fits", "read_trainer_checkpoint"]
+__all__ = [
+    "OnPolicyTrainer",
+    "check_rollout_fits",
+    "local_env_seed",
+    "local_num_envs",
+    "read_trainer_checkpoint",
+]
 
 
 def read_trainer_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -105,33 +117,93 @@ def check_rollout_fits(
     _check_fits(need, device, num_steps, num_envs)
 
 
-class OnPolicyTrainer:
+def local_num_envs(config: Any, data_parallel: DataParallel | None) -> int:
+    """The envs one process steps: ``config.num_envs``, or its rank's share in a job."""
+    n = int(config.num_envs)
+    return n if data_parallel is None else n // data_parallel.world_size
+
+
+def local_env_seed(config: Any, data_parallel: DataParallel | None) -> int:
+    """Seed of one process's first env: ``config.seed``, plus its rank's offset in a job."""
+    offset = 0 if data_parallel is None else data_parallel.env_seed_offset(int(config.num_envs))
+    return int(config.seed) + offset
+
+
+class OnPolicyTrainer(abc.ABC):
     """Rollout -> (hook) -> update, repeated; see the module docstring.
 
-    Subclasses set, in their constructor: ``config`` (with ``num_envs``,
-    ``num_steps``, ``batch_size``, ``learning_rate``, ``anneal_lr``, ``seed``,
-    ``cpu_rollout_tuning``, ``torch_threads``, ``qat``), ``device``, ``envs``,
-    ``policy``, ``optimizer``, and ``data_parallel`` for a rank of a torchrun
-    job (:mod:`maskrl.agents.distributed`; its envs are then
-    :attr:`num_envs_local`, seeded from :attr:`env_seed`); then call
-    :meth:`_init_state`.
+    **The contract.** A trainer subclasses this class, builds what it needs and
+    calls ``super().__init__(config, policy, optimizer, envs, device, ...)``,
+    and supplies the abstract members (instantiating a subclass that lacks one
+    raises ``TypeError``):
+
+    * :attr:`FORMAT` -- the ``format`` string of the checkpoints it writes (a
+      class attribute, e.g. ``FORMAT = "maskrl.ppo/2"``);
+    * :meth:`update` -- one update on a filled rollout buffer, returning the
+      metrics to log;
+    * :meth:`state_dict` -- everything a resume needs (with
+      ``**self.policy.checkpoint_entries()``, so that
+      :func:`~maskrl.agents.load_policy` reads the policy of any trainer);
+    * :meth:`load` -- a classmethod that rebuilds the trainer from such a
+      checkpoint.
+
+    Optional hooks, with working defaults: :meth:`after_rollout` (Actor-Mimic
+    labels the rollout there), :meth:`act` and :meth:`initial_policy_state` (a
+    recurrent policy's per-env state, carried by the rollout and reset at
+    episode ends), :meth:`_act` (the feedforward action sampling).
+
+    To run it with ``train.py`` and the run harness (run folder, resume, lock,
+    ``config.json``), register it: :func:`maskrl.agents.register_trainer`.
+    See ``docs/trainers.md``.
     """
 
-    config: Any
-    device: torch.device
-    envs: Any
-    policy: MaskedPolicy
-    optimizer: torch.optim.Optimizer
-    #: This process's rank in a data-parallel job (None: one process, the default).
-    data_parallel: DataParallel | None = None
     #: Count invalid actions from the infos' ``"invalid_action"`` instead of the
     #: stored masks (the masking ablation: the masks the agent sampled under are all-valid).
     invalid_from_infos: bool = False
 
-    def _init_state(self) -> None:
-        self.net: nn.Module = self.policy.net
-        self.head: MaskedPolicyHead = self.policy.head
-        self.rng: TrainerRNG = self.policy.rng
+    def __init__(
+        self,
+        config: Any,
+        policy: MaskedPolicy,
+        optimizer: torch.optim.Optimizer,
+        envs: Any,
+        device: torch.device,
+        data_parallel: DataParallel | None = None,
+        *,
+        invalid_from_infos: bool = False,
+    ) -> None:
+        """The state every on-policy trainer shares.
+
+        Args:
+            config: the trainer's configuration, a
+                :class:`~maskrl.agents.config.TrainerConfig` (``num_envs``,
+                ``num_steps``, ``batch_size``, ``learning_rate``, ``anneal_lr``,
+                ``seed``, ``cpu_rollout_tuning``, ``torch_threads``, ``qat``, ...),
+                already validated.
+            policy: the policy being trained (its network acts in the rollout).
+            optimizer: the optimiser of the policy's parameters (and of any
+                parameters the trainer adds).
+            envs: the vector env to train on, with :attr:`num_envs_local` envs
+                seeded from :attr:`env_seed` (build them with
+                :func:`local_num_envs` / :func:`local_env_seed` before calling
+                this); ``None`` for a trainer that only acts.
+            device: where the network and the rollout buffer live.
+            data_parallel: this process's rank in a torchrun job
+                (:mod:`maskrl.agents.distributed`); None for one process.
+            invalid_from_infos: count invalid actions from the envs' reports
+                (the masking ablation), not from the stored masks.
+        """
+        self.config = config
+        self.policy = policy
+        self.optimizer = optimizer
+        self.envs = envs
+        self.device = device
+        #: This process's rank in a data-parallel job (None: one process, the default).
+        self.data_parallel = data_parallel
+        self.invalid_from_infos = invalid_from_infos
+        self.net: nn.Module = policy.net
+        self.head: MaskedPolicyHead = policy.head
+        self.rng: TrainerRNG = policy.rng
         self.global_step = 0
         self.num_updates = 0
         self.episode_stats = EpisodeStats()
@@ -139,6 +211,52 @@ class OnPolicyTrainer:
         self._state: RolloutState | None = None
         self._ranks_started = False
 
+    # ------------------------------------------------------- the abstract part
+    @property
+    @abc.abstractmethod
+    def FORMAT(self) -> str:  # noqa: N802  (a class constant in every subclass)
+        """The ``format`` entry of the checkpoints :meth:`save` writes (e.g. ``"maskrl.ppo/2"``).
+
+        Set it as a class attribute. The registry
+        (:func:`~maskrl.agents.register_trainer`) maps it back to the trainer, so
+        :func:`~maskrl.agents.load_trainer` and :func:`~maskrl.agents.load_policy`
+        read the checkpoints.
+        """
+
+    @abc.abstractmethod
+    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
+        """One update on a filled buffer; returns the metrics to report (name -> float).
+
+        Runs with the network in train mode. Use
+        :func:`~maskrl.agents.trainer.optimize_minibatches` for the epochs x
+        minibatches loop (gradient clipping, non-finite checks, the
+        data-parallel gradient averaging).
+        """
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, as plain data and tensors.
+
+        At least ``"format": self.FORMAT``, ``"config"``,
+        ``**self.policy.checkpoint_entries()``, ``"optimizer"``,
+        ``"global_step"``, ``"num_updates"`` and ``"rng"``
+        (``self.rng.state_dict()``). :meth:`save` refuses a non-finite one.
+        """
+
+    @classmethod
+    @abc.abstractmethod
+    def load(
+        cls, path: str | Path, device: str = "auto", data_parallel: DataParallel | None = None
+    ) -> OnPolicyTrainer:
+        """Rebuild a trainer from a checkpoint written by :meth:`save`, ready to resume.
+
+        Read the file with :func:`read_trainer_checkpoint` (which refuses
+        non-finite state) and raise ``ValueError`` for a checkpoint of another
+        format or a malformed one. The trainer may come back without envs
+        (PPO's); the harness then gives it its envs.
+        """
+
+    # ------------------------------------------------------------- properties
     @property
     def steps_per_update(self) -> int:
         """Env steps per update (``num_envs * num_steps``; a data-parallel job's, all ranks)."""
@@ -147,24 +265,47 @@ class OnPolicyTrainer:
     @property
     def num_envs_local(self) -> int:
         """The envs this process steps: ``num_envs``, or its rank's share of them."""
-        n = int(self.config.num_envs)
-        return n if self.data_parallel is None else n // self.data_parallel.world_size
+        return local_num_envs(self.config, self.data_parallel)
 
     @property
     def env_seed(self) -> int:
         """Seed of this process's first env (``seed``, plus the rank's offset in a job)."""
-        dp = self.data_parallel
-        offset = 0 if dp is None else dp.env_seed_offset(int(self.config.num_envs))
-        return int(self.config.seed) + offset
+        return local_env_seed(self.config, self.data_parallel)
 
     # ------------------------------------------------------------------ acting
     def _act(self, obs: Obs, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A feedforward policy step: ``(action, log_prob, value)`` sampled under ``mask``."""
         logits, value = self.net(obs)
         action, logp = self.head.sample(logits, mask, generator=self.rng.device_gen)
         return action, logp, value
 
     def _value(self, obs: Obs) -> torch.Tensor:
         return self.net(obs)[1]
+
+    def initial_policy_state(self, num_envs: int) -> PolicyState:
+        """The per-env policy state at the start of training (default None: feedforward).
+
+        A recurrent trainer returns e.g. an LSTM's ``(h, c)``, each ``[num_envs, ...]``
+        (the env index first); the rollout resets the rows of envs whose
+        episode ended to zeros (:func:`~maskrl.agents.rollout.reset_state_rows`).
+        """
+        return None
+
+    def act(
+        self, obs: Obs, mask: torch.Tensor, policy_state: PolicyState
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PolicyState]:
+        """One rollout step: ``(action, log_prob, value, next policy state)``.
+
+        The default is :meth:`_act` with the state passed through. A recurrent
+        trainer overrides this (and :meth:`value`) to read and advance its state;
+        it returns a new state rather than changing ``policy_state`` in place.
+        """
+        action, logp, value = self._act(obs, mask)
+        return action, logp, value, policy_state
+
+    def value(self, obs: Obs, policy_state: PolicyState) -> torch.Tensor:
+        """The value of ``obs`` under ``policy_state`` (bootstrapping; default: :meth:`_value`)."""
+        return self._value(obs)
 
     # ------------------------------------------------------------------ buffer
     def allocate(self) -> RolloutBuffer:
@@ -187,6 +328,7 @@ class OnPolicyTrainer:
         if self._state is None:
             # Seeds differ after a resume so a resumed run does not replay its first episodes.
             self._state = start_rollouts(self.envs, buffer, seed=self.env_seed + self.global_step)
+            self._state.policy_state = self.initial_policy_state(self.num_envs_local)
         return buffer, self._state
 
     def _start_ranks(self) -> None:
@@ -203,12 +345,8 @@ class OnPolicyTrainer:
         self._ranks_started = True
 
     # ---------------------------------------------------------------- training
-    def after_rollout(self, buffer: RolloutBuffer) -> None:
+    def after_rollout(self, buffer: RolloutBuffer) -> None:  # noqa: B027 (an optional hook)
         """Hook between the rollout and the update (default: nothing)."""
-
-    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
-        """One update on a filled buffer; returns the metrics to report."""
-        raise NotImplementedError
 
     def learn(
         self,
@@ -253,8 +391,8 @@ class OnPolicyTrainer:
                 self.net.eval()
                 with cpu_rollout_mode(self.device, c.cpu_rollout_tuning):
                     collect_rollout(
-                        self.envs, buffer, state, self._act, self._value, self.episode_stats,
-                        self.invalid_from_infos,
+                        self.envs, buffer, state, self.act, self.value, self.episode_stats,
+                        self.invalid_from_infos, stateful=True,
                     )  # fmt: skip
                 self.after_rollout(buffer)
                 self.net.train()
@@ -276,9 +414,6 @@ class OnPolicyTrainer:
         return self
 
     # ------------------------------------------------------------- persistence
-    def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
     def save(self, path: str | Path) -> None:
         """Write a checkpoint atomically (temporary file, then rename).
 

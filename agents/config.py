@@ -1,8 +1,15 @@
-"""Configuration dataclasses.
+"""Configuration dataclasses, all in one module.
+
+:class:`TrainerConfig` (what every on-policy trainer shares), :class:`PPOConfig`,
+:class:`MimicConfig` (Actor-Mimic), :class:`RunConfig` (what to train on and
+where the run goes), :class:`ExpertsConfig` (``train.py experts``) and
+:class:`DistConfig` (torchrun). The modules that use them re-export them under
+their old paths (``maskrl.agents.mimic.MimicConfig``,
+``maskrl.agents.runner.RunConfig``, ``maskrl.agents.distributed.DistConfig``).
 
 Each field carries its help text in ``metadata["help"]``; ``train.py`` builds
 its command line from these, so ``--help`` documents every flag and there is
-one source of truth for defaults.
+one source of truth for defaults. This module imports only the standard library.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +33,8 @@ INVALID_ACTION_MODES: tuple[str, ...] = ("mask", "penalty", "none")
 #: useful step in maskrl's envs (a MinAtar point, a Knapsack item of value 1),
 #: so the penalty discourages an invalid action without swamping the returns.
 DEFAULT_INVALID_PENALTY = -0.1
+#: Most episodes (per game) one evaluation plays.
+MAX_EPISODES = 10_000_000
 
 
 def _f(default: Any, help: str) -> Any:
@@ -234,6 +244,217 @@ class PPOConfig(TrainerConfig):
                 f"invalid_actions={self.invalid_actions!r} (--invalid-actions) needs "
                 f"--env-backend numpy, not {self.env_backend!r}: the batched torch games take "
                 "no env wrapper"
+            )
+
+
+# ------------------------------------------------------------------ Actor-Mimic
+
+#: Smallest temperature accepted. ``expert_logits / tau`` is computed in the
+#: logits' dtype: in float32 a tau of 1e-45 (a subnormal) turns every logit above
+#: about 5e-7 into ``inf`` and the loss into NaN. From 1e-4 up, only logits beyond
+#: 3e34 would overflow, and the target is already one-hot on the expert's greedy
+#: action well above it (Rusu et al.'s policy distillation sharpens with 0.01).
+MIN_TAU = 1e-4
+
+#: Self-attention blocks of the tokens student by default: with 2 blocks of 4
+#: heads it matched the CNN student on Breakout where the bag of tokens (0)
+#: reached 60% of it (docs/benchmarks.md).
+TOKENS_ATTENTION_LAYERS = 2
+
+
+@dataclass
+class MimicConfig(TrainerConfig):
+    """Actor-Mimic distillation hyperparameters (plus the shared :class:`TrainerConfig`).
+
+    Defaults: the paper's ``tau = 1`` and ``beta = 0.01``; 40 slots (8 per game
+    for five games) of 32 steps, 2 epochs of 4 minibatches.
+    """
+
+    num_envs: int = _f(40, "student's vector env slots (a multiple of the number of games)")
+    num_steps: int = _f(32, "steps per slot per rollout")
+    num_epochs: int = _f(2, "passes over each rollout")
+    tau: float = _f(1.0, "temperature of the experts' softmax (the targets); >= 1e-4")
+    beta: float = _f(0.01, "weight of the feature-regression loss")
+    epsilon: float = _f(0.0, "probability of a uniformly random valid action while acting")
+    multigame_encoder: str = _f(
+        "cnn", "student's observation encoder: cnn (padded channels) or tokens (attention-pooled)"
+    )
+    hidden: int | None = _f(
+        None, "width of the student's dense layer (None: the default network's, 128 for MinAtar)"
+    )
+    attention_layers: int | None = _f(
+        None,
+        "self-attention blocks of the tokens encoder (0: a bag of tokens; None: "
+        f"{TOKENS_ATTENTION_LAYERS} with --multigame-encoder tokens, 0 with cnn)",
+    )
+    attention_heads: int = _f(4, "heads of each self-attention block of the tokens encoder")
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field (and its flag) of an impossible value."""
+        super().validate()
+        # Below MIN_TAU, expert logits / tau overflow float32 and the loss turns NaN.
+        _check(
+            self,
+            "tau",
+            MIN_TAU <= self.tau < float("inf"),
+            f"finite and >= {MIN_TAU:g} (smaller temperatures overflow expert logits / tau to inf)",
+        )
+        _check(self, "beta", 0 <= self.beta < float("inf"), "finite and >= 0")
+        _check(self, "epsilon", 0 <= self.epsilon <= 1, "in [0, 1]")
+        encoders = ("cnn", "tokens")
+        _check(self, "multigame_encoder", self.multigame_encoder in encoders, "cnn or tokens")
+        if self.hidden is not None:
+            _check(self, "hidden", 1 <= self.hidden <= 65536, "in [1, 65536] or None")
+        if self.attention_layers is not None:
+            _check(self, "attention_layers", 0 <= self.attention_layers <= 64, "in [0, 64] or None")
+            if self.attention_layers and self.multigame_encoder != "tokens":
+                _check(self, "attention_layers", False, "0 unless --multigame-encoder tokens")
+        _check(self, "attention_heads", 1 <= self.attention_heads <= 64, "in [1, 64]")
+
+
+# ----------------------------------------------------------------- the run
+
+#: ``total_timesteps`` of a new run when none is given.
+DEFAULT_TOTAL_TIMESTEPS = 1_000_000
+#: Longest run-folder name accepted (file systems allow 255 bytes; leave room for suffixes).
+MAX_RUN_NAME = 128
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
+
+
+@dataclass
+class RunConfig:
+    """What to train on and where the run goes (the rest is the trainer's config)."""
+
+    env: str = _f(
+        "maskrl/MinAtar-Breakout-v0",
+        "Gymnasium id with an action-mask source (or module:id, which imports the module "
+        "that registers it); several ids separated by commas train one multi-game agent",
+    )
+    total_timesteps: int | None = _f(
+        None,
+        f"environment steps to train for, all envs counted (default: {DEFAULT_TOTAL_TIMESTEPS:,} "
+        "for a new run; on --resume, the run's own total)",
+    )
+    run_name: str | None = _f(
+        None, "run folder name under --runs-dir (default: <env>__<seed>__<time>)"
+    )
+    runs_dir: str = _f("runs", "parent folder of run folders")
+    resume: str | None = _f(
+        None, "continue the run in this folder (runs/<name>) from its checkpoint"
+    )
+    preset: str | None = _f(
+        None,
+        "settings preset from maskrl.agents.PRESETS ('fast', 'reference', 'minatar'); "
+        "flags given explicitly override it",
+    )
+    init_from: str | None = _f(
+        None,
+        "start a new PPO run from this run folder's (or checkpoint's) weights: a PPO run, "
+        "an expert or an Actor-Mimic student (see maskrl.agents.transfer)",
+    )
+    init_layers: str = _f(
+        "encoder", "with --init-from: the layers taken, encoder or all (encoder and heads)"
+    )
+    checkpoint_every: int = _f(100_000, "write checkpoint.pt every this many steps")
+    eval_episodes: int = _f(10, "episodes (per game) of the final evaluation; 0 to skip")
+    progress: bool = _f(True, "show a progress bar")
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field and flag of an impossible value."""
+        check_types(self)
+        if self.total_timesteps is not None and not 1 <= self.total_timesteps <= 10**13:
+            raise ValueError(
+                f"total_timesteps (--total-timesteps) must be in [1, 1e13], got {self.total_timesteps}"
+            )
+        if self.checkpoint_every < 1:
+            raise ValueError(
+                f"checkpoint_every (--checkpoint-every) must be >= 1, got {self.checkpoint_every}"
+            )
+        if not 0 <= self.eval_episodes <= MAX_EPISODES:
+            raise ValueError(
+                f"eval_episodes (--eval-episodes) must be in [0, {MAX_EPISODES:,}], "
+                f"got {self.eval_episodes}"
+            )
+        if not self.env_ids:
+            raise ValueError("env (--env) is empty")
+        dup = sorted({e for e in self.env_ids if self.env_ids.count(e) > 1})
+        if dup:
+            raise ValueError(f"env (--env) lists {', '.join(dup)} more than once")
+        if self.run_name is not None:
+            check_run_name(self.run_name)
+        if self.init_layers not in ("encoder", "all"):
+            raise ValueError(
+                f"init_layers (--init-layers) must be encoder or all, got {self.init_layers!r}"
+            )
+
+    @property
+    def env_ids(self) -> list[str]:
+        return [e.strip() for e in self.env.split(",") if e.strip()]
+
+    @property
+    def total(self) -> int:
+        return self.total_timesteps if self.total_timesteps is not None else DEFAULT_TOTAL_TIMESTEPS
+
+
+def check_run_name(name: str) -> None:
+    """A run name is a plain folder name: letters, digits and ``._+=@-``, at most 128 characters."""
+    if len(name) > MAX_RUN_NAME:
+        raise ValueError(
+            f"run_name (--run-name) is {len(name)} characters long; at most {MAX_RUN_NAME} are allowed"
+        )
+    if not _RUN_NAME.match(name) or name in (".", ".."):
+        raise ValueError(
+            f"run_name (--run-name) {name!r} must be a plain folder name "
+            "(letters, digits and ._+=@-, not starting with a dot or dash)"
+        )
+
+
+@dataclass
+class ExpertsConfig:
+    """``train.py experts``: one masked-PPO expert per game (the PPO settings are a :class:`PPOConfig`).
+
+    Fields with ``metadata["required"]`` are required flags (their default, None,
+    is never used).
+    """
+
+    env: str | None = field(
+        default=None,
+        metadata={"help": "env ids, comma-separated (one expert each)", "required": True},
+    )
+    total_timesteps: int = _f(DEFAULT_TOTAL_TIMESTEPS, "environment steps per expert")
+    run_name: str | None = field(
+        default=None,
+        metadata={"help": "folder under --runs-dir for the experts", "required": True},
+    )
+    runs_dir: str = _f("runs", "parent folder of the experts' folder")
+    eval_episodes: int = _f(50, "evaluation episodes per expert")
+    progress: bool = _f(True, "show a progress bar")
+    preset: str | None = _f(None, "PPO settings preset (fast, reference, minatar)")
+    checkpoint_every: int = _f(100_000, "write each expert's checkpoint.pt every this many steps")
+
+
+# --------------------------------------------------------------- torchrun
+
+#: Seconds a rank waits in a collective for the others before the job stops.
+DEFAULT_DIST_TIMEOUT = 300.0
+
+
+@dataclass
+class DistConfig:
+    """Settings of a job launched by ``torchrun`` (ignored in a single process)."""
+
+    dist_timeout: float = _f(
+        DEFAULT_DIST_TIMEOUT,
+        "under torchrun: seconds a rank waits for the others in a collective (gradient "
+        "all-reduce, setup) before the job stops with an error; ignored in one process",
+    )
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the flag of an impossible value."""
+        check_types(self)
+        if not 1 <= self.dist_timeout <= 86_400 or math.isnan(self.dist_timeout):
+            raise ValueError(
+                f"dist_timeout (--dist-timeout) must be in [1, 86400] seconds, got {self.dist_timeout}"
             )
 
 

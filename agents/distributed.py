@@ -52,14 +52,13 @@ import math
 import os
 import traceback
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from maskrl.agents.config import check_types
+from maskrl.agents.config import DEFAULT_DIST_TIMEOUT, DistConfig
 
 __all__ = [
     "DEFAULT_DIST_TIMEOUT",
@@ -71,32 +70,6 @@ __all__ = [
     "process_group",
     "torchrun_env",
 ]
-
-#: Seconds a rank waits in a collective for the others before the job stops.
-DEFAULT_DIST_TIMEOUT = 300.0
-
-
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class DistConfig:
-    """Settings of a job launched by ``torchrun`` (ignored in a single process)."""
-
-    dist_timeout: float = _f(
-        DEFAULT_DIST_TIMEOUT,
-        "under torchrun: seconds a rank waits for the others in a collective (gradient "
-        "all-reduce, setup) before the job stops with an error; ignored in one process",
-    )
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the flag of an impossible value."""
-        check_types(self)
-        if not 1 <= self.dist_timeout <= 86_400 or math.isnan(self.dist_timeout):
-            raise ValueError(
-                f"dist_timeout (--dist-timeout) must be in [1, 86400] seconds, got {self.dist_timeout}"
-            )
 
 
 class SetupFailed(ValueError):

@@ -14,8 +14,7 @@ from maskrl.agents.rollout import read_masks
 
 __all__ = ["MAX_EPISODES", "evaluate"]
 
-#: Most episodes (per game) one evaluation plays.
-MAX_EPISODES = 10_000_000
+from maskrl.agents.config import MAX_EPISODES
 
 
 def evaluate(

@@ -34,12 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskrl.agents.base import OnPolicyTrainer, read_trainer_checkpoint
+from maskrl.agents.base import (
+    OnPolicyTrainer,
+    local_env_seed,
+    local_num_envs,
+    read_trainer_checkpoint,
+)
 from maskrl.agents.checkpoint import load_checkpoint, space_to_dict
-from maskrl.agents.config import TrainerConfig, _check
+from maskrl.agents.config import TOKENS_ATTENTION_LAYERS, MimicConfig
 from maskrl.agents.distributed import DataParallel
 from maskrl.agents.mimic_losses import (
-    MIN_TAU,
     FeatureRegressionHeads,
     greedy_agreement,
     policy_regression_loss,
@@ -60,62 +64,6 @@ __all__ = ["ActorMimic", "Expert", "MimicConfig", "file_sha256", "load_expert", 
 
 def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
-
-
-#: Self-attention blocks of the tokens student by default: with 2 blocks of 4
-#: heads it matched the CNN student on Breakout where the bag of tokens (0)
-#: reached 60% of it (docs/benchmarks.md).
-TOKENS_ATTENTION_LAYERS = 2
-
-
-@dataclass
-class MimicConfig(TrainerConfig):
-    """Actor-Mimic distillation hyperparameters (plus the shared :class:`TrainerConfig`).
-
-    Defaults: the paper's ``tau = 1`` and ``beta = 0.01``; 40 slots (8 per game
-    for five games) of 32 steps, 2 epochs of 4 minibatches.
-    """
-
-    num_envs: int = _f(40, "student's vector env slots (a multiple of the number of games)")
-    num_steps: int = _f(32, "steps per slot per rollout")
-    num_epochs: int = _f(2, "passes over each rollout")
-    tau: float = _f(1.0, "temperature of the experts' softmax (the targets); >= 1e-4")
-    beta: float = _f(0.01, "weight of the feature-regression loss")
-    epsilon: float = _f(0.0, "probability of a uniformly random valid action while acting")
-    multigame_encoder: str = _f(
-        "cnn", "student's observation encoder: cnn (padded channels) or tokens (attention-pooled)"
-    )
-    hidden: int | None = _f(
-        None, "width of the student's dense layer (None: the default network's, 128 for MinAtar)"
-    )
-    attention_layers: int | None = _f(
-        None,
-        "self-attention blocks of the tokens encoder (0: a bag of tokens; None: "
-        f"{TOKENS_ATTENTION_LAYERS} with --multigame-encoder tokens, 0 with cnn)",
-    )
-    attention_heads: int = _f(4, "heads of each self-attention block of the tokens encoder")
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the field (and its flag) of an impossible value."""
-        super().validate()
-        # Below MIN_TAU, expert logits / tau overflow float32 and the loss turns NaN.
-        _check(
-            self,
-            "tau",
-            MIN_TAU <= self.tau < float("inf"),
-            f"finite and >= {MIN_TAU:g} (smaller temperatures overflow expert logits / tau to inf)",
-        )
-        _check(self, "beta", 0 <= self.beta < float("inf"), "finite and >= 0")
-        _check(self, "epsilon", 0 <= self.epsilon <= 1, "in [0, 1]")
-        encoders = ("cnn", "tokens")
-        _check(self, "multigame_encoder", self.multigame_encoder in encoders, "cnn or tokens")
-        if self.hidden is not None:
-            _check(self, "hidden", 1 <= self.hidden <= 65536, "in [1, 65536] or None")
-        if self.attention_layers is not None:
-            _check(self, "attention_layers", 0 <= self.attention_layers <= 64, "in [0, 64] or None")
-            if self.attention_layers and self.multigame_encoder != "tokens":
-                _check(self, "attention_layers", False, "0 unless --multigame-encoder tokens")
-        _check(self, "attention_heads", 1 <= self.attention_heads <= 64, "in [1, 64]")
 
 
 @dataclass
@@ -327,12 +275,11 @@ class ActorMimic(OnPolicyTrainer):
     ) -> None:
         from maskrl.envs import make_multigame_vec
 
-        self.config = c = config or MimicConfig()
+        c = config or MimicConfig()
         c.validate()
         if not experts:
             raise ValueError("ActorMimic needs at least one expert")
         k = len(experts)
-        self.data_parallel = data_parallel
         if data_parallel is not None:
             # Every rank plays every game equally (slot j of each rank plays game j % k).
             data_parallel.check_config(c, games=k)
@@ -341,17 +288,21 @@ class ActorMimic(OnPolicyTrainer):
                 f"num_envs (--num-envs) = {c.num_envs} must be a multiple of the number of games "
                 f"({k}) so that every game gets an equal share of every batch"
             )
-        self.device = resolve_device(c.device)
+        device = resolve_device(c.device)
         self.experts = experts
         for x in experts:
             if x.sha256 is None and Path(x.checkpoint).is_file():
                 x.sha256 = file_sha256(x.checkpoint)
-            x.policy.net.to(self.device).eval()
-            x.policy.device = self.device
+            x.policy.net.to(device).eval()
+            x.policy.device = device
         self.env_ids = [x.env_id for x in experts]
-        self.envs = make_multigame_vec(self.env_ids, self.num_envs_local, seed=self.env_seed)
-        obs_space = self.envs.single_observation_space
-        act_space = self.envs.single_action_space
+        envs = make_multigame_vec(
+            self.env_ids,
+            local_num_envs(c, data_parallel),
+            seed=local_env_seed(c, data_parallel),
+        )
+        obs_space = envs.single_observation_space
+        act_space = envs.single_action_space
         net_kwargs: dict[str, Any] = {"obs_layout": "CHW"}
         if c.hidden is not None:
             net_kwargs["hidden"] = c.hidden
@@ -366,20 +317,20 @@ class ActorMimic(OnPolicyTrainer):
         if layers:  # recorded, so the checkpoint rebuilds the same network
             net_kwargs["attention_layers"] = layers
             net_kwargs["attention_heads"] = c.attention_heads
-        self.policy = MaskedPolicy.build(
-            obs_space, act_space, self.env_ids, self.device, c.seed, **net_kwargs
+        policy = MaskedPolicy.build(
+            obs_space, act_space, self.env_ids, device, c.seed, **net_kwargs
         )
-        net = self.policy.net
+        net = policy.net
         with torch.inference_mode():
             probe = {
-                "obs": torch.zeros((1, *obs_space["obs"].shape), device=self.device),
-                "game_id": torch.zeros(1, dtype=torch.int64, device=self.device),
+                "obs": torch.zeros((1, *obs_space["obs"].shape), device=device),
+                "game_id": torch.zeros(1, dtype=torch.int64, device=device),
             }
             student_dim = int(net.features(probe).shape[-1])  # type: ignore[operator]
             expert_dims = [
                 int(
                     x.policy.net.features(  # type: ignore[operator]
-                        torch.zeros((1, *x.policy.observation_space.shape), device=self.device)
+                        torch.zeros((1, *x.policy.observation_space.shape), device=device)
                     ).shape[-1]
                 )
                 for x in experts
@@ -388,13 +339,15 @@ class ActorMimic(OnPolicyTrainer):
             prepare_for_qat(net, c.qat_bits, c.qat_start_after)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed + 1)
-            self.feature_heads = FeatureRegressionHeads(student_dim, expert_dims).to(self.device)
-        self.optimizer = make_adam(
-            list(net.parameters()) + list(self.feature_heads.parameters()),
+            feature_heads = FeatureRegressionHeads(student_dim, expert_dims).to(device)
+        optimizer = make_adam(
+            list(net.parameters()) + list(feature_heads.parameters()),
             c.learning_rate,
             c.adam_eps,
         )
-        self._init_state()
+        super().__init__(c, policy, optimizer, envs, device, data_parallel)
+        self.config: MimicConfig = c
+        self.feature_heads = feature_heads
         n = self.policy.n_logits
         T, N = c.num_steps, self.num_envs_local
         self._expert_logits = torch.zeros((T, N, n), device=self.device)

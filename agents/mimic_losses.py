@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from maskrl.agents.config import MIN_TAU  # defined with the configs (MimicConfig checks it)
 from maskrl.masking import as_bool_mask, masked_log_softmax, masked_softmax
 
 __all__ = [
@@ -68,14 +69,6 @@ def _checked_mask(mask: Tensor | np.ndarray, logits: Tensor) -> Tensor:
         empty = (~has_valid).nonzero().flatten().tolist()
         raise ValueError(f"mask has no valid action in row(s) {empty}")
     return mask
-
-
-#: Smallest temperature accepted. ``expert_logits / tau`` is computed in the
-#: logits' dtype: in float32 a tau of 1e-45 (a subnormal) turns every logit above
-#: about 5e-7 into ``inf`` and the loss into NaN. From 1e-4 up, only logits beyond
-#: 3e34 would overflow, and the target is already one-hot on the expert's greedy
-#: action well above it (Rusu et al.'s policy distillation sharpens with 0.01).
-MIN_TAU = 1e-4
 
 
 def _check_tau(tau: float) -> float:

@@ -25,10 +25,24 @@ from maskrl.agents.trainer import TrainerRNG, check_finite_params, resolve_devic
 from maskrl.distributions import MaskedPolicyHead
 from maskrl.quant import apply_quant_spec, quant_spec
 
-__all__ = ["CHECKPOINT_FORMATS", "MaskedPolicy", "action_layout", "eval_mode", "load_policy"]
+__all__ = [
+    "CHECKPOINT_FORMATS",  # noqa: F822 (served by the module's __getattr__)
+    "MaskedPolicy",
+    "action_layout",
+    "eval_mode",
+    "load_policy",
+]
 
-#: Checkpoint formats this version reads (``format`` key of a checkpoint).
-CHECKPOINT_FORMATS = ("maskrl.ppo/1", "maskrl.ppo/2", "maskrl.mimic/1")
+
+def __getattr__(name: str) -> Any:
+    # ``CHECKPOINT_FORMATS``: the checkpoint formats this version reads (``format``
+    # key of a checkpoint), read from the trainer registry when asked for, so a
+    # registered trainer's checkpoints count too.
+    if name == "CHECKPOINT_FORMATS":
+        from maskrl.agents.registry import checkpoint_formats
+
+        return checkpoint_formats()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def action_layout(action_space: Any) -> tuple[list[int], tuple[int, ...]]:
@@ -318,11 +332,14 @@ def policy_from_checkpoint(
     seed: int = 0,
 ) -> MaskedPolicy:
     """Rebuild the policy stored in a loaded checkpoint dict (see :meth:`MaskedPolicy.checkpoint_entries`)."""
+    from maskrl.agents.registry import checkpoint_formats
+
     fmt = ckpt.get("format")
-    if fmt not in CHECKPOINT_FORMATS:
+    formats = checkpoint_formats()
+    if fmt not in formats:
         raise ValueError(
             f"checkpoint {path} has format {fmt!r}, which this version of maskrl does not read "
-            f"(it reads {', '.join(CHECKPOINT_FORMATS)})"
+            f"(it reads {', '.join(formats)})"
         )
     obs_space = _stored_space(ckpt, "observation_space", path)
     act_space = _stored_space(ckpt, "action_space", path)

@@ -17,7 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskrl.agents.base import OnPolicyTrainer, read_trainer_checkpoint
+from maskrl.agents.base import (
+    OnPolicyTrainer,
+    local_env_seed,
+    local_num_envs,
+    read_trainer_checkpoint,
+)
 from maskrl.agents.config import PPOConfig
 from maskrl.agents.distributed import DataParallel
 from maskrl.agents.networks import obs_layout_of
@@ -192,34 +197,30 @@ class PPO(OnPolicyTrainer):
         network_kwargs: dict[str, Any] | None = None,
         data_parallel: DataParallel | None = None,
     ) -> None:
-        self.config = config = config or PPOConfig()
+        config = config or PPOConfig()
         config.validate()
         if data_parallel is not None:
             data_parallel.check_config(config)  # a whole share of envs and of minibatches
-        self.data_parallel = data_parallel
-        self.device = resolve_device(config.device)
+        device = resolve_device(config.device)
+        num_envs = local_num_envs(config, data_parallel)
         self.env_ids: list[str] | None = None
         if isinstance(env, str | list | tuple):
             self.env_ids = [env] if isinstance(env, str) else list(env)
             # A multi-game network reads {"obs", "game_id"} even when it plays one
             # game (a one-expert Actor-Mimic student being fine-tuned).
             env = make_training_env(
-                self.env_ids, self.num_envs_local, self.env_seed, config.env_backend, self.device,
+                self.env_ids, num_envs, local_env_seed(config, data_parallel),
+                config.env_backend, device,
                 multigame=isinstance(network, MultiGameActorCritic),
                 invalid_actions=config.invalid_actions, invalid_penalty=config.penalty_reward,
             )  # fmt: skip
-        self.envs = env
-        # penalty / none sample under all-valid masks: count from the env's reports.
-        self.invalid_from_infos = config.invalid_actions != "mask"
         if env is not None:
             _check_autoreset(env)
             observation_space = env.single_observation_space
             action_space = env.single_action_space
             obs_layout = obs_layout_of(env)
-            if env.num_envs != self.num_envs_local:
-                share = (
-                    "" if data_parallel is None else f" (this rank's share, {self.num_envs_local})"
-                )
+            if env.num_envs != num_envs:
+                share = "" if data_parallel is None else f" (this rank's share, {num_envs})"
                 raise ValueError(
                     f"the vector env has {env.num_envs} envs but config.num_envs={config.num_envs}"
                     + share
@@ -233,25 +234,28 @@ class PPO(OnPolicyTrainer):
                 kwargs.setdefault("attention_heads", config.attention_heads)
             if config.hidden is not None:
                 kwargs.setdefault("hidden", config.hidden)
-            self.policy = MaskedPolicy.build(
-                observation_space, action_space, self.env_ids, self.device, config.seed, **kwargs
+            policy = MaskedPolicy.build(
+                observation_space, action_space, self.env_ids, device, config.seed, **kwargs
             )
         else:
             # network_kwargs with a network: it is a default network built with them
             # (e.g. an Actor-Mimic student fine-tuned by PPO), so checkpoints rebuild it.
-            self.policy = MaskedPolicy(
+            policy = MaskedPolicy(
                 network, observation_space, action_space, self.env_ids, network_kwargs,
-                self.device, config.seed,
+                device, config.seed,
             )  # fmt: skip
+        if config.qat:  # before the optimizer: learned ranges add parameters
+            prepare_for_qat(policy.net, config.qat_bits, config.qat_start_after)
+        optimizer = make_adam(policy.net.parameters(), config.learning_rate, config.adam_eps)
+        super().__init__(
+            config, policy, optimizer, env, device, data_parallel,
+            # penalty / none sample under all-valid masks: count from the env's reports.
+            invalid_from_infos=config.invalid_actions != "mask",
+        )  # fmt: skip
+        self.config: PPOConfig = config
         self.observation_space, self.action_space = observation_space, action_space
         self.action_shape = self.policy.action_shape
         self.n_logits = self.policy.n_logits
-        if config.qat:  # before the optimizer: learned ranges add parameters
-            prepare_for_qat(self.policy.net, config.qat_bits, config.qat_start_after)
-        self.optimizer = make_adam(
-            self.policy.net.parameters(), config.learning_rate, config.adam_eps
-        )
-        self._init_state()
 
     # ------------------------------------------------------------------ acting
     def predict(self, obs: Any, action_mask: Any, deterministic: bool = False) -> np.ndarray:

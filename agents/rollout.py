@@ -10,7 +10,10 @@ with a teacher) can reuse them unchanged:
   ``truncated`` flags, and the value of the final observation of truncated
   episodes;
 * :func:`read_masks` -- validates ``infos["action_mask"]`` from a vector env;
-* :func:`collect_rollout` -- fills the buffer by stepping the env with a policy.
+* :func:`collect_rollout` -- fills the buffer by stepping the env with a policy:
+  one loop for both backends (a numpy vector env adapted to tensors at the
+  boundary, or a torch-backend env on its device), carrying a recurrent
+  policy's per-env state when there is one (:data:`PolicyState`).
 
 The vector env must use Gymnasium's ``same_step`` autoreset (what
 :func:`maskrl.envs.make_vec` builds by default): after an episode ends the env
@@ -30,9 +33,65 @@ import numpy as np
 import torch
 
 Obs = torch.Tensor | dict[str, torch.Tensor]
+#: A policy's per-env state (e.g. an LSTM's ``(h, c)``): None for a feedforward
+#: policy, else a tensor or a tuple / list / dict of tensors, each with the env
+#: index as its first dimension.
+PolicyState = Any
 # A policy step: (obs [N, ...], mask [N, n]) -> (action [N, ...], log_prob [N], value [N]).
 ActFn = Callable[[Obs, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 ValueFn = Callable[[Obs], torch.Tensor]
+# The same with a policy state (``collect_rollout(..., stateful=True)``):
+# (obs, mask, state) -> (action, log_prob, value, next state); (obs, state) -> value.
+StatefulActFn = Callable[
+    [Obs, torch.Tensor, PolicyState],
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor, PolicyState],
+]
+StatefulValueFn = Callable[[Obs, PolicyState], torch.Tensor]
+
+
+def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: PolicyState) -> PolicyState:
+    """``fn`` applied to every tensor of a policy state (None stays None)."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, dict):
+        return {k: map_state(fn, v) for k, v in state.items()}
+    if isinstance(state, tuple | list):
+        return type(state)(map_state(fn, v) for v in state)
+    raise TypeError(
+        f"a policy state is a tensor or a tuple, list or dict of tensors, got {type(state)}"
+    )
+
+
+def reset_state_rows(state: PolicyState, done: torch.Tensor) -> PolicyState:
+    """The policy state with the rows of the envs whose episode ended (``done [N]``) zeroed.
+
+    Returns new tensors (the input is left as it is); None stays None.
+    """
+    if state is None:
+        return None
+    keep = ~done
+
+    def reset(x: torch.Tensor) -> torch.Tensor:
+        return x * keep.view((-1,) + (1,) * (x.dim() - 1)).to(x.dtype)
+
+    return map_state(reset, state)
+
+
+def _where_rows(rows: torch.Tensor, a: PolicyState, b: PolicyState) -> PolicyState:
+    """Per env: ``a``'s row where ``rows [N]`` is True, else ``b``'s (same structure)."""
+    if isinstance(a, torch.Tensor):
+        return torch.where(rows.view((-1,) + (1,) * (a.dim() - 1)), a, b)
+    if isinstance(a, dict):
+        return {k: _where_rows(rows, a[k], b[k]) for k in a}
+    return type(a)(_where_rows(rows, x, y) for x, y in zip(a, b, strict=True))
+
+
+def select_state_rows(state: PolicyState, idx: torch.Tensor) -> PolicyState:
+    """The rows ``idx`` of every tensor of a policy state (None stays None)."""
+    return map_state(lambda x: x[idx], state)
+
 
 _TORCH_DTYPES: dict[Any, torch.dtype] = {
     np.dtype(np.float32): torch.float32,
@@ -275,6 +334,9 @@ class RolloutBuffer:
         # Value of the final observation of an episode truncated at step t (else 0).
         self.final_values = torch.zeros((T, N), device=device)
         self.next_value = torch.zeros(N, device=device)
+        #: The policy state each env was in at the rollout's first step (a copy;
+        #: None for a feedforward policy): where a recurrent update replays from.
+        self.policy_state: PolicyState = None
 
     def count_invalid_actions(self) -> int:
         """How many stored actions were masked out at the step they were taken."""
@@ -352,6 +414,8 @@ class RolloutState:
     game_ids: np.ndarray
     invalid_actions: int = 0
     steps: int = 0
+    #: The policy's per-env state before the next step (None: a feedforward policy).
+    policy_state: PolicyState = None
 
 
 def is_torch_env(envs: Any) -> bool:
@@ -436,10 +500,12 @@ def collect_rollout(
     envs: Any,
     buffer: RolloutBuffer,
     state: RolloutState,
-    act: ActFn,
-    value_fn: ValueFn,
+    act: ActFn | StatefulActFn,
+    value_fn: ValueFn | StatefulValueFn,
     stats: EpisodeStats,
     invalid_from_infos: bool = False,
+    *,
+    stateful: bool = False,
 ) -> None:
     """Step ``envs`` for ``buffer.num_steps`` steps with ``act`` and fill ``buffer``.
 
@@ -454,131 +520,230 @@ def collect_rollout(
     ``penalty`` and ``none``, whose stored masks are all-valid), from each step's
     ``infos["invalid_action"]`` (:func:`invalid_actions_in_infos`; numpy
     backend only).
+
+    ``stateful``: ``act(obs, mask, policy_state)`` returns ``(action, log_prob,
+    value, next_policy_state)`` and ``value_fn(obs, policy_state)`` the value
+    (see :data:`PolicyState`). The rollout starts from ``state.policy_state``,
+    keeps a copy of it in ``buffer.policy_state``, zeroes the rows of envs whose
+    episode ended after each step (:func:`reset_state_rows`; the value of a
+    truncated episode's final observation uses the state before that reset), and
+    leaves the state for the next rollout in ``state.policy_state``. Without it
+    (the default), ``act(obs, mask)`` and ``value_fn(obs)`` carry no state.
+
+    One loop for both backends; the env side of a step is a small adapter: a
+    numpy (Gymnasium) vector env is converted to and from tensors at the
+    boundary (:class:`_NumpyEnvSteps`), a torch-backend env
+    (:func:`is_torch_env`) stays on its device (:class:`_TorchEnvSteps`).
     """
+    step: StatefulActFn
+    value_of: StatefulValueFn
+    if stateful:
+        step, value_of = act, value_fn  # type: ignore[assignment]
+    else:
+        plain_act, plain_value = act, value_fn
+
+        def step(o: Obs, m: torch.Tensor, s: PolicyState) -> Any:
+            return (*plain_act(o, m), s)  # type: ignore[call-arg]
+
+        def value_of(o: Obs, s: PolicyState) -> torch.Tensor:
+            return plain_value(o)  # type: ignore[call-arg]
+
     if is_torch_env(envs):
         if invalid_from_infos:
             raise ValueError("invalid_from_infos needs a numpy-backend (Gymnasium) vector env")
-        _collect_rollout_on_device(envs, buffer, state, act, value_fn, stats)
-        return
-    T, N, dev = buffer.num_steps, buffer.num_envs, buffer.device
-    buf = buffer
-    host = buf.host_scalars
-    invalid = 0
+        steps: _EnvSteps = _TorchEnvSteps(envs, buffer, state, stats)
+    else:
+        steps = _NumpyEnvSteps(envs, buffer, state, stats, invalid_from_infos)
+    T = buffer.num_steps
+    pstate = state.policy_state
+    buffer.policy_state = map_state(torch.clone, pstate)
     with torch.inference_mode():
-        buf.final_values.zero_()  # once per rollout; truncated steps are filled below
         for t in range(T):
-            obs_t = index_obs(buf.obs, t)
-            mask_t = buf.masks[t]
-            action, logp, value = act(obs_t, mask_t)
-            buf.actions[t] = action
-            buf.logprobs[t] = logp
-            buf.values[t] = value
-            next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
-            mask = read_masks(infos, N, buf.n_logits, buf.nvec)
-            if invalid_from_infos:
-                invalid += invalid_actions_in_infos(infos, N)
-            copy_obs_(index_obs(buf.obs, t + 1), next_obs)
-            buf.masks[t + 1].copy_(torch.from_numpy(mask), non_blocking=True)
-            trunc = np.asarray(truncated, dtype=bool) & ~np.asarray(terminated, dtype=bool)
-            host[0, t] = reward
-            host[1, t] = terminated
-            host[2, t] = trunc
-            if trunc.any():
-                idx = np.flatnonzero(trunc)
-                final = obs_to_tensor(_final_obs_batch(infos, idx), dev, buf.obs_spec)
-                buf.final_values[t, torch.as_tensor(idx, device=dev)] = value_fn(final).float()
-            state.episode_returns += reward
-            state.episode_lengths += 1
-            done = np.logical_or(terminated, truncated)
-            if done.any():
-                for i in np.flatnonzero(done):
-                    stats.returns.append(float(state.episode_returns[i]))
-                    stats.lengths.append(int(state.episode_lengths[i]))
-                    stats.game_ids.append(int(state.game_ids[i]))
-                state.episode_returns[done] = 0.0
-                state.episode_lengths[done] = 0
-        check_rollout_finite(buf, state.steps, torch.from_numpy(host[0]))
-        buf.next_value.copy_(value_fn(index_obs(buf.obs, T)))
+            action, logp, value, pstate = step(index_obs(buffer.obs, t), buffer.masks[t], pstate)
+            buffer.actions[t] = action
+            buffer.logprobs[t] = logp
+            buffer.values[t] = value
+            done = steps.step(t, action, pstate, value_of)
+            if done is not None:  # only asked for (and only a tensor) with a policy state
+                pstate = reset_state_rows(pstate, done)
+        invalid = steps.finish(pstate, value_of)
+    state.policy_state = pstate
+    state.invalid_actions += int(invalid)
+    state.steps += T * buffer.num_envs
+
+
+class _EnvSteps:
+    """The env side of one rollout, for :func:`collect_rollout`'s single loop.
+
+    :meth:`step` steps the env with the actions of step ``t`` and writes what it
+    returned into the buffer (observation and mask ``t + 1``, reward, episode-end
+    flags, the value of a truncated episode's final observation); it returns the
+    envs whose episode ended as a bool tensor on the buffer's device when there is a
+    policy state to reset (else None). :meth:`finish` does the once-per-rollout
+    part (checks, bootstrap value, episode statistics) and returns the number of
+    invalid actions.
+    """
+
+    def step(
+        self, t: int, action: torch.Tensor, pstate: PolicyState, value_of: StatefulValueFn
+    ) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def finish(self, pstate: PolicyState, value_of: StatefulValueFn) -> int:
+        raise NotImplementedError
+
+
+class _NumpyEnvSteps(_EnvSteps):
+    """A numpy (Gymnasium) vector env, adapted to tensors at the boundary.
+
+    Actions go to the host, observations and masks (validated by
+    :func:`read_masks`) come back into the buffer's tensors; rewards and flags
+    are gathered on the host and copied once per rollout; a truncated episode's
+    final observation is valued at once (any number of truncations per rollout).
+    """
+
+    def __init__(
+        self,
+        envs: Any,
+        buf: RolloutBuffer,
+        state: RolloutState,
+        stats: EpisodeStats,
+        invalid_from_infos: bool,
+    ) -> None:
+        self.envs, self.buf, self.state, self.stats = envs, buf, state, stats
+        self.invalid_from_infos = invalid_from_infos
+        self.invalid = 0
+        with torch.inference_mode():
+            buf.final_values.zero_()  # once per rollout; truncated steps are filled in step
+
+    def step(
+        self, t: int, action: torch.Tensor, pstate: PolicyState, value_of: StatefulValueFn
+    ) -> torch.Tensor | None:
+        buf, state, N = self.buf, self.state, self.buf.num_envs
+        host = buf.host_scalars
+        next_obs, reward, terminated, truncated, infos = self.envs.step(action.cpu().numpy())
+        mask = read_masks(infos, N, buf.n_logits, buf.nvec)
+        if self.invalid_from_infos:
+            self.invalid += invalid_actions_in_infos(infos, N)
+        copy_obs_(index_obs(buf.obs, t + 1), next_obs)
+        buf.masks[t + 1].copy_(torch.from_numpy(mask), non_blocking=True)
+        trunc = np.asarray(truncated, dtype=bool) & ~np.asarray(terminated, dtype=bool)
+        host[0, t] = reward
+        host[1, t] = terminated
+        host[2, t] = trunc
+        if trunc.any():
+            dev = buf.device
+            idx = np.flatnonzero(trunc)
+            final = obs_to_tensor(_final_obs_batch(infos, idx), dev, buf.obs_spec)
+            rows = torch.as_tensor(idx, device=dev)
+            final_state = None if pstate is None else select_state_rows(pstate, rows)
+            buf.final_values[t, rows] = value_of(final, final_state).float()
+        state.episode_returns += reward
+        state.episode_lengths += 1
+        done = np.logical_or(terminated, truncated)
+        if not done.any():
+            return None
+        stats = self.stats
+        for i in np.flatnonzero(done):
+            stats.returns.append(float(state.episode_returns[i]))
+            stats.lengths.append(int(state.episode_lengths[i]))
+            stats.game_ids.append(int(state.game_ids[i]))
+        state.episode_returns[done] = 0.0
+        state.episode_lengths[done] = 0
+        return None if pstate is None else torch.from_numpy(done).to(buf.device)
+
+    def finish(self, pstate: PolicyState, value_of: StatefulValueFn) -> int:
+        buf, T = self.buf, self.buf.num_steps
+        host = buf.host_scalars
+        check_rollout_finite(buf, self.state.steps, torch.from_numpy(host[0]))
+        buf.next_value.copy_(value_of(index_obs(buf.obs, T), pstate))
         # Counted once per rollout, never corrected: a policy that picks a masked
         # action is a bug the invalid_action_rate chart must show.
-        if not invalid_from_infos:
-            invalid = buffer.count_invalid_actions()
+        invalid = self.invalid if self.invalid_from_infos else buf.count_invalid_actions()
         scalars = torch.from_numpy(host)
         buf.rewards.copy_(scalars[0])
         buf.terminated.copy_(scalars[1])
         buf.truncated.copy_(scalars[2])
-    state.invalid_actions += int(invalid)
-    state.steps += T * N
+        return invalid
 
 
-def _collect_rollout_on_device(
-    envs: Any,
-    buf: RolloutBuffer,
-    state: RolloutState,
-    act: ActFn,
-    value_fn: ValueFn,
-    stats: EpisodeStats,
-) -> None:
-    """:func:`collect_rollout` for a torch-backend env: nothing leaves the device per step.
+class _TorchEnvSteps(_EnvSteps):
+    """A torch-backend env: nothing leaves the device per step.
 
     Observations, masks, rewards and episode-end flags are copied device to device
     into the buffer. The final observation of a *truncated* episode is kept in a
-    per-env slot (selected with ``torch.where``, no host sync) and its value is
-    computed once at the end of the rollout; an env can be truncated at most once
-    per rollout as long as ``num_steps`` is below the time limit (checked). Episode
-    statistics and the non-finite, empty-mask and invalid-action checks cost one
-    host transfer each per rollout. An env truncated twice within one rollout (only
-    possible when ``num_steps`` exceeds the env's time limit, 10,000 steps for the
-    MinAtar ids) is refused with a ValueError rather than bootstrapped wrongly.
+    per-env slot (selected with ``torch.where``, no host sync) -- with the policy
+    state of that step, when there is one -- and its value is computed once at the
+    end of the rollout; an env can be truncated at most once per rollout as long as
+    ``num_steps`` is below the time limit (checked). Episode statistics and the
+    non-finite, empty-mask and invalid-action checks cost one host transfer each
+    per rollout. An env truncated twice within one rollout (only possible when
+    ``num_steps`` exceeds the env's time limit, 10,000 steps for the MinAtar ids)
+    is refused with a ValueError rather than bootstrapped wrongly.
     """
-    T, N = buf.num_steps, buf.num_envs
-    ep_r = torch.zeros((T, N), device=buf.device)
-    ep_l = torch.zeros((T, N), dtype=torch.int64, device=buf.device)
-    ep_done = torch.zeros((T, N), dtype=torch.bool, device=buf.device)
-    final = alloc_obs(buf.obs_spec, (N,), buf.device)
-    with torch.inference_mode():
-        for t in range(T):
-            action, logp, value = act(index_obs(buf.obs, t), buf.masks[t])
-            buf.actions[t] = action
-            buf.logprobs[t] = logp
-            buf.values[t] = value
-            next_obs, reward, terminated, truncated, infos = envs.step(action)
-            _copy_tensor_obs_(index_obs(buf.obs, t + 1), next_obs)
-            buf.masks[t + 1].copy_(infos["action_mask"])
-            trunc = truncated & ~terminated
-            buf.rewards[t] = reward
-            buf.terminated[t] = terminated
-            buf.truncated[t] = trunc
-            if isinstance(final, dict):
-                for k, v in final.items():
-                    sel = trunc.view((N,) + (1,) * (v.dim() - 1))
-                    v.copy_(torch.where(sel, infos["final_obs"][k], v))
-            else:
-                keep = trunc.view((N,) + (1,) * (final.dim() - 1))
-                final.copy_(torch.where(keep, infos["final_obs"], final))
-            ep_done[t] = infos["_episode"]
-            ep_r[t] = infos["episode"]["r"]
-            ep_l[t] = infos["episode"]["l"]
+
+    def __init__(
+        self, envs: Any, buf: RolloutBuffer, state: RolloutState, stats: EpisodeStats
+    ) -> None:
+        self.envs, self.buf, self.state, self.stats = envs, buf, state, stats
+        T, N = buf.num_steps, buf.num_envs
+        self.ep_r = torch.zeros((T, N), device=buf.device)
+        self.ep_l = torch.zeros((T, N), dtype=torch.int64, device=buf.device)
+        self.ep_done = torch.zeros((T, N), dtype=torch.bool, device=buf.device)
+        self.final = alloc_obs(buf.obs_spec, (N,), buf.device)
+        # The policy state after a truncated episode's last step (its final value's state).
+        self.final_state = map_state(torch.zeros_like, state.policy_state)
+
+    def step(
+        self, t: int, action: torch.Tensor, pstate: PolicyState, value_of: StatefulValueFn
+    ) -> torch.Tensor | None:
+        buf, N, final = self.buf, self.buf.num_envs, self.final
+        next_obs, reward, terminated, truncated, infos = self.envs.step(action)
+        _copy_tensor_obs_(index_obs(buf.obs, t + 1), next_obs)
+        buf.masks[t + 1].copy_(infos["action_mask"])
+        trunc = truncated & ~terminated
+        buf.rewards[t] = reward
+        buf.terminated[t] = terminated
+        buf.truncated[t] = trunc
+        if isinstance(final, dict):
+            for k, v in final.items():
+                sel = trunc.view((N,) + (1,) * (v.dim() - 1))
+                v.copy_(torch.where(sel, infos["final_obs"][k], v))
+        else:
+            keep = trunc.view((N,) + (1,) * (final.dim() - 1))
+            final.copy_(torch.where(keep, infos["final_obs"], final))
+        self.ep_done[t] = infos["_episode"]
+        self.ep_r[t] = infos["episode"]["r"]
+        self.ep_l[t] = infos["episode"]["l"]
+        if pstate is None:
+            return None
+        self.final_state = _where_rows(trunc, pstate, self.final_state)
+        return terminated | truncated
+
+    def finish(self, pstate: PolicyState, value_of: StatefulValueFn) -> int:
+        buf, T = self.buf, self.buf.num_steps
         truncs = buf.truncated.sum(0)
         if bool((truncs > 1).any()):
             raise ValueError(
                 f"an env was truncated twice in one rollout of {T} steps: num_steps must be "
                 "below the env's time limit"
             )
-        buf.final_values.copy_(buf.truncated * value_fn(final).float().unsqueeze(0))
-        check_rollout_finite(buf, state.steps, buf.rewards)
-        buf.next_value.copy_(value_fn(index_obs(buf.obs, T)))
+        final_values = value_of(self.final, self.final_state).float().unsqueeze(0)
+        buf.final_values.copy_(buf.truncated * final_values)
+        check_rollout_finite(buf, self.state.steps, buf.rewards)
+        buf.next_value.copy_(value_of(index_obs(buf.obs, T), pstate))
         if not bool(buf.masks[1:].any(dim=-1).all()):
             t, i = _first_bad(~buf.masks[1:].any(dim=-1)) or (0, 0)
             raise ValueError(f"action mask has no valid action for env index {i} at step {t}")
         invalid = buf.count_invalid_actions()
+        ep_done = self.ep_done
         idx = torch.nonzero(ep_done)  # [E, 2] (t, env), in time order
         if idx.numel():
-            r = ep_r[ep_done].cpu().tolist()
-            ln = ep_l[ep_done].cpu().tolist()
+            r = self.ep_r[ep_done].cpu().tolist()
+            ln = self.ep_l[ep_done].cpu().tolist()
             envs_idx = idx[:, 1].cpu().numpy()
+            stats = self.stats
             stats.returns.extend(float(x) for x in r)
             stats.lengths.extend(int(x) for x in ln)
-            stats.game_ids.extend(int(state.game_ids[i]) for i in envs_idx)
-    state.invalid_actions += int(invalid)
-    state.steps += T * N
+            stats.game_ids.extend(int(self.state.game_ids[i]) for i in envs_idx)
+        return invalid

@@ -45,17 +45,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from maskrl.agents.checkpoint import clean_stale_temporaries
-from maskrl.agents.config import PPOConfig, check_types
+from maskrl.agents.config import (  # noqa: F401  (RunConfig & co. stay importable from here)
+    _RUN_NAME,
+    DEFAULT_TOTAL_TIMESTEPS,
+    MAX_RUN_NAME,
+    ExpertsConfig,
+    PPOConfig,
+    RunConfig,
+    check_run_name,
+)
 from maskrl.agents.distributed import DataParallel, check_world_size
 from maskrl.agents.evaluation import MAX_EPISODES, evaluate
 from maskrl.agents.ppo import PPO
+from maskrl.agents.registry import RunContext, TrainerSpec, get_trainer, register_trainer
 from maskrl.agents.trainer import NonFiniteError
 from maskrl.stop import StopRequest
 
@@ -65,109 +74,12 @@ __all__ = [
     "RunLock",
     "StopRequest",
     "TrainingInterrupted",
+    "run_trainer",
     "run_training",
     "train_experts",
     "train_mimic",
     "train_ppo",
 ]
-
-#: ``total_timesteps`` of a new run when none is given.
-DEFAULT_TOTAL_TIMESTEPS = 1_000_000
-#: Longest run-folder name accepted (file systems allow 255 bytes; leave room for suffixes).
-MAX_RUN_NAME = 128
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
-
-
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class RunConfig:
-    """What to train on and where the run goes (the rest is the trainer's config)."""
-
-    env: str = _f(
-        "maskrl/MinAtar-Breakout-v0",
-        "Gymnasium id with an action-mask source (or module:id, which imports the module "
-        "that registers it); several ids separated by commas train one multi-game agent",
-    )
-    total_timesteps: int | None = _f(
-        None,
-        f"environment steps to train for, all envs counted (default: {DEFAULT_TOTAL_TIMESTEPS:,} "
-        "for a new run; on --resume, the run's own total)",
-    )
-    run_name: str | None = _f(
-        None, "run folder name under --runs-dir (default: <env>__<seed>__<time>)"
-    )
-    runs_dir: str = _f("runs", "parent folder of run folders")
-    resume: str | None = _f(
-        None, "continue the run in this folder (runs/<name>) from its checkpoint"
-    )
-    preset: str | None = _f(
-        None,
-        "settings preset from maskrl.agents.PRESETS ('fast', 'reference', 'minatar'); "
-        "flags given explicitly override it",
-    )
-    init_from: str | None = _f(
-        None,
-        "start a new PPO run from this run folder's (or checkpoint's) weights: a PPO run, "
-        "an expert or an Actor-Mimic student (see maskrl.agents.transfer)",
-    )
-    init_layers: str = _f(
-        "encoder", "with --init-from: the layers taken, encoder or all (encoder and heads)"
-    )
-    checkpoint_every: int = _f(100_000, "write checkpoint.pt every this many steps")
-    eval_episodes: int = _f(10, "episodes (per game) of the final evaluation; 0 to skip")
-    progress: bool = _f(True, "show a progress bar")
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the field and flag of an impossible value."""
-        check_types(self)
-        if self.total_timesteps is not None and not 1 <= self.total_timesteps <= 10**13:
-            raise ValueError(
-                f"total_timesteps (--total-timesteps) must be in [1, 1e13], got {self.total_timesteps}"
-            )
-        if self.checkpoint_every < 1:
-            raise ValueError(
-                f"checkpoint_every (--checkpoint-every) must be >= 1, got {self.checkpoint_every}"
-            )
-        if not 0 <= self.eval_episodes <= MAX_EPISODES:
-            raise ValueError(
-                f"eval_episodes (--eval-episodes) must be in [0, {MAX_EPISODES:,}], "
-                f"got {self.eval_episodes}"
-            )
-        if not self.env_ids:
-            raise ValueError("env (--env) is empty")
-        dup = sorted({e for e in self.env_ids if self.env_ids.count(e) > 1})
-        if dup:
-            raise ValueError(f"env (--env) lists {', '.join(dup)} more than once")
-        if self.run_name is not None:
-            check_run_name(self.run_name)
-        if self.init_layers not in ("encoder", "all"):
-            raise ValueError(
-                f"init_layers (--init-layers) must be encoder or all, got {self.init_layers!r}"
-            )
-
-    @property
-    def env_ids(self) -> list[str]:
-        return [e.strip() for e in self.env.split(",") if e.strip()]
-
-    @property
-    def total(self) -> int:
-        return self.total_timesteps if self.total_timesteps is not None else DEFAULT_TOTAL_TIMESTEPS
-
-
-def check_run_name(name: str) -> None:
-    """A run name is a plain folder name: letters, digits and ``._+=@-``, at most 128 characters."""
-    if len(name) > MAX_RUN_NAME:
-        raise ValueError(
-            f"run_name (--run-name) is {len(name)} characters long; at most {MAX_RUN_NAME} are allowed"
-        )
-    if not _RUN_NAME.match(name) or name in (".", ".."):
-        raise ValueError(
-            f"run_name (--run-name) {name!r} must be a plain folder name "
-            "(letters, digits and ._+=@-, not starting with a dot or dash)"
-        )
 
 
 class TrainingInterrupted(Exception):
@@ -644,88 +556,92 @@ def check_resume_total(asked: int | None, step: int, run_dir: Path, saved: Any =
         )
 
 
-def train_ppo(
+def run_trainer(
+    name: str,
     run: RunConfig,
-    config: PPOConfig,
+    config: Any,
     stop: StopRequest | None = None,
     data_parallel: DataParallel | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a masked PPO run and evaluate it; returns the evaluation summary.
+    """Train (or resume) a run of the registered trainer ``name`` and evaluate it.
 
-    ``data_parallel``: this process is one rank of a torchrun job
-    (:mod:`maskrl.agents.distributed`); rank 0 alone writes the run folder and
-    evaluates, and a resume needs the world size the run was trained with.
+    The flow every trainer shares: validate; on ``run.resume``, open and lock
+    the saved run, check the world size, load the trainer
+    (:meth:`TrainerSpec.load <maskrl.agents.registry.TrainerSpec.load>`), refuse a
+    ``--total-timesteps`` below its step and call the trainer's ``on_resume``;
+    for a new run, build the trainer (its ``build``), allocate its rollout
+    buffer, name, create and lock the run folder. Then write ``config.json``
+    (``run``, the config under ``name``, ``device``, the trainer's ``record``
+    entries, a job's ``world_size``) and hand over to :func:`run_training`.
+
+    ``options``: trainer-specific run options its hooks read (Actor-Mimic's
+    ``experts`` folder and ``finetune_ppo``).
+
+    Returns:
+        the evaluation summary (see :func:`run_training`).
 
     Raises:
-        ValueError: bad input (unknown env, no mask source, impossible config,
-            missing or corrupt checkpoint, an unusable run folder, a run folder
-            in use, a ``--total-timesteps`` below a resumed run's step, a rollout
-            buffer that cannot fit in memory), or a non-finite value stopped training.
-        TrainingInterrupted: after a stop request, once the checkpoint is written.
+        ValueError: bad input, an unusable or busy run folder, a missing or
+            corrupt checkpoint, a buffer that cannot fit, a non-finite value.
+        TrainingInterrupted: after a stop request, once the checkpoint is written
+            (or, stopped while a resume was being set up, with nothing changed).
     """
-    from maskrl.agents.trainer import resolve_device
+    return _run_trainer(name, run, config, stop, data_parallel, options).summary
 
+
+@dataclass
+class _Finished:
+    summary: dict[str, Any]
+    ctx: RunContext
+
+
+def _run_trainer(
+    name: str,
+    run: RunConfig,
+    config: Any,
+    stop: StopRequest | None,
+    data_parallel: DataParallel | None,
+    options: dict[str, Any] | None,
+) -> _Finished:
+    """:func:`run_trainer`, also returning the run's context (its trainer, run folder)."""
+    spec = get_trainer(name)
     run.validate()
     config.validate()
-    if run.resume and run.init_from is not None:
-        raise ValueError(
-            "--init-from starts a new run from another run's weights; --resume continues a "
-            "run from its own checkpoint: give one or the other"
-        )
     dp = data_parallel
     main = dp is None or dp.is_main
     if dp is not None:
         dp.setup_done = False  # every rank is setting up: a setup error is agreed on
+    ctx = RunContext(run, config, stop, dp, dict(options or {}), main=main)
     lock: RunLock | None = None
     resume_dir = Path(run.resume) if run.resume else None
-    init: dict[str, Any] | None = None
     try:
         try:
             with _phase(stop, "setup"):
                 if run.resume:
                     asked = run.total_timesteps
                     run, saved, run_dir, lock = open_resumed_run(run, lock=main)
-                    check_world_size(saved, dp, run_dir)
-                    agent = PPO.load(run_dir / "checkpoint.pt", config.device, data_parallel=dp)
+                    ctx.run, ctx.saved, ctx.run_dir = run, saved, run_dir
+                    check_world_size(saved, dp, run_dir, name)
+                    trainer = spec.load(run_dir / "checkpoint.pt", config.device, dp)
+                    ctx.trainer = trainer
                     check_resume_total(
-                        asked, agent.global_step, run_dir, saved["run"].get("total_timesteps")
+                        asked, trainer.global_step, run_dir, saved["run"].get("total_timesteps")
                     )
-                    c = agent.config
-                    _check_fits_first(
-                        stop, run.env_ids, agent.num_envs_local, c.num_steps, agent.device,
-                        c.env_backend,
-                    )  # fmt: skip
-                    agent.envs = _make_env(
-                        c, run.env_ids, agent.device, agent.policy.is_multigame, agent
-                    )
-                    agent.env_ids = run.env_ids
-                    config = agent.config
+                    if spec.on_resume is not None:
+                        spec.on_resume(trainer, ctx)
                 else:
                     if run.total_timesteps is None:
                         run.total_timesteps = DEFAULT_TOTAL_TIMESTEPS
-                    if dp is not None:
-                        dp.check_config(config)  # before any env is built
-                    # Before the envs are built: an impossible buffer is refused at once.
-                    _check_fits_first(
-                        stop, run.env_ids,
-                        config.num_envs if dp is None else dp.local_envs(config.num_envs),
-                        config.num_steps, resolve_device(config.device), config.env_backend,
-                    )  # fmt: skip
-                    if run.init_from is not None:
-                        from maskrl.agents.transfer import build_ppo_from
-
-                        agent, init = build_ppo_from(
-                            run.env_ids, config, run.init_from, run.init_layers, dp
-                        )
-                    else:
-                        agent = PPO(run.env_ids, config, data_parallel=dp)
+                    trainer = ctx.trainer = spec.build(ctx)
                     try:
-                        agent.allocate()  # fails on an impossible buffer before a folder is made
-                        run_dir = new_run_dir(run, config.seed)
+                        trainer.allocate()  # fails on an impossible buffer before a folder is made
+                        run_dir = ctx.run_dir = new_run_dir(run, trainer.config.seed)
                         if main:
                             lock = prepare_run_dir(run_dir)
                     except BaseException:
-                        agent.envs.close()
+                        if trainer.envs is not None:
+                            trainer.envs.close()
                         raise
         except KeyboardInterrupt:
             if resume_dir is None:
@@ -737,28 +653,106 @@ def train_ppo(
                 False,
                 message=f"stopped before training resumed; {resume_dir} is unchanged",
             ) from None
+        config = trainer.config
         hparams = {**dataclasses.asdict(run), **config.to_dict()}
-        saved_json: dict[str, Any] = {
-            "run": dataclasses.asdict(run),
-            "ppo": config.to_dict(),
-            "device": str(agent.device),
-        }
-        if init is None and run.resume:
-            init = saved.get("init")  # what the run started from stays recorded
-        elif init is not None:
-            for note in init["notes"]:
-                print(f"init-from: {note}", file=sys.stderr)
-        if init is not None:
-            saved_json["init"] = init
+        record = {"run": dataclasses.asdict(run), name: config.to_dict()}
+        if spec.record is not None:
+            record.update(spec.record(trainer, ctx))
+        record["device"] = str(trainer.device)
         # Written only now that everything loaded: a failed resume leaves config.json alone.
         if main:
-            _write_json(run_dir / "config.json", {**saved_json, **_world(dp)})
-        return run_training(
-            agent, run_dir, run, hparams, bool(run.resume), stop, eval_seed=config.seed + 10_000
-        )
+            _write_json(run_dir / "config.json", {**record, **_world(dp)})
+        if (
+            spec.reuse_evaluation
+            and run.resume
+            and (run_dir / "eval.json").is_file()
+            and trainer.global_step >= run.total
+        ):
+            # Trained and evaluated already (e.g. stopped before a follow-up began).
+            trainer.envs.close()
+            summary = json.loads((run_dir / "eval.json").read_text())
+        else:
+            summary = run_training(
+                trainer, run_dir, run, hparams, bool(run.resume), stop,
+                eval_seed=config.seed + 10_000,
+            )  # fmt: skip
+        return _Finished(summary, ctx)
     finally:
         if lock is not None:
             lock.release()
+
+
+def train_ppo(
+    run: RunConfig,
+    config: PPOConfig,
+    stop: StopRequest | None = None,
+    data_parallel: DataParallel | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) a masked PPO run and evaluate it; returns the evaluation summary.
+
+    ``data_parallel``: this process is one rank of a torchrun job
+    (:mod:`maskrl.agents.distributed`); rank 0 alone writes the run folder and
+    evaluates, and a resume needs the world size the run was trained with.
+    ``run_trainer("ppo", ...)`` (:func:`run_trainer`) with the ``--init-from`` check.
+
+    Raises:
+        ValueError: bad input (unknown env, no mask source, impossible config,
+            missing or corrupt checkpoint, an unusable run folder, a run folder
+            in use, a ``--total-timesteps`` below a resumed run's step, a rollout
+            buffer that cannot fit in memory), or a non-finite value stopped training.
+        TrainingInterrupted: after a stop request, once the checkpoint is written.
+    """
+    run.validate()
+    config.validate()
+    if run.resume and run.init_from is not None:
+        raise ValueError(
+            "--init-from starts a new run from another run's weights; --resume continues a "
+            "run from its own checkpoint: give one or the other"
+        )
+    return run_trainer("ppo", run, config, stop, data_parallel)
+
+
+def _build_ppo(ctx: RunContext) -> PPO:
+    """The ``ppo`` trainer's ``build``: a new agent (or one ``--init-from`` another run)."""
+    from maskrl.agents.trainer import resolve_device
+
+    run, config, dp = ctx.run, ctx.config, ctx.data_parallel
+    if dp is not None:
+        dp.check_config(config)  # before any env is built
+    # Before the envs are built: an impossible buffer is refused at once.
+    _check_fits_first(
+        ctx.stop, run.env_ids,
+        config.num_envs if dp is None else dp.local_envs(config.num_envs),
+        config.num_steps, resolve_device(config.device), config.env_backend,
+    )  # fmt: skip
+    if run.init_from is not None:
+        from maskrl.agents.transfer import build_ppo_from
+
+        agent, init = build_ppo_from(run.env_ids, config, run.init_from, run.init_layers, dp)
+        ctx.options["init"] = init
+        return agent
+    return PPO(run.env_ids, config, data_parallel=dp)
+
+
+def _resume_ppo(agent: PPO, ctx: RunContext) -> None:
+    """The ``ppo`` trainer's ``on_resume``: the loaded agent gets its envs."""
+    c, run = agent.config, ctx.run
+    _check_fits_first(
+        ctx.stop, run.env_ids, agent.num_envs_local, c.num_steps, agent.device, c.env_backend
+    )
+    agent.envs = _make_env(c, run.env_ids, agent.device, agent.policy.is_multigame, agent)
+    agent.env_ids = run.env_ids
+
+
+def _record_ppo(agent: PPO, ctx: RunContext) -> dict[str, Any]:
+    """The ``ppo`` trainer's ``record``: what an ``--init-from`` run started from."""
+    init = ctx.options.get("init")
+    if init is None and ctx.saved is not None:
+        init = ctx.saved.get("init")  # what the run started from stays recorded
+    elif init is not None:
+        for note in init["notes"]:
+            print(f"init-from: {note}", file=sys.stderr)
+    return {} if init is None else {"init": init}
 
 
 def _make_env(
@@ -859,13 +853,16 @@ def train_experts(
     config: PPOConfig,
     total_timesteps: int,
     run_name: str,
-    runs_dir: str = "runs",
-    eval_episodes: int = 50,
-    progress: bool = True,
+    runs_dir: str = ExpertsConfig.runs_dir,
+    eval_episodes: int = ExpertsConfig.eval_episodes,
+    progress: bool = ExpertsConfig.progress,
     stop: StopRequest | None = None,
-    checkpoint_every: int = 100_000,
+    checkpoint_every: int = ExpertsConfig.checkpoint_every,
 ) -> dict[str, Any]:
     """Train one masked-PPO expert per game into ``runs_dir/run_name/<game>/``.
+
+    The defaults are :class:`~maskrl.agents.config.ExpertsConfig`'s (as the
+    ``train.py experts`` flags).
 
     Each expert is a normal run (``train.py eval`` accepts it). A game whose run
     already finished (it has ``eval.json``) is kept; one with only a checkpoint
@@ -1004,17 +1001,11 @@ def train_mimic(
     and fine-tunes the new student afresh. ``run.resume`` naming the fine-tune
     folder itself is refused with the command that continues it.
     """
-    from maskrl.agents.mimic import ActorMimic, MimicConfig, load_experts
-    from maskrl.agents.trainer import resolve_device
-
     run.validate()
     if run.init_from is not None:
         raise ValueError("init_from (--init-from) applies to PPO runs only")
     _check_finetune_steps(finetune_ppo)
     dp = data_parallel
-    main = dp is None or dp.is_main
-    if dp is not None:
-        dp.setup_done = False
     if run.resume:
         parent = _mimic_of_finetune(Path(run.resume))
         if parent is not None:
@@ -1025,74 +1016,16 @@ def train_mimic(
         if (Path(run.resume) / "finetune" / "checkpoint.pt").is_file():
             saved_total = load_run_config(Path(run.resume))[0].total_timesteps
             if run.total_timesteps in (None, saved_total):  # no more distillation asked
+                if dp is not None:
+                    dp.setup_done = False
                 return _resume_finetune(run, config, finetune_ppo, stop, dp)
-    lock: RunLock | None = None
-    try:
-        if run.resume:
-            asked = run.total_timesteps
-            run, saved, run_dir, lock = open_resumed_run(run, lock=main)
-            check_world_size(saved, dp, run_dir, "mimic")
-            if finetune_ppo is None:
-                finetune_ppo = int(saved.get("finetune_ppo") or 0)
-            trainer = ActorMimic.load(run_dir / "checkpoint.pt", config.device, dp)
-            check_resume_total(
-                asked, trainer.global_step, run_dir, saved["run"].get("total_timesteps")
-            )
-            fine = run_dir / "finetune"
-            if main and (fine / "checkpoint.pt").is_file() and trainer.global_step < run.total:
-                # More distillation: the fine-tune there started from the student as it
-                # was; kept under another name, never resumed for the new student.
-                os.replace(fine, run_dir / f"finetune-from-step-{trainer.global_step}")
-            experts_dir = saved.get("experts")
-        else:
-            if not experts_dir:
-                raise ValueError("--experts is required: a folder written by train.py experts")
-            assert isinstance(config, MimicConfig)
-            config.validate()
-            experts = load_experts(experts_dir, device=config.device)
-            experts_dir = str(Path(experts_dir).absolute())  # as the checkpoint records them
-            run.env = ",".join(x.env_id for x in experts)
-            run_dir = new_run_dir(run, config.seed)
-            if run.total_timesteps is None:
-                run.total_timesteps = DEFAULT_TOTAL_TIMESTEPS
-            # Before the envs are built, as for PPO: an impossible buffer is refused at once.
-            if dp is not None:
-                dp.check_config(config, games=len(experts))
-            _check_fits_first(
-                stop, run.env_ids,
-                config.num_envs if dp is None else dp.local_envs(config.num_envs),
-                config.num_steps, resolve_device(config.device), multigame=True,
-            )  # fmt: skip
-            trainer = ActorMimic(experts, config, dp)
-            trainer.allocate()
-            if main:
-                lock = prepare_run_dir(run_dir)
-        finetune_ppo = finetune_ppo or 0
-        hparams = {**dataclasses.asdict(run), **trainer.config.to_dict()}
-        if main:
-            _write_json(
-                run_dir / "config.json",
-                {
-                    "run": dataclasses.asdict(run),
-                    "mimic": trainer.config.to_dict(),
-                    "experts": str(experts_dir),
-                    "finetune_ppo": finetune_ppo,
-                    "device": str(trainer.device),
-                    **_world(dp),
-                },
-            )
-        if run.resume and (run_dir / "eval.json").is_file() and trainer.global_step >= run.total:
-            # Distilled and evaluated already (stopped before its fine-tune began).
-            trainer.envs.close()
-            summary = json.loads((run_dir / "eval.json").read_text())
-        else:
-            summary = run_training(
-                trainer, run_dir, run, hparams, bool(run.resume), stop,
-                eval_seed=trainer.config.seed + 10_000,
-            )  # fmt: skip
-    finally:
-        if lock is not None:
-            lock.release()
+    done = _run_trainer(
+        "mimic", run, config, stop, dp, {"experts": experts_dir, "finetune_ppo": finetune_ppo}
+    )
+    summary, ctx = done.summary, done.ctx
+    trainer, run, run_dir = ctx.trainer, ctx.run, ctx.run_dir
+    assert run_dir is not None
+    finetune_ppo = int(ctx.options["finetune_ppo"] or 0)
     if finetune_ppo > 0:
         try:
             if (run_dir / "finetune" / "checkpoint.pt").is_file():
@@ -1193,3 +1126,82 @@ def _resume_finetune(
         e.resume = run_dir
         raise
     return summary
+
+
+def _build_mimic(ctx: RunContext) -> Any:
+    """The ``mimic`` trainer's ``build``: a student of the experts in ``options["experts"]``."""
+    from maskrl.agents.mimic import ActorMimic, load_experts
+    from maskrl.agents.trainer import resolve_device
+
+    run, config, dp = ctx.run, ctx.config, ctx.data_parallel
+    experts_dir = ctx.options.get("experts")
+    if not experts_dir:
+        raise ValueError("--experts is required: a folder written by train.py experts")
+    experts = load_experts(experts_dir, device=config.device)
+    ctx.options["experts"] = str(Path(experts_dir).absolute())  # as the checkpoint records them
+    run.env = ",".join(x.env_id for x in experts)
+    new_run_dir(run, config.seed)  # a folder that holds a run is refused before any env is built
+    # Before the envs are built, as for PPO: an impossible buffer is refused at once.
+    if dp is not None:
+        dp.check_config(config, games=len(experts))
+    _check_fits_first(
+        ctx.stop, run.env_ids,
+        config.num_envs if dp is None else dp.local_envs(config.num_envs),
+        config.num_steps, resolve_device(config.device), multigame=True,
+    )  # fmt: skip
+    return ActorMimic(experts, config, dp)
+
+
+def _resume_mimic(trainer: Any, ctx: RunContext) -> None:
+    """The ``mimic`` trainer's ``on_resume``: its saved experts folder and fine-tune setting.
+
+    A resume that distils further keeps an existing fine-tune (it started from
+    the student as it was) as ``finetune-from-step-<step>``.
+    """
+    assert ctx.saved is not None and ctx.run_dir is not None
+    if ctx.options.get("finetune_ppo") is None:
+        ctx.options["finetune_ppo"] = int(ctx.saved.get("finetune_ppo") or 0)
+    ctx.options["experts"] = ctx.saved.get("experts")
+    fine = ctx.run_dir / "finetune"
+    if ctx.main and (fine / "checkpoint.pt").is_file() and trainer.global_step < ctx.run.total:
+        os.replace(fine, ctx.run_dir / f"finetune-from-step-{trainer.global_step}")
+
+
+def _record_mimic(trainer: Any, ctx: RunContext) -> dict[str, Any]:
+    """The ``mimic`` trainer's ``record``: its experts folder and fine-tune steps."""
+    return {
+        "experts": str(ctx.options.get("experts")),
+        "finetune_ppo": int(ctx.options.get("finetune_ppo") or 0),
+    }
+
+
+def _register_builtins() -> None:
+    from maskrl.agents.mimic import ActorMimic, MimicConfig
+
+    register_trainer(
+        TrainerSpec(
+            name="ppo",
+            trainer_class=PPO,
+            config_class=PPOConfig,
+            build=_build_ppo,
+            formats=("maskrl.ppo/1", PPO.FORMAT),
+            on_resume=_resume_ppo,
+            record=_record_ppo,
+            help="masked PPO",
+        )
+    )
+    register_trainer(
+        TrainerSpec(
+            name="mimic",
+            trainer_class=ActorMimic,
+            config_class=MimicConfig,
+            build=_build_mimic,
+            on_resume=_resume_mimic,
+            record=_record_mimic,
+            reuse_evaluation=True,
+            help="Actor-Mimic distillation of per-game experts into one student",
+        )
+    )
+
+
+_register_builtins()

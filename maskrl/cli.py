@@ -8,8 +8,10 @@
     python train.py plot runs/A runs/B --out curves.png   # learning curves (maskrl[plots])
     tensorboard --logdir runs
 
-Every flag is a field of a configuration dataclass (maskrl.agents.PPOConfig,
-maskrl.agents.runner.RunConfig); ``--help`` shows each one's documentation.
+Every training flag is a field of a configuration dataclass (all in
+maskrl.agents.config: PPOConfig, MimicConfig, RunConfig, ExpertsConfig,
+DistConfig), so a flag's default is its field's; ``--help`` shows each one's
+documentation.
 Bad input prints one line and exits with status 2; Ctrl-C (or SIGTERM, as a
 cluster scheduler sends before it kills a job) finishes the current update,
 saves a checkpoint and exits with status 130 (143 for SIGTERM). Outside the
@@ -79,7 +81,16 @@ def add_dataclass_args(
         args = typing.get_args(tp)
         optional = (typing.get_origin(tp) in (typing.Union, types.UnionType)) and type(None) in args
         base = next((a for a in args if a is not type(None)), tp) if optional else tp
-        if base is bool:
+        if f.metadata.get("required"):
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                type=base,
+                required=True,
+                help=f.metadata.get("help", ""),
+                metavar=base.__name__.upper(),
+            )
+        elif base is bool:
             group.add_argument(
                 _flag(f.name),
                 dest=f.name,
@@ -105,12 +116,13 @@ def _pick(ns: argparse.Namespace, cls: type) -> Any:
     )
 
 
+#: The subcommands written out here; every other registered trainer's is built from the registry.
+_BUILTIN_COMMANDS = frozenset({"ppo", "experts", "mimic", "eval", "plot"})
+
+
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     """The command line's parser (``prog``: the name it shows, ``train.py`` or ``maskrl``)."""
-    from maskrl.agents.config import PPOConfig
-    from maskrl.agents.distributed import DistConfig
-    from maskrl.agents.mimic import MimicConfig
-    from maskrl.agents.runner import RunConfig
+    from maskrl.agents.config import DistConfig, ExpertsConfig, MimicConfig, PPOConfig, RunConfig
 
     # allow_abbrev=False: an abbreviated flag would escape the explicit-flag
     # detection that presets and --resume rely on.
@@ -138,19 +150,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         "runs/<name>/experts.json with each expert's evaluated mean return. A game whose run "
         "finished is kept; an interrupted one is resumed.",
     )
-    ex.add_argument("--env", required=True, help="env ids, comma-separated (one expert each)")
-    ex.add_argument(
-        "--total-timesteps", type=int, default=1_000_000, help="steps per expert (default: 1000000)"
-    )
-    ex.add_argument("--run-name", required=True, help="folder under --runs-dir for the experts")
-    ex.add_argument("--runs-dir", default="runs", help="parent folder (default: runs)")
-    ex.add_argument(
-        "--eval-episodes", type=int, default=50, help="evaluation episodes per expert (default: 50)"
-    )
-    ex.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
-    )
-    ex.add_argument("--preset", default=None, help="PPO settings preset (fast, reference, minatar)")
+    add_dataclass_args(ex, ExpertsConfig)
     # Experts are masked teachers: the masking ablation is `ppo`'s alone.
     add_dataclass_args(ex, PPOConfig, exclude=frozenset({"invalid_actions", "invalid_penalty"}))
     mi = sub.add_parser(
@@ -175,6 +175,23 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     )
     add_dataclass_args(mi, MimicConfig)
     add_dataclass_args(mi, DistConfig)
+    # Any other registered trainer (maskrl.agents.register_trainer) gets its own
+    # subcommand: the run's flags, its config's flags, torchrun's.
+    from maskrl.agents.registry import get_trainer, trainer_names
+
+    for name in trainer_names():
+        if name in _BUILTIN_COMMANDS:
+            continue
+        spec = get_trainer(name)
+        tr = sub.add_parser(
+            name,
+            allow_abbrev=False,
+            help=spec.help or f"train {name}",
+            description=f"Train {spec.help or name}; writes runs/<name>/.",
+        )
+        add_dataclass_args(tr, RunConfig, exclude=frozenset({"preset", "init_from", "init_layers"}))
+        add_dataclass_args(tr, spec.config_class)
+        add_dataclass_args(tr, DistConfig)
     ev = sub.add_parser(
         "eval",
         allow_abbrev=False,
@@ -520,6 +537,21 @@ def _dispatch(
             out = write_plot(ns.runs, ns.out, ns.tag, ns.x, ns.smooth, ns.group, ns.title, marks)
             print(f"wrote {out}")
             return 0
+        # A trainer registered beyond the built-in ones: the shared run harness.
+        from maskrl.agents.config import RunConfig
+        from maskrl.agents.registry import get_trainer
+
+        spec = get_trainer(ns.command)
+        run_cfg, cfg = _pick(ns, RunConfig), _pick(ns, spec.config_class)
+        given = _explicit_flags(argv)
+        if run_cfg.resume:
+            _check_resume_flags(given)
+        if hasattr(cfg, "qat"):
+            _check_qat_flags(given, cfg)
+        summary = _runner().run_trainer(ns.command, run_cfg, cfg, signals.stop, **ranks)
+        if rank0:
+            _print_summary(summary)
+        return 0
     except TrainingInterrupted as e:
         if ns.command == "experts":
             # The experts command resumes what it left: the same command continues it.
@@ -629,7 +661,7 @@ def _experts(ns: argparse.Namespace, argv: list[str], signals: _Signals) -> int:
     ids = [e.strip() for e in ns.env.split(",") if e.strip()]
     out = _runner().train_experts(
         ids, cfg, ns.total_timesteps, ns.run_name, ns.runs_dir, ns.eval_episodes,
-        ns.progress, signals.stop,
+        ns.progress, signals.stop, ns.checkpoint_every,
     )  # fmt: skip
     for e in out["experts"]:
         print(
