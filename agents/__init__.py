@@ -1,6 +1,7 @@
 """Training algorithms over masked vector environments (installed as ``maskrl.agents``).
 
-* :class:`PPO` -- masked PPO; :class:`ActorMimic` -- one multi-game student
+* :class:`PPO` -- masked PPO; :class:`RecurrentPPO` -- masked PPO with an
+  LSTM policy; :class:`ActorMimic` -- one multi-game student
   distilled from per-game experts (:func:`policy_regression_loss`);
   :class:`MaskedPolicy` / :func:`load_policy` -- a
   trained policy alone (inference, or a teacher);
@@ -28,6 +29,7 @@ from maskrl.agents.mimic_losses import (
 from maskrl.agents.networks import build_actor_critic
 from maskrl.agents.policy import MaskedPolicy, load_policy
 from maskrl.agents.ppo import PPO, compute_gae, ppo_loss
+from maskrl.agents.recurrent import RecurrentPPO
 from maskrl.agents.registry import (
     RunContext,
     TrainerSpec,
@@ -43,6 +45,7 @@ from maskrl.distributions import MaskedPolicyHead
 
 __all__ = [
     "PPO",
+    "RecurrentPPO",
     "ActorMimic",
     "FeatureRegressionHeads",
     "MimicConfig",

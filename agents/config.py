@@ -33,6 +33,8 @@ INVALID_ACTION_MODES: tuple[str, ...] = ("mask", "penalty", "none")
 #: useful step in maskrl's envs (a MinAtar point, a Knapsack item of value 1),
 #: so the penalty discourages an invalid action without swamping the returns.
 DEFAULT_INVALID_PENALTY = -0.1
+#: Units of recurrent PPO's LSTM when ``lstm_hidden`` (``--lstm-hidden``) is not given.
+DEFAULT_LSTM_HIDDEN = 128
 #: Most episodes (per game) one evaluation plays.
 MAX_EPISODES = 10_000_000
 
@@ -187,6 +189,15 @@ class PPOConfig(TrainerConfig):
         "width of the default network's dense encoder layer (None: the defaults, 128 for "
         "MinAtar grids, 512 for Atari frames, 64 for vectors)",
     )
+    recurrent: bool = _f(
+        False,
+        "recurrent PPO: an LSTM between the encoder and the heads, its state carried per env "
+        "and replayed over whole rollouts in the update (maskrl.agents.RecurrentPPO); "
+        "num_minibatches must divide num_envs",
+    )
+    lstm_hidden: int | None = _f(
+        None, f"units of the LSTM, --recurrent only (None: {DEFAULT_LSTM_HIDDEN})"
+    )
     invalid_actions: str = _f(
         "mask",
         "the masking ablation: mask (sample among the valid actions only), penalty (sample "
@@ -238,6 +249,25 @@ class PPOConfig(TrainerConfig):
                     f"penalty, not {self.invalid_actions!r}: drop it or add --invalid-actions penalty"
                 )
             _check(self, "invalid_penalty", math.isfinite(self.invalid_penalty), "finite")
+        if self.lstm_hidden is not None:
+            if not self.recurrent:
+                raise ValueError(
+                    "lstm_hidden (--lstm-hidden) applies only to recurrent PPO: add --recurrent "
+                    "or drop it"
+                )
+            _check(self, "lstm_hidden", 1 <= self.lstm_hidden <= 65536, "in [1, 65536] or None")
+        if self.recurrent:
+            if self.qat:
+                raise ValueError(
+                    "recurrent (--recurrent) does not combine with qat (--qat): the LSTM has no "
+                    "quantization-aware training; drop one of them"
+                )
+            if self.num_envs % self.num_minibatches:
+                raise ValueError(
+                    f"recurrent PPO splits the envs into minibatches of whole sequences: "
+                    f"num_minibatches={self.num_minibatches} (--num-minibatches) must divide "
+                    f"num_envs={self.num_envs} (--num-envs)"
+                )
         if self.invalid_actions != "mask" and self.env_backend != "numpy":
             # The batched torch games take no Gymnasium wrapper (InvalidActionPolicy).
             raise ValueError(

@@ -32,7 +32,10 @@ def evaluate(
 
     Args:
         agent: anything with ``predict(obs, action_mask, deterministic)``, e.g.
-            :class:`maskrl.agents.PPO`.
+            :class:`maskrl.agents.PPO`; or a recurrent agent (``is_recurrent``
+            true, e.g. :class:`maskrl.agents.RecurrentPPO`): its state is
+            carried through ``predict_recurrent(obs, action_mask, state,
+            deterministic, episode_start=...)`` and zeroed at each episode end.
         env_id: a registered id, a list of ids / a comma-separated string (the
             multi-game vector env: ``episodes`` episodes for *each* game); default:
             the ids the agent was trained on.
@@ -115,6 +118,10 @@ def evaluate(
         ep_ret = np.zeros(n)
         steps = np.zeros(n, dtype=np.int64)
         invalid = np.zeros(n, dtype=np.int64)
+        recurrent = bool(getattr(agent, "is_recurrent", False))
+        # A recurrent agent's state is carried from step to step and zeroed at episode ends.
+        pstate: Any = None
+        episode_start = np.zeros(n, dtype=np.bool_)
         obs, infos = envs.reset(seed=seed)
         n_logits = int(np.asarray(infos["action_mask"]).shape[1])
         nvec = getattr(getattr(agent, "head", None), "nvec", None)
@@ -126,12 +133,18 @@ def evaluate(
                 raise KeyboardInterrupt("evaluation stopped on request")
             mask = read_masks(infos, n, n_logits, nvec)
             shown = mask if use_mask else np.ones_like(mask)
-            action = agent.predict(obs, shown, deterministic=deterministic)
+            if recurrent:
+                action, pstate = agent.predict_recurrent(
+                    obs, shown, pstate, deterministic, episode_start=episode_start
+                )
+            else:
+                action = agent.predict(obs, shown, deterministic=deterministic)
             counted = quota > 0
             steps += counted
             invalid += counted & ~_action_valid(mask, np.asarray(action), offsets)
             obs, reward, term, trunc, infos = envs.step(action)
             ep_ret += reward
+            episode_start = np.logical_or(term, trunc)
             for i in np.flatnonzero(np.logical_or(term, trunc)):
                 if quota[i] > 0:
                     returns[i % k].append(float(ep_ret[i]))

@@ -28,6 +28,7 @@ from maskrl.networks import (
     MLPEncoder,
     MultiGameActorCritic,
     OneHotEncoder,
+    RecurrentActorCritic,
     SetActorCritic,
 )
 from maskrl.tokens import GridTokenEncoder
@@ -118,6 +119,7 @@ def build_actor_critic(
     hidden: int | None = None,
     attention_layers: int = 0,
     attention_heads: int = 1,
+    lstm_hidden: int | None = None,
 ) -> nn.Module:
     """Pick a default actor-critic from Gymnasium spaces.
 
@@ -156,6 +158,10 @@ def build_actor_critic(
             0: none (each item or token encoded on its own). Only for those
             two networks.
         attention_heads: heads of each self-attention block.
+        lstm_hidden: wrap the network in a
+            :class:`~maskrl.networks.RecurrentActorCritic` with an LSTM of this
+            many units between its encoder and its heads (recurrent PPO); None:
+            feedforward. Not for the set network (Knapsack).
 
     Raises:
         ValueError: for a space it has no default for (pass your own network);
@@ -177,6 +183,13 @@ def build_actor_critic(
     """
     from gymnasium import spaces
 
+    if lstm_hidden is not None:
+        base = build_actor_critic(
+            observation_space, action_space, obs_layout,
+            multigame_encoder=multigame_encoder, channels_per_game=channels_per_game,
+            hidden=hidden, attention_layers=attention_layers, attention_heads=attention_heads,
+        )  # fmt: skip
+        return RecurrentActorCritic(base, lstm_hidden)
     if obs_layout not in OBS_LAYOUTS:
         raise ValueError(f"obs_layout must be one of {OBS_LAYOUTS}, got {obs_layout!r}")
     if multigame_encoder not in MULTIGAME_ENCODERS:

@@ -204,6 +204,18 @@ class MaskedPolicy:
         """Whether the policy reads multi-game observations (``{"obs", "game_id"}``), even of one game."""
         return is_multigame_space(self.observation_space)
 
+    @property
+    def is_recurrent(self) -> bool:
+        """Whether the network carries a per-env state (recurrent PPO's LSTM): act with
+        :meth:`predict_recurrent` then."""
+        return bool(getattr(self.net, "is_recurrent", False))
+
+    def initial_state(self, batch: int) -> Any:
+        """The state of ``batch`` envs at the start of an episode (zeros ``(h, c)``; None if feedforward)."""
+        if not self.is_recurrent:
+            return None
+        return self.net.initial_state(batch, self.device)  # type: ignore[operator]
+
     # ------------------------------------------------------------------ acting
     def _check_obs(self, obs: Any, batch: int, single: bool) -> Any:
         """``obs`` as numpy with a batch dim; ValueError naming expected and given shapes."""
@@ -282,6 +294,11 @@ class MaskedPolicy:
             ValueError: a mask of the wrong shape or dtype, a row with no valid
                 action, or an observation whose shape is not the policy's.
         """
+        if self.is_recurrent:
+            raise ValueError(
+                "this policy is recurrent: act with predict_recurrent(obs, action_mask, state), "
+                "which returns the actions and the next state"
+            )
         if not isinstance(deterministic, (bool, np.bool_)):
             raise ValueError(f"deterministic must be True or False, got {deterministic!r}")
         mask, single = self.check_mask(action_mask)
@@ -297,6 +314,65 @@ class MaskedPolicy:
             )
         out = action.cpu().numpy()
         return out[0] if single else out
+
+    def predict_recurrent(
+        self,
+        obs: Any,
+        action_mask: Any,
+        state: Any = None,
+        deterministic: bool = False,
+        episode_start: Any = None,
+    ) -> tuple[np.ndarray, Any]:
+        """A recurrent policy's step: ``(actions, next_state)``; never a masked action.
+
+        Carry the returned state to the next call. ``state=None`` is the start
+        of an episode for every env (:meth:`initial_state`); ``episode_start``
+        (bool, one per env) zeroes the state of the envs whose episode begins
+        with this observation (after a reset). Shapes as in :meth:`predict`;
+        the state is ``(h, c)``, each ``[B, lstm_hidden]`` (``B = 1`` for a
+        single observation).
+
+        Raises:
+            ValueError: a feedforward policy (use :meth:`predict`), a state of
+                the wrong shape, or what :meth:`predict` refuses.
+        """
+        if not self.is_recurrent:
+            raise ValueError("this policy is feedforward: act with predict(obs, action_mask)")
+        if not isinstance(deterministic, (bool, np.bool_)):
+            raise ValueError(f"deterministic must be True or False, got {deterministic!r}")
+        mask, single = self.check_mask(action_mask)
+        batch = mask.shape[0]
+        arr = self._check_obs(obs, batch, single)
+        if state is None:
+            state = self.initial_state(batch)
+        want = (batch, int(self.net.lstm_hidden))  # type: ignore[arg-type]
+        if (
+            not isinstance(state, tuple | list)
+            or len(state) != 2
+            or any(not isinstance(x, torch.Tensor) or tuple(x.shape) != want for x in state)
+        ):
+            got = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in state] if isinstance(state, tuple | list) else type(state).__name__  # fmt: skip
+            raise ValueError(f"state must be (h, c), two tensors of shape {want}, got {got}")
+        h, c = (x.to(self.device) for x in state)
+        if episode_start is not None:
+            start = np.asarray(episode_start, dtype=bool).reshape(-1)
+            if start.shape != (batch,):
+                raise ValueError(
+                    f"episode_start has {start.size} entries, expected one per env ({batch})"
+                )
+            keep = torch.as_tensor(~start, device=self.device).to(h.dtype).unsqueeze(1)
+            h, c = h * keep, c * keep
+        with torch.inference_mode(), eval_mode(self.net):
+            t_obs = obs_to_tensor(arr, self.device, self.obs_spec)
+            logits, _, (h, c) = self.net(t_obs, (h, c))
+            action, _ = self.head.sample(
+                logits,
+                torch.as_tensor(mask, device=self.device),
+                deterministic,
+                generator=self.rng.device_gen,
+            )
+        out = action.cpu().numpy()
+        return (out[0] if single else out), (h, c)
 
     def logits_and_features(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits [B, n], features [B, F])`` of a batch of tensor observations (a teacher's labels).

@@ -184,6 +184,8 @@ class PPO(OnPolicyTrainer):
 
     #: The ``format`` of the checkpoints :meth:`save` writes.
     FORMAT = "maskrl.ppo/2"
+    #: Whether the class runs a recurrent policy (:class:`~maskrl.agents.RecurrentPPO`).
+    _recurrent = False
 
     def __init__(
         self,
@@ -199,6 +201,10 @@ class PPO(OnPolicyTrainer):
     ) -> None:
         config = config or PPOConfig()
         config.validate()
+        if config.recurrent and not self._recurrent:
+            raise ValueError(
+                "config.recurrent=True: PPO is feedforward; build maskrl.agents.RecurrentPPO"
+            )
         if data_parallel is not None:
             data_parallel.check_config(config)  # a whole share of envs and of minibatches
         device = resolve_device(config.device)
@@ -379,6 +385,12 @@ class PPO(OnPolicyTrainer):
         except (KeyError, TypeError) as e:
             raise ValueError(f"checkpoint {path} is not a valid maskrl PPO checkpoint: {e}") from e
         config.device = device
+        if config.recurrent != cls._recurrent:
+            if cls._recurrent:
+                raise ValueError(f"checkpoint {path} is of feedforward PPO: load it with PPO.load")
+            from maskrl.agents.recurrent import RecurrentPPO
+
+            return RecurrentPPO.load(path, device, env, network, data_parallel)
         policy = policy_from_checkpoint(ckpt, path, device, network, config.seed)
         try:
             agent = cls(

@@ -717,6 +717,12 @@ def _build_ppo(ctx: RunContext) -> PPO:
     from maskrl.agents.trainer import resolve_device
 
     run, config, dp = ctx.run, ctx.config, ctx.data_parallel
+    if config.recurrent and dp is not None:
+        raise ValueError("recurrent PPO (--recurrent) runs in one process: run it without torchrun")
+    if config.recurrent and run.init_from is not None:
+        raise ValueError(
+            "--init-from copies a feedforward run's layers; it does not combine with --recurrent"
+        )
     if dp is not None:
         dp.check_config(config)  # before any env is built
     # Before the envs are built: an impossible buffer is refused at once.
@@ -731,6 +737,10 @@ def _build_ppo(ctx: RunContext) -> PPO:
         agent, init = build_ppo_from(run.env_ids, config, run.init_from, run.init_layers, dp)
         ctx.options["init"] = init
         return agent
+    if config.recurrent:
+        from maskrl.agents.recurrent import RecurrentPPO
+
+        return RecurrentPPO(run.env_ids, config)
     return PPO(run.env_ids, config, data_parallel=dp)
 
 

@@ -713,6 +713,8 @@ def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -
         raise ValueError(f"--episodes must be in [1, {MAX_EPISODES:,}], got {ns.episodes}")
     _check_output(ns.output)
     policy = load_policy(ns.checkpoint, device="cpu" if ns.int8 else ns.device, seed=ns.seed)
+    if ns.int8 and policy.is_recurrent:
+        raise ValueError("--int8 converts feedforward policies; this checkpoint is recurrent")
     if ns.int8:
         from maskrl.agents.quantize import int8_policy
 

@@ -45,6 +45,7 @@ __all__ = [
     "SetEncoder",
     "ChannelsLast",
     "OneHotEncoder",
+    "RecurrentActorCritic",
 ]
 
 #: Keys a padded-set ``Dict`` observation may use for its ``[N, F]`` item rows
@@ -435,3 +436,113 @@ class ChannelsLast(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x.permute(0, 3, 1, 2))
+
+
+def _leading_flat(obs: Obs, n: int) -> Obs:
+    """Merge the two leading dims ``[T, B, ...]`` of every leaf into ``[T * B, ...]``."""
+    if isinstance(obs, dict):
+        return {k: v.reshape((n,) + v.shape[2:]) for k, v in obs.items()}
+    return obs.reshape((n,) + obs.shape[2:])
+
+
+class RecurrentActorCritic(nn.Module):
+    """An actor-critic with an LSTM between its encoder and its heads.
+
+    Wraps an :class:`ActorCritic` or a :class:`MultiGameActorCritic`: the
+    wrapped network's features (encoder, and game embedding) feed a one-layer
+    ``nn.LSTM`` of ``lstm_hidden`` units, whose output feeds new policy and value
+    heads of the wrapped network's sizes (they replace the wrapped network's
+    heads, with the same initialisation gains).
+
+    The state is ``(h, c)``, each ``[B, lstm_hidden]`` with the batch (env) index
+    first; :meth:`initial_state` is zeros, the state at the start of an episode.
+
+    * :meth:`forward` ``(obs, state) -> (logits [B, n], value [B], next_state)``:
+      one step (acting).
+    * :meth:`forward_sequence` ``(obs [T, B, ...], state, starts [T, B]) ->
+      (logits [T, B, n], values [T, B])``: a whole rollout replayed from its
+      start state, the state zeroed before every step that begins an episode
+      (the update).
+
+    Raises:
+        ValueError: another network, or ``lstm_hidden < 1``.
+    """
+
+    #: Networks with a per-env state say so; a policy reads this to carry it.
+    is_recurrent = True
+
+    def __init__(self, base: nn.Module, lstm_hidden: int) -> None:
+        super().__init__()
+        if not isinstance(base, ActorCritic | MultiGameActorCritic):
+            raise ValueError(
+                "a recurrent network wraps an ActorCritic or MultiGameActorCritic (an encoder "
+                f"with policy and value heads), not {type(base).__name__}"
+            )
+        if isinstance(lstm_hidden, bool) or not isinstance(lstm_hidden, int) or lstm_hidden < 1:
+            raise ValueError(f"lstm_hidden must be an integer >= 1, got {lstm_hidden!r}")
+        feat = int(base.encoder.out_dim)  # type: ignore[arg-type]
+        n_logits, n_values = base.policy_head.out_features, base.value_head.out_features
+        self.base = base
+        self.lstm_hidden = lstm_hidden
+        self.lstm = nn.LSTM(feat, lstm_hidden)
+        for name, p in self.lstm.named_parameters():
+            if name.startswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.orthogonal_(p, 1.0)
+        base.policy_head = layer_init(nn.Linear(lstm_hidden, n_logits), std=POLICY_GAIN)
+        base.value_head = layer_init(nn.Linear(lstm_hidden, n_values), std=VALUE_GAIN)
+
+    def initial_state(
+        self, batch: int, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeros ``(h, c)``, each ``[batch, lstm_hidden]`` (on the network's device by default)."""
+        dev = device if device is not None else self.base.policy_head.weight.device
+        shape = (batch, self.lstm_hidden)
+        return torch.zeros(shape, device=dev), torch.zeros(shape, device=dev)
+
+    def _heads(self, y: torch.Tensor, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        base = self.base
+        v = base.value_head(y)
+        if isinstance(base, MultiGameActorCritic):
+            assert isinstance(obs, dict)
+            value = base._select_value(v, obs["game_id"])
+        else:
+            value = v.squeeze(-1)
+        return base.policy_head(y), value
+
+    def forward(  # type: ignore[override]
+        self, obs: Obs, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One step: ``(logits [B, n], value [B], (h, c))`` from ``obs [B, ...]`` and ``state``."""
+        h, c = state
+        x = self.base.features(obs)  # type: ignore[operator]
+        out, (h1, c1) = self.lstm(x.unsqueeze(0), (h.unsqueeze(0), c.unsqueeze(0)))
+        logits, value = self._heads(out[0], obs)
+        return logits, value, (h1[0], c1[0])
+
+    def forward_sequence(
+        self, obs: Obs, state: tuple[torch.Tensor, torch.Tensor], starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replay ``T`` steps of ``B`` envs from ``state``: ``(logits [T, B, n], values [T, B])``.
+
+        ``starts [T, B]`` (bool) marks the steps that begin an episode: the
+        state of that env is zeroed before the step, as the rollout did. The
+        LSTM runs over each stretch of steps in which no env starts an episode
+        in one call.
+        """
+        T, B = starts.shape
+        flat = _leading_flat(obs, T * B)
+        x = self.base.features(flat).view(T, B, -1)  # type: ignore[operator]
+        h, c = state[0].unsqueeze(0), state[1].unsqueeze(0)
+        cuts = [0, *[int(t) for t in torch.nonzero(starts[1:].any(1)).flatten() + 1], T]
+        outs = []
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            if a < b:
+                keep = (~starts[a]).to(h.dtype).view(1, B, 1)
+                h, c = h * keep, c * keep
+                out, (h, c) = self.lstm(x[a:b], (h, c))
+                outs.append(out)
+        y = torch.cat(outs).reshape(T * B, -1)
+        logits, values = self._heads(y, flat)
+        return logits.view(T, B, -1), values.view(T, B)
