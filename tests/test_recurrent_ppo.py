@@ -269,3 +269,47 @@ def test_recurrent_learns_recall_and_feedforward_stays_at_chance() -> None:
     f = evaluate(ff.policy, RECALL, 400, seed=123, deterministic=True)["mean"]
     assert r >= 0.9, r
     assert abs(f - chance) < 0.08, (f, chance)
+
+
+@pytest.mark.parametrize(
+    ("env", "backend"),
+    [
+        ("maskrl/MinAtar-Breakout-v0", "torch"),
+        (["maskrl/MinAtar-Breakout-v0", "maskrl/MinAtar-Asterix-v0"], "numpy"),
+    ],
+)
+def test_torch_backend_and_multigame_replay_exactly(env: object, backend: str) -> None:
+    agent = RecurrentPPO(env, small(env_backend=backend, hidden=32))
+    assert isinstance(agent.net, RecurrentActorCritic)
+    rollout(agent)
+    buf, state = rollout(agent)
+    assert state.invalid_actions == 0
+    starts = episode_starts(buf.terminated, buf.truncated)
+    T, N = buf.num_steps, buf.num_envs
+    with torch.no_grad():
+        obs = buf.obs
+        sliced = {k: v[:T] for k, v in obs.items()} if isinstance(obs, dict) else obs[:T]
+        logits, values = agent.net.forward_sequence(sliced, buf.policy_state, starts)
+        logp, _ = agent.head.evaluate(
+            logits.reshape(T * N, -1), buf.masks[:T].reshape(T * N, -1), buf.actions.reshape(T * N)
+        )
+    assert torch.equal(logp.view(T, N), buf.logprobs) and torch.equal(values, buf.values)
+    agent.learn(agent.global_step + 64)  # an update runs
+
+
+def test_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "recurrent_recall", REPO / "benchmarks" / "recurrent_recall.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    n = torch.get_num_threads()
+    argv = ["--total-timesteps", "512", "--eval-episodes", "4", "--lstm-hidden", "8", "--sb3"]
+    assert bench.main(argv) == 0
+    assert torch.get_num_threads() == n  # the process-wide setting comes back
+    out = capsys.readouterr().out
+    assert "chance without memory: 0.361" in out
+    assert "recurrent success" in out and "maskrl recurrent / sb3-contrib" in out
