@@ -185,6 +185,18 @@ def test_refusals_from_python() -> None:
         agent.predict_recurrent(np.zeros(6, np.float32), np.ones(4, bool), (torch.zeros(3),))
 
 
+def test_a_torchrun_rank_is_refused_before_any_env_is_built() -> None:
+    from maskrl.agents.registry import RunContext
+    from maskrl.agents.runner import RunConfig, _build_ppo
+
+    rank = object()  # any rank: refused before it is used
+    ctx = RunContext(RunConfig(env=RECALL), small(), data_parallel=rank)
+    with pytest.raises(ValueError, match="without torchrun"):
+        _build_ppo(ctx)
+    with pytest.raises(ValueError, match="torchrun"):
+        RecurrentPPO(RECALL, small(), data_parallel=rank)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("flags", "needles"),
     [
