@@ -16,8 +16,9 @@
 """
 
 from maskrl.agents.base import OnPolicyTrainer
-from maskrl.agents.config import PRESETS, PPOConfig
+from maskrl.agents.config import PRESETS, DQNConfig, PPOConfig
 from maskrl.agents.dqn import dqn_target, masked_argmax, masked_epsilon_greedy
+from maskrl.agents.dqn_trainer import DQN, ReplayBuffer
 from maskrl.agents.evaluation import evaluate
 from maskrl.agents.mimic import ActorMimic, MimicConfig, load_experts
 from maskrl.agents.mimic_losses import (
@@ -72,6 +73,9 @@ __all__ = [
     "build_actor_critic",
     "collect_rollout",
     "compute_gae",
+    "DQN",
+    "DQNConfig",
+    "ReplayBuffer",
     "dqn_target",
     "evaluate",
     "load_policy",

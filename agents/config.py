@@ -352,6 +352,120 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
 
 
 @dataclass
+class DQNConfig:
+    """Settings of masked DQN (:class:`maskrl.agents.DQN`, ``train.py dqn``).
+
+    Steps are env steps, all envs counted (``global_step``). Every
+    ``train_freq`` vector steps (``num_envs * train_freq`` env steps, one
+    *iteration*) the trainer takes ``gradient_steps`` gradient steps once
+    ``learning_starts`` env steps are in the replay buffer.
+    """
+
+    num_envs: int = _f(1, "parallel environments (vector env slots)")
+    buffer_size: int = _f(100_000, "replay buffer capacity (transitions)")
+    batch_size: int = _f(32, "transitions per gradient step")
+    learning_rate: float = _f(1e-4, "Adam learning rate")
+    adam_eps: float = _f(1e-5, "Adam epsilon")
+    gamma: float = _f(0.99, "discount factor")
+    learning_starts: int = _f(5_000, "env steps of acting before the first gradient step")
+    train_freq: int = _f(4, "vector steps between gradient phases")
+    gradient_steps: int = _f(1, "gradient steps per gradient phase")
+    target_update_interval: int = _f(
+        1_000, "env steps between hard copies of the online network into the target network"
+    )
+    exploration_initial_eps: float = _f(1.0, "epsilon of the epsilon-greedy policy at step 0")
+    exploration_final_eps: float = _f(0.05, "epsilon after --exploration-steps env steps")
+    exploration_steps: int = _f(
+        100_000, "env steps over which epsilon decays linearly to its final value"
+    )
+    max_grad_norm: float = _f(10.0, "gradient norm clipping")
+    double: bool = _f(
+        True, "double DQN: the online network picks the next action, the target values it"
+    )
+    unmasked_target: bool = _f(
+        False,
+        "ablation: the target's max (and double DQN's argmax) over ALL actions of the next "
+        "state, not just the valid ones (acting stays masked)",
+    )
+    hidden: int | None = _f(
+        None, "dense layer width of the Q-network (None: the default network's)"
+    )
+    device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    seed: int = _f(1, "seed of the initial weights, exploration, replay sampling and the envs")
+    torch_threads: int | None = _f(
+        None,
+        "CPU threads for torch while training (None: leave torch's default); restored afterwards",
+    )
+
+    @property
+    def steps_per_iteration(self) -> int:
+        """Env steps between gradient phases: ``num_envs * train_freq``."""
+        return self.num_envs * self.train_freq
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field (and its flag) for an impossible config."""
+        check_types(self)
+        for name in ("num_envs", "buffer_size", "batch_size", "train_freq", "gradient_steps"):
+            _check(self, name, getattr(self, name) >= 1, ">= 1")
+        _check(self, "num_envs", self.num_envs <= 100_000, "<= 100,000")
+        _check(self, "target_update_interval", self.target_update_interval >= 1, ">= 1")
+        for name in ("learning_starts", "exploration_steps"):
+            _check(self, name, getattr(self, name) >= 0, ">= 0")
+        if self.buffer_size < self.batch_size:
+            raise ValueError(
+                f"buffer_size (--buffer-size) {self.buffer_size} is smaller than batch_size "
+                f"(--batch-size) {self.batch_size}: a batch could never be drawn"
+            )
+        if self.buffer_size < self.num_envs:
+            raise ValueError(
+                f"buffer_size (--buffer-size) {self.buffer_size} is smaller than num_envs "
+                f"(--num-envs) {self.num_envs}: one vector step would not fit"
+            )
+        _check(self, "learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]")
+        _check(self, "adam_eps", 0 < self.adam_eps < 1, "in (0, 1)")
+        _check(self, "gamma", 0 <= self.gamma <= 1, "in [0, 1]")
+        for name in ("exploration_initial_eps", "exploration_final_eps"):
+            _check(self, name, 0 <= getattr(self, name) <= 1, "in [0, 1]")
+        _check(self, "max_grad_norm", 0 < self.max_grad_norm < math.inf, "finite and > 0")
+        if self.hidden is not None:
+            _check(self, "hidden", self.hidden >= 1, ">= 1, or None")
+        _check(
+            self,
+            "seed",
+            0 <= self.seed <= MAX_SEED - self.num_envs,
+            f"in [0, {MAX_SEED} - num_envs]",
+        )
+        if self.torch_threads is not None:
+            cpus = os.cpu_count() or 1
+            _check(
+                self,
+                "torch_threads",
+                1 <= self.torch_threads <= cpus,
+                f"in [1, {cpus}] (this machine's CPUs), or None",
+            )
+        _check(
+            self,
+            "device",
+            isinstance(self.device, str) and self.device != "",
+            "cpu, cuda, cuda:N or auto",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """Build from a saved dict (config.json, a checkpoint); unknown keys are refused."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
+        cfg = cls(**d)
+        check_types(cfg)
+        return cfg
+
+
+@dataclass
 class RunConfig:
     """What to train on and where the run goes (the rest is the trainer's config)."""
 

@@ -397,9 +397,11 @@ def run_training(
                 if eval_fn is None:
                     # A policy trained without the mask (the masking ablation) plays without it.
                     mode = getattr(getattr(trainer, "config", None), "invalid_actions", "mask")
+                    # A value-based trainer (DQN) is evaluated greedily: the masked argmax.
                     ev = _default_eval(
                         trainer.policy, run.env_ids, run.eval_episodes, eval_seed, stop,
                         use_mask=mode == "mask",
+                        deterministic=bool(getattr(trainer, "greedy_eval", False)),
                     )  # fmt: skip
                 else:
                     ev = eval_fn(trainer.policy, run.env_ids, run.eval_episodes, eval_seed)
@@ -454,11 +456,18 @@ def _stopping(dp: Any, stop: StopRequest | None) -> bool:
 
 
 def _default_eval(
-    policy: Any, ids: list[str], episodes: int, seed: int, stop: Any = None, use_mask: bool = True
+    policy: Any,
+    ids: list[str],
+    episodes: int,
+    seed: int,
+    stop: Any = None,
+    use_mask: bool = True,
+    deterministic: bool = False,
 ) -> dict[str, Any]:
     return evaluate(
-        policy, ids if len(ids) > 1 else ids[0], episodes, seed=seed, stop=stop, use_mask=use_mask
-    )
+        policy, ids if len(ids) > 1 else ids[0], episodes, seed=seed, stop=stop,
+        use_mask=use_mask, deterministic=deterministic,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------- PPO
@@ -1186,6 +1195,8 @@ def _record_mimic(trainer: Any, ctx: RunContext) -> dict[str, Any]:
 
 
 def _register_builtins() -> None:
+    from maskrl.agents.config import DQNConfig
+    from maskrl.agents.dqn_trainer import DQN
     from maskrl.agents.mimic import ActorMimic, MimicConfig
 
     register_trainer(
@@ -1212,6 +1223,22 @@ def _register_builtins() -> None:
             help="Actor-Mimic distillation of per-game experts into one student",
         )
     )
+    register_trainer(
+        TrainerSpec(
+            name="dqn",
+            trainer_class=DQN,
+            config_class=DQNConfig,
+            build=_build_dqn,
+            help="masked (double) DQN",
+        )
+    )
+
+
+def _build_dqn(ctx: RunContext) -> Any:
+    """The ``dqn`` trainer's ``build``: a new masked DQN on the run's one env."""
+    from maskrl.agents.dqn_trainer import DQN
+
+    return DQN(ctx.run.env_ids, ctx.config, ctx.data_parallel)
 
 
 _register_builtins()

@@ -125,9 +125,14 @@ def test_registry_lookups() -> None:
     # The policy module's list of readable formats is the registry's.
     import maskrl.agents.policy as policy_module
 
-    assert checkpoint_formats() == ("maskrl.ppo/1", "maskrl.ppo/2", "maskrl.mimic/1")
+    assert checkpoint_formats() == (
+        "maskrl.ppo/1",
+        "maskrl.ppo/2",
+        "maskrl.mimic/1",
+        "maskrl.dqn/1",
+    )
     assert policy_module.CHECKPOINT_FORMATS == checkpoint_formats()
-    with pytest.raises(ValueError, match="no trainer named 'nope'; registered: ppo, mimic"):
+    with pytest.raises(ValueError, match="no trainer named .nope.; registered: ppo, mimic, dqn"):
         get_trainer("nope")
 
 

@@ -1,0 +1,485 @@
+"""Masked DQN: a replay buffer that stores the next state's mask, a masked target.
+
+:class:`DQN` is maskrl's off-policy trainer (``train.py dqn --env ID``):
+
+* **acting**: masked epsilon-greedy (:func:`~maskrl.agents.masked_epsilon_greedy`):
+  the greedy action over the valid actions, or with probability epsilon a
+  uniformly random *valid* one; epsilon decays linearly from
+  ``exploration_initial_eps`` to ``exploration_final_eps`` over
+  ``exploration_steps`` env steps;
+* **storing**: :class:`ReplayBuffer` holds ``(obs, action, reward, next_obs,
+  terminated, next_mask)``. At an autoreset (Gymnasium's ``same_step`` mode) the
+  env returns the *next* episode's first observation and mask; the transition
+  stores the finished episode's own last observation (``infos["final_obs"]``)
+  and its mask (``infos["final_info"]["action_mask"]``) instead, so a
+  truncated transition bootstraps from the right state and mask;
+* **learning**: Huber loss between ``Q(s, a)`` and
+  :func:`~maskrl.agents.dqn_target` (double DQN by default; the max and
+  argmax over the next state's **valid** actions), Adam, gradient-norm
+  clipping, a target network copied from the online one every
+  ``target_update_interval`` env steps. ``unmasked_target=True`` (``--unmasked-target``)
+  is the ablation: the target ranges over all actions.
+
+The Q-network is the default network of :func:`~maskrl.agents.build_actor_critic`
+for the env (the MinAtar CNN for MinAtar): its policy-head logits are the
+Q-values, its value head is unused. So the checkpoint holds an ordinary
+:class:`~maskrl.agents.MaskedPolicy`: :func:`~maskrl.agents.load_policy` reads
+it, and ``predict(obs, mask, deterministic=True)`` (``train.py eval
+--deterministic``) is the greedy masked argmax; the run's own final evaluation
+is greedy.
+
+The checkpoint also holds the target network, the optimiser, the generator and
+the replay buffer's filled part, so ``--resume`` continues with the same
+buffer. The envs are not saved: a resumed run starts new episodes (reseeded
+with ``seed + global_step``), as every maskrl trainer does.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+
+from maskrl.agents.base import read_trainer_checkpoint
+from maskrl.agents.checkpoint import save_checkpoint
+from maskrl.agents.config import DQNConfig
+from maskrl.agents.dqn import dqn_target, masked_epsilon_greedy
+from maskrl.agents.policy import MaskedPolicy
+from maskrl.agents.rollout import EpisodeStats, read_masks
+from maskrl.agents.trainer import (
+    NonFiniteError,
+    check_finite_state,
+    make_adam,
+    make_training_env,
+    resolve_device,
+    torch_threads,
+)
+
+__all__ = ["DQN", "ReplayBuffer", "linear_epsilon"]
+
+
+def linear_epsilon(config: DQNConfig, step: int) -> float:
+    """Epsilon at env step ``step``: linear from the initial to the final value, then flat."""
+    c = config
+    if c.exploration_steps == 0 or step >= c.exploration_steps:
+        return float(c.exploration_final_eps)
+    frac = step / c.exploration_steps
+    return float(
+        c.exploration_initial_eps + frac * (c.exploration_final_eps - c.exploration_initial_eps)
+    )
+
+
+class ReplayBuffer:
+    """A preallocated ring of transitions, as tensors on ``device``.
+
+    Each row: ``obs``, ``action`` (int64), ``reward`` (float32), ``next_obs``,
+    ``terminated`` (bool) and ``next_mask`` (bool ``[n_actions]``: the valid
+    actions of ``next_obs``). Observations keep the observation space's dtype.
+
+    Args:
+        obs_shape: one observation's shape.
+        obs_dtype: a NumPy dtype (the observation space's).
+        n_actions: the number of actions.
+        capacity: rows; the oldest are overwritten once full.
+        device: where the tensors live.
+    """
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        obs_dtype: Any,
+        n_actions: int,
+        capacity: int,
+        device: torch.device,
+    ) -> None:
+        dtype = torch.from_numpy(np.zeros((), dtype=obs_dtype)).dtype
+        self.capacity, self.device, self.n_actions = int(capacity), device, int(n_actions)
+        self.obs = torch.zeros((capacity, *obs_shape), dtype=dtype, device=device)
+        self.next_obs = torch.zeros_like(self.obs)
+        self.actions = torch.zeros(capacity, dtype=torch.int64, device=device)
+        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.terminated = torch.zeros(capacity, dtype=torch.bool, device=device)
+        self.next_masks = torch.zeros((capacity, n_actions), dtype=torch.bool, device=device)
+        self.pos = 0  # the next row written
+        self.size = 0  # rows filled
+
+    _FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "next_masks")
+
+    def add(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+        next_masks: torch.Tensor,
+    ) -> None:
+        """Append one vector step: ``B`` transitions (each argument has the rows first)."""
+        B = actions.shape[0]
+        idx = (torch.arange(B, device=self.device) + self.pos) % self.capacity
+        self.obs[idx] = obs.to(self.obs.dtype)
+        self.next_obs[idx] = next_obs.to(self.obs.dtype)
+        self.actions[idx] = actions
+        self.rewards[idx] = rewards.float()
+        self.terminated[idx] = terminated.bool()
+        self.next_masks[idx] = next_masks.bool()
+        self.pos = (self.pos + B) % self.capacity
+        self.size = min(self.size + B, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """``batch_size`` rows drawn uniformly with replacement from the filled ones."""
+        if self.size == 0:
+            raise ValueError("the replay buffer is empty")
+        idx = torch.randint(
+            self.size, (batch_size,), generator=generator, device=generator.device
+        ).to(self.device)
+        return {k: getattr(self, k)[idx] for k in self._FIELDS}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The filled rows (on the CPU) and the write position."""
+        n = self.size
+        out: dict[str, Any] = {k: getattr(self, k)[:n].cpu() for k in self._FIELDS}
+        out.update(pos=self.pos, size=n, capacity=self.capacity)
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s rows (ValueError if the capacity differs)."""
+        if int(state["capacity"]) != self.capacity:
+            raise ValueError(
+                f"the saved replay buffer holds {state['capacity']} rows, this one {self.capacity}"
+            )
+        n = int(state["size"])
+        for k in self._FIELDS:
+            getattr(self, k)[:n].copy_(state[k])
+        self.pos, self.size = int(state["pos"]), n
+
+
+class DQN:
+    """Masked (double) DQN on one single-game env; see the module docstring.
+
+    It follows the harness side of the trainer contract (``docs/trainers.md``):
+    ``FORMAT``, :meth:`learn` with a per-iteration callback, :meth:`save`,
+    :meth:`state_dict`, :meth:`load`, :meth:`allocate`, ``policy``,
+    ``envs``, ``episode_stats``, ``global_step`` and ``steps_per_update``. It
+    does not derive from :class:`~maskrl.agents.OnPolicyTrainer`, whose loop is
+    rollout-then-update; an iteration here is ``train_freq`` vector steps then
+    ``gradient_steps`` gradient steps.
+
+    Args:
+        env: an env id (or a one-element list of one); a ``Discrete`` action space.
+        config: the settings (default :class:`~maskrl.agents.config.DQNConfig`).
+        data_parallel: must be None (DQN runs in one process).
+
+    Raises:
+        ValueError: an invalid config, several env ids, a non-``Discrete``
+            action space or a ``Dict`` observation, a data-parallel rank.
+    """
+
+    FORMAT = "maskrl.dqn/1"
+    #: The harness's final evaluation takes the greedy action (the masked argmax of Q).
+    greedy_eval = True
+
+    def __init__(
+        self, env: str | list[str], config: DQNConfig | None = None, data_parallel: Any = None
+    ) -> None:
+        config = config or DQNConfig()
+        config.validate()
+        if data_parallel is not None:
+            raise ValueError("dqn runs in one process: run it without torchrun")
+        env_ids = [env] if isinstance(env, str) else list(env)
+        if len(env_ids) != 1:
+            raise ValueError(f"dqn trains on one env id, got {len(env_ids)}: {','.join(env_ids)}")
+        self.config = config
+        self.env_ids = env_ids
+        self.device = resolve_device(config.device)
+        self.data_parallel = None
+        self.envs: Any = make_training_env(env_ids, config.num_envs, config.seed, "numpy")
+        try:
+            obs_space = self.envs.single_observation_space
+            act_space = self.envs.single_action_space
+            if not isinstance(act_space, spaces.Discrete):
+                raise ValueError(f"dqn needs a Discrete action space, {env_ids[0]} has {act_space}")
+            if not isinstance(obs_space, spaces.Box):
+                raise ValueError(
+                    f"dqn needs a Box observation space, {env_ids[0]} has {type(obs_space).__name__}"
+                )
+            kwargs: dict[str, Any] = {"obs_layout": "CHW"}
+            if config.hidden is not None:
+                kwargs["hidden"] = config.hidden
+            self.policy = MaskedPolicy.build(
+                obs_space, act_space, env_ids, self.device, config.seed, **kwargs
+            )
+        except BaseException:
+            self.envs.close()
+            raise
+        self.net = self.policy.net
+        self.rng = self.policy.rng
+        self.target_net = copy.deepcopy(self.net)
+        self.target_net.requires_grad_(False)
+        self.optimizer = make_adam(self.net.parameters(), config.learning_rate, config.adam_eps)
+        self.n_actions = int(act_space.n)
+        self.global_step = 0
+        self.num_updates = 0  # gradient steps taken
+        self.last_target_update = 0  # env step of the last copy into the target network
+        self.episode_stats = EpisodeStats()
+        self.replay: ReplayBuffer | None = None
+        self._obs: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+        self._ep_return = np.zeros(config.num_envs)
+        self._ep_length = np.zeros(config.num_envs, dtype=np.int64)
+
+    # ---------------------------------------------------------------- harness
+    @property
+    def steps_per_update(self) -> int:
+        """Env steps per :meth:`learn` iteration: ``num_envs * train_freq``."""
+        return self.config.steps_per_iteration
+
+    @property
+    def epsilon(self) -> float:
+        """Epsilon of the exploration at the current step."""
+        return linear_epsilon(self.config, self.global_step)
+
+    def allocate(self) -> ReplayBuffer:
+        """Allocate the replay buffer (ValueError naming ``--buffer-size`` if it cannot fit)."""
+        if self.replay is None:
+            space = self.envs.single_observation_space
+            shape, dtype = tuple(space.shape), space.dtype
+            row = (2 * int(np.prod(shape)) * np.dtype(dtype).itemsize) + 13 + self.n_actions
+            need = row * self.config.buffer_size
+            if self.device.type == "cpu":
+                import os
+
+                avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            else:
+                avail = torch.cuda.mem_get_info(self.device)[0]
+            if need > 0.8 * avail:
+                raise ValueError(
+                    f"a replay buffer of {self.config.buffer_size} transitions needs "
+                    f"{need / 2**30:.1f} GiB, more than the {avail / 2**30:.1f} GiB free on "
+                    f"{self.device}: lower --buffer-size"
+                )
+            self.replay = ReplayBuffer(
+                shape, dtype, self.n_actions, self.config.buffer_size, self.device
+            )
+        return self.replay
+
+    # ------------------------------------------------------------------ acting
+    def _reset(self) -> None:
+        n = self.config.num_envs
+        obs, infos = self.envs.reset(seed=self.config.seed + self.global_step)
+        self._obs = torch.as_tensor(np.asarray(obs), device=self.device)
+        mask = read_masks(infos, n, self.n_actions)
+        self._mask = torch.as_tensor(mask, device=self.device)
+        self._ep_return[:] = 0.0
+        self._ep_length[:] = 0
+
+    def _step_envs(self) -> int:
+        """One vector step under the epsilon-greedy policy; the transitions go to the replay.
+
+        Returns the number of invalid actions taken (0 unless the masks are broken).
+        """
+        assert self._obs is not None and self._mask is not None and self.replay is not None
+        n = self.config.num_envs
+        obs, mask = self._obs, self._mask
+        with torch.no_grad():
+            q = self.net(obs.float() if not obs.is_floating_point() else obs)[0]
+        action = masked_epsilon_greedy(q, mask, self.epsilon, self.rng.device_gen)
+        invalid = int((~mask.gather(1, action.unsqueeze(1))).sum())
+        next_obs, reward, terminated, truncated, infos = self.envs.step(action.cpu().numpy())
+        next_mask = read_masks(infos, n, self.n_actions)
+        reward = np.asarray(reward, dtype=np.float64)
+        if not np.isfinite(reward).all():
+            i = int(np.flatnonzero(~np.isfinite(reward))[0])
+            raise NonFiniteError(
+                f"env index {i} returned a non-finite reward at step {self.global_step}"
+            )
+        terminated = np.asarray(terminated, dtype=bool)
+        done = terminated | np.asarray(truncated, dtype=bool)
+        # The transition's next state: the finished episode's own last observation and
+        # its mask where an episode ended (same_step autoreset), else the new ones.
+        real_next = np.array(next_obs, copy=True)
+        real_mask = next_mask.copy()
+        for j in np.flatnonzero(done).tolist():
+            real_next[j] = infos["final_obs"][j]
+            real_mask[j] = np.asarray(infos["final_info"]["action_mask"][j], dtype=bool)
+        dev = self.device
+        self.replay.add(
+            obs, action, torch.as_tensor(reward, dtype=torch.float32, device=dev),
+            torch.as_tensor(real_next, device=dev), torch.as_tensor(terminated, device=dev),
+            torch.as_tensor(real_mask, device=dev),
+        )  # fmt: skip
+        self._ep_return += reward
+        self._ep_length += 1
+        for j in np.flatnonzero(done).tolist():
+            self.episode_stats.returns.append(float(self._ep_return[j]))
+            self.episode_stats.lengths.append(int(self._ep_length[j]))
+            self.episode_stats.game_ids.append(0)
+        self._ep_return[done] = 0.0
+        self._ep_length[done] = 0
+        self._obs = torch.as_tensor(np.asarray(next_obs), device=dev)
+        self._mask = torch.as_tensor(next_mask, device=dev)
+        self.global_step += n
+        return invalid
+
+    # ---------------------------------------------------------------- learning
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Huber loss, target)`` of one batch of transitions (the loss keeps its graph).
+
+        The target is :func:`~maskrl.agents.dqn_target` of the target network's
+        (and, double DQN, the online network's) values of ``next_obs`` under
+        ``next_masks`` -- or under all-True masks with ``unmasked_target``.
+        """
+        c = self.config
+
+        def fl(x: torch.Tensor) -> torch.Tensor:
+            return x if x.is_floating_point() else x.float()
+
+        with torch.no_grad():
+            next_obs = fl(batch["next_obs"])
+            q_next_target = self.target_net(next_obs)[0]
+            q_next_online = self.net(next_obs)[0] if c.double else None
+            mask = batch["next_masks"]
+            if c.unmasked_target:
+                mask = torch.ones_like(mask)
+            target = dqn_target(
+                q_next_online, q_next_target, mask, batch["rewards"], batch["terminated"],
+                c.gamma, double=c.double,
+            )  # fmt: skip
+        q = self.net(fl(batch["obs"]))[0].gather(1, batch["actions"].unsqueeze(1)).squeeze(1)
+        return F.smooth_l1_loss(q, target), target
+
+    def gradient_step(self) -> dict[str, float]:
+        """One gradient step on a batch drawn from the replay buffer; returns its metrics."""
+        assert self.replay is not None
+        c = self.config
+        batch = self.replay.sample(c.batch_size, self.rng.device_gen)
+        loss, target = self.loss(batch)
+        if not bool(torch.isfinite(loss)):
+            raise NonFiniteError(f"the DQN loss is not finite at step {self.global_step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.net.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+        if not bool(torch.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(f"the DQN gradient is not finite at step {self.global_step}")
+        self.optimizer.step()
+        self.num_updates += 1
+        return {
+            "loss": float(loss.detach()),
+            "q_target_mean": float(target.mean()),
+            "grad_norm": float(norm),
+        }
+
+    def update_target(self) -> None:
+        """Copy the online network's weights into the target network."""
+        self.target_net.load_state_dict(self.net.state_dict())
+        self.last_target_update = self.global_step
+
+    def learn(
+        self,
+        total_timesteps: int,
+        callback: Callable[[Any, dict[str, float]], bool | None] | None = None,
+    ) -> DQN:
+        """Train until ``global_step >= total_timesteps`` (env steps, all envs counted).
+
+        Each iteration: ``train_freq`` vector steps, then (past
+        ``learning_starts``) ``gradient_steps`` gradient steps and, when
+        ``target_update_interval`` env steps have passed since the last one, a
+        target-network copy. ``callback(trainer, metrics)`` runs after each;
+        returning ``False`` stops. Calling it again continues.
+
+        Raises:
+            NonFiniteError: a non-finite reward, loss or gradient.
+        """
+        c = self.config
+        self.allocate()
+        if self._obs is None:
+            self._reset()
+        with torch_threads(c.torch_threads):
+            while self.global_step < total_timesteps:
+                t0 = time.perf_counter()
+                start = self.global_step
+                invalid = 0
+                self.net.eval()
+                for _ in range(c.train_freq):
+                    invalid += self._step_envs()
+                metrics: dict[str, float] = {}
+                if self.global_step >= c.learning_starts:
+                    self.net.train()
+                    sums: dict[str, float] = {}
+                    for _ in range(c.gradient_steps):
+                        for k, v in self.gradient_step().items():
+                            sums[k] = sums.get(k, 0.0) + v
+                    metrics = {k: v / c.gradient_steps for k, v in sums.items()}
+                    if self.global_step - self.last_target_update >= c.target_update_interval:
+                        self.update_target()
+                steps = self.global_step - start
+                metrics["SPS"] = steps / (time.perf_counter() - t0)
+                metrics["epsilon"] = self.epsilon
+                metrics["invalid_actions"] = float(invalid)
+                metrics["invalid_action_rate"] = invalid / steps
+                metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
+                if callback is not None and callback(self, metrics) is False:
+                    break
+        return self
+
+    # ------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs: the policy, target network, optimiser, counters, RNG, replay."""
+        return {
+            "format": self.FORMAT,
+            "config": self.config.to_dict(),
+            **self.policy.checkpoint_entries(),
+            "target_model": self.target_net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "global_step": self.global_step,
+            "num_updates": self.num_updates,
+            "last_target_update": self.last_target_update,
+            "rng": self.rng.state_dict(),
+            "replay": None if self.replay is None else self.replay.state_dict(),
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint atomically (ValueError, nothing written, on a non-finite value)."""
+        state = self.state_dict()
+        bad = check_finite_state(state)
+        if bad is not None:
+            raise ValueError(f"refusing to save {path}: non-finite value in {bad}")
+        save_checkpoint(state, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", data_parallel: Any = None) -> DQN:
+        """The trainer saved in ``path`` (with its envs and replay buffer), ready to resume."""
+        ckpt = read_trainer_checkpoint(path)
+        if ckpt.get("format") != cls.FORMAT:
+            raise ValueError(
+                f"checkpoint {path} has format {ckpt.get('format')!r}, not {cls.FORMAT!r}"
+            )
+        try:
+            config = DQNConfig.from_dict(dict(ckpt["config"]))
+            config.device = device if device != "auto" else config.device
+            trainer = cls(list(ckpt["env_ids"]), config, data_parallel)
+            try:
+                trainer.net.load_state_dict(ckpt["model"])
+                trainer.target_net.load_state_dict(ckpt["target_model"])
+                trainer.optimizer.load_state_dict(ckpt["optimizer"])
+                trainer.global_step = int(ckpt["global_step"])
+                trainer.num_updates = int(ckpt["num_updates"])
+                trainer.last_target_update = int(ckpt["last_target_update"])
+                trainer.rng.load_state_dict(ckpt["rng"])
+                if ckpt.get("replay") is not None:
+                    trainer.allocate().load_state_dict(ckpt["replay"])
+            except BaseException:
+                trainer.envs.close()
+                raise
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"checkpoint {path} is not a valid dqn checkpoint: {e}") from e
+        return trainer
