@@ -109,27 +109,42 @@ class ReplayBuffer:
         self.next_masks = torch.zeros((capacity, n_actions), dtype=torch.bool, device=device)
         self.pos = 0  # the next row written
         self.size = 0  # rows filled
+        # On the CPU, rows are written through NumPy views of the tensors (much cheaper
+        # per call than tensor indexing for one vector step).
+        self._host: dict[str, np.ndarray] | None = None
+        if device.type == "cpu":
+            self._host = {k: getattr(self, k).numpy() for k in self._FIELDS}
 
     _FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "next_masks")
 
     def add(
         self,
-        obs: torch.Tensor,
-        actions: torch.Tensor,
-        rewards: torch.Tensor,
-        next_obs: torch.Tensor,
-        terminated: torch.Tensor,
-        next_masks: torch.Tensor,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        next_masks: np.ndarray,
     ) -> None:
-        """Append one vector step: ``B`` transitions (each argument has the rows first)."""
+        """Append one vector step: ``B`` transitions (NumPy arrays, the rows first)."""
         B = actions.shape[0]
-        idx = (torch.arange(B, device=self.device) + self.pos) % self.capacity
-        self.obs[idx] = obs.to(self.obs.dtype)
-        self.next_obs[idx] = next_obs.to(self.obs.dtype)
-        self.actions[idx] = actions
-        self.rewards[idx] = rewards.float()
-        self.terminated[idx] = terminated.bool()
-        self.next_masks[idx] = next_masks.bool()
+        rows = [(self.pos, min(self.pos + B, self.capacity))]
+        if rows[0][1] - rows[0][0] < B:  # wraps around the end
+            rows.append((0, B - (rows[0][1] - rows[0][0])))
+        src = 0
+        for lo, hi in rows:
+            n = hi - lo
+            part = slice(src, src + n)
+            for name, value in (
+                ("obs", obs), ("next_obs", next_obs), ("actions", actions),
+                ("rewards", rewards), ("terminated", terminated), ("next_masks", next_masks),
+            ):  # fmt: skip
+                if self._host is not None:
+                    self._host[name][lo:hi] = value[part]
+                else:
+                    dst: torch.Tensor = getattr(self, name)
+                    dst[lo:hi].copy_(torch.as_tensor(value[part]), non_blocking=True)
+            src += n
         self.pos = (self.pos + B) % self.capacity
         self.size = min(self.size + B, self.capacity)
 
@@ -230,8 +245,8 @@ class DQN:
         self.last_target_update = 0  # env step of the last copy into the target network
         self.episode_stats = EpisodeStats()
         self.replay: ReplayBuffer | None = None
-        self._obs: torch.Tensor | None = None
-        self._mask: torch.Tensor | None = None
+        self._obs: np.ndarray | None = None  # the envs' current observations and masks
+        self._mask: np.ndarray | None = None
         self._ep_return = np.zeros(config.num_envs)
         self._ep_length = np.zeros(config.num_envs, dtype=np.int64)
 
@@ -274,9 +289,8 @@ class DQN:
     def _reset(self) -> None:
         n = self.config.num_envs
         obs, infos = self.envs.reset(seed=self.config.seed + self.global_step)
-        self._obs = torch.as_tensor(np.asarray(obs), device=self.device)
-        mask = read_masks(infos, n, self.n_actions)
-        self._mask = torch.as_tensor(mask, device=self.device)
+        self._obs = np.asarray(obs)
+        self._mask = read_masks(infos, n, self.n_actions)
         self._ep_return[:] = 0.0
         self._ep_length[:] = 0
 
@@ -288,11 +302,15 @@ class DQN:
         assert self._obs is not None and self._mask is not None and self.replay is not None
         n = self.config.num_envs
         obs, mask = self._obs, self._mask
+        dev = self.device
         with torch.no_grad():
-            q = self.net(obs.float() if not obs.is_floating_point() else obs)[0]
-        action = masked_epsilon_greedy(q, mask, self.epsilon, self.rng.device_gen)
-        invalid = int((~mask.gather(1, action.unsqueeze(1))).sum())
-        next_obs, reward, terminated, truncated, infos = self.envs.step(action.cpu().numpy())
+            t_obs = torch.from_numpy(obs).to(dev, non_blocking=True)
+            t_mask = torch.from_numpy(mask).to(dev, non_blocking=True)
+            q = self.net(t_obs if t_obs.is_floating_point() else t_obs.float())[0]
+            action = masked_epsilon_greedy(q, t_mask, self.epsilon, self.rng.device_gen)
+        actions = action.cpu().numpy()
+        invalid = int((~mask[np.arange(n), actions]).sum())
+        next_obs, reward, terminated, truncated, infos = self.envs.step(actions)
         next_mask = read_masks(infos, n, self.n_actions)
         reward = np.asarray(reward, dtype=np.float64)
         if not np.isfinite(reward).all():
@@ -309,12 +327,7 @@ class DQN:
         for j in np.flatnonzero(done).tolist():
             real_next[j] = infos["final_obs"][j]
             real_mask[j] = np.asarray(infos["final_info"]["action_mask"][j], dtype=bool)
-        dev = self.device
-        self.replay.add(
-            obs, action, torch.as_tensor(reward, dtype=torch.float32, device=dev),
-            torch.as_tensor(real_next, device=dev), torch.as_tensor(terminated, device=dev),
-            torch.as_tensor(real_mask, device=dev),
-        )  # fmt: skip
+        self.replay.add(obs, actions, reward, real_next, terminated, real_mask)
         self._ep_return += reward
         self._ep_length += 1
         for j in np.flatnonzero(done).tolist():
@@ -323,8 +336,7 @@ class DQN:
             self.episode_stats.game_ids.append(0)
         self._ep_return[done] = 0.0
         self._ep_length[done] = 0
-        self._obs = torch.as_tensor(np.asarray(next_obs), device=dev)
-        self._mask = torch.as_tensor(next_mask, device=dev)
+        self._obs, self._mask = np.asarray(next_obs), next_mask
         self.global_step += n
         return invalid
 

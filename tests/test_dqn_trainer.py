@@ -421,3 +421,42 @@ def test_dqn_learns_the_masked_corridor() -> None:
         assert np.mean(agent.episode_stats.returns[-50:]) > 0.5
     finally:
         agent.envs.close()
+
+
+def test_the_harness_evaluates_a_dqn_run_greedily(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import maskrl.agents.runner as runner
+
+    calls: list[bool] = []
+    real = runner.evaluate
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["deterministic"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate", spy)
+    run = runner.RunConfig(env=CORRIDOR, total_timesteps=32, run_name="g", runs_dir=str(tmp_path),
+                           eval_episodes=1, progress=False)  # fmt: skip
+    runner.run_trainer("dqn", run, _cfg())
+    assert calls == [True]
+
+
+def test_the_replay_ring_wraps_around_and_round_trips() -> None:
+    from maskrl.agents import ReplayBuffer
+
+    rb = ReplayBuffer((1,), np.float32, 2, 5, torch.device("cpu"))
+    for k in range(3):  # 6 rows into 5: the third step wraps around the end
+        o = np.array([[2 * k], [2 * k + 1]], np.float32)
+        m = np.array([[True, False], [False, True]])
+        rb.add(o, np.array([0, 1]), np.array([1.0, 2.0]), o + 100, np.array([False, True]), m)
+    assert rb.obs[:, 0].tolist() == [5, 1, 2, 3, 4] and (rb.pos, rb.size) == (1, 5)
+    assert rb.next_obs[:, 0].tolist() == [105, 101, 102, 103, 104]
+    assert rb.next_masks[:, 0].tolist() == [False, False, True, False, True]
+    other = ReplayBuffer((1,), np.float32, 2, 5, torch.device("cpu"))
+    other.load_state_dict(rb.state_dict())
+    for k in rb._FIELDS:
+        assert torch.equal(getattr(rb, k), getattr(other, k)), k
+    assert (other.pos, other.size) == (1, 5)
+    with pytest.raises(ValueError, match="holds 5 rows, this one 4"):
+        ReplayBuffer((1,), np.float32, 2, 4, torch.device("cpu")).load_state_dict(rb.state_dict())

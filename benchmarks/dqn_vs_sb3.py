@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""maskrl's masked DQN against Stable-Baselines3's ``DQN`` on the same MinAtar env, in one run.
+
+Both train on ``maskrl/MinAtar-<Game>-v0`` on the same machine, one after the
+other, with identical settings: one env, a 100k replay buffer, batch 32, Adam
+at lr 1e-4, gamma 0.99, a gradient step every 4 env steps after 5,000 steps of
+acting, a hard target copy every 1,000 steps, epsilon 1 -> 0.05 over the first
+``--exploration-steps``, gradient clipping at 10, Huber loss, and the same
+network (the MinAtar CNN: 16 3x3 filters, 128 units, then one linear layer to
+the 6 Q-values; sb3 through :class:`maskrl.agents.sb3.MinAtarFeatures`).
+SB3's DQN cannot mask, so it plays all 6 actions (MinAtar turns an action
+outside the game's minimal set into a no-op); maskrl acts and bootstraps over
+the valid actions only. Implementations (``--impls``):
+
+* ``sb3``      -- ``stable_baselines3.DQN`` (plain DQN target);
+* ``maskrl``   -- maskrl's DQN with ``double=False`` (the same target computation);
+* ``double``   -- maskrl's default (double DQN: one more forward pass per step);
+* ``unmasked`` -- maskrl's default with ``unmasked_target=True`` (the ablation).
+
+The script prints each run's training steps per second and the mean return of
+the last 100 episodes, then the throughput ratios against sb3. Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/dqn_vs_sb3.py --game Breakout \\
+        --impls sb3 maskrl --total-timesteps 30000 --out dqn_vs_sb3.json
+
+Throughput is comparable only within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+#: The settings both sides share.
+SETTINGS: dict[str, Any] = dict(
+    num_envs=1,
+    buffer_size=100_000,
+    batch_size=32,
+    learning_rate=1e-4,
+    gamma=0.99,
+    learning_starts=5_000,
+    train_freq=4,
+    gradient_steps=1,
+    target_update_interval=1_000,
+    exploration_initial_eps=1.0,
+    exploration_final_eps=0.05,
+    max_grad_norm=10.0,
+)
+
+
+def run_sb3(
+    env_id: str, seed: int, total: int, exploration_steps: int, device: str
+) -> dict[str, Any]:
+    """SB3's ``DQN`` on ``env_id`` (all actions offered); returns steps, wall time, last-100 return."""
+    import gymnasium as gym
+    from stable_baselines3 import DQN as SB3DQN
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from maskrl.agents.sb3 import MinAtarFeatures
+
+    s = SETTINGS
+    env = DummyVecEnv([lambda: Monitor(gym.make(env_id))])
+    env.seed(seed)
+    model = SB3DQN(
+        "MlpPolicy",
+        env,
+        buffer_size=s["buffer_size"],
+        batch_size=s["batch_size"],
+        learning_rate=s["learning_rate"],
+        gamma=s["gamma"],
+        learning_starts=s["learning_starts"],
+        train_freq=s["train_freq"],
+        gradient_steps=s["gradient_steps"],
+        target_update_interval=s["target_update_interval"],
+        exploration_initial_eps=s["exploration_initial_eps"],
+        exploration_final_eps=s["exploration_final_eps"],
+        exploration_fraction=min(1.0, exploration_steps / total),
+        max_grad_norm=s["max_grad_norm"],
+        policy_kwargs=dict(
+            features_extractor_class=MinAtarFeatures,
+            features_extractor_kwargs=dict(features_dim=128),
+            net_arch=[],
+            normalize_images=False,
+        ),
+        seed=seed,
+        device=device,
+        verbose=0,
+    )
+    t0 = time.perf_counter()
+    model.learn(total)
+    wall = time.perf_counter() - t0
+    buf = model.ep_info_buffer
+    ret = float(np.mean([e["r"] for e in buf])) if buf else None
+    env.close()
+    return {"steps": int(model.num_timesteps), "wall": wall, "last100": ret}
+
+
+def run_maskrl(
+    env_id: str, seed: int, total: int, exploration_steps: int, device: str, **overrides: Any
+) -> dict[str, Any]:
+    """maskrl's DQN on ``env_id`` with :data:`SETTINGS` and ``overrides``."""
+    from maskrl.agents import DQN, DQNConfig
+
+    cfg = DQNConfig(
+        **SETTINGS, exploration_steps=exploration_steps, seed=seed, device=device, **overrides
+    )
+    agent = DQN(env_id, cfg)
+    invalid = 0
+
+    def record(a: Any, m: dict[str, float]) -> None:
+        nonlocal invalid
+        invalid += int(m["invalid_actions"])
+
+    t0 = time.perf_counter()
+    agent.learn(total, callback=record)
+    wall = time.perf_counter() - t0
+    r = agent.episode_stats.returns[-100:]
+    agent.envs.close()
+    if invalid:
+        raise RuntimeError(f"maskrl's DQN took {invalid} invalid actions")
+    return {"steps": agent.global_step, "wall": wall, "last100": float(np.mean(r)) if r else None}
+
+
+IMPLS = {
+    "maskrl": {"double": False},
+    "double": {},
+    "unmasked": {"unmasked_target": True},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; prints one line per run, then the ratios."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--game", default="Breakout")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--total-timesteps", type=int, default=30_000)
+    p.add_argument("--exploration-steps", type=int, default=100_000)
+    p.add_argument("--impls", nargs="+", default=["sb3", "maskrl"], choices=["sb3", *IMPLS])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="write the results to this JSON file")
+    a = p.parse_args(argv)
+    if a.total_timesteps < 1 or a.exploration_steps < 0:
+        p.error("--total-timesteps must be >= 1 and --exploration-steps >= 0")
+    import maskrl.envs  # noqa: F401  (registers the ids)
+
+    env_id = f"maskrl/MinAtar-{a.game}-v0"
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    results: dict[str, Any] = {}
+    for impl in a.impls:
+        if impl == "sb3":
+            r = run_sb3(env_id, a.seed, a.total_timesteps, a.exploration_steps, a.device)
+        else:
+            r = run_maskrl(
+                env_id, a.seed, a.total_timesteps, a.exploration_steps, a.device, **IMPLS[impl]
+            )
+        r["sps"] = r["steps"] / r["wall"]
+        results[impl] = r
+        ret = "-" if r["last100"] is None else f"{r['last100']:.2f}"
+        print(f"{impl:9s} {r['steps']} steps in {r['wall']:.1f} s: {r['sps']:.0f} steps/s, "
+              f"last-100 return {ret}", flush=True)  # fmt: skip
+    if "sb3" in results:
+        for impl, r in results.items():
+            if impl != "sb3":
+                print(f"throughput ratio {impl}/sb3: {r['sps'] / results['sb3']['sps']:.2f}x")
+    if a.out:
+        meta = {"machine": platform.processor() or platform.machine(), "python": sys.version.split()[0],
+                "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
+        Path(a.out).write_text(
+            json.dumps({"args": vars(a), "meta": meta, "results": results}, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
