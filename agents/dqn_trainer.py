@@ -347,16 +347,26 @@ class DQN:
         The target is :func:`~maskrl.agents.dqn_target` of the target network's
         (and, double DQN, the online network's) values of ``next_obs`` under
         ``next_masks`` -- or under all-True masks with ``unmasked_target``.
+        The online network's Q-values feed the target detached. The online
+        network must not depend on the batch (no batch statistics): with
+        double DQN it reads ``obs`` and ``next_obs`` in one forward pass.
         """
         c = self.config
 
         def fl(x: torch.Tensor) -> torch.Tensor:
             return x if x.is_floating_point() else x.float()
 
+        obs, next_obs = fl(batch["obs"]), fl(batch["next_obs"])
+        B = obs.shape[0]
+        if c.double:
+            # One forward of the online network over both halves (it has no batch
+            # statistics): Q(s) keeps its graph, Q(s') is only read.
+            q_online = self.net(torch.cat([obs, next_obs]))[0]
+            q_all, q_next_online = q_online[:B], q_online[B:].detach()
+        else:
+            q_all, q_next_online = self.net(obs)[0], None
         with torch.no_grad():
-            next_obs = fl(batch["next_obs"])
             q_next_target = self.target_net(next_obs)[0]
-            q_next_online = self.net(next_obs)[0] if c.double else None
             mask = batch["next_masks"]
             if c.unmasked_target:
                 mask = torch.ones_like(mask)
@@ -364,7 +374,7 @@ class DQN:
                 q_next_online, q_next_target, mask, batch["rewards"], batch["terminated"],
                 c.gamma, double=c.double,
             )  # fmt: skip
-        q = self.net(fl(batch["obs"]))[0].gather(1, batch["actions"].unsqueeze(1)).squeeze(1)
+        q = q_all.gather(1, batch["actions"].unsqueeze(1)).squeeze(1)
         return F.smooth_l1_loss(q, target), target
 
     def gradient_step(self) -> dict[str, float]:
