@@ -69,7 +69,7 @@ def run_sb3(
     from maskrl.agents.sb3 import MinAtarFeatures
 
     s = SETTINGS
-    env = DummyVecEnv([lambda: Monitor(gym.make(env_id))])
+    env = DummyVecEnv([lambda: Monitor(gym.make(env_id)) for _ in range(s["num_envs"])])
     env.seed(seed)
     model = SB3DQN(
         "MlpPolicy",
@@ -147,10 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exploration-steps", type=int, default=100_000)
     p.add_argument("--impls", nargs="+", default=["sb3", "maskrl"], choices=["sb3", *IMPLS])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--num-envs", type=int, default=1, help="envs on both sides (default 1)")
+    p.add_argument(
+        "--train-freq", type=int, default=4, help="vector steps per gradient step (default 4)"
+    )
     p.add_argument("--out", default=None, help="write the results to this JSON file")
     a = p.parse_args(argv)
-    if a.total_timesteps < 1 or a.exploration_steps < 0:
-        p.error("--total-timesteps must be >= 1 and --exploration-steps >= 0")
+    if a.total_timesteps < 1 or a.exploration_steps < 0 or a.num_envs < 1 or a.train_freq < 1:
+        p.error(
+            "--total-timesteps, --num-envs and --train-freq must be >= 1, --exploration-steps >= 0"
+        )
+    SETTINGS.update(num_envs=a.num_envs, train_freq=a.train_freq)
     import maskrl.envs  # noqa: F401  (registers the ids)
 
     env_id = f"maskrl/MinAtar-{a.game}-v0"
