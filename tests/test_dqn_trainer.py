@@ -460,3 +460,24 @@ def test_the_replay_ring_wraps_around_and_round_trips() -> None:
     assert (other.pos, other.size) == (1, 5)
     with pytest.raises(ValueError, match="holds 5 rows, this one 4"):
         ReplayBuffer((1,), np.float32, 2, 4, torch.device("cpu")).load_state_dict(rb.state_dict())
+
+
+def test_the_sb3_benchmark_runs_both_sides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "dqn_vs_sb3", REPO / "benchmarks" / "dqn_vs_sb3.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    args = ["--impls", "sb3", "maskrl", "unmasked", "--total-timesteps", "400", "--num-envs", "2"]
+    assert bench.main([*args, "--exploration-steps", "100", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "throughput ratio maskrl/sb3" in text and "throughput ratio unmasked/sb3" in text
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"sb3", "maskrl", "unmasked"}
+    assert all(r["steps"] >= 400 and r["sps"] > 0 for r in res.values())
