@@ -349,6 +349,8 @@ def test_cli_train_resume_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture
         (["--train-freq", "0"], "train_freq (--train-freq) must be >= 1"),
         (["--gamma", "1.5"], "gamma (--gamma) must be in [0, 1]"),
         (["--env", "maskrl/Knapsack-v0"], "dqn needs a Box observation space"),
+        (["--env", f"{BREAKOUT},maskrl/MinAtar-Asterix-v0"], "dqn trains on one env id, got 2"),
+        (["--learning-rate", "0"], "learning_rate (--learning-rate) must be in (0, 1]"),
     ],
 )
 def test_cli_refusals_are_one_line_exit_2(
