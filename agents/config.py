@@ -109,26 +109,7 @@ class TrainerConfig:
         # A negative norm would flip the gradient's sign (training would climb the loss).
         _check(self, "max_grad_norm", 0 < self.max_grad_norm < math.inf, "finite and > 0")
         _check(self, "adam_eps", 0 < self.adam_eps < 1, "in (0, 1)")
-        _check(
-            self,
-            "seed",
-            0 <= self.seed <= MAX_SEED - self.num_envs,
-            f"in [0, {MAX_SEED} - num_envs]",
-        )
-        if self.torch_threads is not None:
-            cpus = os.cpu_count() or 1
-            _check(
-                self,
-                "torch_threads",
-                1 <= self.torch_threads <= cpus,
-                f"in [1, {cpus}] (this machine's CPUs), or None",
-            )
-        _check(
-            self,
-            "device",
-            isinstance(self.device, str) and self.device != "",
-            "cpu, cuda, cuda:N or auto",
-        )
+        _check_machine_settings(self)
         _check(self, "qat_bits", 2 <= self.qat_bits <= 8, "in [2, 8]")
         _check(self, "qat_start_after", self.qat_start_after >= 0, ">= 0")
 
@@ -429,26 +410,7 @@ class DQNConfig:
         _check(self, "max_grad_norm", 0 < self.max_grad_norm < math.inf, "finite and > 0")
         if self.hidden is not None:
             _check(self, "hidden", self.hidden >= 1, ">= 1, or None")
-        _check(
-            self,
-            "seed",
-            0 <= self.seed <= MAX_SEED - self.num_envs,
-            f"in [0, {MAX_SEED} - num_envs]",
-        )
-        if self.torch_threads is not None:
-            cpus = os.cpu_count() or 1
-            _check(
-                self,
-                "torch_threads",
-                1 <= self.torch_threads <= cpus,
-                f"in [1, {cpus}] (this machine's CPUs), or None",
-            )
-        _check(
-            self,
-            "device",
-            isinstance(self.device, str) and self.device != "",
-            "cpu, cuda, cuda:N or auto",
-        )
+        _check_machine_settings(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -605,6 +567,31 @@ class DistConfig:
 def flag_name(name: str) -> str:
     """The command-line flag of a config field: ``learning_rate`` -> ``--learning-rate``."""
     return "--" + name.replace("_", "-")
+
+
+def _check_machine_settings(cfg: Any) -> None:
+    """The checks every trainer config shares: ``seed`` (room for one seed per env),
+    ``torch_threads`` and ``device``."""
+    _check(
+        cfg,
+        "seed",
+        0 <= cfg.seed <= MAX_SEED - cfg.num_envs,
+        f"in [0, {MAX_SEED} - num_envs]",
+    )
+    if cfg.torch_threads is not None:
+        cpus = os.cpu_count() or 1
+        _check(
+            cfg,
+            "torch_threads",
+            1 <= cfg.torch_threads <= cpus,
+            f"in [1, {cpus}] (this machine's CPUs), or None",
+        )
+    _check(
+        cfg,
+        "device",
+        isinstance(cfg.device, str) and cfg.device != "",
+        "cpu, cuda, cuda:N or auto",
+    )
 
 
 def _check(cfg: Any, name: str, ok: bool, allowed: str) -> None:
