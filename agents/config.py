@@ -43,8 +43,26 @@ def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+class SavedConfig:
+    """``to_dict`` / ``from_dict`` for a trainer's config dataclass (config.json, checkpoints)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """Build from a saved dict (config.json, a checkpoint); unknown keys are refused."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
+        cfg = cls(**d)
+        check_types(cfg)
+        return cfg
+
+
 @dataclass
-class TrainerConfig:
+class TrainerConfig(SavedConfig):
     """Settings every on-policy trainer shares (PPO, Actor-Mimic): batch, optimiser, device, QAT.
 
     ``batch_size = num_envs * num_steps`` and ``minibatch_size = batch_size //
@@ -112,20 +130,6 @@ class TrainerConfig:
         _check_machine_settings(self)
         _check(self, "qat_bits", 2 <= self.qat_bits <= 8, "in [2, 8]")
         _check(self, "qat_start_after", self.qat_start_after >= 0, ">= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Any:
-        """Build from a saved dict (config.json, a checkpoint); unknown keys are refused."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
-        cfg = cls(**d)
-        check_types(cfg)
-        return cfg
 
 
 @dataclass
@@ -333,7 +337,7 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
 
 
 @dataclass
-class DQNConfig:
+class DQNConfig(SavedConfig):
     """Settings of masked DQN (:class:`maskrl.agents.DQN`, ``train.py dqn``).
 
     Steps are env steps, all envs counted (``global_step``). Every
@@ -411,20 +415,6 @@ class DQNConfig:
         if self.hidden is not None:
             _check(self, "hidden", self.hidden >= 1, ">= 1, or None")
         _check_machine_settings(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Any:
-        """Build from a saved dict (config.json, a checkpoint); unknown keys are refused."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
-        cfg = cls(**d)
-        check_types(cfg)
-        return cfg
 
 
 @dataclass
