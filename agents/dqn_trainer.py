@@ -160,7 +160,8 @@ class ReplayBuffer:
         idx = torch.randint(
             self.size, (batch_size,), generator=generator, device=generator.device
         ).to(self.device)
-        return {k: getattr(self, k)[idx] for k in self._FIELDS}
+        # index_select: the same rows as ``tensor[idx]``, several times cheaper on the CPU.
+        return {k: getattr(self, k).index_select(0, idx) for k in self._FIELDS}
 
     def state_dict(self) -> dict[str, Any]:
         """The filled rows (on the CPU) and the write position."""
