@@ -66,6 +66,7 @@ from maskrl.agents.trainer import (
     resolve_device,
     torch_threads,
 )
+from maskrl.networks import ActorCritic
 
 __all__ = ["DQN", "ReplayBuffer", "linear_epsilon"]
 
@@ -381,11 +382,19 @@ class DQN:
                 t_obs = t_obs.to(dev, non_blocking=True)
             # The noise was drawn in float32, as the public function draws it for the
             # network's float32 Q-values.
-            q = self.net(t_obs if t_obs.is_floating_point() else t_obs.float())[0]
+            q = self._q(self.net, t_obs if t_obs.is_floating_point() else t_obs.float())
             action = torch.where(explore, uniform, masked_argmax(q, t_mask))
         return action.cpu().numpy()
 
     # ---------------------------------------------------------------- learning
+    @staticmethod
+    def _q(net: torch.nn.Module, obs: torch.Tensor) -> torch.Tensor:
+        """The Q-values ``net(obs)[0]``; for an :class:`~maskrl.networks.ActorCritic`, its
+        policy head over its features, without the unused value head (the same values)."""
+        if type(net) is ActorCritic:
+            return net.policy_head(net.features(obs))  # type: ignore[no-any-return]
+        return net(obs)[0]  # type: ignore[no-any-return]
+
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Huber loss, target)`` of one batch of transitions (the loss keeps its graph).
 
@@ -406,12 +415,12 @@ class DQN:
         if c.double:
             # One forward of the online network over both halves (it has no batch
             # statistics): Q(s) keeps its graph, Q(s') is only read.
-            q_online = self.net(torch.cat([obs, next_obs]))[0]
+            q_online = self._q(self.net, torch.cat([obs, next_obs]))
             q_all, q_next_online = q_online[:B], q_online[B:].detach()
         else:
-            q_all, q_next_online = self.net(obs)[0], None
+            q_all, q_next_online = self._q(self.net, obs), None
         with torch.no_grad():
-            q_next_target = self.target_net(next_obs)[0]
+            q_next_target = self._q(self.target_net, next_obs)
             mask = batch["next_masks"]
             if c.unmasked_target:
                 mask = torch.ones_like(mask)

@@ -538,7 +538,7 @@ def test_acting_skips_the_network_when_every_env_explores() -> None:
     agent = DQN(CORRIDOR, _cfg(num_envs=2, learning_starts=10_000, exploration_steps=0,
                                exploration_final_eps=1.0))  # fmt: skip
     calls: list[int] = []
-    agent.net.register_forward_hook(lambda m, i, o: calls.append(1))
+    agent.net.policy_head.register_forward_hook(lambda m, i, o: calls.append(1))
     try:
         agent.learn(40)
         assert calls == [] and agent.global_step == 40
