@@ -319,7 +319,7 @@ class DQN:
         n = self.config.num_envs
         obs, mask = self._obs, self._mask
         actions = self._act(obs, mask, self.epsilon)
-        invalid = int((~mask[np.arange(n), actions]).sum())
+        invalid = n - int(np.take_along_axis(mask, actions[:, None], 1).sum())
         next_obs, reward, terminated, truncated, infos = self.envs.step(actions)
         next_mask = read_masks(infos, n, self.n_actions)
         reward = np.asarray(reward, dtype=np.float64)
@@ -353,8 +353,8 @@ class DQN:
             self.episode_stats.returns.append(float(self._ep_return[j]))
             self.episode_stats.lengths.append(int(self._ep_length[j]))
             self.episode_stats.game_ids.append(0)
-        self._ep_return[done] = 0.0
-        self._ep_length[done] = 0
+            self._ep_return[j] = 0.0
+            self._ep_length[j] = 0
         self._obs, self._mask = np.asarray(next_obs), next_mask
         self.global_step += n
         return invalid
