@@ -210,19 +210,37 @@ def dqn_target(
     if isinstance(gamma, Tensor) and found[-1]:
         raise ValueError("gamma tensor values must be in [0, 1]")
 
+    return _dqn_target_unchecked(q_online if double else None, q_target, mask, reward, done, gamma)
+
+
+def _dqn_target_unchecked(
+    q_next_online: Tensor | None,
+    q_next_target: Tensor,
+    mask: Tensor,
+    reward: Tensor,
+    done: Tensor,
+    gamma: float | Tensor,
+) -> Tensor:
+    """:func:`dqn_target`'s computation without its checks (double DQN iff ``q_next_online``).
+
+    For callers whose inputs are valid by construction (the DQN trainer's replay
+    rows, checked when they were stored): ``mask`` and ``done`` bool tensors,
+    no non-terminal row without a valid action, ``gamma`` in ``[0, 1]``. No
+    device-to-host read.
+    """
     with torch.no_grad():
-        chooser = q_online if double else q_target
+        chooser = q_next_target if q_next_online is None else q_next_online
         best = masked_argmax(chooser, mask).unsqueeze(-1)
         # Gathered from the raw target values: a valid entry's own value; a row
         # with no valid action reads entry 0, which the where below discards.
-        bootstrap = q_target.gather(-1, best).squeeze(-1)
-        dtype = torch.promote_types(q_target.dtype, reward.dtype)
+        bootstrap = q_next_target.gather(-1, best).squeeze(-1)
+        dtype = torch.promote_types(q_next_target.dtype, reward.dtype)
         if isinstance(gamma, Tensor):
             dtype = torch.promote_types(dtype, gamma.dtype)
-        zero = torch.zeros((), dtype=dtype, device=device)
+        zero = torch.zeros((), dtype=dtype, device=q_next_target.device)
         bootstrap = torch.where(done, zero, bootstrap.to(dtype))
-        # reward, gamma and done broadcast to the batch shape (checked above), so
-        # the target has exactly that shape.
+        # reward, gamma and done broadcast to the batch shape (checked by the
+        # public function), so the target has exactly that shape.
         return reward.to(dtype) + gamma * bootstrap
 
 
@@ -287,6 +305,29 @@ def masked_epsilon_greedy(
     empty = ~mask.any(dim=-1)
     if bool(empty.any()):  # the one device-to-host read
         raise ValueError(f"action mask has no valid action in row(s) {_rows(empty)} {_ROW_HINT}")
-    uniform = gumbel_argmax(torch.zeros_like(q), mask, generator)
-    coin = torch.rand(q.shape[:-1], generator=generator, device=q.device)
-    return torch.where(coin < epsilon, uniform, masked_argmax(q, mask))
+    return _masked_epsilon_greedy_unchecked(q, mask, epsilon, generator)
+
+
+def _explore_draws(
+    mask: Tensor, epsilon: float, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """The random half of :func:`masked_epsilon_greedy`: ``(uniform valid action, explores)``.
+
+    Draws, in this order, the Gumbel noise of the uniform action (``mask``'s
+    shape, of ``dtype`` promoted to float32) and the explore coins (the rows),
+    exactly as :func:`masked_epsilon_greedy` does; no check and no
+    device-to-host read. ``mask`` is a bool tensor whose rows each hold a valid
+    entry, on ``generator``'s device.
+    """
+    zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    uniform = gumbel_argmax(zeros, mask, generator)
+    coin = torch.rand(mask.shape[:-1], generator=generator, device=mask.device)
+    return uniform, coin < epsilon
+
+
+def _masked_epsilon_greedy_unchecked(
+    q: Tensor, mask: Tensor, epsilon: float, generator: torch.Generator
+) -> Tensor:
+    """:func:`masked_epsilon_greedy` without its checks (a bool ``mask`` of ``q``'s shape)."""
+    uniform, explore = _explore_draws(mask, epsilon, generator, q.dtype)
+    return torch.where(explore, uniform, masked_argmax(q, mask))

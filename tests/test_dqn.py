@@ -263,3 +263,22 @@ def test_docstring_examples_run() -> None:
 
     result = doctest.testmod(maskrl.agents.dqn, extraglobs={"torch": torch})
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_the_unchecked_helpers_compute_what_the_public_functions_do() -> None:
+    from maskrl.agents.dqn import _dqn_target_unchecked, _masked_epsilon_greedy_unchecked
+
+    g = torch.Generator().manual_seed(0)
+    q_on, q_t = torch.randn(64, 5, generator=g), torch.randn(64, 5, generator=g)
+    mask = torch.rand(64, 5, generator=g) < 0.6
+    mask[:, 3] = True
+    r, done = torch.randn(64, generator=g), torch.rand(64, generator=g) < 0.3
+    for double in (True, False):
+        want = dqn_target(q_on, q_t, mask, r, done, 0.9, double=double)
+        got = _dqn_target_unchecked(q_on if double else None, q_t, mask, r, done, 0.9)
+        assert torch.equal(want, got)
+    for eps in (0.0, 0.4, 1.0):
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        want = masked_epsilon_greedy(q_on, mask, eps, g1)
+        assert torch.equal(want, _masked_epsilon_greedy_unchecked(q_on, mask, eps, g2))
+        assert torch.equal(g1.get_state(), g2.get_state())  # the same draws

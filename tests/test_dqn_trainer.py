@@ -483,3 +483,106 @@ def test_the_sb3_benchmark_runs_both_sides(
     res = json.loads(out.read_text())["results"]
     assert set(res) == {"sb3", "maskrl", "unmasked"}
     assert all(r["steps"] >= 400 and r["sps"] > 0 for r in res.values())
+
+
+# ----------------------------------------------------------------- the fast path
+
+
+class _CheckedDQN(DQN):
+    """The trainer acting and bootstrapping through the public, checked functions."""
+
+    def _act(self, obs: np.ndarray, mask: np.ndarray, epsilon: float) -> np.ndarray:
+        from maskrl.agents import masked_epsilon_greedy
+
+        with torch.no_grad():
+            q = self.net(torch.from_numpy(obs).float())[0]
+            a = masked_epsilon_greedy(q, torch.from_numpy(mask), epsilon, self.rng.device_gen)
+        return a.numpy()
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        import maskrl.agents.dqn_trainer as mod
+        from maskrl.agents import dqn_target
+
+        def checked(q_on: Any, q_t: Any, m: Any, r: Any, d: Any, g: float) -> torch.Tensor:
+            return dqn_target(q_on, q_t, m, r, d, g, double=q_on is not None)
+
+        saved = mod._dqn_target_unchecked
+        mod._dqn_target_unchecked = checked  # type: ignore[assignment]
+        try:
+            return super().loss(batch)
+        finally:
+            mod._dqn_target_unchecked = saved
+
+
+@pytest.mark.parametrize("double", [True, False])
+def test_the_fast_path_trains_exactly_as_the_checked_functions(double: bool) -> None:
+    # Same seed: same actions, same replay, same weights, bit for bit, through the
+    # explore-only steps (no forward), the mixed ones and the greedy ones.
+    cfg = dict(num_envs=3, seed=5, double=double, exploration_steps=120, train_freq=1)
+    fast, ref = DQN(CORRIDOR, _cfg(**cfg)), _CheckedDQN(CORRIDOR, _cfg(**cfg))
+    try:
+        fast.learn(300)
+        ref.learn(300)
+        assert fast.replay is not None and ref.replay is not None
+        assert torch.equal(fast.replay.actions, ref.replay.actions)
+        assert fast.num_updates == ref.num_updates > 0
+        for (k, v), w in zip(fast.net.state_dict().items(), ref.net.state_dict().values(),
+                             strict=True):  # fmt: skip
+            assert torch.equal(v, w), k
+    finally:
+        fast.envs.close()
+        ref.envs.close()
+
+
+def test_acting_skips_the_network_when_every_env_explores() -> None:
+    agent = DQN(CORRIDOR, _cfg(num_envs=2, learning_starts=10_000, exploration_steps=0,
+                               exploration_final_eps=1.0))  # fmt: skip
+    calls: list[int] = []
+    agent.net.policy_head.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        agent.learn(40)
+        assert calls == [] and agent.global_step == 40
+        agent.config.exploration_final_eps = 0.0  # every env greedy: one forward a step
+        agent.learn(60)
+        assert len(calls) == 10
+    finally:
+        agent.envs.close()
+
+
+class _EmptyFinalMask(MaskCounter):
+    """MaskCounter whose mask is all-invalid from step 2 on (truncated there by a TimeLimit)."""
+
+    def _info(self) -> dict[str, Any]:
+        info = super()._info()
+        if self.t >= 2:
+            info["action_mask"][:] = False
+        return info
+
+
+EMPTY_FINAL = "test/EmptyFinalMask-v0"
+if EMPTY_FINAL not in gym.registry:
+    gym.register(EMPTY_FINAL, entry_point=_EmptyFinalMask, max_episode_steps=2,
+                 kwargs={"end": None})  # fmt: skip
+
+
+def test_a_truncated_step_with_an_empty_final_mask_is_refused_when_stored() -> None:
+    agent = DQN(EMPTY_FINAL, _cfg(learning_starts=10_000, exploration_final_eps=1.0))
+    try:
+        with pytest.raises(ValueError, match=r"env index 0 was truncated at step 1 with a final"):
+            agent.learn(4)
+        assert agent.replay is not None and agent.replay.size == 1  # the step was not stored
+    finally:
+        agent.envs.close()
+
+
+def test_a_loaded_replay_with_an_unbootstrappable_row_is_refused() -> None:
+    from maskrl.agents import ReplayBuffer
+
+    rb = ReplayBuffer((1,), np.float32, 2, 4, torch.device("cpu"))
+    m = np.array([[True, False], [False, False], [False, False]])
+    o = np.zeros((3, 1), np.float32)
+    rb.add(o, np.array([0, 0, 0]), np.zeros(3), o, np.array([False, True, False]), m)
+    other = ReplayBuffer((1,), np.float32, 2, 4, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"non-terminal row\(s\) \[2\] whose next mask has no"):
+        other.load_state_dict(rb.state_dict())
+    assert other.size == 0
