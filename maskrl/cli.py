@@ -221,6 +221,14 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         help="play without the action mask (every action offered; an invalid one gets the "
         "env's own rule) and report the share of invalid actions: what the mask buys",
     )
+    ev.add_argument(
+        "--flicker",
+        type=float,
+        default=None,
+        metavar="P",
+        help="blank each observation with probability P in [0, 1) (maskrl.envs.Flicker; "
+        "default: the probability the checkpoint was trained with, 0 if none)",
+    )
     ev.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     ev.add_argument("--output", default=None, help="also write the summary to this JSON file")
     ev.add_argument(
@@ -730,9 +738,22 @@ def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -
                 f"{', '.join(policy.env_ids)}",
                 file=sys.stderr,
             )
+    flicker = ns.flicker
+    if flicker is None:
+        from maskrl.agents.checkpoint import load_checkpoint
+
+        saved = load_checkpoint(ns.checkpoint).get("config")
+        flicker = float(saved.get("flicker", 0.0)) if isinstance(saved, dict) else 0.0
+    else:
+        from maskrl.envs.flicker import check_flicker_p
+
+        try:
+            check_flicker_p(flicker)
+        except ValueError as e:
+            raise ValueError(f"--flicker: {e}") from e
     res = evaluate(
         policy, env, ns.episodes, seed=ns.seed, deterministic=ns.deterministic, stop=signals,
-        use_mask=ns.use_mask,
+        use_mask=ns.use_mask, flicker=flicker,
     )  # fmt: skip
     _print_eval(res)
     if ns.output:
