@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import math
 import shlex
 import signal
 import sys
@@ -152,7 +153,9 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     )
     add_dataclass_args(ex, ExpertsConfig)
     # Experts are masked teachers: the masking ablation is `ppo`'s alone.
-    add_dataclass_args(ex, PPOConfig, exclude=frozenset({"invalid_actions", "invalid_penalty"}))
+    add_dataclass_args(
+        ex, PPOConfig, exclude=frozenset({"invalid_actions", "invalid_penalty", "flicker"})
+    )
     mi = sub.add_parser(
         "mimic",
         allow_abbrev=False,
@@ -720,6 +723,8 @@ def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -
     if not 1 <= ns.episodes <= MAX_EPISODES:
         raise ValueError(f"--episodes must be in [1, {MAX_EPISODES:,}], got {ns.episodes}")
     _check_output(ns.output)
+    if ns.flicker is not None and not (math.isfinite(ns.flicker) and 0 <= ns.flicker < 1):
+        raise ValueError(f"--flicker must be in [0, 1), got {ns.flicker}")
     policy = load_policy(ns.checkpoint, device="cpu" if ns.int8 else ns.device, seed=ns.seed)
     if ns.int8 and policy.is_recurrent:
         raise ValueError("--int8 converts feedforward policies; this checkpoint is recurrent")
@@ -744,13 +749,6 @@ def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -
 
         saved = load_checkpoint(ns.checkpoint).get("config")
         flicker = float(saved.get("flicker", 0.0)) if isinstance(saved, dict) else 0.0
-    else:
-        from maskrl.envs.flicker import check_flicker_p
-
-        try:
-            check_flicker_p(flicker)
-        except ValueError as e:
-            raise ValueError(f"--flicker: {e}") from e
     res = evaluate(
         policy, env, ns.episodes, seed=ns.seed, deterministic=ns.deterministic, stop=signals,
         use_mask=ns.use_mask, flicker=flicker,
