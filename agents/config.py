@@ -274,9 +274,7 @@ class PPOConfig(TrainerConfig):
                     f"num_minibatches={self.num_minibatches} (--num-minibatches) must divide "
                     f"num_envs={self.num_envs} (--num-envs)"
                 )
-        _check(
-            self, "flicker", math.isfinite(self.flicker) and 0 <= self.flicker < 1, "in [0, 1)"
-        )
+        _check(self, "flicker", math.isfinite(self.flicker) and 0 <= self.flicker < 1, "in [0, 1)")
         if self.flicker and self.env_backend != "numpy":
             raise ValueError(
                 f"flicker={self.flicker} (--flicker) needs --env-backend numpy, not "

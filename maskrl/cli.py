@@ -29,8 +29,8 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import math
+import os
 import shlex
 import signal
 import sys

@@ -176,9 +176,7 @@ def test_cli_records_the_flag_and_applies_it_to_eval(
     assert seen == [0.5, 0.0]
 
 
-def test_bad_flicker_is_one_line_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_flicker_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for args, needles in (
         (["ppo", "--flicker", "1", "--runs-dir", str(tmp_path)], ("flicker", "[0, 1)")),
         (
@@ -198,3 +196,35 @@ def test_bad_flicker_is_one_line_exit_2(
     res = run_cli([*ex, "--runs-dir", str(tmp_path)], tmp_path)
     assert res.returncode == 2 and "unrecognized arguments: --flicker" in res.stderr
     assert not hasattr(ExpertsConfig(), "flicker")
+
+
+def test_benchmark_smoke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "recurrent_flicker.py"
+    spec = importlib.util.spec_from_file_location("recurrent_flicker", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cmds: list[list[str]] = []
+
+    def in_process(cmd: list[str], check: bool) -> None:  # train.py without a new interpreter
+        assert cmd[1].endswith("train.py") and check
+        cmds.append(cmd)
+        assert train.main(cmd[2:]) == 0
+
+    monkeypatch.setattr(bench.subprocess, "run", in_process)
+    argv = ["--total-timesteps", "512", "--eval-episodes", "2", "--runs-dir", str(tmp_path)]
+    assert bench.main([*argv, "--", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "flicker 0.5, 512 steps per run" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["ff"], ["rnn"])]
+    assert [r[:2] for r in rows] == [["ff", "1"], ["rnn", "1"]]
+    for arm in ("ff", "rnn"):
+        saved = json.loads((tmp_path / f"flk-{arm}-s1" / "config.json").read_text())
+        assert saved["ppo"]["flicker"] == 0.5 and saved["ppo"]["recurrent"] == (arm == "rnn")
+    assert len(cmds) == 2
+    assert bench.main([*argv, "--", *TINY]) == 0  # finished runs are read, not trained again
+    assert len(cmds) == 2
