@@ -195,6 +195,12 @@ class PPOConfig(TrainerConfig):
         f"the reward of an invalid action, --invalid-actions penalty only (None: "
         f"{DEFAULT_INVALID_PENALTY})",
     )
+    flicker: float = _f(
+        0.0,
+        "blank each observation (all zeros) with this probability, in [0, 1), in training "
+        "and in the run's final evaluation (maskrl.envs.Flicker; masks and rewards "
+        "untouched): a partially observed env; needs the numpy backend and one --env",
+    )
 
     @property
     def penalty_reward(self) -> float:
@@ -253,6 +259,12 @@ class PPOConfig(TrainerConfig):
                     f"num_minibatches={self.num_minibatches} (--num-minibatches) must divide "
                     f"num_envs={self.num_envs} (--num-envs)"
                 )
+        _check(self, "flicker", math.isfinite(self.flicker) and 0 <= self.flicker < 1, "in [0, 1)")
+        if self.flicker and self.env_backend != "numpy":
+            raise ValueError(
+                f"flicker={self.flicker} (--flicker) needs --env-backend numpy, not "
+                f"{self.env_backend!r}: the batched torch games take no env wrapper"
+            )
         if self.invalid_actions != "mask" and self.env_backend != "numpy":
             # The batched torch games take no Gymnasium wrapper (InvalidActionPolicy).
             raise ValueError(

@@ -27,6 +27,7 @@ def evaluate(
     max_steps: int = 10_000_000,
     stop: Any = None,
     use_mask: bool = True,
+    flicker: float = 0.0,
 ) -> dict[str, Any]:
     """Play ``episodes`` full episodes per game and report their returns.
 
@@ -54,6 +55,9 @@ def evaluate(
             and an invalid action gets the env's own rule for it (a no-op in
             MinAtar's full action set; see each env). The envs' true masks still
             count the invalid actions taken.
+        flicker: blank each observation with this probability, in ``[0, 1)``
+            (:class:`maskrl.envs.Flicker`; one game only): evaluates an agent
+            trained with ``--flicker`` on the screens it was trained on.
 
     Returns:
         ``{"mean": ..., "std": ..., "episodes": n, "returns": [...],
@@ -101,8 +105,15 @@ def evaluate(
             f"this agent was trained on the games {list(trained_on)} (in that order); "
             f"evaluate it on those, not on {ids}"
         )
+    if flicker:
+        from maskrl.envs.flicker import check_flicker_p, flicker_wrapper
+
+        check_flicker_p(flicker)
+        if k != 1 or _is_multigame(agent):
+            raise ValueError(f"flicker={flicker} needs one single-game env, got {ids}")
     if k == 1 and not _is_multigame(agent):
-        envs = make_vec(ids[0], n, seed=seed)
+        wrap = {"wrapper": flicker_wrapper(flicker)} if flicker else {}
+        envs = make_vec(ids[0], n, seed=seed, **wrap)
     else:  # a multi-game agent of one game (a one-expert student) still reads {"obs", "game_id"}
         envs = make_multigame_vec(ids, n, seed=seed)
     try:

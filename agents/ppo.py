@@ -219,6 +219,7 @@ class PPO(OnPolicyTrainer):
                 config.env_backend, device,
                 multigame=isinstance(network, MultiGameActorCritic),
                 invalid_actions=config.invalid_actions, invalid_penalty=config.penalty_reward,
+                flicker=config.flicker,
             )  # fmt: skip
         if env is not None:
             _check_autoreset(env)

@@ -397,11 +397,14 @@ def run_training(
                 if eval_fn is None:
                     # A policy trained without the mask (the masking ablation) plays without it.
                     mode = getattr(getattr(trainer, "config", None), "invalid_actions", "mask")
+                    # A run trained on flickering screens is evaluated on them too.
+                    flicker = float(getattr(getattr(trainer, "config", None), "flicker", 0.0))
                     # A value-based trainer (DQN) is evaluated greedily: the masked argmax.
                     ev = _default_eval(
                         trainer.policy, run.env_ids, run.eval_episodes, eval_seed, stop,
                         use_mask=mode == "mask",
                         deterministic=bool(getattr(trainer, "greedy_eval", False)),
+                        flicker=flicker,
                     )  # fmt: skip
                 else:
                     ev = eval_fn(trainer.policy, run.env_ids, run.eval_episodes, eval_seed)
@@ -463,10 +466,11 @@ def _default_eval(
     stop: Any = None,
     use_mask: bool = True,
     deterministic: bool = False,
+    flicker: float = 0.0,
 ) -> dict[str, Any]:
     return evaluate(
         policy, ids if len(ids) > 1 else ids[0], episodes, seed=seed, stop=stop,
-        use_mask=use_mask, deterministic=deterministic,
+        use_mask=use_mask, deterministic=deterministic, flicker=flicker,
     )  # fmt: skip
 
 
@@ -785,7 +789,7 @@ def _make_env(
     )
     return make_training_env(
         ids, n, seed, config.env_backend, device, multigame,
-        config.invalid_actions, config.penalty_reward,
+        config.invalid_actions, config.penalty_reward, config.flicker,
     )  # fmt: skip
 
 

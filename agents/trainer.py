@@ -276,6 +276,7 @@ def make_training_env(
     multigame: bool = False,
     invalid_actions: str = "mask",
     invalid_penalty: float = 0.0,
+    flicker: float = 0.0,
 ) -> Any:
     """The vector env a trainer steps: one id -> ``make_vec``, several -> ``make_multigame_vec``.
 
@@ -289,9 +290,12 @@ def make_training_env(
     ``invalid_penalty``): the infos then carry all-valid masks, the true ones
     and ``"invalid_action"``. ``"mask"`` builds exactly the env it always did.
 
+    ``flicker > 0`` wraps each env in :class:`maskrl.envs.Flicker` (outside any
+    ``InvalidActionPolicy``): each observation is blanked with that probability.
+
     Raises:
-        ValueError: repeated ids; ``"penalty"``/``"none"`` with the torch backend
-            or several games (the multi-game env takes no wrapper).
+        ValueError: repeated ids; ``"penalty"``/``"none"`` or ``flicker > 0`` with
+            the torch backend or several games (the multi-game env takes no wrapper).
     """
     from maskrl.envs import InvalidActionPolicy, make_multigame_vec, make_vec
 
@@ -316,6 +320,16 @@ def make_training_env(
             )
         penalty = {"penalty": invalid_penalty} if invalid_actions == "penalty" else {}
         extra["wrapper"] = partial(InvalidActionPolicy, mode=invalid_actions, **penalty)
+    if flicker:
+        if backend != "numpy" or len(env_ids) != 1 or multigame:
+            raise ValueError(
+                f"--flicker {flicker} needs --env-backend numpy and one single-game --env "
+                f"(got backend {backend!r}, {len(env_ids)} game(s)"
+                f"{', a multi-game network' if multigame else ''})"
+            )
+        from maskrl.envs.flicker import flicker_wrapper
+
+        extra["wrapper"] = flicker_wrapper(flicker, inner=extra.get("wrapper"))
     if len(env_ids) == 1 and not multigame:
         return make_vec(env_ids[0], num_envs, seed=seed, **extra)
     return make_multigame_vec(env_ids, num_envs, seed=seed, **extra)

@@ -11,9 +11,11 @@ batched, ``infos["action_mask"]`` of shape ``(num_envs, n)``.
 
 :class:`InvalidActionPolicy` is the masking ablation at the env level: what an
 action outside the mask does when the agent masks (``mask``), is penalised
-(``penalty``) or sees no mask at all (``none``).
+(``penalty``) or sees no mask at all (``none``). :class:`Flicker` blanks
+observations at random (a partially observed env, for recurrent policies).
 """
 
+from maskrl.envs.flicker import Flicker
 from maskrl.envs.invalid_actions import InvalidActionPolicy
 from maskrl.envs.masks import (
     ActionMaskWrapper,
@@ -42,6 +44,7 @@ register_envs()
 
 __all__ = [
     "ActionMaskWrapper",
+    "Flicker",
     "InvalidActionPolicy",
     "MaskFn",
     "MinAtarEnv",

@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shlex
 import signal
@@ -152,7 +153,9 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     )
     add_dataclass_args(ex, ExpertsConfig)
     # Experts are masked teachers: the masking ablation is `ppo`'s alone.
-    add_dataclass_args(ex, PPOConfig, exclude=frozenset({"invalid_actions", "invalid_penalty"}))
+    add_dataclass_args(
+        ex, PPOConfig, exclude=frozenset({"invalid_actions", "invalid_penalty", "flicker"})
+    )
     mi = sub.add_parser(
         "mimic",
         allow_abbrev=False,
@@ -220,6 +223,14 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         action="store_false",
         help="play without the action mask (every action offered; an invalid one gets the "
         "env's own rule) and report the share of invalid actions: what the mask buys",
+    )
+    ev.add_argument(
+        "--flicker",
+        type=float,
+        default=None,
+        metavar="P",
+        help="blank each observation with probability P in [0, 1) (maskrl.envs.Flicker; "
+        "default: the probability the checkpoint was trained with, 0 if none)",
     )
     ev.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     ev.add_argument("--output", default=None, help="also write the summary to this JSON file")
@@ -712,6 +723,8 @@ def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -
     if not 1 <= ns.episodes <= MAX_EPISODES:
         raise ValueError(f"--episodes must be in [1, {MAX_EPISODES:,}], got {ns.episodes}")
     _check_output(ns.output)
+    if ns.flicker is not None and not (math.isfinite(ns.flicker) and 0 <= ns.flicker < 1):
+        raise ValueError(f"--flicker must be in [0, 1), got {ns.flicker}")
     policy = load_policy(ns.checkpoint, device="cpu" if ns.int8 else ns.device, seed=ns.seed)
     if ns.int8 and policy.is_recurrent:
         raise ValueError("--int8 converts feedforward policies; this checkpoint is recurrent")
@@ -730,9 +743,15 @@ def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -
                 f"{', '.join(policy.env_ids)}",
                 file=sys.stderr,
             )
+    flicker = ns.flicker
+    if flicker is None:
+        from maskrl.agents.checkpoint import load_checkpoint
+
+        saved = load_checkpoint(ns.checkpoint).get("config")
+        flicker = float(saved.get("flicker", 0.0)) if isinstance(saved, dict) else 0.0
     res = evaluate(
         policy, env, ns.episodes, seed=ns.seed, deterministic=ns.deterministic, stop=signals,
-        use_mask=ns.use_mask,
+        use_mask=ns.use_mask, flicker=flicker,
     )  # fmt: skip
     _print_eval(res)
     if ns.output:
