@@ -476,12 +476,14 @@ def test_the_sb3_benchmark_runs_both_sides(
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "r.json"
-    args = ["--impls", "sb3", "maskrl", "unmasked", "--total-timesteps", "400", "--num-envs", "2"]
+    impls = ["sb3", "maskrl", "unmasked", "maskrl-torch"]
+    args = ["--impls", *impls, "--total-timesteps", "400", "--num-envs", "2"]
     assert bench.main([*args, "--exploration-steps", "100", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "throughput ratio maskrl/sb3" in text and "throughput ratio unmasked/sb3" in text
+    for impl in impls[1:]:
+        assert f"throughput ratio {impl}/sb3" in text
     res = json.loads(out.read_text())["results"]
-    assert set(res) == {"sb3", "maskrl", "unmasked"}
+    assert set(res) == set(impls)
     assert all(r["steps"] >= 400 and r["sps"] > 0 for r in res.values())
 
 
