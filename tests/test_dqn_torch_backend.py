@@ -1,5 +1,6 @@
 """Masked DQN on the torch env backend (``--env-backend torch``): the replay at episode
-ends, masked acting, the per-iteration checks, resume and the CLI."""
+ends, masked acting, the per-iteration checks and the CLI (save / load / resume:
+``test_dqn_trainer.py``, for both backends)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from train_module import train
 
-from maskrl.agents import DQN, DQNConfig, load_trainer
+from maskrl.agents import DQN, DQNConfig
 from maskrl.agents.checkpoint import load_checkpoint
 from maskrl.agents.trainer import NonFiniteError
 from maskrl.envs import make_vec
@@ -190,36 +191,6 @@ def test_a_non_finite_reward_names_the_env_and_step() -> None:
             agent.learn(60)
     finally:
         agent.envs.close()
-
-
-def test_save_load_resume_continues_identically(tmp_path: Path) -> None:
-    cfg = _cfg(num_envs=2, seed=3)
-    a = DQN(BREAKOUT, cfg)
-    b = None
-    try:
-        a.learn(64)
-        a.save(tmp_path / "c.pt")
-        b = load_trainer(tmp_path / "c.pt", device="cpu")
-        assert type(b) is DQN and b.torch_env and b.config.env_backend == "torch"
-        assert b.global_step == 64 and b.num_updates == a.num_updates > 0
-        assert a.replay is not None and b.replay is not None
-        for k in a.replay._FIELDS:
-            assert torch.equal(getattr(a.replay, k), getattr(b.replay, k)), k
-        # A resumed run restarts its episodes (seeded with seed + step); an uninterrupted
-        # run that does the same takes exactly the same steps after it.
-        a._reset()
-        a.learn(160)
-        b.learn(160)
-        assert b.global_step == 160
-        for (k, v), w in zip(a.net.state_dict().items(), b.net.state_dict().values(), strict=True):
-            assert torch.equal(v, w), k
-        assert torch.equal(a.replay.actions, b.replay.actions)
-        assert torch.equal(a.replay.next_obs, b.replay.next_obs)
-        assert a.episode_stats.returns[-len(b.episode_stats.returns) :] == (b.episode_stats.returns)
-    finally:
-        a.envs.close()
-        if b is not None:
-            b.envs.close()
 
 
 TINY = ["--device", "cpu", "--no-progress", "--buffer-size", "256", "--batch-size", "16"]
