@@ -387,6 +387,12 @@ class DQNConfig(SavedConfig):
     hidden: int | None = _f(
         None, "dense layer width of the Q-network (None: the default network's)"
     )
+    env_backend: str = _f(
+        "numpy",
+        "numpy: Python-stepped Gymnasium envs; torch: the MinAtar games as batched torch "
+        "programs on the training device, transitions stored without leaving it (MinAtar "
+        "ids only)",
+    )
     device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     seed: int = _f(1, "seed of the initial weights, exploration, replay sampling and the envs")
     torch_threads: int | None = _f(
@@ -426,6 +432,7 @@ class DQNConfig(SavedConfig):
         _check(self, "max_grad_norm", 0 < self.max_grad_norm < math.inf, "finite and > 0")
         if self.hidden is not None:
             _check(self, "hidden", self.hidden >= 1, ">= 1, or None")
+        _check(self, "env_backend", self.env_backend in ("numpy", "torch"), "'numpy' or 'torch'")
         _check_machine_settings(self)
 
 

@@ -13,6 +13,14 @@
   stores the finished episode's own last observation (``infos["final_obs"]``)
   and its mask (``infos["final_info"]["action_mask"]``) instead, so a
   truncated transition bootstraps from the right state and mask;
+* **env backends** (``env_backend``, ``--env-backend``): ``"numpy"`` steps the
+  Python (Gymnasium) vector env and moves each step's arrays to the replay;
+  ``"torch"`` (MinAtar ids only) steps the batched torch games on the
+  trainer's device, and observations, masks, actions and rewards stay tensors
+  there, from the env through acting into the replay (no host round trip per
+  step). Its episode statistics and the non-finite-reward check are read back
+  once per iteration. Acting, storing and learning are the same code for both;
+  only the env side of a vector step differs;
 * **learning**: Huber loss between ``Q(s, a)`` and
   :func:`~maskrl.agents.dqn_target` (double DQN by default; the max and
   argmax over the next state's **valid** actions), Adam, gradient-norm
@@ -57,7 +65,7 @@ from maskrl.agents.dqn import (
     masked_argmax,
 )
 from maskrl.agents.policy import MaskedPolicy
-from maskrl.agents.rollout import EpisodeStats, read_masks
+from maskrl.agents.rollout import EpisodeStats, is_torch_env, read_masks
 from maskrl.agents.trainer import (
     NonFiniteError,
     check_finite_state,
@@ -125,26 +133,32 @@ class ReplayBuffer:
 
     def add(
         self,
-        obs: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        next_obs: np.ndarray,
-        terminated: np.ndarray,
-        next_masks: np.ndarray,
+        obs: np.ndarray | torch.Tensor,
+        actions: np.ndarray | torch.Tensor,
+        rewards: np.ndarray | torch.Tensor,
+        next_obs: np.ndarray | torch.Tensor,
+        terminated: np.ndarray | torch.Tensor,
+        next_masks: np.ndarray | torch.Tensor,
     ) -> None:
-        """Append one vector step: ``B`` transitions (NumPy arrays, the rows first)."""
+        """Append one vector step: ``B`` transitions, the rows first.
+
+        NumPy arrays, or tensors (the torch env backend's, on this buffer's device).
+        """
         B = actions.shape[0]
         rows = [(self.pos, min(self.pos + B, self.capacity))]
         if rows[0][1] - rows[0][0] < B:  # wraps around the end
             rows.append((0, B - (rows[0][1] - rows[0][0])))
+        values: list[tuple[str, Any]] = [
+            ("obs", obs), ("next_obs", next_obs), ("actions", actions),
+            ("rewards", rewards), ("terminated", terminated), ("next_masks", next_masks),
+        ]  # fmt: skip
+        if self._host is not None:  # CPU tensors are written through NumPy views too
+            values = [(k, v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in values]
         src = 0
         for lo, hi in rows:
             n = hi - lo
             part = slice(src, src + n)
-            for name, value in (
-                ("obs", obs), ("next_obs", next_obs), ("actions", actions),
-                ("rewards", rewards), ("terminated", terminated), ("next_masks", next_masks),
-            ):  # fmt: skip
+            for name, value in values:
                 if self._host is not None:
                     self._host[name][lo:hi] = value[part]
                 else:
@@ -231,7 +245,12 @@ class DQN:
         self.env_ids = env_ids
         self.device = resolve_device(config.device)
         self.data_parallel = None
-        self.envs: Any = make_training_env(env_ids, config.num_envs, config.seed, "numpy")
+        self.envs: Any = make_training_env(
+            env_ids, config.num_envs, config.seed, config.env_backend, self.device
+        )
+        #: The torch backend: the env's observations, masks and rewards are tensors on the
+        #: trainer's device (see the module docstring).
+        self.torch_env = is_torch_env(self.envs)
         try:
             obs_space = self.envs.single_observation_space
             act_space = self.envs.single_action_space
@@ -261,10 +280,14 @@ class DQN:
         self.last_target_update = 0  # env step of the last copy into the target network
         self.episode_stats = EpisodeStats()
         self.replay: ReplayBuffer | None = None
-        self._obs: np.ndarray | None = None  # the envs' current observations and masks
-        self._mask: np.ndarray | None = None
-        self._ep_return = np.zeros(config.num_envs)
+        # The envs' current observations and masks (tensors with the torch backend).
+        self._obs: Any = None
+        self._mask: Any = None
+        self._ep_return = np.zeros(config.num_envs)  # numpy backend
         self._ep_length = np.zeros(config.num_envs, dtype=np.int64)
+        # Torch backend: per vector step of the current iteration, (reward, episode
+        # ended, its return, its length) as device tensors, read back once per iteration.
+        self._pending: list[tuple[torch.Tensor, ...]] = []
 
     # ---------------------------------------------------------------- harness
     @property
@@ -305,16 +328,37 @@ class DQN:
     def _reset(self) -> None:
         n = self.config.num_envs
         obs, infos = self.envs.reset(seed=self.config.seed + self.global_step)
-        self._obs = np.asarray(obs)
-        self._mask = read_masks(infos, n, self.n_actions)
+        if self.torch_env:
+            mask = infos["action_mask"]
+            empty = ~mask.any(dim=1)
+            if bool(empty.any()):
+                raise ValueError(
+                    f"action mask has no valid action for env index(es) "
+                    f"{empty.nonzero().flatten().tolist()}: an environment must always allow "
+                    "at least one action"
+                )
+            # The env writes each step's observations into the same buffer
+            # (copy_obs=False), so the trainer keeps its own copy of the current ones.
+            self._obs, self._mask = obs.clone(), mask
+        else:
+            self._obs = np.asarray(obs)
+            self._mask = read_masks(infos, n, self.n_actions)
         self._ep_return[:] = 0.0
         self._ep_length[:] = 0
+        self._pending.clear()
 
-    def _step_envs(self) -> int:
+    def _step_envs(self) -> int | torch.Tensor:
         """One vector step under the epsilon-greedy policy; the transitions go to the replay.
 
-        Returns the number of invalid actions taken (0 unless the masks are broken).
+        Returns the number of invalid actions taken (0 unless the masks are broken):
+        an int, or with the torch backend a device tensor (read once per iteration).
         """
+        if self.torch_env:
+            return self._step_torch_env()
+        return self._step_numpy_env()
+
+    def _step_numpy_env(self) -> int:
+        """:meth:`_step_envs` on a numpy (Gymnasium) vector env."""
         assert self._obs is not None and self._mask is not None and self.replay is not None
         n = self.config.num_envs
         obs, mask = self._obs, self._mask
@@ -325,9 +369,7 @@ class DQN:
         reward = np.asarray(reward, dtype=np.float64)
         if not np.isfinite(reward).all():
             i = int(np.flatnonzero(~np.isfinite(reward))[0])
-            raise NonFiniteError(
-                f"env index {i} returned a non-finite reward at step {self.global_step}"
-            )
+            self._non_finite_reward(i, self.global_step)
         terminated = np.asarray(terminated, dtype=bool)
         done = terminated | np.asarray(truncated, dtype=bool)
         # The transition's next state: the finished episode's own last observation and
@@ -349,42 +391,108 @@ class DQN:
         self.replay.add(obs, actions, reward, real_next, terminated, real_mask)
         self._ep_return += reward
         self._ep_length += 1
-        for j in ended:
-            self.episode_stats.returns.append(float(self._ep_return[j]))
-            self.episode_stats.lengths.append(int(self._ep_length[j]))
-            self.episode_stats.game_ids.append(0)
-            self._ep_return[j] = 0.0
-            self._ep_length[j] = 0
+        if ended:
+            self._record_episodes(
+                [float(self._ep_return[j]) for j in ended],
+                [int(self._ep_length[j]) for j in ended],
+            )
+            self._ep_return[ended] = 0.0
+            self._ep_length[ended] = 0
         self._obs, self._mask = np.asarray(next_obs), next_mask
         self.global_step += n
         return invalid
 
+    def _step_torch_env(self) -> torch.Tensor:
+        """:meth:`_step_envs` on a torch-backend env: nothing leaves the device.
+
+        Where an episode ended (same-step autoreset), the stored next observation is
+        the env's ``infos["final_obs"]`` (the finished episode's last one, never the
+        reset one), ``terminated`` is the env's own flag (a truncated transition
+        bootstraps). The next mask is ``infos["action_mask"]``: the batched games'
+        masks are fixed per env slot (the game's minimal action set), so the mask of
+        a finished episode's final observation is the slot's mask, as after a reset.
+        """
+        assert self._obs is not None and self._mask is not None and self.replay is not None
+        obs, mask = self._obs, self._mask
+        actions = self._act_tensor(obs, mask, self.epsilon, sync=self.device.type == "cpu")
+        invalid = (~mask.gather(1, actions[:, None])).sum()
+        next_obs, reward, terminated, truncated, infos = self.envs.step(actions)
+        next_mask = infos["action_mask"]
+        done = terminated | truncated
+        rows = done.view((-1,) + (1,) * (next_obs.dim() - 1))
+        real_next = torch.where(rows, infos["final_obs"], next_obs)
+        self.replay.add(obs, actions, reward, real_next, terminated, next_mask)
+        self._pending.append((reward, infos["_episode"], infos["episode"]["r"],
+                              infos["episode"]["l"]))  # fmt: skip
+        self._obs.copy_(next_obs)  # after the replay has stored obs
+        self._mask = next_mask
+        self.global_step += self.config.num_envs
+        return invalid
+
+    def _end_vector_steps(self, start: int) -> None:
+        """After an iteration's vector steps (begun at env step ``start``): with the torch
+        backend, check its rewards and record its episodes, one read-back each."""
+        if not self._pending:
+            return
+        reward, done, ep_r, ep_l = (torch.stack(x) for x in zip(*self._pending, strict=True))
+        self._pending.clear()
+        bad = ~torch.isfinite(reward)
+        if bool(bad.any()):
+            flat = int(bad.reshape(-1).nonzero()[0])
+            n = self.config.num_envs
+            self._non_finite_reward(flat % n, start + (flat // n) * n)
+        if bool(done.any()):  # [steps, envs] in time order, as the numpy backend records
+            self._record_episodes(
+                [float(x) for x in ep_r[done].tolist()], [int(x) for x in ep_l[done].tolist()]
+            )
+
+    @staticmethod
+    def _non_finite_reward(env_index: int, step: int) -> None:
+        """Raise the NonFiniteError of env ``env_index``'s reward at env step ``step``."""
+        raise NonFiniteError(f"env index {env_index} returned a non-finite reward at step {step}")
+
+    def _record_episodes(self, returns: list[float], lengths: list[int]) -> None:
+        """Append finished episodes (in the order they ended) to ``episode_stats``."""
+        stats = self.episode_stats
+        stats.returns.extend(returns)
+        stats.lengths.extend(lengths)
+        stats.game_ids.extend([0] * len(returns))
+
     def _act(self, obs: np.ndarray, mask: np.ndarray, epsilon: float) -> np.ndarray:
         """Masked epsilon-greedy actions for the envs' ``obs`` and ``mask`` (NumPy in and out).
+
+        :meth:`_act_tensor` on the arrays moved to the trainer's device.
+        """
+        dev = self.device
+        t_obs, t_mask = torch.from_numpy(obs), torch.from_numpy(mask)
+        if dev.type != "cpu":
+            t_obs, t_mask = t_obs.to(dev, non_blocking=True), t_mask.to(dev, non_blocking=True)
+        return self._act_tensor(t_obs, t_mask, epsilon, sync=True).cpu().numpy()
+
+    @torch.no_grad()
+    def _act_tensor(
+        self, obs: torch.Tensor, mask: torch.Tensor, epsilon: float, sync: bool
+    ) -> torch.Tensor:
+        """Masked epsilon-greedy actions (int64 ``[N]``) for ``obs`` and bool ``mask`` on the
+        trainer's device.
 
         The same draws, in the same order, from the trainer's generator as
         :func:`~maskrl.agents.masked_epsilon_greedy` (the Gumbel noise of the
         uniform action, then the explore coins), so a run takes the same
         actions; the inputs are not re-checked (the masks come from
-        :func:`~maskrl.agents.rollout.read_masks`, which refuses a row with no
-        valid action). When every env explores, the network is not run.
+        :func:`~maskrl.agents.rollout.read_masks`, or from the torch backend's
+        env, checked at reset). With ``sync``, when every env explores, the
+        network is not run (that check is a device-to-host read: the torch
+        backend on a GPU skips it and always runs the network; the actions are
+        the same).
         """
-        dev = self.device
-        with torch.no_grad():
-            t_mask = torch.from_numpy(mask)
-            if dev.type != "cpu":
-                t_mask = t_mask.to(dev, non_blocking=True)
-            uniform, explore = _explore_draws(t_mask, epsilon, self.rng.device_gen)
-            if bool(explore.all()):
-                return uniform.cpu().numpy()
-            t_obs = torch.from_numpy(obs)
-            if dev.type != "cpu":
-                t_obs = t_obs.to(dev, non_blocking=True)
-            # The noise was drawn in float32, as the public function draws it for the
-            # network's float32 Q-values.
-            q = self._q(self.net, t_obs if t_obs.is_floating_point() else t_obs.float())
-            action = torch.where(explore, uniform, masked_argmax(q, t_mask))
-        return action.cpu().numpy()
+        uniform, explore = _explore_draws(mask, epsilon, self.rng.device_gen)
+        if sync and bool(explore.all()):
+            return uniform
+        # The noise was drawn in float32, as the public function draws it for the
+        # network's float32 Q-values.
+        q = self._q(self.net, obs if obs.is_floating_point() else obs.float())
+        return torch.where(explore, uniform, masked_argmax(q, mask))
 
     # ---------------------------------------------------------------- learning
     @staticmethod
@@ -484,10 +592,11 @@ class DQN:
             while self.global_step < total_timesteps:
                 t0 = time.perf_counter()
                 start = self.global_step
-                invalid = 0
+                invalid: int | torch.Tensor = 0
                 self.net.eval()
                 for _ in range(c.train_freq):
                     invalid += self._step_envs()
+                self._end_vector_steps(start)
                 metrics: dict[str, float] = {}
                 if self.global_step >= c.learning_starts:
                     self.net.train()
@@ -502,7 +611,7 @@ class DQN:
                 metrics["SPS"] = steps / (time.perf_counter() - t0)
                 metrics["epsilon"] = self.epsilon
                 metrics["invalid_actions"] = float(invalid)
-                metrics["invalid_action_rate"] = invalid / steps
+                metrics["invalid_action_rate"] = metrics["invalid_actions"] / steps
                 metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
                 if callback is not None and callback(self, metrics) is False:
                     break

@@ -14,6 +14,9 @@ the valid actions only. Implementations (``--impls``):
 
 * ``sb3``      -- ``stable_baselines3.DQN`` (plain DQN target);
 * ``maskrl``   -- maskrl's DQN with ``double=False`` (the same target computation);
+* ``maskrl-torch`` -- the same on the torch env backend (``env_backend="torch"``: the
+  batched MinAtar games on ``--device``, transitions kept as tensors there); SB3
+  keeps its ``DummyVecEnv`` of Gymnasium envs, as its users run it;
 * ``double``   -- maskrl's default (double DQN: one more forward pass per step);
 * ``unmasked`` -- maskrl's default with ``unmasked_target=True`` (the ablation).
 
@@ -133,6 +136,7 @@ def run_maskrl(
 
 IMPLS = {
     "maskrl": {"double": False},
+    "maskrl-torch": {"double": False, "env_backend": "torch"},
     "double": {},
     "unmasked": {"unmasked_target": True},
 }
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         r["sps"] = r["steps"] / r["wall"]
         results[impl] = r
         ret = "-" if r["last100"] is None else f"{r['last100']:.2f}"
-        print(f"{impl:9s} {r['steps']} steps in {r['wall']:.1f} s: {r['sps']:.0f} steps/s, "
+        print(f"{impl:12s} {r['steps']} steps in {r['wall']:.1f} s: {r['sps']:.0f} steps/s, "
               f"last-100 return {ret}", flush=True)  # fmt: skip
     if "sb3" in results:
         for impl, r in results.items():

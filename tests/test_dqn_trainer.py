@@ -255,15 +255,17 @@ def test_acting_never_takes_a_masked_action_on_breakout() -> None:
 # ---------------------------------------------------------------------- resume
 
 
-def test_save_load_round_trip_continues_identically(tmp_path: Path) -> None:
-    cfg = _cfg(num_envs=2, seed=3)
-    a = DQN(CORRIDOR, cfg)
+@pytest.mark.parametrize(("env", "backend"), [(CORRIDOR, "numpy"), (BREAKOUT, "torch")])
+def test_save_load_round_trip_continues_identically(tmp_path: Path, env: str, backend: str) -> None:
+    cfg = _cfg(num_envs=2, seed=3, env_backend=backend, buffer_size=256)
+    a = DQN(env, cfg)
     b = None
     try:
         a.learn(64)
         a.save(tmp_path / "c.pt")
         b = load_trainer(tmp_path / "c.pt", device="cpu")
         assert type(b) is DQN and b.global_step == 64 and b.num_updates == a.num_updates > 0
+        assert b.config.env_backend == backend and b.torch_env == (backend == "torch")
         assert a.replay is not None and b.replay is not None
         for k in a.replay._FIELDS:
             assert torch.equal(getattr(a.replay, k), getattr(b.replay, k)), k
@@ -279,6 +281,9 @@ def test_save_load_round_trip_continues_identically(tmp_path: Path) -> None:
                         strict=True):  # fmt: skip
             assert torch.equal(v, w)
         assert torch.equal(a.replay.actions, b.replay.actions)
+        assert torch.equal(a.replay.next_obs, b.replay.next_obs)
+        assert b.global_step == 160 and b.episode_stats.returns
+        assert a.episode_stats.returns[-len(b.episode_stats.returns) :] == b.episode_stats.returns
     finally:
         a.envs.close()
         if b is not None:
@@ -476,12 +481,14 @@ def test_the_sb3_benchmark_runs_both_sides(
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "r.json"
-    args = ["--impls", "sb3", "maskrl", "unmasked", "--total-timesteps", "400", "--num-envs", "2"]
+    impls = ["sb3", "maskrl", "unmasked", "maskrl-torch"]
+    args = ["--impls", *impls, "--total-timesteps", "400", "--num-envs", "2"]
     assert bench.main([*args, "--exploration-steps", "100", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "throughput ratio maskrl/sb3" in text and "throughput ratio unmasked/sb3" in text
+    for impl in impls[1:]:
+        assert f"throughput ratio {impl}/sb3" in text
     res = json.loads(out.read_text())["results"]
-    assert set(res) == {"sb3", "maskrl", "unmasked"}
+    assert set(res) == set(impls)
     assert all(r["steps"] >= 400 and r["sps"] > 0 for r in res.values())
 
 
