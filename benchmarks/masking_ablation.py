@@ -256,6 +256,7 @@ def curves_figure(payloads: list[dict[str, Any]], smooth_n: int = 1) -> Any:
 
     require_matplotlib()
     from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
 
     if not payloads:
         raise ValueError("nothing to plot")
@@ -288,6 +289,7 @@ def curves_figure(payloads: list[dict[str, Any]], smooth_n: int = 1) -> Any:
         row[1].set_ylabel("share of invalid actions")
         for ax in row:
             ax.set_xlabel("env steps")
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, not 200000
             ax.grid(alpha=0.3)
         row[0].legend(fontsize="small")
     return fig
@@ -318,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="also write the results as JSON")
     p.add_argument("--plot", default=None, help="also draw the learning curves (FILE.png)")
     p.add_argument("--smooth", type=int, default=1, help="plot: trailing mean over N updates")
+    p.add_argument("--dpi", type=int, default=100, help="plot: pixels per inch (10 inches wide)")
     p.add_argument("--replot", nargs="+", default=None, metavar="JSON",
                    help="draw --plot from saved --out files instead of training")  # fmt: skip
     args = p.parse_args(argv)
@@ -328,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seeds repeats a seed: {seeds}")
     if args.smooth < 1:
         p.error(f"--smooth must be >= 1, got {args.smooth}")
+    if args.dpi < 1:
+        p.error(f"--dpi must be >= 1, got {args.dpi}")
     if args.replot is not None and args.plot is None:
         p.error("--replot draws into --plot FILE.png; give --plot")
     if args.plot is not None:
@@ -345,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, ValueError) as e:
                 p.error(f"--replot {f}: {e}")
         try:
-            curves_figure(payloads, args.smooth).savefig(args.plot, dpi=100)
+            curves_figure(payloads, args.smooth).savefig(args.plot, dpi=args.dpi)
         except (ValueError, KeyError) as e:
             p.error(f"--replot: {e!s}")
         print(f"wrote {args.plot}")
@@ -390,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(payload, indent=1))
     if args.plot:
-        curves_figure([payload], args.smooth).savefig(args.plot, dpi=100)
+        curves_figure([payload], args.smooth).savefig(args.plot, dpi=args.dpi)
         print(f"wrote {args.plot}")
     return 0
 

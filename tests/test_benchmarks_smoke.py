@@ -279,8 +279,10 @@ def test_masking_ablation_seeds_curves_summary_and_plot(
     assert "| mask | 2 | " in text and f"{m['mean']:.2f} ({m['min']:.2f} - {m['max']:.2f})" in text
     # The saved results draw again without training.
     png2 = tmp_path / "b.png"
-    assert bench.main(["--replot", str(out), str(out), "--plot", str(png2)]) == 0
-    assert png2.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bench.main(["--replot", str(out), str(out), "--plot", str(png2), "--dpi", "50"]) == 0
+    head = png2.read_bytes()
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(head[16:20], "big") == 500  # 10 inches wide at 50 dpi
 
 
 @pytest.mark.parametrize(
@@ -293,6 +295,7 @@ def test_masking_ablation_seeds_curves_summary_and_plot(
         (["--seed", "1", "--seeds", "2", "3"], "give --seed or --seeds, not both"),
         (["--seeds", "2", "2"], "--seeds repeats a seed: [2, 2]"),
         (["--smooth", "0"], "--smooth must be >= 1, got 0"),
+        (["--dpi", "0"], "--dpi must be >= 1, got 0"),
         (["--replot", "a.json"], "--replot draws into --plot FILE.png; give --plot"),
         (["--plot", "curves.xyz"], "unknown image format 'xyz'"),
         (["--plot", "no/such/dir/a.png"], "does not exist"),
