@@ -31,8 +31,11 @@ that update (``null`` if none did; penalties included), how many ended, and the
 share of invalid actions in the update. ``--out`` writes all of it as JSON;
 ``--plot FILE.png`` (matplotlib: the ``plots`` extra) draws per mode the mean
 over seeds with a min-max band, return and invalid share against env steps;
-``--replot A.json [B.json ...] --plot FILE.png`` draws saved results (one row
-per file) without training.
+``--replot A.json [B.json ...]`` prints each saved file's table of the mean
+over seeds again and, with ``--plot FILE.png``, draws them (one row per file),
+without training. The mean-over-seeds table's train return is the mean over
+the episodes of the last 10% of updates (the window of ``train invalid``; read
+off the curve), the per-seed table's the mean of the last 100 episodes.
 
 ``--env-kwargs JSON`` makes the env with other keyword arguments (e.g.
 ``'{"slots": 50}'``: Knapsack with 50 item slots, so more invalid actions);
@@ -59,13 +62,28 @@ from typing import Any
 import numpy as np
 
 MODES = ("mask", "penalty", "none")
-#: The per-seed figures the summary averages: (name, how to read it off a result).
+#: The per-seed figures the summary averages (see :func:`_field`).
 SUMMARY_FIELDS = (
-    "train_return", "train_invalid_rate", "eval_masked", "eval_unmasked", "eval_unmasked_invalid",
+    "train_return_tail", "train_invalid_rate", "eval_masked", "eval_unmasked", "eval_unmasked_invalid",
 )  # fmt: skip
 
 
+def tail_return(curve: dict[str, list[Any]]) -> float | None:
+    """Mean return of the training episodes that ended in the last 10% of updates.
+
+    The same window as ``train_invalid_rate``; read off the curve (each update's
+    mean weighted by its episodes), so it can be recomputed from a saved JSON.
+    ``None`` if no episode ended there.
+    """
+    k = max(1, len(curve["steps"]) // 10)
+    pairs = [(v, n) for v, n in zip(curve["return"][-k:], curve["episodes"][-k:], strict=True) if n]
+    total = sum(n for _, n in pairs)
+    return sum(v * n for v, n in pairs) / total if total else None
+
+
 def _field(r: dict[str, Any], name: str) -> float | None:
+    if name == "train_return_tail":
+        return tail_return(r["curve"])
     if name == "eval_masked":
         return float(r["eval_masked"]["mean"])
     if name == "eval_unmasked":
@@ -211,7 +229,11 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def summary_table(summary: list[dict[str, Any]]) -> str:
-    """:func:`summarize`'s rows as a Markdown table: mean (min - max) over seeds."""
+    """:func:`summarize`'s rows as a Markdown table: mean (min - max) over seeds.
+
+    Its train return is :func:`tail_return` (the episodes of the last 10% of
+    updates), not the per-seed table's last 100 episodes.
+    """
 
     def cell(s: dict[str, float] | None, pct: bool) -> str:
         if s is None:
@@ -220,13 +242,13 @@ def summary_table(summary: list[dict[str, Any]]) -> str:
         return f"{f(s['mean'])} ({f(s['min'])} - {f(s['max'])})"
 
     rows = [
-        "| mode | seeds | train return | train invalid | eval with mask | eval without mask "
+        "| mode | seeds | train return (last 10%) | train invalid | eval with mask | eval without mask "
         "| eval invalid (no mask) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in summary:
         rows.append(
-            f"| {_mode_name(s)} | {len(s['seeds'])} | {cell(s['train_return'], False)} "
+            f"| {_mode_name(s)} | {len(s['seeds'])} | {cell(s['train_return_tail'], False)} "
             f"| {cell(s['train_invalid_rate'], True)} | {cell(s['eval_masked'], False)} "
             f"| {cell(s['eval_unmasked'], False)} | {cell(s['eval_unmasked_invalid'], True)} |"
         )
@@ -322,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smooth", type=int, default=1, help="plot: trailing mean over N updates")
     p.add_argument("--dpi", type=int, default=100, help="plot: pixels per inch (10 inches wide)")
     p.add_argument("--replot", nargs="+", default=None, metavar="JSON",
-                   help="draw --plot from saved --out files instead of training")  # fmt: skip
+                   help="print the saved --out files' tables (and draw --plot) instead of training")  # fmt: skip
     args = p.parse_args(argv)
     if args.seed is not None and args.seeds is not None:
         p.error("give --seed or --seeds, not both")
@@ -333,8 +355,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--smooth must be >= 1, got {args.smooth}")
     if args.dpi < 1:
         p.error(f"--dpi must be >= 1, got {args.dpi}")
-    if args.replot is not None and args.plot is None:
-        p.error("--replot draws into --plot FILE.png; give --plot")
     if args.plot is not None:
         from maskrl.plots import check_image_path
 
@@ -350,10 +370,14 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, ValueError) as e:
                 p.error(f"--replot {f}: {e}")
         try:
-            curves_figure(payloads, args.smooth).savefig(args.plot, dpi=args.dpi)
-        except (ValueError, KeyError) as e:
-            p.error(f"--replot: {e!s}")
-        print(f"wrote {args.plot}")
+            for f, payload in zip(args.replot, payloads, strict=True):
+                print(f"{f}: {_title(payload)}, mean (lowest - highest seed) over seeds")
+                print(summary_table(summarize(payload["results"])))
+            if args.plot is not None:
+                curves_figure(payloads, args.smooth).savefig(args.plot, dpi=args.dpi)
+                print(f"wrote {args.plot}")
+        except (ValueError, KeyError, TypeError) as e:
+            p.error(f"--replot: not a masking_ablation.py --out file ({e!s})")
         return 0
 
     import maskrl.envs  # noqa: F401  (registers the maskrl/... ids)

@@ -269,12 +269,17 @@ def test_masking_ablation_seeds_curves_summary_and_plot(
     summary = {s["mode"]: s for s in data["summary"]}
     for mode, s in summary.items():
         rs = [r for r in results if r["mode"] == mode]
-        returns = [r["train_return"] for r in rs]
+        rates = [r["train_invalid_rate"] for r in rs]
         assert s["seeds"] == [3, 4]
-        assert s["train_return"]["mean"] == pytest.approx(sum(returns) / 2)
-        assert (s["train_return"]["min"], s["train_return"]["max"]) == (min(returns), max(returns))
+        assert s["train_invalid_rate"]["mean"] == pytest.approx(sum(rates) / 2)
+        assert (s["train_invalid_rate"]["min"], s["train_invalid_rate"]["max"]) == (
+            min(rates), max(rates),
+        )  # fmt: skip
         unmasked = [r["eval_unmasked"]["mean"] for r in rs]
         assert s["eval_unmasked"]["mean"] == pytest.approx(sum(unmasked) / 2)
+        # Its train return: the episodes of the last 10% of the 4 updates, i.e. the last one.
+        last = [r["curve"]["return"][-1] for r in rs]
+        assert s["train_return_tail"]["mean"] == pytest.approx(sum(last) / 2)
     m = summary["mask"]["eval_masked"]
     assert "| mask | 2 | " in text and f"{m['mean']:.2f} ({m['min']:.2f} - {m['max']:.2f})" in text
     # The saved results draw again without training.
@@ -283,6 +288,9 @@ def test_masking_ablation_seeds_curves_summary_and_plot(
     head = png2.read_bytes()
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(head[16:20], "big") == 500  # 10 inches wide at 50 dpi
+    # --replot prints the same mean-over-seeds table (twice: the file was given twice).
+    table = bench.summary_table(bench.summarize(results))
+    assert capsys.readouterr().out.count(table) == 2
 
 
 @pytest.mark.parametrize(
@@ -296,7 +304,7 @@ def test_masking_ablation_seeds_curves_summary_and_plot(
         (["--seeds", "2", "2"], "--seeds repeats a seed: [2, 2]"),
         (["--smooth", "0"], "--smooth must be >= 1, got 0"),
         (["--dpi", "0"], "--dpi must be >= 1, got 0"),
-        (["--replot", "a.json"], "--replot draws into --plot FILE.png; give --plot"),
+        (["--replot", "no-such.json"], "--replot no-such.json: [Errno 2] No such file"),
         (["--plot", "curves.xyz"], "unknown image format 'xyz'"),
         (["--plot", "no/such/dir/a.png"], "does not exist"),
     ],
