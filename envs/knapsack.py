@@ -8,18 +8,21 @@ from the env's own generator (``self.np_random``):
 * integer capacity ``max(floor(capacity_fraction * sum(weights)), min(weights))``,
   so at least one item always fits.
 
+``slots`` (default ``n_max``) is the number of item slots: observation rows and
+actions. Slots beyond an instance's items are zero padding and never valid.
+
 Observation ``Dict`` (the key is not ``"items"``: sb3's ``MultiInputPolicy`` keeps
 one sub-network per key in an ``nn.ModuleDict``, where ``items`` is a method name):
 
-* ``"item_features"``: ``Box(0, ., (n_max, 2), float32)``, row ``i`` =
+* ``"item_features"``: ``Box(0, ., (slots, 2), float32)``, row ``i`` =
   ``[weight_i / capacity, value_i / max_value]`` (capacity = the instance's
-  initial capacity); rows ``n..n_max-1`` are zero padding;
-* ``"item_mask"``: ``MultiBinary(n_max)``, 1 = the item is in the instance **and
+  initial capacity); rows ``n..slots-1`` are zero padding;
+* ``"item_mask"``: ``MultiBinary(slots)``, 1 = the item is in the instance **and
   not yet picked**: the set still to choose from shrinks as items are picked, so
   ``items`` + ``item_mask`` + ``capacity`` is the whole (Markov) state;
 * ``"capacity"``: ``Box(0, 1, (1,), float32)``, remaining capacity / initial capacity.
 
-Action ``Discrete(n_max)``: the index of the item to put in the knapsack. The
+Action ``Discrete(slots)``: the index of the item to put in the knapsack. The
 action mask (``info["action_mask"]``, ``action_masks()``) is ``item_mask`` and
 "fits in the remaining capacity": padding, already-picked and too-heavy items
 are invalid. The episode terminates when no remaining item fits.
@@ -30,7 +33,7 @@ for that step, nothing is added, and ``info["invalid_action"] = True`` (so
 ``total_value`` is what was packed before it). A policy that ignores the mask
 thus forfeits the value it could still have packed, and every episode still
 ends within ``n_max`` steps. ``check_actions=True`` raises :class:`ValueError`
-instead, to debug an agent's masking; an action outside ``0..n_max-1`` (not in
+instead, to debug an agent's masking; an action outside ``0..slots-1`` (not in
 the action space) always raises it.
 
 Reward: the picked item's **raw** integer value (as a float). ``info`` holds, in
@@ -75,10 +78,14 @@ def knapsack_optimum(weights: np.ndarray, values: np.ndarray, capacity: int) -> 
 
 
 class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
-    """Pick items into a knapsack; instances of ``n_min..n_max`` items, padded to ``n_max``.
+    """Pick items into a knapsack; instances of ``n_min..n_max`` items, padded to ``slots`` (default ``n_max``).
 
     Args:
         n_min, n_max: range of the number of items per episode (inclusive).
+        slots: the number of item slots (observation rows and actions), ``>= n_max``;
+            default ``n_max``. Slots beyond an instance's items are padding, never
+            valid: more slots with the same ``n_min..n_max`` raise the share of
+            invalid actions without changing the instances (the masking ablation).
         max_weight, max_value: upper ends of the integer weights and values.
         capacity_fraction: capacity as a fraction of the instance's total weight.
         check_actions: when True an invalid pick raises :class:`ValueError` (to
@@ -104,34 +111,39 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         max_value: int = 20,
         capacity_fraction: float = 0.5,
         check_actions: bool = False,
+        slots: int | None = None,
     ) -> None:
         if not 1 <= n_min <= n_max:
             raise ValueError(f"need 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
+        if slots is None:
+            slots = n_max
+        if slots < n_max:
+            raise ValueError(f"slots must be >= n_max, got slots={slots}, n_max={n_max}")
         if max_weight < 1 or max_value < 1:
             raise ValueError(
                 f"max_weight and max_value must be >= 1, got {max_weight}, {max_value}"
             )
         if not 0.0 < capacity_fraction <= 1.0:
             raise ValueError(f"capacity_fraction must be in (0, 1], got {capacity_fraction}")
-        self.n_min, self.n_max = n_min, n_max
+        self.n_min, self.n_max, self.slots = n_min, n_max, slots
         self.max_weight, self.max_value = max_weight, max_value
         self.capacity_fraction = capacity_fraction
         self._check_actions = check_actions
-        high = np.tile(np.array([max_weight, 1.0], dtype=np.float32), (n_max, 1))
+        high = np.tile(np.array([max_weight, 1.0], dtype=np.float32), (slots, 1))
         self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
-                "item_features": spaces.Box(0.0, high, (n_max, 2), np.float32),
-                "item_mask": spaces.MultiBinary(n_max),
+                "item_features": spaces.Box(0.0, high, (slots, 2), np.float32),
+                "item_mask": spaces.MultiBinary(slots),
                 "capacity": spaces.Box(0.0, 1.0, (1,), np.float32),
             }
         )
-        self.action_space = spaces.Discrete(n_max)
+        self.action_space = spaces.Discrete(slots)
         # Instance state (set by reset).
-        self.weights = np.zeros(n_max, dtype=np.int64)
-        self.values = np.zeros(n_max, dtype=np.int64)
+        self.weights = np.zeros(slots, dtype=np.int64)
+        self.values = np.zeros(slots, dtype=np.int64)
         self.capacity = 0
         self.remaining = 0
-        self.available = np.zeros(n_max, dtype=np.bool_)  # present and not yet picked
+        self.available = np.zeros(slots, dtype=np.bool_)  # present and not yet picked
         self.optimal_value = 0
         self.total_value = 0
         self._steps = 0
@@ -140,7 +152,7 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         return self.available & (self.weights <= self.remaining)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        items = np.zeros((self.n_max, 2), dtype=np.float32)
+        items = np.zeros((self.slots, 2), dtype=np.float32)
         items[:, 0] = self.weights / self.capacity
         items[:, 1] = self.values / self.max_value
         return {
@@ -163,15 +175,15 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         super().reset(seed=seed)
         rng = self.np_random
         n = int(rng.integers(self.n_min, self.n_max + 1))
-        self.weights = np.zeros(self.n_max, dtype=np.int64)
-        self.values = np.zeros(self.n_max, dtype=np.int64)
+        self.weights = np.zeros(self.slots, dtype=np.int64)
+        self.values = np.zeros(self.slots, dtype=np.int64)
         self.weights[:n] = rng.integers(1, self.max_weight + 1, size=n)
         self.values[:n] = rng.integers(1, self.max_value + 1, size=n)
         total = int(self.weights[:n].sum())
         # At least the lightest item fits, so the first step always has a valid action.
         self.capacity = max(int(self.capacity_fraction * total), int(self.weights[:n].min()))
         self.remaining = self.capacity
-        self.available = np.zeros(self.n_max, dtype=np.bool_)
+        self.available = np.zeros(self.slots, dtype=np.bool_)
         self.available[:n] = True
         self.optimal_value = knapsack_optimum(self.weights[:n], self.values[:n], self.capacity)
         self.total_value = 0
@@ -186,19 +198,19 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         An invalid pick terminates the episode with reward 0 (see the module doc).
 
         Raises:
-            ValueError: an action outside ``0..n_max-1``, or with ``check_actions``
+            ValueError: an action outside ``0..slots-1``, or with ``check_actions``
                 an invalid pick.
         """
         i = int(action)
         self._steps += 1
         mask = self._mask()
-        if not (0 <= i < self.n_max and mask[i]):
+        if not (0 <= i < self.slots and mask[i]):
             why = (
-                f"out of range for {self.action_space}" if not 0 <= i < self.n_max
+                f"out of range for {self.action_space}" if not 0 <= i < self.slots
                 else "padding or already picked" if not self.available[i]
                 else f"too heavy (weight {self.weights[i]} > remaining capacity {self.remaining})"
             )  # fmt: skip
-            if self._check_actions or not 0 <= i < self.n_max:
+            if self._check_actions or not 0 <= i < self.slots:
                 env_id = self.spec.id if self.spec is not None else "Knapsack"
                 raise ValueError(
                     f"invalid action {i} in env '{env_id}' at step {self._steps}: item {why}"
@@ -214,5 +226,5 @@ class KnapsackEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         return self._obs(), float(self.values[i]), not mask.any(), False, self._info(mask)
 
     def action_masks(self) -> np.ndarray:
-        """Valid picks now: ``(n_max,)`` bool, present, not picked and fitting."""
+        """Valid picks now: ``(slots,)`` bool, present, not picked and fitting."""
         return self._mask()

@@ -28,6 +28,7 @@ from maskrl.curves import RETURN_TAG, SEED_SUFFIX, mean_curve, read_run, smooth
 __all__ = [
     "MATPLOTLIB_REQUIREMENT",
     "Mark",
+    "check_image_path",
     "learning_curves_figure",
     "parse_mark",
     "require_matplotlib",
@@ -180,6 +181,36 @@ def learning_curves_figure(
     return fig
 
 
+def check_image_path(out: str | Path, option: str = "--out") -> Path:
+    """``out`` as a :class:`~pathlib.Path` an image can be saved to (format from its suffix).
+
+    Checked before any work is done, so a long run does not end on a bad file name.
+
+    Raises:
+        ValueError: matplotlib missing (the message says how to install it), ``out``
+            a folder, a missing or unwritable parent folder, an unknown image format;
+            the message names ``option``.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{option} {out} is a folder; give a file name such as curves.png")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{option} {out}: folder {parent} is not writable")
+    require_matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = out.suffix.lstrip(".").lower()
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise ValueError(
+            f"{option} {out}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}"
+        )
+    return out
+
+
 def write_plot(
     runs: list[str | Path],
     out: str | Path,
@@ -196,23 +227,7 @@ def write_plot(
         ValueError: as :func:`learning_curves_figure`, or an ``out`` that cannot be
             written (a folder, a missing parent folder, an unknown image format).
     """
-    out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name such as curves.png")
-    parent = out.absolute().parent
-    if not parent.is_dir():
-        raise ValueError(f"--out {out}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"--out {out}: folder {parent} is not writable")
-    require_matplotlib()
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    fmt = out.suffix.lstrip(".").lower()
-    supported = FigureCanvasBase.get_supported_filetypes()
-    if fmt not in supported:
-        raise ValueError(
-            f"--out {out}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}"
-        )
+    out = check_image_path(out)
     fig = learning_curves_figure(runs, tag, x, smooth_n, group, title, marks)
     try:
         fig.savefig(out, dpi=100)

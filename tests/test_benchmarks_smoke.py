@@ -225,3 +225,110 @@ def test_masking_ablation_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
     # Sampling over all of Knapsack's items, an untrained policy takes many invalid ones.
     assert by["none"]["first_invalid_rate"] > 0.1 and by["penalty"]["first_invalid_rate"] > 0.1
     assert all(r["steps"] == 2048 and r["eval_unmasked"]["episodes"] == 8 for r in by.values())
+
+
+def test_masking_ablation_seeds_curves_summary_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load("masking_ablation")
+    out, png = tmp_path / "a.json", tmp_path / "a.png"
+    argv = [
+        "--modes", "mask", "none", "--seeds", "3", "4", "--total-timesteps", "1024",
+        "--num-envs", "4", "--episodes", "4", "--env-kwargs", '{"slots": 30}',
+        "--out", str(out), "--plot", str(png),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "seed 3\n" in text and "seed 4\n" in text and "mean (lowest - highest seed)" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(out.read_text())
+    assert data["env_id"] == "ablation/Knapsack-slots30-v0"
+    import gymnasium as gym
+
+    assert data["env_id"] not in gym.registry  # the benchmark leaves the registry as it was
+    results = data["results"]
+    assert sorted((r["seed"], r["mode"]) for r in results) == [
+        (3, "mask"), (3, "none"), (4, "mask"), (4, "none"),
+    ]  # fmt: skip
+    for r in results:
+        c = r["curve"]
+        # 1024 steps of 4 envs x 64 steps: 4 updates, one curve point after each.
+        assert c["steps"] == [256, 512, 768, 1024] and r["steps"] == 1024
+        assert sum(c["episodes"]) == r["train_episodes"] > 0
+        assert r["first_invalid_rate"] == c["invalid_rate"][0]
+        assert r["train_invalid_rate"] == c["invalid_rate"][-1]  # the last 10% of 4 updates
+        assert r["train_return"] is not None
+        if r["train_episodes"] <= 100:  # the last 100 episodes are all of them
+            total = sum(v * n for v, n in zip(c["return"], c["episodes"], strict=True) if n)
+            assert r["train_return"] == pytest.approx(total / r["train_episodes"])
+        if r["mode"] == "mask":
+            assert set(c["invalid_rate"]) == {0.0}
+    # With 30 slots for 5-20 items, an untrained policy sampling over all slots
+    # picks padding or a used item most of the time.
+    assert all(r["first_invalid_rate"] > 0.4 for r in results if r["mode"] == "none")
+    summary = {s["mode"]: s for s in data["summary"]}
+    for mode, s in summary.items():
+        rs = [r for r in results if r["mode"] == mode]
+        rates = [r["train_invalid_rate"] for r in rs]
+        assert s["seeds"] == [3, 4]
+        assert s["train_invalid_rate"]["mean"] == pytest.approx(sum(rates) / 2)
+        assert (s["train_invalid_rate"]["min"], s["train_invalid_rate"]["max"]) == (
+            min(rates), max(rates),
+        )  # fmt: skip
+        unmasked = [r["eval_unmasked"]["mean"] for r in rs]
+        assert s["eval_unmasked"]["mean"] == pytest.approx(sum(unmasked) / 2)
+        # Its train return: the episodes of the last 10% of the 4 updates, i.e. the last one.
+        last = [r["curve"]["return"][-1] for r in rs]
+        assert s["train_return_tail"]["mean"] == pytest.approx(sum(last) / 2)
+    m = summary["mask"]["eval_masked"]
+    assert "| mask | 2 | " in text and f"{m['mean']:.2f} ({m['min']:.2f} - {m['max']:.2f})" in text
+    # The saved results draw again without training.
+    png2 = tmp_path / "b.png"
+    assert bench.main(["--replot", str(out), str(out), "--plot", str(png2), "--dpi", "50"]) == 0
+    head = png2.read_bytes()
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(head[16:20], "big") == 500  # 10 inches wide at 50 dpi
+    # --replot prints the same mean-over-seeds table (twice: the file was given twice).
+    table = bench.summary_table(bench.summarize(results))
+    assert capsys.readouterr().out.count(table) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--env-kwargs", "{slots: 5"], "--env-kwargs '{slots: 5' is not JSON"),
+        (["--env-kwargs", "[50]"], "must be a JSON object"),
+        (["--env-kwargs", '{"slots": 10}'], "slots must be >= n_max, got slots=10, n_max=20"),
+        (["--env-kwargs", '{"colour": 1}'], "colour"),
+        (["--seed", "1", "--seeds", "2", "3"], "give --seed or --seeds, not both"),
+        (["--seeds", "2", "2"], "--seeds repeats a seed: [2, 2]"),
+        (["--smooth", "0"], "--smooth must be >= 1, got 0"),
+        (["--dpi", "0"], "--dpi must be >= 1, got 0"),
+        (["--replot", "no-such.json"], "--replot no-such.json: [Errno 2] No such file"),
+        (["--plot", "curves.xyz"], "unknown image format 'xyz'"),
+        (["--plot", "no/such/dir/a.png"], "does not exist"),
+    ],
+)
+def test_masking_ablation_refuses_bad_input_in_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load("masking_ablation")
+    with pytest.raises(SystemExit) as e:
+        bench.main([*argv, "--total-timesteps", "64"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err
+
+
+def test_masking_ablation_plot_without_matplotlib_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import sys
+
+    bench = _load("masking_ablation")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # an import of it now fails
+    with pytest.raises(SystemExit) as e:  # refused before any training
+        bench.main(["--plot", str(tmp_path / "a.png")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "maskrl[plots]" in err and 'pip install "matplotlib>=3.7"' in err

@@ -402,3 +402,26 @@ def test_knapsack_always_starts_with_a_valid_action() -> None:
     for seed in range(20):
         _, info = env.reset(seed=seed)
         assert info["action_mask"].tolist() == [True]
+
+
+def test_knapsack_slots_pad_the_same_instances_with_never_valid_actions() -> None:
+    base = gym.make("maskrl/Knapsack-v0", n_min=3, n_max=8)
+    wide = gym.make("maskrl/Knapsack-v0", n_min=3, n_max=8, slots=20)
+    assert wide.action_space == gym.spaces.Discrete(20)
+    assert wide.observation_space["item_features"].shape == (20, 2)  # type: ignore[index]
+    assert wide.observation_space["item_mask"] == gym.spaces.MultiBinary(20)  # type: ignore[index]
+    for seed in range(10):
+        (ob, ib), (ow, iw) = base.reset(seed=seed), wide.reset(seed=seed)
+        # The same instance (same draws from the same seed), then 12 padding slots.
+        np.testing.assert_array_equal(ow["item_features"][:8], ob["item_features"])
+        assert (ow["item_features"][8:] == 0).all() and not ow["item_mask"][8:].any()
+        np.testing.assert_array_equal(iw["action_mask"][:8], ib["action_mask"])
+        assert not iw["action_mask"][8:].any() and iw["optimal_value"] == ib["optimal_value"]
+        # A padding slot is an invalid pick: the episode ends with reward 0.
+        _, reward, term, _, info = wide.step(19)
+        assert (reward, term, info["invalid_action"]) == (0.0, True, True)
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(KnapsackEnv(n_min=3, n_max=8, slots=20), skip_render_check=True)
+    with pytest.raises(ValueError, match="slots must be >= n_max, got slots=7, n_max=8"):
+        KnapsackEnv(n_min=3, n_max=8, slots=7)
