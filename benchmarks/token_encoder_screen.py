@@ -80,7 +80,7 @@ def _install_variant(options: dict[str, Any]) -> None:
     from torch import nn
 
     import maskrl.agents.networks as networks
-    from maskrl.tokens import GridTokenEncoder
+    from maskrl.tokens import GridTokenEncoder, compact_present
 
     class VariantEncoder(GridTokenEncoder):
         def __init__(self, channels: list[int], h: int, w: int, layers: int, heads: int) -> None:
@@ -104,18 +104,14 @@ def _install_variant(options: dict[str, Any]) -> None:
             if not self.use_conv:
                 return super().tokenize(obs, game_id)
             game_id = game_id.long()
-            b, cells = obs.shape[0], self.height * self.width
+            cells = self.height * self.width
             x = obs.float()
             x = torch.where(self.channel_valid[game_id][:, :, None, None], x, torch.zeros(()))
             nb = F.unfold(x, 3, padding=1).transpose(1, 2)  # [B, HW, C*9]
             present = (x.flatten(2).transpose(1, 2) != 0).any(dim=-1)
             count = present.sum(dim=1)
             k = max(int(count.max()), 1)
-            empty_rank = count[:, None] + (~present).cumsum(dim=1) - 1
-            slot = torch.where(present, present.cumsum(dim=1) - 1, empty_rank)
-            cell = torch.arange(cells).expand(b, cells)
-            order = torch.empty(b, cells, dtype=torch.long).scatter(1, slot, cell)[:, :k]
-            present = torch.arange(k)[None, :] < count[:, None]
+            order, present = compact_present(present, k)
             nbk = nb.gather(1, order[:, :, None].expand(-1, -1, nb.shape[-1]))
             pos = (self.row_embedding[:, None, :] + self.col_embedding[None, :, :]).reshape(
                 cells, self.dim

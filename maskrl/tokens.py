@@ -36,7 +36,44 @@ from torch import Tensor, nn
 from maskrl.attention import AttentionPool, SelfAttentionBlock
 from maskrl.init import layer_init
 
-__all__ = ["GridTokenEncoder"]
+__all__ = ["GridTokenEncoder", "compact_present"]
+
+
+def compact_present(present: Tensor, slots: int) -> tuple[Tensor, Tensor]:
+    """Gather indices that move each row's present elements to its front, in order.
+
+    Args:
+        present: ``[B, N]`` bool, which elements of each row are present.
+        slots: ``K``, the number of slots kept (``1 <= K <= N``); every row
+            must have at most ``K`` present elements (the caller checks: the
+            error it raises knows what the elements are).
+
+    Returns:
+        ``(order [B, K] long, kept [B, K] bool)``: slot ``s`` of row ``b``
+        holds element ``order[b, s]`` of that row; the row's present elements
+        fill its first slots in their original order and ``kept`` marks them.
+        The other slots point at absent elements. ``x.gather(1, order[..., None]
+        .expand(-1, -1, D))`` then compacts any ``[B, N, D]`` tensor.
+
+    One scatter of a permutation: present element ``j`` goes to slot "present
+    elements before ``j``", absent elements after all present ones. O(N), no
+    sort, and unique indices, so it is deterministic on every device.
+    """
+    if present.dim() != 2 or present.dtype != torch.bool:
+        raise ValueError(
+            f"present must be a [B, N] bool tensor, got {tuple(present.shape)} {present.dtype}"
+        )
+    b, n = present.shape
+    if not 1 <= slots <= n:
+        raise ValueError(f"slots must be in 1..{n} (the row length), got {slots}")
+    count = present.sum(dim=1)  # [B]
+    absent_rank = count[:, None] + (~present).cumsum(dim=1) - 1
+    slot = torch.where(present, present.cumsum(dim=1) - 1, absent_rank)  # [B, N]
+    index = torch.arange(n, device=present.device).expand(b, n)
+    order = torch.empty(b, n, dtype=torch.long, device=present.device)
+    order = order.scatter(1, slot, index)[:, :slots]  # [B, K]
+    kept = torch.arange(slots, device=present.device)[None, :] < count[:, None]  # [B, K]
+    return order, kept
 
 
 class GridTokenEncoder(nn.Module):
@@ -226,16 +263,8 @@ class GridTokenEncoder(nn.Module):
                     f"row(s) {rows} have {count[rows].tolist()} occupied cells, more than "
                     f"max_tokens={k}; raise max_tokens (None: every cell can be a token)"
                 )
-        # Compact the occupied cells to the front, in raster order, with one
-        # scatter of a permutation: occupied cell j goes to slot "occupied
-        # cells before j", empty cells after all occupied ones. O(H*W), no
-        # sort, and unique indices (deterministic on every device).
-        empty_rank = count[:, None] + (~present).cumsum(dim=1) - 1
-        slot = torch.where(present, present.cumsum(dim=1) - 1, empty_rank)  # [B, HW]
-        cell = torch.arange(cells, device=x.device).expand(b, cells)
-        order = torch.empty(b, cells, dtype=torch.long, device=x.device)
-        order = order.scatter(1, slot, cell)[:, :k]  # [B, K] cell index of each slot
-        present = torch.arange(k, device=x.device)[None, :] < count[:, None]  # [B, K]
+        # The occupied cells to the front, in raster order.
+        order, present = compact_present(present, k)  # [B, K] cell index of each slot
         x = x.gather(1, order[:, :, None].expand(-1, -1, self.max_channels))  # [B, K, Cmax]
         pos = (self.row_embedding[:, None, :] + self.col_embedding[None, :, :]).reshape(
             cells, self.dim

@@ -14,7 +14,7 @@ import maskrl.tokens
 from maskrl.agents.networks import build_actor_critic
 from maskrl.envs import game_observation, make_multigame_vec, make_vec, multigame_layout
 from maskrl.networks import MultiGameActorCritic
-from maskrl.tokens import GridTokenEncoder
+from maskrl.tokens import GridTokenEncoder, compact_present
 
 CHANNELS = [4, 10, 6, 6]  # games 2 and 3 have the same channel count
 H = W = 5
@@ -325,3 +325,34 @@ def test_game_observation_checks_its_arguments() -> None:
     # A torch tensor slices the same way.
     t = torch.arange(2 * 10 * 10 * 10.0).view(2, 10, 10, 10)
     assert torch.equal(game_observation(t, 0, shapes), t[:, :4])
+
+
+def test_compact_present_hand_case() -> None:
+    present = torch.tensor([[False, True, False, True, True], [False, False, False, False, False]])
+    order, kept = compact_present(present, 3)
+    assert order[0].tolist() == [1, 3, 4]
+    assert kept.tolist() == [[True, True, True], [False, False, False]]
+    # The second row's slots point at (absent) elements, each at most once.
+    assert sorted(order[1].tolist()) == [0, 1, 2]
+
+
+def test_compact_present_matches_a_stable_sort_over_random_rows() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 2, 7, 100):
+        present = torch.rand(64, n, generator=gen) < torch.rand(64, 1, generator=gen)
+        slots = max(int(present.sum(1).max()), 1)
+        order, kept = compact_present(present, slots)
+        # Reference: stable sort putting present elements first.
+        ref = torch.sort((~present).int(), dim=1, stable=True).indices[:, :slots]
+        assert torch.equal(kept, torch.arange(slots)[None] < present.sum(1, keepdim=True))
+        assert torch.equal(torch.where(kept, order, -1), torch.where(kept, ref, -1))
+        assert bool(present.gather(1, order)[kept].all())
+        # Every row's slots are distinct elements (a permutation's prefix).
+        assert all(len(set(row.tolist())) == slots for row in order)
+
+
+def test_compact_present_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match=r"\[B, N\] bool"):
+        compact_present(torch.ones(2, 3), 1)
+    with pytest.raises(ValueError, match="slots must be in 1..3"):
+        compact_present(torch.ones(2, 3, dtype=torch.bool), 4)
