@@ -55,6 +55,11 @@ def require_matplotlib() -> None:
         ) from e
 
 
+#: Colours of the dashed marks, one per distinct label (grey first, then colours
+#: the runs' lines use last).
+_MARK_COLORS = ("0.35", "C3", "C2", "C4", "C5", "C6")
+
+
 def parse_mark(text: str) -> Mark:
     """``"GAME=VALUE"`` or ``"GAME=VALUE:LABEL"`` -> ``(game, value, label)`` (label: "target").
 
@@ -104,7 +109,8 @@ def learning_curves_figure(
     """A :class:`matplotlib.figure.Figure` of the runs' ``tag`` curves (see the module docstring).
 
     ``marks`` draws a dashed horizontal line per ``(game, value, label)`` in that
-    game's panel (e.g. a published score; see :func:`parse_mark`).
+    game's panel (e.g. a published score; see :func:`parse_mark`), one colour per
+    distinct label.
 
     Raises:
         ValueError: no runs, a run without event files or without ``tag``, a bad
@@ -134,8 +140,11 @@ def learning_curves_figure(
             xs = c.steps if x == "steps" else c.wall
             series.setdefault(key, {}).setdefault(game, []).append((xs, smooth(c.values, smooth_n)))
     by_panel: dict[str, list[Mark]] = {}
+    mark_labels: list[str] = []  # one colour per label, in order of appearance
     for m in marks or []:
         by_panel.setdefault(_mark_panel(m[0], panels), []).append(m)
+        if m[2] not in mark_labels:
+            mark_labels.append(m[2])
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(5.0 * cols, 3.6 * rows), layout="constrained")
@@ -162,7 +171,8 @@ def learning_curves_figure(
             ax.plot(grid, mean, color=color, label=label, linewidth=1.2, marker=few)
             ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
         for _, value, label in by_panel.get(game, []):
-            ax.axhline(value, color="0.35", linestyle="--", linewidth=1.0, label=label)
+            color = _MARK_COLORS[mark_labels.index(label) % len(_MARK_COLORS)]
+            ax.axhline(value, color=color, linestyle="--", linewidth=1.0, label=label)
         ax.set_title(game)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

@@ -125,6 +125,18 @@ def test_marks_draw_a_dashed_line_in_their_games_panel(
     for bad in ("Breakout", "=3", "Breakout=x", "Breakout=nan"):
         with pytest.raises(ValueError, match="--mark"):
             parse_mark(bad)
+    # Marks with distinct labels get distinct colours; a repeated label keeps its colour.
+    marks = [
+        parse_mark(t) for t in ("Breakout=20:expert", "Breakout=15:student", "Asterix=9:expert")
+    ]
+    fig = learning_curves_figure([run], marks=marks)
+    (_, expert_b, student_b), (_, expert_a) = (_lines(ax) for ax in fig.axes)
+    assert expert_b.get_color() == expert_a.get_color() != student_b.get_color()
+    assert [m.get_label() for m in (expert_b, student_b, expert_a)] == [
+        "expert",
+        "student",
+        "expert",
+    ]
     png = tmp_path / "m.png"
     assert train.main(["plot", str(run), "--mark", "Breakout=28", "--out", str(png)]) == 0
     assert png.exists()

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Draws the README's Actor-Mimic figures from finished runs (it trains nothing):
+#
+# 1. docs/img/minatar_experts.png: the five experts' training returns, with the
+#    published MinAtar targets as dashed lines;
+# 2. docs/img/minatar_baseline_vs_student.png: multi-game PPO from scratch
+#    (training returns, per game) with each expert's and the student's final
+#    evaluation as dashed lines (read from experts.json and the student's eval.json);
+# 3. docs/img/transfer.png: the leave-one-out transfer curves of
+#    benchmarks/transfer.py (PPO from the student's encoder vs from scratch,
+#    mean and min-max band over seeds, one panel per held-out game).
+#
+#     bash benchmarks/actor_mimic_plots.sh [RUNS_DIR]        # default: runs
+#
+# Runs it reads (RUNS_DIR/...): am5-minatar, am5-minatar-ent03 and, if present,
+# am5-minatar-b and am5-minatar-ent03-sq (the experts' own runs), am5-10m (the experts folder the students use), am10m-s4m-h256
+# (the student), am10m-mg-baseline (the baseline), transfer (benchmarks/transfer.py --out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=${1:-runs}
+PY=${PYTHON:-python}
+
+# The experts' runs: the README's two experts commands, plus the folders the
+# Seaquest runs were trained into when they ran in parallel with the others.
+shopt -s nullglob
+experts=("$R"/am5-minatar/MinAtar-*-v0 "$R"/am5-minatar-b/MinAtar-*-v0
+         "$R"/am5-minatar-ent03/MinAtar-*-v0 "$R"/am5-minatar-ent03-sq/MinAtar-*-v0)
+shopt -u nullglob
+$PY train.py plot "${experts[@]}" --smooth 20 \
+    --mark Breakout=28:published --mark SpaceInvaders=130:published --mark Asterix=15:published \
+    --mark Freeway=58:published --mark Seaquest=20:published \
+    --title "Experts: masked PPO, --preset minatar, 10M steps per game" --out docs/img/minatar_experts.png
+
+# --mark GAME=VALUE:LABEL for every expert (experts.json) and for the student (eval.json).
+mapfile -t marks < <($PY - "$R/am5-10m/experts.json" "$R/am10m-s4m-h256/eval.json" <<'PYEOF'
+import json, sys
+def game(env_id):
+    return env_id.split("/")[-1].removeprefix("MinAtar-").rsplit("-v", 1)[0]
+for e in json.load(open(sys.argv[1]))["experts"]:
+    print("--mark"); print(f"{game(e['env_id'])}={e['mean_return']}:expert (10M steps)")
+for env_id, r in json.load(open(sys.argv[2]))["eval"]["per_game"].items():
+    print("--mark"); print(f"{game(env_id)}={r['mean']}:student (4M steps)")
+PYEOF
+)
+$PY train.py plot "$R"/am10m-mg-baseline --smooth 20 "${marks[@]}" \
+    --title "Multi-game PPO from scratch (51M steps) vs the experts and the student" \
+    --out docs/img/minatar_baseline_vs_student.png
+
+if [ -d "$R/transfer" ]; then
+    $PY train.py plot "$R"/transfer/*/transfer-s* "$R"/transfer/*/scratch-s* --group --smooth 20 \
+        --title "PPO on a held-out game: from the student's encoder vs from scratch" \
+        --out docs/img/transfer.png
+fi
