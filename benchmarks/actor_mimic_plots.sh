@@ -6,9 +6,9 @@
 # 2. docs/img/minatar_baseline_vs_student.png: multi-game PPO from scratch
 #    (training returns, per game) with each expert's and the student's final
 #    evaluation as dashed lines (read from experts.json and the student's eval.json);
-# 3. docs/img/transfer.png: the leave-one-out transfer curves of
-#    benchmarks/transfer.py (PPO from the student's encoder vs from scratch,
-#    mean and min-max band over seeds, one panel per held-out game).
+# 3. docs/img/transfer.png: the leave-one-out transfer curves that
+#    benchmarks/transfer.py drew (PPO from the student's encoder vs from
+#    scratch, mean and min-max band over seeds, one panel per held-out game).
 #
 #     bash benchmarks/actor_mimic_plots.sh [RUNS_DIR]        # default: runs
 #
@@ -46,8 +46,8 @@ $PY train.py plot "$R"/am10m-mg-baseline --smooth 20 "${marks[@]}" \
     --title "Multi-game PPO from scratch (51M steps) vs the experts and the student" \
     --out docs/img/minatar_baseline_vs_student.png
 
-if [ -d "$R/transfer" ]; then
-    $PY train.py plot "$R"/transfer/*/transfer-s* "$R"/transfer/*/scratch-s* --group --smooth 20 \
-        --title "PPO on a held-out game: from the student's encoder vs from scratch" \
-        --out docs/img/transfer.png
+# benchmarks/transfer.py draws this figure itself (train.py plot --group, one
+# panel per held-out game) into its --out folder.
+if [ -f "$R/transfer/transfer.png" ]; then
+    cp "$R/transfer/transfer.png" docs/img/transfer.png && echo "copied docs/img/transfer.png"
 fi
