@@ -55,8 +55,8 @@ def require_matplotlib() -> None:
         ) from e
 
 
-#: Colours of the dashed marks, one per distinct label (grey first, then colours
-#: the runs' lines use last).
+#: Colours of the dashed marks, one per distinct label: grey first, then the palette's
+#: red, green, purple, brown and pink (a run's line may share one of these).
 _MARK_COLORS = ("0.35", "C3", "C2", "C4", "C5", "C6")
 
 
