@@ -31,6 +31,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import sys
@@ -64,6 +65,11 @@ def _parse_optional(inner: type) -> Any:
     return parse
 
 
+#: A field help that already says what its default means ("(None: the defaults, ...)",
+#: "(default: 1,000,000 for a new run; ...)") gets no second "(default: ...)".
+_STATES_DEFAULT = re.compile(r"\((?:default|None):")
+
+
 def add_dataclass_args(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -78,7 +84,9 @@ def add_dataclass_args(
             continue
         tp = hints[f.name]
         default = (defaults or {}).get(f.name, f.default)
-        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        help_ = f.metadata.get("help", "")
+        if not _STATES_DEFAULT.search(help_):  # e.g. "(None: 128)" says it already
+            help_ = f"{help_} (default: {default})"
         args = typing.get_args(tp)
         optional = (typing.get_origin(tp) in (typing.Union, types.UnionType)) and type(None) in args
         base = next((a for a in args if a is not type(None)), tp) if optional else tp
