@@ -206,6 +206,9 @@ class OnPolicyTrainer(abc.ABC):
         self.rng: TrainerRNG = policy.rng
         self.global_step = 0
         self.num_updates = 0
+        #: The ``total_timesteps`` of the current (or last) :meth:`learn` call: the
+        #: end of the learning-rate and entropy schedules. ``None`` before any.
+        self.schedule_total: int | None = None
         self.episode_stats = EpisodeStats()
         self._buffer: RolloutBuffer | None = None
         self._state: RolloutState | None = None
@@ -373,6 +376,7 @@ class OnPolicyTrainer(abc.ABC):
                 they were before it.
         """
         c = self.config
+        self.schedule_total = total_timesteps
         buffer, state = self._ensure_rollout_state()
         dp = self.data_parallel
         self._start_ranks()

@@ -149,6 +149,11 @@ class PPOConfig(TrainerConfig):
     clip_vloss: bool = _f(False, "clip the value loss around the rollout's values")
     norm_adv: bool = _f(True, "normalise advantages per minibatch")
     ent_coef: float = _f(0.01, "entropy bonus (entropy over valid actions only)")
+    ent_coef_final: float | None = _f(
+        None,
+        "anneal the entropy bonus linearly from --ent-coef at step 0 to this at the run's "
+        "total steps (None: constant --ent-coef); e.g. 0 to sharpen the final policy",
+    )
     vf_coef: float = _f(0.5, "value loss weight")
     reward_scale: float = _f(
         1.0,
@@ -222,6 +227,11 @@ class PPOConfig(TrainerConfig):
         _check(self, "gae_lambda", 0.0 <= self.gae_lambda <= 1.0, "in [0, 1]")
         _check(self, "clip_coef", 0 < self.clip_coef < math.inf, "finite and > 0")
         _check(self, "ent_coef", 0 <= self.ent_coef < math.inf, "finite and >= 0")
+        if self.ent_coef_final is not None:
+            _check(
+                self, "ent_coef_final", 0 <= self.ent_coef_final < math.inf,
+                "finite and >= 0, or None",
+            )  # fmt: skip
         _check(self, "vf_coef", 0 <= self.vf_coef < math.inf, "finite and >= 0")
         _check(self, "reward_scale", 0 < self.reward_scale < math.inf, "finite and > 0")
         if self.target_kl is not None:

@@ -102,6 +102,7 @@ def ppo_loss(
     old_values: torch.Tensor,
     config: PPOConfig,
     normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ent_coef: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped PPO objective on one minibatch; returns ``(loss, aux)``.
 
@@ -115,7 +116,11 @@ def ppo_loss(
     ``normalize`` replaces the advantage normalisation over this minibatch
     (``config.norm_adv``): a data-parallel rank normalises over every rank's
     minibatch (:meth:`~maskrl.agents.distributed.DataParallel.normalize_advantages`).
+    ``ent_coef`` replaces ``config.ent_coef`` (the trainer's scheduled value,
+    :meth:`PPO.current_ent_coef`).
     """
+    if ent_coef is None:
+        ent_coef = config.ent_coef
     logits, values = net(obs)
     logp, entropy = head.evaluate(logits, masks, actions)
     log_ratio = logp - old_logprobs
@@ -135,7 +140,7 @@ def ppo_loss(
     else:
         value_loss = ((values - returns) ** 2).mean()
     entropy_mean = entropy.mean()
-    loss = policy_loss - config.ent_coef * entropy_mean + config.vf_coef * value_loss
+    loss = policy_loss - ent_coef * entropy_mean + config.vf_coef * value_loss
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()
         clipfrac = ((ratio - 1.0).abs() > config.clip_coef).float().mean()
@@ -303,13 +308,14 @@ class PPO(OnPolicyTrainer):
             dim=1,
         )
         b_ret, b_values = b_scalars[:, 2], b_scalars[:, 3]
+        ent_coef = self.current_ent_coef()
 
         def loss_fn(mb: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             sc = b_scalars[mb]
             return ppo_loss(
                 self.net, self.head, index_obs(b_obs, mb), b_masks[mb], b_actions[mb],
                 sc[:, 0], sc[:, 1], sc[:, 2], sc[:, 3], c,
-                None if dp is None else dp.normalize_advantages,
+                None if dp is None else dp.normalize_advantages, ent_coef,
             )  # fmt: skip
 
         target_kl = c.target_kl
@@ -331,7 +337,24 @@ class PPO(OnPolicyTrainer):
             float("nan") if var_y == 0 else float(1 - (b_ret - b_values).var() / var_y)
         )
         out["early_stop"] = float(out.pop("epochs") < c.num_epochs)
+        if c.ent_coef_final is not None:
+            out["ent_coef"] = ent_coef
         return out
+
+    def current_ent_coef(self) -> float:
+        """The entropy bonus of the next update.
+
+        ``config.ent_coef``, or with ``config.ent_coef_final`` set, the linear
+        interpolation from ``ent_coef`` at step 0 to ``ent_coef_final`` at the
+        current :meth:`learn` call's ``total_timesteps`` (held there after it).
+        Like the learning rate's annealing, it follows ``global_step``, so a
+        resumed run continues the schedule where it stopped.
+        """
+        c = self.config
+        if c.ent_coef_final is None or not self.schedule_total:
+            return float(c.ent_coef)
+        frac = min(1.0, self.global_step / self.schedule_total)
+        return float(c.ent_coef + (c.ent_coef_final - c.ent_coef) * frac)
 
     # ----------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:

@@ -193,6 +193,7 @@ class RecurrentPPO(PPO):
         scalars = torch.stack([buffer.logprobs, advantages, returns, buffer.values], dim=2)
         net = self.net
         start_state = buffer.policy_state
+        ent_coef = self.current_ent_coef()
 
         def loss_fn(envs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             M = T * envs.numel()
@@ -206,7 +207,7 @@ class RecurrentPPO(PPO):
                 cast(nn.Module, _Precomputed(logits.reshape(M, -1), values.reshape(M))),
                 self.head, None, masks[:, envs].reshape(M, -1),  # type: ignore[arg-type]
                 buffer.actions[:, envs].reshape((M,) + self.action_shape),
-                sc[:, 0], sc[:, 1], sc[:, 2], sc[:, 3], c,
+                sc[:, 0], sc[:, 1], sc[:, 2], sc[:, 3], c, ent_coef=ent_coef,
             )  # fmt: skip
 
         target_kl = c.target_kl
@@ -228,4 +229,6 @@ class RecurrentPPO(PPO):
             float("nan") if var_y == 0 else float(1 - (b_ret - b_values).var() / var_y)
         )
         out["early_stop"] = float(out.pop("epochs") < c.num_epochs)
+        if c.ent_coef_final is not None:
+            out["ent_coef"] = ent_coef
         return out
