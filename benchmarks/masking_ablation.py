@@ -33,7 +33,10 @@ share of invalid actions in the update. ``--out`` writes all of it as JSON;
 over seeds with a min-max band, return and invalid share against env steps;
 ``--replot A.json [B.json ...]`` prints each saved file's table of the mean
 over seeds again and, with ``--plot FILE.png``, draws them (one row per file),
-without training. The mean-over-seeds table's train return is the mean over
+without training; with ``--merge OUT.json`` it first merges the files (runs of
+one setting trained in separate processes, e.g. ``--modes mask`` in one and
+``--modes penalty`` in another) into one, written to ``OUT.json``, and prints
+and draws that. The mean-over-seeds table's train return is the mean over
 the episodes of the last 10% of updates (the window of ``train invalid``; read
 off the curve), the per-seed table's the mean of the last 100 episodes.
 
@@ -317,6 +320,48 @@ def curves_figure(payloads: list[dict[str, Any]], smooth_n: int = 1) -> Any:
     return fig
 
 
+#: The settings that runs merged into one payload must share.
+MERGE_KEYS = ("env", "env_kwargs", "total_timesteps", "num_envs", "episodes", "device")
+
+
+def merge_payloads(payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ``--out`` payload from several runs of the same setting (e.g. one mode each).
+
+    The results are concatenated in order and the summary recomputed; the
+    args are the first payload's with ``modes`` and ``seeds`` the union.
+
+    Raises:
+        ValueError: no payloads, payloads whose :data:`MERGE_KEYS` settings
+            differ (named), or a (mode, penalty, seed) run given twice.
+    """
+    if not payloads:
+        raise ValueError("nothing to merge")
+    first = payloads[0]["args"]
+    for i, pl in enumerate(payloads[1:], start=1):
+        for k in MERGE_KEYS:
+            if pl["args"].get(k) != first.get(k):
+                raise ValueError(
+                    f"file {i + 1} has {k}={pl['args'].get(k)!r}, file 1 {first.get(k)!r}: "
+                    "only runs of one setting merge"
+                )
+    results = [r for pl in payloads for r in pl["results"]]
+    seen: set[tuple[Any, Any, Any]] = set()
+    for r in results:
+        key = (r["mode"], r["penalty"], r["seed"])
+        if key in seen:
+            raise ValueError(f"mode {r['mode']} seed {r['seed']} is in more than one file")
+        seen.add(key)
+    args = dict(first)
+    args["modes"] = list(dict.fromkeys(r["mode"] for r in results))
+    args["seeds"] = sorted({r["seed"] for r in results})
+    return {
+        "args": args,
+        "env_id": payloads[0]["env_id"],
+        "results": results,
+        "summary": summarize(results),
+    }
+
+
 def _parse_kwargs(text: str) -> dict[str, Any]:
     try:
         kw = json.loads(text)
@@ -345,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dpi", type=int, default=100, help="plot: pixels per inch (10 inches wide)")
     p.add_argument("--replot", nargs="+", default=None, metavar="JSON",
                    help="print the saved --out files' tables (and draw --plot) instead of training")  # fmt: skip
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="with --replot: merge the files (runs of one setting, e.g. one mode "
+                        "each) into this file first, then print and draw it as one")  # fmt: skip
     args = p.parse_args(argv)
     if args.seed is not None and args.seeds is not None:
         p.error("give --seed or --seeds, not both")
@@ -362,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             check_image_path(args.plot, "--plot")
         except ValueError as e:
             p.error(str(e))
+    if args.merge is not None and args.replot is None:
+        p.error("--merge needs --replot FILE [FILE ...] (the files to merge)")
     if args.replot is not None:
         payloads = []
         for f in args.replot:
@@ -369,6 +419,14 @@ def main(argv: list[str] | None = None) -> int:
                 payloads.append(json.loads(Path(f).read_text()))
             except (OSError, ValueError) as e:
                 p.error(f"--replot {f}: {e}")
+        if args.merge is not None:
+            try:
+                merged = merge_payloads(payloads)
+                Path(args.merge).write_text(json.dumps(merged, indent=1))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                p.error(f"--merge: {e}")
+            print(f"wrote {args.merge}")
+            payloads, args.replot = [merged], [args.merge]
         try:
             for f, payload in zip(args.replot, payloads, strict=True):
                 print(f"{f}: {_title(payload)}, mean (lowest - highest seed) over seeds")

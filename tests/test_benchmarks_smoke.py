@@ -332,3 +332,46 @@ def test_masking_ablation_plot_without_matplotlib_names_the_extra(
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "maskrl[plots]" in err and 'pip install "matplotlib>=3.7"' in err
+
+
+def test_masking_ablation_merges_runs_of_one_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load("masking_ablation")
+    common = ["--total-timesteps", "512", "--num-envs", "4", "--episodes", "4"]
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    assert bench.main([*common, "--modes", "mask", "--out", str(a)]) == 0
+    assert bench.main([*common, "--modes", "none", "--out", str(b)]) == 0
+    # Two modes trained in two processes give the table one process gives.
+    assert bench.main([*common, "--modes", "mask", "none", "--out", str(c)]) == 0
+    capsys.readouterr()
+    merged, png = tmp_path / "m.json", tmp_path / "m.png"
+    argv = ["--replot", str(a), str(b), "--merge", str(merged), "--plot", str(png), "--dpi", "40"]
+    assert bench.main(argv) == 0
+    data = json.loads(merged.read_text())
+    both = json.loads(c.read_text())
+    assert [r["mode"] for r in data["results"]] == ["mask", "none"]
+    assert data["args"]["modes"] == ["mask", "none"] and data["args"]["seeds"] == [1]
+    for got, want in zip(data["results"], both["results"], strict=True):
+        assert got["eval_masked"] == want["eval_masked"]
+        assert got["curve"] == want["curve"]
+    assert bench.summary_table(data["summary"]) == bench.summary_table(both["summary"])
+    assert bench.summary_table(data["summary"]) in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Runs of different settings, or a run given twice, are refused in one line.
+    d = tmp_path / "d.json"
+    assert bench.main(["--total-timesteps", "256", "--num-envs", "4", "--episodes", "4",
+                       "--modes", "penalty", "--out", str(d)]) == 0  # fmt: skip
+    capsys.readouterr()
+    for files, message in (
+        ([a, d], "file 2 has total_timesteps=256, file 1 512: only runs of one setting merge"),
+        ([a, a], "mode mask seed 1 is in more than one file"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--replot", *map(str, files), "--merge", str(tmp_path / "x.json")])
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--merge", str(tmp_path / "x.json")])
+    assert e.value.code == 2
+    assert "--merge needs --replot" in capsys.readouterr().err
