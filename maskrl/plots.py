@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,11 @@ __all__ = [
     "require_matplotlib",
     "write_plot",
 ]
+
+#: Rough characters per inch of a "small" legend label and of the figure title:
+#: how many legend columns and title characters fit a figure's width.
+_LEGEND_CHARS_PER_INCH = 15
+_TITLE_CHARS_PER_INCH = 11
 
 #: A horizontal reference line: (game, value, legend label).
 Mark = tuple[str, float, str]
@@ -182,12 +188,17 @@ def learning_curves_figure(
     for ax in fig.axes:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, h)
+    # As many legend columns as the longest label leaves room for (long labels,
+    # e.g. run paths, would otherwise run off a narrow figure), at most 4.
+    width = fig.get_figwidth()
+    longest = max((len(label) for label in handles), default=1)
+    fits = int(width * _LEGEND_CHARS_PER_INCH) // (longest + 6)  # + the line sample
     fig.legend(
         list(handles.values()), list(handles), loc="outside lower center",
-        ncols=min(4, len(handles)), fontsize="small",
+        ncols=max(1, min(4, len(handles), fits)), fontsize="small",
     )  # fmt: skip
     if title:
-        fig.suptitle(title)
+        fig.suptitle(textwrap.fill(title, max(20, int(width * _TITLE_CHARS_PER_INCH))))
     return fig
 
 

@@ -221,3 +221,25 @@ def test_without_matplotlib_the_error_gives_a_pip_command_that_works(
     assert req.specifier.contains(matplotlib.__version__)  # the version it asks for works
     # ... and it is what the plots extra installs.
     assert f'plots = ["{MATPLOTLIB_REQUIREMENT}"]' in (REPO / "pyproject.toml").read_text()
+
+
+def test_long_labels_get_fewer_legend_columns_and_a_wrapped_title(tmp_path: Path) -> None:
+    pts = {"charts/episodic_return": [(100, 1.0), (200, 2.0)]}
+    # Two runs with the same folder name: their labels are the whole paths.
+    long = [
+        _fake_run(tmp_path / f"a-rather-long-experiment-folder-{i}" / "MinAtar-Breakout-v0",
+                  BREAKOUT, pts)
+        for i in range(3)
+    ]  # fmt: skip
+    title = "a title much longer than one panel is wide, which must wrap onto lines " * 2
+    fig = learning_curves_figure(long, title=title)
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert all(str(r) in labels for r in long)
+    assert legend._ncols == 1  # one 5-inch panel: each path needs a row of its own
+    assert all(len(line) <= 55 for line in fig._suptitle.get_text().splitlines())
+    assert fig._suptitle.get_text().replace("\n", " ") == title.strip()
+    # Short labels still share rows (up to 4 columns).
+    short = [_fake_run(tmp_path / f"r{i}", BREAKOUT, pts) for i in range(3)]
+    (legend,) = learning_curves_figure(short).legends
+    assert legend._ncols == 3
