@@ -107,6 +107,35 @@ class TrainingInterrupted(Exception):
         self.resume = resume
 
 
+#: Longest wait for a new second before a resumed run opens its event file.
+_EVENT_NAME_WAIT_S = 3.0
+
+
+def wait_for_a_later_event_file_name(run_dir: Path, clock: Callable[[], float] = time.time) -> None:
+    """Return once a new event file in ``run_dir`` would sort after every existing one.
+
+    TensorBoard reads a folder's event files in name order, and a name starts
+    with the second it was opened in (``events.out.tfevents.<second>.<host>.<pid>.<n>``).
+    A resumed run's file must come after the old ones, or its ``purge_step``
+    (which drops the points logged after the checkpoint) is read before them
+    and the curves come out of order. Within the same second the rest of the
+    name decides, and the counter ``n`` sorts as text (``10`` before ``9``). So
+    when the newest existing file is from this second (a resume right after the
+    run stopped), wait for the next one: at most :data:`_EVENT_NAME_WAIT_S`
+    seconds (a clock set back further than that is left alone).
+    """
+    stamps = []
+    for p in run_dir.glob("events.out.tfevents.*"):
+        parts = p.name.split(".")
+        if len(parts) > 3 and parts[3].isdigit():
+            stamps.append(int(parts[3]))
+    if not stamps:
+        return
+    deadline = clock() + _EVENT_NAME_WAIT_S
+    while int(clock()) <= max(stamps) and clock() < deadline:
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def _phase(stop: Any, phase: str) -> Iterator[None]:
     """``stop.during(phase)`` for any stop object (one without phases is left alone)."""
@@ -295,6 +324,8 @@ def run_training(
 
     # On resume, drop what was logged after the checkpoint (work that was lost); the
     # points at the checkpoint's own step belong to the update it saved, so they stay.
+    if resumed and main:
+        wait_for_a_later_event_file_name(run_dir)
     writer: Any = (
         SummaryWriter(str(run_dir), purge_step=trainer.global_step + 1 if resumed else None)
         if main

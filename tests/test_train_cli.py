@@ -557,3 +557,30 @@ def test_abbreviated_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> No
         train.main(["ppo", "--num-env", "16", "--preset", "reference"])
     assert exc.value.code == 2
     assert "unrecognized arguments: --num-env" in capsys.readouterr().err
+
+
+def test_a_resume_within_the_same_second_waits_for_a_later_event_file_name(
+    tmp_path: Path,
+) -> None:
+    from maskrl.agents.runner import wait_for_a_later_event_file_name
+
+    class Clock:
+        def __init__(self, t: float) -> None:
+            self.t, self.calls = t, 0
+
+        def __call__(self) -> float:
+            self.calls += 1
+            self.t += 0.25
+            return self.t
+
+    wait_for_a_later_event_file_name(tmp_path, Clock(1000.0))  # no event files: no wait
+    (tmp_path / "events.out.tfevents.1000.host.7.9").write_bytes(b"")
+    clock = Clock(1000.0)  # the same second as the newest file
+    wait_for_a_later_event_file_name(tmp_path, clock)
+    assert int(clock.t) == 1001  # returned as soon as a new name sorts after the old one
+    clock = Clock(2000.0)  # later seconds: no wait
+    wait_for_a_later_event_file_name(tmp_path, clock)
+    assert clock.calls == 2
+    clock = Clock(500.0)  # a clock set far back: gives up after the bounded wait
+    wait_for_a_later_event_file_name(tmp_path, clock)
+    assert 503.0 <= clock.t <= 504.0
