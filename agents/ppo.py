@@ -30,6 +30,7 @@ from maskrl.agents.policy import MaskedPolicy, policy_from_checkpoint
 from maskrl.agents.quantize import prepare_for_qat
 from maskrl.agents.rollout import Obs, RolloutBuffer, flatten_obs, index_obs
 from maskrl.agents.trainer import (
+    linear_schedule,
     make_adam,
     make_training_env,
     optimize_minibatches,
@@ -353,8 +354,9 @@ class PPO(OnPolicyTrainer):
         c = self.config
         if c.ent_coef_final is None or not self.schedule_total:
             return float(c.ent_coef)
-        frac = min(1.0, self.global_step / self.schedule_total)
-        return float(c.ent_coef + (c.ent_coef_final - c.ent_coef) * frac)
+        # The learning rate's schedule, shifted to end at ent_coef_final.
+        start, end = c.ent_coef, c.ent_coef_final
+        return float(end + linear_schedule(start - end, self.global_step, self.schedule_total))
 
     # ----------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
