@@ -157,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4, help="PPO epochs per rollout")
     p.add_argument("--minibatches", type=int, default=4, help="minibatches per epoch")
     p.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus")
+    p.add_argument(
+        "--ent-coef-final",
+        type=float,
+        default=None,
+        help="anneal the entropy bonus linearly to this at --total-timesteps (default: constant)",
+    )
     p.add_argument("--anneal-lr", action="store_true", help="decay the learning rate linearly to 0")
     p.add_argument("--layers", type=int, default=2, help="self-attention blocks of the set network")
     p.add_argument("--heads", type=int, default=2, help="heads per self-attention block")
@@ -218,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         gamma=a.gamma,
         gae_lambda=a.gae_lambda,
         ent_coef=a.ent_coef,
+        ent_coef_final=a.ent_coef_final,
         seed=a.seed,
         device="cpu",
         attention_layers=a.layers,

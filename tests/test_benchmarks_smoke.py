@@ -118,6 +118,22 @@ def test_knapsack_benchmark_best_of_samples(
         bench.main(["--samples", "-1"])
 
 
+def test_knapsack_benchmark_entropy_schedule_reaches_the_agent(tmp_path: Path) -> None:
+    from maskrl.agents import PPO
+
+    bench = _load("knapsack_attention")
+    ckpt = tmp_path / "k.pt"
+    argv = ["--episodes", "2", "--layers", "0", "--checkpoint", str(ckpt)]
+    assert bench.main([*argv, "--total-timesteps", "2048", "--ent-coef-final", "0"]) == 0
+    agent = PPO.load(ckpt, device="cpu", env=bench.SCALE_FREE_ID)
+    assert agent.config.ent_coef == 0.01 and agent.config.ent_coef_final == 0.0
+    # Linear from 0.01 at step 0 to 0 at the run's 2048 steps: 0 at its end (the
+    # schedule is that of a learn() call; this one has no step left to take).
+    agent.learn(2048)
+    assert agent.global_step == 2048
+    assert agent.current_ent_coef() == pytest.approx(0.0, abs=1e-12)
+
+
 def test_knapsack_scale_free_features() -> None:
     import gymnasium as gym
     import numpy as np
