@@ -266,6 +266,16 @@ class OnPolicyTrainer(abc.ABC):
         return int(self.config.batch_size)
 
     @property
+    def metrics_interval(self) -> int:
+        """Env steps between the harness's tensorboard points of :meth:`learn`'s metrics.
+
+        0 (on-policy trainers): one point per update. A trainer whose iterations
+        are a few env steps long (DQN) sets more; the harness then writes the mean
+        of each metric over the iterations in between.
+        """
+        return 0
+
+    @property
     def num_envs_local(self) -> int:
         """The envs this process steps: ``num_envs``, or its rank's share of them."""
         return local_num_envs(self.config, self.data_parallel)

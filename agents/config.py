@@ -409,6 +409,12 @@ class DQNConfig(SavedConfig):
         None,
         "CPU threads for torch while training (None: leave torch's default); restored afterwards",
     )
+    log_interval: int = _f(
+        1_000,
+        "env steps between tensorboard points of the training metrics (loss, SPS, epsilon, "
+        "...), each the mean over the iterations since the last point; episode returns are "
+        "logged as episodes end",
+    )
 
     @property
     def steps_per_iteration(self) -> int:
@@ -422,7 +428,7 @@ class DQNConfig(SavedConfig):
             _check(self, name, getattr(self, name) >= 1, ">= 1")
         _check(self, "num_envs", self.num_envs <= 100_000, "<= 100,000")
         _check(self, "target_update_interval", self.target_update_interval >= 1, ">= 1")
-        for name in ("learning_starts", "exploration_steps"):
+        for name in ("learning_starts", "exploration_steps", "log_interval"):
             _check(self, name, getattr(self, name) >= 0, ">= 0")
         if self.buffer_size < self.batch_size:
             raise ValueError(

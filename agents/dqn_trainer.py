@@ -212,7 +212,8 @@ class DQN:
     It follows the harness side of the trainer contract (``docs/trainers.md``):
     ``FORMAT``, :meth:`learn` with a per-iteration callback, :meth:`save`,
     :meth:`state_dict`, :meth:`load`, :meth:`allocate`, ``policy``,
-    ``envs``, ``episode_stats``, ``global_step`` and ``steps_per_update``. It
+    ``envs``, ``episode_stats``, ``global_step``, ``steps_per_update`` and
+    ``metrics_interval``. It
     does not derive from :class:`~maskrl.agents.OnPolicyTrainer`, whose loop is
     rollout-then-update; an iteration here is ``train_freq`` vector steps then
     ``gradient_steps`` gradient steps.
@@ -294,6 +295,11 @@ class DQN:
     def steps_per_update(self) -> int:
         """Env steps per :meth:`learn` iteration: ``num_envs * train_freq``."""
         return self.config.steps_per_iteration
+
+    @property
+    def metrics_interval(self) -> int:
+        """Env steps between tensorboard points of the training metrics: ``config.log_interval``."""
+        return int(self.config.log_interval)
 
     @property
     def epsilon(self) -> float:

@@ -15,7 +15,7 @@ Every run writes ``runs/<name>/``:
   trained without it: ``--invalid-actions penalty`` or ``none``).
 
 A trainer is anything with ``global_step``, ``steps_per_update``,
-``episode_stats``, ``envs``, ``learn(total, callback)``, ``save(path)`` and a
+``metrics_interval``, ``episode_stats``, ``envs``, ``learn(total, callback)``, ``save(path)`` and a
 ``policy`` to evaluate (:class:`~maskrl.agents.PPO`,
 :class:`~maskrl.agents.ActorMimic`).
 
@@ -352,6 +352,15 @@ def run_training(
     recent: list[float] = []
     seen = len(trainer.episode_stats.returns)
     t_start = time.perf_counter()
+    interval = int(trainer.metrics_interval)
+    pending: dict[str, list[float]] = {}
+    last_metrics = [trainer.global_step]
+
+    def write_metrics(step: int) -> None:
+        for k, vs in pending.items():
+            writer.add_scalar(metric_tag(k), float(np.mean(vs)), step)
+        pending.clear()
+        last_metrics[0] = step
 
     def on_update(t: Any, m: dict[str, float]) -> bool:
         nonlocal seen, next_ckpt
@@ -372,8 +381,12 @@ def run_training(
         if len(st.returns) > 10_000:  # keep the statistics bounded on long runs
             st.clear()
             seen = 0
+        # The metrics: one point per update, or with a metrics_interval (DQN's few-step
+        # iterations) the mean of each metric over the updates since the last point.
         for k, v in m.items():
-            writer.add_scalar(metric_tag(k), v, s)
+            pending.setdefault(k, []).append(v)
+        if s - last_metrics[0] >= interval:
+            write_metrics(s)
         if bar is not None:
             bar.update(s - bar.n)
             sps = m.get("SPS")
@@ -397,6 +410,8 @@ def run_training(
         )
         raise NonFiniteError(f"training stopped: {e}; {where}") from e
     finally:
+        if pending:  # the updates after the last point (a run's end, a stop)
+            write_metrics(trainer.global_step)
         if bar is not None:
             bar.close()
         writer.flush()

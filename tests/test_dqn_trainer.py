@@ -336,6 +336,29 @@ def test_cli_train_resume_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "mean return" in capsys.readouterr().out
 
 
+def test_metrics_are_logged_as_means_every_log_interval(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["dqn", "--env", BREAKOUT, "--total-timesteps", "160", "--run-name", "d"]
+    args += ["--runs-dir", str(tmp_path), "--eval-episodes", "0", "--log-interval", "64", *TINY]
+    assert train.main(args) == 0
+    ea = EventAccumulator(str(tmp_path / "d"), size_guidance={"scalars": 0})
+    ea.Reload()
+    # Iterations of 4 env steps; a point once 64 steps have passed since the last
+    # one, and the rest at the end of the run: steps 64, 128, 160.
+    sps = ea.Scalars("charts/SPS")
+    assert [e.step for e in sps] == [64, 128, 160] and all(e.value > 0 for e in sps)
+    cfg = DQNConfig(exploration_steps=64)
+    # Each point is the mean over its iterations (epsilon read after each one).
+    for e, (lo, hi) in zip(ea.Scalars("losses/epsilon"), [(4, 64), (68, 128), (132, 160)],
+                           strict=True):  # fmt: skip
+        want = np.mean([linear_epsilon(cfg, s) for s in range(lo, hi + 1, 4)])
+        assert e.value == pytest.approx(want, abs=1e-6)
+    # The loss exists from learning_starts (32) on: its first point averages the
+    # iterations from there only.
+    assert [e.step for e in ea.Scalars("losses/loss")] == [64, 128, 160]
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -356,6 +379,7 @@ def test_cli_train_resume_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture
         (["--env", "maskrl/Knapsack-v0"], "dqn needs a Box observation space"),
         (["--env", f"{BREAKOUT},maskrl/MinAtar-Asterix-v0"], "dqn trains on one env id, got 2"),
         (["--learning-rate", "0"], "learning_rate (--learning-rate) must be in (0, 1]"),
+        (["--log-interval", "-1"], "log_interval (--log-interval) must be >= 0"),
     ],
 )
 def test_cli_refusals_are_one_line_exit_2(
