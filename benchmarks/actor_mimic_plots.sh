@@ -6,7 +6,10 @@
 # 2. docs/img/minatar_baseline_vs_student.png: multi-game PPO from scratch
 #    (training returns, per game) with each expert's and the student's final
 #    evaluation as dashed lines (read from experts.json and the student's eval.json);
-# 3. docs/img/transfer.png: the leave-one-out transfer curves that
+# 3. docs/img/minatar_students_10m.png: the 10M-step students (256 and 512 units,
+#    learning rate annealed) against their experts' evaluations (runs/am5-pub),
+#    as dashed lines;
+# 4. docs/img/transfer.png: the leave-one-out transfer curves that
 #    benchmarks/transfer.py drew (PPO from the student's encoder vs from
 #    scratch, mean and min-max band over seeds, one panel per held-out game).
 #
@@ -14,7 +17,8 @@
 #
 # Runs it reads (RUNS_DIR/...): am5-minatar, am5-minatar-ent03 and, if present,
 # am5-minatar-b and am5-minatar-ent03-sq (the experts' own runs), am5-10m (the experts folder the students use), am10m-s4m-h256
-# (the student), am10m-mg-baseline (the baseline), transfer (benchmarks/transfer.py --out).
+# (the student), am10m-mg-baseline (the baseline), am5-pub, pub-s10m-h256 and pub-s10m-h512 (the
+# 10M-step students and their experts), transfer (benchmarks/transfer.py --out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs}
@@ -45,6 +49,22 @@ PYEOF
 $PY train.py plot "$R"/am10m-mg-baseline --smooth 20 "${marks[@]}" \
     --title "Multi-game PPO from scratch (51M steps) vs the experts and the student" \
     --out docs/img/minatar_baseline_vs_student.png
+
+# The 10M-step students, one panel per game, each expert's evaluation as a dashed line.
+if [ -f "$R/am5-pub/experts.json" ] && [ -d "$R/pub-s10m-h512" ]; then
+    mapfile -t marks < <($PY - "$R/am5-pub/experts.json" <<'PYEOF'
+import json, sys
+for e in json.load(open(sys.argv[1]))["experts"]:
+    game = e["env_id"].split("/")[-1].removeprefix("MinAtar-").rsplit("-v", 1)[0]
+    print("--mark"); print(f"{game}={e['mean_return']}:expert")
+PYEOF
+)
+    students=("$R"/pub-s10m-h512)
+    [ -d "$R/pub-s10m-h256" ] && students+=("$R"/pub-s10m-h256)
+    $PY train.py plot "${students[@]}" --smooth 20 "${marks[@]}" \
+        --title "Actor-Mimic students, 10M steps, learning rate annealed, vs their experts" \
+        --out docs/img/minatar_students_10m.png
+fi
 
 # benchmarks/transfer.py draws this figure itself (train.py plot --group, one
 # panel per held-out game) into its --out folder.
