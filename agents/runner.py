@@ -354,13 +354,14 @@ def run_training(
     t_start = time.perf_counter()
     interval = int(trainer.metrics_interval)
     pending: dict[str, list[float]] = {}
-    last_metrics = [trainer.global_step]
+    last_metrics_step = trainer.global_step
 
     def write_metrics(step: int) -> None:
+        nonlocal last_metrics_step
         for k, vs in pending.items():
             writer.add_scalar(metric_tag(k), float(np.mean(vs)), step)
         pending.clear()
-        last_metrics[0] = step
+        last_metrics_step = step
 
     def on_update(t: Any, m: dict[str, float]) -> bool:
         nonlocal seen, next_ckpt
@@ -385,7 +386,7 @@ def run_training(
         # iterations) the mean of each metric over the updates since the last point.
         for k, v in m.items():
             pending.setdefault(k, []).append(v)
-        if s - last_metrics[0] >= interval:
+        if s - last_metrics_step >= interval:
             write_metrics(s)
         if bar is not None:
             bar.update(s - bar.n)
