@@ -394,6 +394,7 @@ def run_training(
             bar.set_postfix(
                 SPS=f"{sps:.0f}" if sps is not None else "-",
                 ret=f"{np.mean(recent):.2f}" if recent else "-",
+                refresh=False,  # drawn at the bar's own pace (mininterval), not per update
             )
         if s >= next_ckpt:
             save()

@@ -617,3 +617,20 @@ def test_a_loaded_replay_with_an_unbootstrappable_row_is_refused() -> None:
     with pytest.raises(ValueError, match=r"non-terminal row\(s\) \[2\] whose next mask has no"):
         other.load_state_dict(rb.state_dict())
     assert other.size == 0
+
+
+def test_progress_bar_redraws_at_its_own_pace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DQN calls back every 4 env steps; the bar must not redraw at each call (it once
+    did, through ``set_postfix``: hundreds of redraws a second, a log of ~90 MB per
+    4M steps), only at tqdm's ``mininterval`` of a second."""
+    args = ["dqn", "--env", BREAKOUT, "--total-timesteps", "1024", "--run-name", "p"]
+    args += ["--runs-dir", str(tmp_path), "--eval-episodes", "0", *TINY, "--progress"]
+    capsys.readouterr()
+    assert train.main(args) == 0
+    err = capsys.readouterr().err
+    assert "1024/1024" in err  # the bar ran and ended at the last step
+    # 256 callbacks; a run of a few seconds redraws a few times (plus the first
+    # and the closing draw), far fewer than once per callback.
+    assert err.count("\r") < 40, err.count("\r")
