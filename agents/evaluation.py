@@ -39,7 +39,9 @@ def evaluate(
             deterministic, episode_start=...)`` and zeroed at each episode end.
         env_id: a registered id, a list of ids / a comma-separated string (the
             multi-game vector env: ``episodes`` episodes for *each* game); default:
-            the ids the agent was trained on.
+            the ids the agent was trained on. A multi-game agent plays all of its
+            games or some of them, in any order, each under the game id and in the
+            padded layout it was trained with.
         episodes: episodes per game, in ``[1, MAX_EPISODES]``.
         seed: seeds the evaluation envs (env ``i`` gets ``seed + i``).
         deterministic: take the most probable valid action instead of sampling.
@@ -98,13 +100,17 @@ def evaluate(
     per_game = max(1, min(8, episodes)) if num_envs is None else num_envs // k
     n = per_game * k
     trained_on = getattr(agent, "env_ids", None)
+    layout: list[str] | None = None  # a multi-game agent on some of its games
     if trained_on and len(trained_on) > 1 and list(trained_on) != ids:
-        # A multi-game agent knows its games by position: another order or subset
-        # would silently pair each game with another game's embedding and value.
-        raise ValueError(
-            f"this agent was trained on the games {list(trained_on)} (in that order); "
-            f"evaluate it on those, not on {ids}"
-        )
+        # A multi-game agent knows its games by position: the env keeps the layout
+        # and game ids of all its games while the slots play the ones asked for.
+        unknown = [e for e in ids if e not in trained_on]
+        if unknown or len(set(ids)) != len(ids):
+            raise ValueError(
+                f"this agent was trained on the games {list(trained_on)}; evaluate it on "
+                f"those or some of them (each once), not on {ids}"
+            )
+        layout = list(trained_on)
     if flicker:
         from maskrl.envs.flicker import check_flicker_p, flicker_wrapper
 
@@ -114,6 +120,8 @@ def evaluate(
     if k == 1 and not _is_multigame(agent):
         wrap = {"wrapper": flicker_wrapper(flicker)} if flicker else {}
         envs = make_vec(ids[0], n, seed=seed, **wrap)
+    elif layout is not None:  # slot i plays ids[i % k], as game layout.index(ids[i % k])
+        envs = make_multigame_vec(layout, n, seed=seed, play=ids)
     else:  # a multi-game agent of one game (a one-expert student) still reads {"obs", "game_id"}
         envs = make_multigame_vec(ids, n, seed=seed)
     try:

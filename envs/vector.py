@@ -616,12 +616,16 @@ def make_multigame_vec(
     vector_kwargs: Mapping[str, Any] | None = None,
     backend: Literal["numpy", "torch"] = "numpy",
     device: Any = None,
+    play: Sequence[str] | None = None,
     **env_kwargs: Any,
 ) -> VectorEnv[Any, Any, Any]:
     """One vector env whose slots play several games (the Actor-Mimic setting).
 
     Slot ``i`` plays ``env_ids[i % len(env_ids)]``; its game index is that
-    position in ``env_ids``.
+    position in ``env_ids``. With ``play``, slot ``i`` plays
+    ``play[i % len(play)]`` instead, still as game ``env_ids.index(...)`` in the
+    layout of all of ``env_ids`` (padded shape, action count, number of game
+    ids): how a multi-game agent is evaluated on some of its games.
 
     * Actions: ``Discrete(max n)`` over all games. Games with fewer actions get
       always-invalid padding actions at the end (MinAtar games all have 6,
@@ -639,7 +643,8 @@ def make_multigame_vec(
 
     Args:
         env_ids: registered ids with ``Discrete`` actions and ``Box`` observations.
-        num_envs: number of slots (``>= len(env_ids)`` so every game plays).
+        num_envs: number of slots (``>= len(env_ids)`` so every game plays; with
+            ``play``, ``>= len(play)``).
         vectorization, seed, autoreset_mode, vector_kwargs: as in :func:`make_vec`.
         backend, device: as in :func:`make_vec`. With ``backend="torch"`` (MinAtar ids
             only) all games step in one batched torch program
@@ -650,6 +655,8 @@ def make_multigame_vec(
         **env_kwargs: torch backend only: ``sticky_action_prob``,
             ``difficulty_ramping``, ``max_episode_steps``, ``check_actions``,
             ``copy_obs`` (as in :func:`make_vec`).
+        play: the games the slots play, distinct ids among ``env_ids`` in any
+            order (default: ``env_ids``); numpy backend only.
 
     Example:
         >>> import maskrl.envs
@@ -664,9 +671,19 @@ def make_multigame_vec(
         raise ValueError("make_multigame_vec needs at least one env id")
     _check_unique(env_ids)
     _check_num_envs(num_envs)
-    if num_envs < len(env_ids):
+    played = env_ids if play is None else list(play)
+    if play is not None:
+        if isinstance(play, str) or not played:
+            raise ValueError(f"play must be a non-empty list of env ids, got {play!r}")
+        _check_unique(played)
+        unknown = [e for e in played if e not in env_ids]
+        if unknown:
+            raise ValueError(f"play: {unknown} not among the env_ids {env_ids}")
+        if backend == "torch":
+            raise ValueError("play (a subset of the games) needs backend='numpy'")
+    if num_envs < len(played):
         raise ValueError(
-            f"num_envs={num_envs} is smaller than the number of games ({len(env_ids)}): "
+            f"num_envs={num_envs} is smaller than the number of games ({len(played)}): "
             "some games would never be played"
         )
     if backend == "torch":
@@ -702,8 +719,8 @@ def make_multigame_vec(
     fns = [
         partial(
             _make_slot,
-            env_ids[i % len(env_ids)],
-            i % len(env_ids),
+            played[i % len(played)],
+            env_ids.index(played[i % len(played)]),
             len(env_ids),
             obs_space,
             n_actions,

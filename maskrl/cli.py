@@ -219,7 +219,10 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         help=f"episodes per game, at most {MAX_EPISODES:,} (default: 20)",
     )
     ev.add_argument(
-        "--env", default=None, help="env id(s), comma-separated (default: the ones trained on)"
+        "--env",
+        default=None,
+        help="env id(s), comma-separated (default: the ones trained on; a multi-game "
+        "agent: all its games or some of them)",
     )
     ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation envs (default: 0)")
     ev.add_argument(

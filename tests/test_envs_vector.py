@@ -329,3 +329,46 @@ def test_mask_overhead_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> No
     bench.main(["--env", "Freeway", "--num-envs", "2", "--steps", "30", "--repeats", "2"])
     out = capsys.readouterr().out
     assert "mask plumbing overhead (step time):" in out and "median of pairs" in out
+
+
+def test_multigame_play_keeps_the_layout_and_game_ids_of_all_the_games() -> None:
+    ids = [TOY_A, TOY_B]
+    full = make_multigame_vec(ids, 2, seed=0)
+    for play, n, games in (
+        ([TOY_B], 3, [1, 1, 1]),
+        ([TOY_A], 2, [0, 0]),
+        ([TOY_B, TOY_A], 4, [1, 0, 1, 0]),
+    ):
+        envs = make_multigame_vec(ids, n, seed=2, play=play)
+        try:
+            assert envs.single_observation_space == full.single_observation_space
+            assert envs.single_action_space == full.single_action_space
+            obs, infos = envs.reset()
+            rng = np.random.default_rng(0)
+            for _ in range(30):
+                np.testing.assert_array_equal(obs["game_id"], games)
+                np.testing.assert_array_equal(infos["game_id"], games)
+                for i, g in enumerate(games):
+                    k = (4, 6)[g]
+                    np.testing.assert_array_equal(
+                        infos["action_mask"][i, :k], toy_mask(obs["obs"][i], k)
+                    )
+                    assert not infos["action_mask"][i, k:].any()
+                    if g == 0:
+                        assert (obs["obs"][i][3:] == 0).all()
+                obs, _, _, _, infos = envs.step(sample_valid(infos["action_mask"], rng))
+        finally:
+            envs.close()
+    full.close()
+    for bad, match in (
+        (["test/Nope-v0"], "not among"),
+        ([TOY_A, TOY_A], "twice|duplicate|more than once|unique"),
+        (TOY_A, "non-empty list"),
+        ([], "non-empty list"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            make_multigame_vec(ids, 2, play=bad)
+    with pytest.raises(ValueError, match="smaller than the number of games"):
+        make_multigame_vec(ids, 1, play=[TOY_A, TOY_B])
+    with pytest.raises(ValueError, match="needs backend='numpy'"):
+        make_multigame_vec(ids, 2, play=[TOY_A], backend="torch")

@@ -429,13 +429,42 @@ def test_trainer_rejects_next_step_autoreset_and_shifted_action_spaces():
         PPO(shifted, PPOConfig(num_envs=1, num_steps=8, num_minibatches=1, device="cpu"))
 
 
-def test_evaluate_refuses_a_multigame_agent_on_reordered_games():
+def test_evaluate_plays_a_multigame_agent_on_some_of_its_games_under_their_own_ids():
     from maskrl.agents import evaluate
 
     ids = ["maskrl/MinAtar-Breakout-v0", "maskrl/MinAtar-Asterix-v0"]
     agent = PPO(ids, PPOConfig(num_envs=2, num_steps=8, num_minibatches=1, device="cpu"))
-    with pytest.raises(ValueError, match="in that order"):
-        evaluate(agent, list(reversed(ids)), episodes=1)
+
+    class Watch:
+        """The agent, recording the game ids and screens it is shown."""
+
+        def __init__(self) -> None:
+            self.env_ids, self.observation_space = agent.env_ids, agent.observation_space
+            self.action_space, self.seen, self.screens = agent.action_space, set(), []
+
+        def predict(self, obs, mask, deterministic=False):
+            self.seen.update(obs["game_id"].tolist())
+            self.screens.append(obs["obs"].copy())
+            return agent.predict(obs, mask, deterministic=deterministic)
+
+    w = Watch()
+    res = evaluate(w, [ids[1]], episodes=3, seed=5)
+    assert res["env_id"] == ids[1] and res["episodes"] == 3
+    assert w.seen == {1}  # Asterix keeps the game id it was trained under
+    w = Watch()
+    res = evaluate(w, [ids[0]], episodes=2, seed=5)
+    assert w.seen == {0} and res["episodes"] == 2
+    # Breakout's 4 channels, padded to Asterix's layout (the agent's input) with zeros.
+    assert w.screens[0].shape[1] == agent.observation_space["obs"].shape[0]
+    assert all((s[:, 4:] == 0).all() for s in w.screens)
+    w = Watch()
+    res = evaluate(w, list(reversed(ids)), episodes=2, seed=5)  # any order, keyed by id
+    assert res["env_ids"] == list(reversed(ids)) and w.seen == {0, 1}
+    assert all(res["per_game"][e]["episodes"] == 2 for e in ids)
+    with pytest.raises(ValueError, match="or some of them"):
+        evaluate(agent, [ids[0], "maskrl/MinAtar-Seaquest-v0"], episodes=1)
+    with pytest.raises(ValueError, match="or some of them"):
+        evaluate(agent, [ids[0], ids[0]], episodes=1)
     single = PPO(
         "maskrl/MinAtar-Breakout-v0",
         PPOConfig(num_envs=2, num_steps=8, num_minibatches=1, device="cpu"),
