@@ -179,6 +179,9 @@ class PPOConfig(TrainerConfig):
         "width of the default network's dense encoder layer (None: the defaults, 128 for "
         "MinAtar grids, 512 for Atari frames, 64 for vectors)",
     )
+    conv_filters: int | None = _f(
+        None, "filters of the MinAtar CNN's convolution (None: 16, as in the MinAtar paper)"
+    )
     recurrent: bool = _f(
         False,
         "recurrent PPO: an LSTM between the encoder and the heads, its state carried per env "
@@ -221,6 +224,8 @@ class PPOConfig(TrainerConfig):
         super().validate()
         if self.hidden is not None:
             _check(self, "hidden", 1 <= self.hidden <= 65536, "in [1, 65536] or None")
+        if self.conv_filters is not None:
+            _check(self, "conv_filters", 1 <= self.conv_filters <= 4096, "in [1, 4096] or None")
         _check(self, "attention_layers", 0 <= self.attention_layers <= 64, "in [0, 64]")
         _check(self, "attention_heads", 1 <= self.attention_heads <= 64, "in [1, 64]")
         _check(self, "gamma", 0.0 <= self.gamma <= 1.0, "in [0, 1]")
@@ -319,6 +324,11 @@ class MimicConfig(TrainerConfig):
     hidden: int | None = _f(
         None, "width of the student's dense layer (None: the default network's, 128 for MinAtar)"
     )
+    conv_filters: int | None = _f(
+        None,
+        "filters of the student's convolution, --multigame-encoder cnn (None: 16, as in the "
+        "MinAtar paper)",
+    )
     attention_layers: int | None = _f(
         None,
         "self-attention blocks of the tokens encoder (0: a bag of tokens; None: "
@@ -342,6 +352,10 @@ class MimicConfig(TrainerConfig):
         _check(self, "multigame_encoder", self.multigame_encoder in encoders, "cnn or tokens")
         if self.hidden is not None:
             _check(self, "hidden", 1 <= self.hidden <= 65536, "in [1, 65536] or None")
+        if self.conv_filters is not None:
+            _check(self, "conv_filters", 1 <= self.conv_filters <= 4096, "in [1, 4096] or None")
+            if self.multigame_encoder != "cnn":
+                _check(self, "conv_filters", False, "None unless --multigame-encoder cnn")
         if self.attention_layers is not None:
             _check(self, "attention_layers", 0 <= self.attention_layers <= 64, "in [0, 64] or None")
             if self.attention_layers and self.multigame_encoder != "tokens":
@@ -397,6 +411,9 @@ class DQNConfig(SavedConfig):
     hidden: int | None = _f(
         None, "dense layer width of the Q-network (None: the default network's)"
     )
+    conv_filters: int | None = _f(
+        None, "filters of the MinAtar CNN's convolution (None: 16, as in the MinAtar paper)"
+    )
     env_backend: str = _f(
         "numpy",
         "numpy: Python-stepped Gymnasium envs; torch: the MinAtar games as batched torch "
@@ -448,6 +465,8 @@ class DQNConfig(SavedConfig):
         _check(self, "max_grad_norm", 0 < self.max_grad_norm < math.inf, "finite and > 0")
         if self.hidden is not None:
             _check(self, "hidden", self.hidden >= 1, ">= 1, or None")
+        if self.conv_filters is not None:
+            _check(self, "conv_filters", 1 <= self.conv_filters <= 4096, "in [1, 4096] or None")
         _check(self, "env_backend", self.env_backend in ("numpy", "torch"), "'numpy' or 'torch'")
         _check_machine_settings(self)
 

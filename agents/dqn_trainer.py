@@ -264,6 +264,8 @@ class DQN:
             kwargs: dict[str, Any] = {"obs_layout": "CHW"}
             if config.hidden is not None:
                 kwargs["hidden"] = config.hidden
+            if config.conv_filters is not None:
+                kwargs["conv_filters"] = config.conv_filters
             self.policy = MaskedPolicy.build(
                 obs_space, act_space, env_ids, self.device, config.seed, **kwargs
             )

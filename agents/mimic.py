@@ -306,6 +306,8 @@ class ActorMimic(OnPolicyTrainer):
         net_kwargs: dict[str, Any] = {"obs_layout": "CHW"}
         if c.hidden is not None:
             net_kwargs["hidden"] = c.hidden
+        if c.conv_filters is not None:
+            net_kwargs["conv_filters"] = c.conv_filters
         if c.multigame_encoder != "cnn":
             net_kwargs["multigame_encoder"] = c.multigame_encoder
             net_kwargs["channels_per_game"] = [

@@ -54,7 +54,14 @@ def obs_layout_of(env: Any) -> str:
     return str(layout)
 
 
-def _encoder_for_box(shape: tuple[int, ...], layout: str, hidden: int | None = None) -> nn.Module:
+def _encoder_for_box(
+    shape: tuple[int, ...], layout: str, hidden: int | None = None, conv_filters: int | None = None
+) -> nn.Module:
+    if conv_filters is not None and not (len(shape) == 3 and _is_minatar_grid(shape, layout)):
+        raise ValueError(
+            f"conv_filters={conv_filters} sets the filters of the MinAtar CNN (grids of 3 to 16 "
+            f"cells a side); this network reads observations of shape {shape}"
+        )
     if len(shape) == 3:
         if layout == "HWC":
             h, w, c = shape
@@ -62,7 +69,9 @@ def _encoder_for_box(shape: tuple[int, ...], layout: str, hidden: int | None = N
             c, h, w = shape
         if h <= 16 and w <= 16:
             if min(h, w) >= 3:
-                enc: nn.Module = MinAtarCNN(c, h, w, hidden=hidden or 128)
+                enc: nn.Module = MinAtarCNN(
+                    c, h, w, filters=conv_filters or 16, hidden=hidden or 128
+                )
             else:
                 enc = MLPEncoder(c * h * w, (hidden or 64,) * 2)
         elif (h, w) == (84, 84):
@@ -74,6 +83,12 @@ def _encoder_for_box(shape: tuple[int, ...], layout: str, hidden: int | None = N
             )
         return ChannelsLast(enc) if layout == "HWC" and not isinstance(enc, MLPEncoder) else enc
     return MLPEncoder(int(math.prod(shape)), (hidden or 64,) * 2)
+
+
+def _is_minatar_grid(shape: tuple[int, ...], layout: str) -> bool:
+    """Whether :func:`_encoder_for_box` reads a 3-D ``shape`` with the MinAtar CNN."""
+    h, w = (shape[0], shape[1]) if layout == "HWC" else (shape[1], shape[2])
+    return 3 <= min(h, w) and max(h, w) <= 16
 
 
 def _token_encoder(
@@ -117,6 +132,7 @@ def build_actor_critic(
     multigame_encoder: Literal["cnn", "tokens"] = "cnn",
     channels_per_game: Sequence[int] | None = None,
     hidden: int | None = None,
+    conv_filters: int | None = None,
     attention_layers: int = 0,
     attention_heads: int = 1,
     lstm_hidden: int | None = None,
@@ -152,6 +168,9 @@ def build_actor_critic(
         hidden: width of the encoder's dense layer(s) (None: the defaults, 128
             for the MinAtar CNN, 512 for the Atari CNN, 64 for MLPs); not used
             by the token and set encoders.
+        conv_filters: filters of the MinAtar CNN's convolution (None: 16, as in
+            the MinAtar paper); only for grids the MinAtar CNN reads (a
+            multi-game student of several MinAtar games may want more).
         attention_layers: masked self-attention blocks
             (:class:`maskrl.SelfAttentionBlock`) in the set encoder
             (Knapsack) or the token encoder (``multigame_encoder="tokens"``);
@@ -187,7 +206,8 @@ def build_actor_critic(
         base = build_actor_critic(
             observation_space, action_space, obs_layout,
             multigame_encoder=multigame_encoder, channels_per_game=channels_per_game,
-            hidden=hidden, attention_layers=attention_layers, attention_heads=attention_heads,
+            hidden=hidden, conv_filters=conv_filters, attention_layers=attention_layers,
+            attention_heads=attention_heads,
         )  # fmt: skip
         return RecurrentActorCritic(base, lstm_hidden)
     if obs_layout not in OBS_LAYOUTS:
@@ -224,6 +244,13 @@ def build_actor_critic(
         )
     if hidden is not None and hidden < 1:
         raise ValueError(f"hidden must be >= 1, got {hidden}")
+    if conv_filters is not None and (conv_filters < 1 or is_set or multigame_encoder == "tokens"):
+        raise ValueError(
+            f"conv_filters={conv_filters}: the filters of the MinAtar CNN, >= 1; this network "
+            "(a set or token encoder) has no convolution"
+            if conv_filters >= 1
+            else f"conv_filters must be >= 1, got {conv_filters}"
+        )
     if multigame_encoder == "tokens" and not is_multigame:
         raise ValueError(
             'multigame_encoder="tokens" needs a multi-game observation space (a Dict with '
@@ -257,7 +284,7 @@ def build_actor_critic(
                     attention_heads,
                 )
             else:
-                encoder = _encoder_for_box(tuple(inner.shape), obs_layout, hidden)
+                encoder = _encoder_for_box(tuple(inner.shape), obs_layout, hidden, conv_filters)
             return MultiGameActorCritic(encoder, n_logits, num_games)
         items_key = next((k for k in SET_ITEM_KEYS if k in keys), None)
         if items_key is not None and "item_mask" in keys:
@@ -284,9 +311,12 @@ def build_actor_critic(
             "pass your own network"
         )
     if isinstance(observation_space, spaces.Discrete):
+        if conv_filters is not None:
+            raise ValueError(f"conv_filters={conv_filters}: a one-hot encoder has no convolution")
         return ActorCritic(OneHotEncoder(int(observation_space.n)), n_logits)
     if isinstance(observation_space, spaces.MultiBinary | spaces.Box):
         return ActorCritic(
-            _encoder_for_box(tuple(observation_space.shape), obs_layout, hidden), n_logits
+            _encoder_for_box(tuple(observation_space.shape), obs_layout, hidden, conv_filters),
+            n_logits,
         )
     raise ValueError(f"no default network for observation space {observation_space}; pass your own")

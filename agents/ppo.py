@@ -247,6 +247,8 @@ class PPO(OnPolicyTrainer):
                 kwargs.setdefault("attention_heads", config.attention_heads)
             if config.hidden is not None:
                 kwargs.setdefault("hidden", config.hidden)
+            if config.conv_filters is not None:
+                kwargs.setdefault("conv_filters", config.conv_filters)
             policy = MaskedPolicy.build(
                 observation_space, action_space, self.env_ids, device, config.seed, **kwargs
             )
