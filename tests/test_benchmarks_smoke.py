@@ -391,3 +391,33 @@ def test_masking_ablation_merges_runs_of_one_setting(
         bench.main(["--merge", str(tmp_path / "x.json")])
     assert e.value.code == 2
     assert "--merge needs --replot" in capsys.readouterr().err
+
+
+def test_return_ratio_interval_and_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load("return_ratio")
+    import numpy as np
+
+    # Hand-computed: returns with no spread give the exact ratio and a zero-width interval.
+    r, lo, hi = bench.ratio_interval(np.full(10, 4.0), np.full(7, 3.0), resamples=200)
+    assert r == lo == hi == 0.75
+    # Normal returns, 400 episodes each, true ratio 0.8: the interval holds it, and is about
+    # +-1.96 times the delta-method standard error wide.
+    rng = np.random.default_rng(1)
+    ref, oth = rng.normal(100, 50, 400), rng.normal(80, 50, 400)
+    r, lo, hi = bench.ratio_interval(ref, oth, resamples=4000, seed=3)
+    se = r * np.sqrt((50 / 80) ** 2 / 400 + (50 / 100) ** 2 / 400)
+    assert lo < 0.8 < hi and abs((hi - lo) / 2 - 1.96 * se) < 0.25 * 1.96 * se
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"env_id": "g/X-v0", "returns": [2.0, 4.0, 6.0]}))
+    b.write_text(json.dumps({"env_id": "g/X-v0", "returns": [1.0, 2.0, 3.0]}))
+    assert bench.main(["--pair", str(a), str(b), "--resamples", "500"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.startswith("| X-v0 | 4.00 +- 1.15 | 3 | 2.00 +- 0.58 | 3 | 50.0% |"), row
+    b.write_text(json.dumps({"env_id": "g/Y-v0", "returns": [1.0, 2.0]}))
+    with pytest.raises(SystemExit, match="different games"):
+        bench.main(["--pair", str(a), str(b)])
+    b.write_text(json.dumps({"env_ids": ["g/X-v0"], "per_game": {}}))
+    with pytest.raises(SystemExit, match="not a one-game evaluation"):
+        bench.main(["--pair", str(a), str(b)])

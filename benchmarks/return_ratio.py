@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""A policy's mean return as a share of a reference's, with a bootstrap 95% interval.
+
+Reads the JSON files ``train.py eval --output`` writes (one game each: the
+per-episode returns are in them) and prints one markdown row per pair: both
+means with their standard errors, the ratio of the means and its percentile
+bootstrap interval (episodes resampled with replacement, each side on its
+own, ``--resamples`` times, a seeded generator). How a student is compared
+with its expert when the returns are as noisy as SpaceInvaders' (a standard
+deviation near the mean)::
+
+    python train.py eval --checkpoint runs/am5-pub/MinAtar-SpaceInvaders-v0/checkpoint.pt \\
+        --episodes 500 --seed 100000 --output expert-si.json
+    python train.py eval --checkpoint runs/student/checkpoint.pt --env maskrl/MinAtar-SpaceInvaders-v0 \\
+        --episodes 500 --seed 100000 --output student-si.json
+    python benchmarks/return_ratio.py --pair expert-si.json student-si.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def load_returns(path: Path) -> tuple[str, np.ndarray]:
+    """``(env id, per-episode returns)`` of one ``train.py eval --output`` file of one game."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: cannot read it as JSON ({e})") from e
+    if "returns" not in data or "env_id" not in data:
+        raise SystemExit(
+            f"{path}: not a one-game evaluation (no 'env_id' and 'returns'); evaluate one game "
+            "with train.py eval --env ID --output FILE"
+        )
+    returns = np.asarray(data["returns"], dtype=np.float64)
+    if returns.size < 2:
+        raise SystemExit(f"{path}: {returns.size} episode(s); a standard error needs at least 2")
+    return str(data["env_id"]), returns
+
+
+def ratio_interval(
+    reference: np.ndarray, other: np.ndarray, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """``(mean(other) / mean(reference), low, high)``: the ratio and its 95% bootstrap interval."""
+    if reference.mean() <= 0:
+        raise ValueError(f"the reference's mean return is {reference.mean():g}; a share needs > 0")
+    rng = np.random.default_rng(seed)
+    ref = reference[rng.integers(0, reference.size, (resamples, reference.size))].mean(axis=1)
+    oth = other[rng.integers(0, other.size, (resamples, other.size))].mean(axis=1)
+    boot = oth / np.where(ref > 0, ref, np.nan)
+    low, high = np.nanpercentile(boot, [2.5, 97.5])
+    return float(other.mean() / reference.mean()), float(low), float(high)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("REFERENCE", "OTHER"),
+        help="two train.py eval --output files of the same game (repeat for more games)",
+    )
+    p.add_argument("--resamples", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.resamples < 100:
+        p.error(f"--resamples must be >= 100, got {a.resamples}")
+    print("| game | reference | episodes | other | episodes | other / reference | 95% interval |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for ref_path, other_path in a.pair:
+        g1, ref = load_returns(Path(ref_path))
+        g2, oth = load_returns(Path(other_path))
+        if g1 != g2:
+            raise SystemExit(f"--pair {ref_path} {other_path}: different games ({g1} and {g2})")
+        r, lo, hi = ratio_interval(ref, oth, a.resamples, a.seed)
+
+        def cell(x: np.ndarray) -> str:
+            return f"{x.mean():.2f} +- {x.std(ddof=1) / np.sqrt(x.size):.2f}"
+
+        print(
+            f"| {g1.split('/')[-1]} | {cell(ref)} | {ref.size} | {cell(oth)} | {oth.size} "
+            f"| {100 * r:.1f}% | {100 * lo:.1f}-{100 * hi:.1f}% |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
