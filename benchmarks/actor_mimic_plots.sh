@@ -7,8 +7,9 @@
 #    (training returns, per game) with each expert's and the student's final
 #    evaluation as dashed lines (read from experts.json and the student's eval.json);
 # 3. docs/img/minatar_students_10m.png: the 10M-step students (256 and 512 units,
-#    learning rate annealed) against their experts' evaluations (runs/am5-pub),
-#    as dashed lines;
+#    512 units with 32 filters, learning rate annealed) and the 512-unit one
+#    continued to 15M, against their experts' evaluations (runs/am5-pub), as
+#    dashed lines;
 # 4. docs/img/transfer.png: the leave-one-out transfer curves that
 #    benchmarks/transfer.py drew (PPO from the student's encoder vs from
 #    scratch, mean and min-max band over seeds, one panel per held-out game).
@@ -17,8 +18,9 @@
 #
 # Runs it reads (RUNS_DIR/...): am5-minatar, am5-minatar-ent03 and, if present,
 # am5-minatar-b and am5-minatar-ent03-sq (the experts' own runs), am5-10m (the experts folder the students use), am10m-s4m-h256
-# (the student), am10m-mg-baseline (the baseline), am5-pub, pub-s10m-h256 and pub-s10m-h512 (the
-# 10M-step students and their experts), transfer (benchmarks/transfer.py --out).
+# (the student), am10m-mg-baseline (the baseline), am5-pub, pub-s10m-h256, pub-s10m-h512 and, if present,
+# pub-s10m-h512-c32, pub-s15m-h512 and evals500 (the students, their experts and the
+# experts' 500-episode evaluations), transfer (benchmarks/transfer.py --out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs}
@@ -50,19 +52,32 @@ $PY train.py plot "$R"/am10m-mg-baseline --smooth 20 "${marks[@]}" \
     --title "Multi-game PPO from scratch (51M steps) vs the experts and the student" \
     --out docs/img/minatar_baseline_vs_student.png
 
-# The 10M-step students, one panel per game, each expert's evaluation as a dashed line.
+# The 10M-step students, one panel per game, each expert's evaluation as a dashed line:
+# its 500-episode evaluation (RUNS_DIR/evals500/expert-<Game>.json, from
+# train.py eval --episodes 500 --seed 100000 --output ...) where there is one, else
+# the 100 episodes of experts.json.
 if [ -f "$R/am5-pub/experts.json" ] && [ -d "$R/pub-s10m-h512" ]; then
-    mapfile -t marks < <($PY - "$R/am5-pub/experts.json" <<'PYEOF'
-import json, sys
+    mapfile -t marks < <($PY - "$R/am5-pub/experts.json" "$R/evals500" <<'PYEOF'
+import json, os, sys
 for e in json.load(open(sys.argv[1]))["experts"]:
     game = e["env_id"].split("/")[-1].removeprefix("MinAtar-").rsplit("-v", 1)[0]
-    print("--mark"); print(f"{game}={e['mean_return']}:expert")
+    path = os.path.join(sys.argv[2], f"expert-{game}.json")
+    if os.path.isfile(path):
+        r = json.load(open(path))
+        print("--mark"); print(f"{game}={r['mean']}:expert ({r['episodes']} episodes)")
+    else:
+        print("--mark"); print(f"{game}={e['mean_return']}:expert ({e['episodes']} episodes)")
 PYEOF
 )
+    # pub-s15m-h512 is a copy of pub-s10m-h512 resumed to 15M steps: its curve is
+    # the 10M-step run's up to 10M, so it replaces it where it exists.
     students=("$R"/pub-s10m-h512)
-    [ -d "$R/pub-s10m-h256" ] && students+=("$R"/pub-s10m-h256)
+    if [ -d "$R/pub-s15m-h512" ]; then students=("$R"/pub-s15m-h512); fi
+    for s in pub-s10m-h256 pub-s10m-h512-c32; do
+        if [ -d "$R/$s" ]; then students+=("$R/$s"); fi
+    done
     $PY train.py plot "${students[@]}" --smooth 20 "${marks[@]}" \
-        --title "Actor-Mimic students, 10M steps, learning rate annealed, vs their experts" \
+        --title "Actor-Mimic students, learning rate annealed, vs their experts" \
         --out docs/img/minatar_students_10m.png
 fi
 
