@@ -57,11 +57,7 @@ def obs_layout_of(env: Any) -> str:
 def _encoder_for_box(
     shape: tuple[int, ...], layout: str, hidden: int | None = None, conv_filters: int | None = None
 ) -> nn.Module:
-    if conv_filters is not None and not (len(shape) == 3 and _is_minatar_grid(shape, layout)):
-        raise ValueError(
-            f"conv_filters={conv_filters} sets the filters of the MinAtar CNN (grids of 3 to 16 "
-            f"cells a side); this network reads observations of shape {shape}"
-        )
+    enc: nn.Module
     if len(shape) == 3:
         if layout == "HWC":
             h, w, c = shape
@@ -69,9 +65,7 @@ def _encoder_for_box(
             c, h, w = shape
         if h <= 16 and w <= 16:
             if min(h, w) >= 3:
-                enc: nn.Module = MinAtarCNN(
-                    c, h, w, filters=conv_filters or 16, hidden=hidden or 128
-                )
+                enc = MinAtarCNN(c, h, w, filters=conv_filters or 16, hidden=hidden or 128)
             else:
                 enc = MLPEncoder(c * h * w, (hidden or 64,) * 2)
         elif (h, w) == (84, 84):
@@ -81,14 +75,14 @@ def _encoder_for_box(
                 f"no default encoder for {layout} image observations of shape {shape}; "
                 "pass your own network (an ActorCritic around your encoder)"
             )
-        return ChannelsLast(enc) if layout == "HWC" and not isinstance(enc, MLPEncoder) else enc
-    return MLPEncoder(int(math.prod(shape)), (hidden or 64,) * 2)
-
-
-def _is_minatar_grid(shape: tuple[int, ...], layout: str) -> bool:
-    """Whether :func:`_encoder_for_box` reads a 3-D ``shape`` with the MinAtar CNN."""
-    h, w = (shape[0], shape[1]) if layout == "HWC" else (shape[1], shape[2])
-    return 3 <= min(h, w) and max(h, w) <= 16
+    else:
+        enc = MLPEncoder(int(math.prod(shape)), (hidden or 64,) * 2)
+    if conv_filters is not None and not isinstance(enc, MinAtarCNN):
+        raise ValueError(
+            f"conv_filters={conv_filters} sets the filters of the MinAtar CNN (grids of 3 to 16 "
+            f"cells a side); this network reads observations of shape {shape}"
+        )
+    return ChannelsLast(enc) if layout == "HWC" and not isinstance(enc, MLPEncoder) else enc
 
 
 def _token_encoder(
@@ -244,12 +238,12 @@ def build_actor_critic(
         )
     if hidden is not None and hidden < 1:
         raise ValueError(f"hidden must be >= 1, got {hidden}")
-    if conv_filters is not None and (conv_filters < 1 or is_set or multigame_encoder == "tokens"):
+    if conv_filters is not None and conv_filters < 1:
+        raise ValueError(f"conv_filters must be >= 1, got {conv_filters}")
+    if conv_filters is not None and (is_set or multigame_encoder == "tokens"):
         raise ValueError(
-            f"conv_filters={conv_filters}: the filters of the MinAtar CNN, >= 1; this network "
-            "(a set or token encoder) has no convolution"
-            if conv_filters >= 1
-            else f"conv_filters must be >= 1, got {conv_filters}"
+            f"conv_filters={conv_filters} sets the MinAtar CNN's filters; this network (a set "
+            "or token encoder) has no convolution"
         )
     if multigame_encoder == "tokens" and not is_multigame:
         raise ValueError(
