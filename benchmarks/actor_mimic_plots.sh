@@ -7,7 +7,8 @@
 #    (training returns, per game) with each expert's and the student's final
 #    evaluation as dashed lines (read from experts.json and the student's eval.json);
 # 3. docs/img/minatar_students_10m.png: the 10M-step students (256 and 512 units,
-#    512 units with 32 filters, learning rate annealed) and the 512-unit one
+#    512 units with 32 filters, the same distilled at tau 0.5, learning rate
+#    annealed) and the 512-unit one
 #    continued to 15M, against their experts' evaluations (runs/am5-pub), as
 #    dashed lines;
 # 4. docs/img/transfer.png: the leave-one-out transfer curves that
@@ -19,7 +20,7 @@
 # Runs it reads (RUNS_DIR/...): am5-minatar, am5-minatar-ent03 and, if present,
 # am5-minatar-b and am5-minatar-ent03-sq (the experts' own runs), am5-10m (the experts folder the students use), am10m-s4m-h256
 # (the student), am10m-mg-baseline (the baseline), am5-pub, pub-s10m-h256, pub-s10m-h512 and, if present,
-# pub-s10m-h512-c32, pub-s15m-h512 and evals500 (the students, their experts and the
+# pub-s10m-h512-c32, pub-s10m-h512-c32-tau05, pub-s15m-h512 and evals500 (the students, their experts and the
 # experts' 500-episode evaluations), transfer (benchmarks/transfer.py --out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,7 +74,7 @@ PYEOF
     # the 10M-step run's up to 10M, so it replaces it where it exists.
     students=("$R"/pub-s10m-h512)
     if [ -d "$R/pub-s15m-h512" ]; then students=("$R"/pub-s15m-h512); fi
-    for s in pub-s10m-h256 pub-s10m-h512-c32; do
+    for s in pub-s10m-h256 pub-s10m-h512-c32 pub-s10m-h512-c32-tau05; do
         if [ -d "$R/$s" ]; then students+=("$R/$s"); fi
     done
     $PY train.py plot "${students[@]}" --smooth 20 "${marks[@]}" \
