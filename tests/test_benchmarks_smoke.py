@@ -421,3 +421,42 @@ def test_return_ratio_interval_and_errors(
     b.write_text(json.dumps({"env_ids": ["g/X-v0"], "per_game": {}}))
     with pytest.raises(SystemExit, match="not a one-game evaluation"):
         bench.main(["--pair", str(a), str(b)])
+
+
+def test_return_ratio_versus_mean_of_shares(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load("return_ratio")
+    import numpy as np
+
+    # Hand-computed, no spread: game 1 A = 3/4, B = 5/4; game 2 A = 2/2, B = 1/2.
+    # Means over games: A = 0.875, B = 0.875, B - A = 0, every interval of zero width.
+    games = [
+        (np.full(5, 4.0), np.full(6, 3.0), np.full(7, 5.0)),
+        (np.full(5, 2.0), np.full(6, 2.0), np.full(7, 1.0)),
+    ]
+    res = bench.normalised_means(games, resamples=300)
+    assert res["a"] == (0.875, 0.875, 0.875) and res["b"] == (0.875, 0.875, 0.875)
+    assert res["b-a"] == (0.0, 0.0, 0.0)
+    # Random returns where B is truly 20 points (of the reference) above A on each game:
+    # the difference's interval holds 0.2 and excludes 0.
+    rng = np.random.default_rng(2)
+    games = [
+        (rng.normal(m, m / 2, 500), rng.normal(m, m / 2, 500), rng.normal(1.2 * m, m / 2, 500))
+        for m in (10.0, 100.0, 50.0)
+    ]
+    v, lo, hi = bench.normalised_means(games, resamples=2000, seed=1)["b-a"]
+    assert lo < 0.2 < hi and lo > 0
+    files = {}
+    for name, ret in (("r", [2.0, 4.0]), ("a", [1.0, 3.0]), ("b", [3.0, 5.0])):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps({"env_id": "g/X-v0", "returns": ret}))
+    args = ["--versus", str(files["r"]), str(files["a"]), str(files["b"]), "--resamples", "200"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| A | 66.7 |" in out and "| B | 133.3 |" in out and "| B - A | 66.7 |" in out, out
+    files["b"].write_text(json.dumps({"env_id": "g/Y-v0", "returns": [1.0, 2.0]}))
+    with pytest.raises(SystemExit, match="different games"):
+        bench.main(args)
+    with pytest.raises(SystemExit):
+        bench.main([])
