@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from maskrl.distributions import gumbel_argmax
 from maskrl.masking import as_bool_mask, broadcasts_to
 
 __all__ = ["dqn_target", "masked_argmax", "masked_epsilon_greedy"]
@@ -251,15 +250,18 @@ def masked_epsilon_greedy(
 
     Each row independently: with probability ``1 - epsilon`` the masked argmax of
     ``q`` (:func:`masked_argmax`), otherwise an action drawn uniformly from the
-    row's valid actions: Gumbel-max over equal logits
-    (:func:`maskrl.distributions.gumbel_argmax`, maskrl's one sampling path),
-    whose invalid entries are ``-inf`` after the noise, so they never win. An
-    invalid action is therefore never chosen, with any ``epsilon``.
+    row's valid actions. One uniform ``u`` per row decides both: the row
+    explores where ``u < epsilon``, and then ``u / epsilon`` (uniform on
+    ``[0, 1)`` given that) picks the ``floor(u / epsilon * k)``-th of its ``k``
+    valid actions. Only valid actions are ever counted, so an invalid action is
+    never chosen, with any ``epsilon``. (One draw per row, not one per action
+    plus a coin: acting one env at a time, the draw is most of the cost of
+    exploring.)
 
     The randomness comes from ``generator`` only (never torch's global
-    generator): every call draws both the explore coin and the random action for
-    every row, whatever ``epsilon``, so the generator advances by the same amount
-    each call and equal seeds give equal actions.
+    generator): every call draws one uniform per row, whatever ``epsilon``, so
+    the generator advances by the same amount each call and equal seeds give
+    equal actions.
 
     Args:
         q: floating ``[*B, n]`` action values.
@@ -309,25 +311,40 @@ def masked_epsilon_greedy(
 
 
 def _explore_draws(
-    mask: Tensor, epsilon: float, generator: torch.Generator, dtype: torch.dtype = torch.float32
+    mask: Tensor, epsilon: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """The random half of :func:`masked_epsilon_greedy`: ``(uniform valid action, explores)``.
+    """The random half of :func:`masked_epsilon_greedy`: ``(u, explores)``.
 
-    Draws, in this order, the Gumbel noise of the uniform action (``mask``'s
-    shape, of ``dtype`` promoted to float32) and the explore coins (the rows),
-    exactly as :func:`masked_epsilon_greedy` does; no check and no
-    device-to-host read. ``mask`` is a bool tensor whose rows each hold a valid
-    entry, on ``generator``'s device.
+    One float32 uniform ``u`` per row (``mask.shape[:-1]``), drawn exactly as
+    :func:`masked_epsilon_greedy` draws it; a row explores where ``u < epsilon``
+    and then takes :func:`_uniform_valid_action` of the same ``u``. No check and
+    no device-to-host read.
     """
-    zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-    uniform = gumbel_argmax(zeros, mask, generator)
-    coin = torch.rand(mask.shape[:-1], generator=generator, device=mask.device)
-    return uniform, coin < epsilon
+    u = torch.rand(mask.shape[:-1], generator=generator, device=mask.device)
+    return u, u < epsilon
+
+
+def _uniform_valid_action(u: Tensor, mask: Tensor, epsilon: float) -> Tensor:
+    """The valid action an exploring row takes: the ``floor(u / epsilon * k)``-th of its
+    ``k`` valid actions (counting from 0, in index order).
+
+    Given ``u < epsilon``, ``u / epsilon`` is uniform on ``[0, 1)``, so the action is
+    uniform over the valid ones; rows that do not explore (``u >= epsilon``, or
+    ``epsilon == 0``) get an unused index. ``mask``: bool, a valid entry per row.
+    """
+    k = mask.sum(dim=-1)
+    if epsilon <= 0.0:
+        return torch.zeros_like(k)
+    # min(.., k - 1): u / epsilon can round up to 1.0 just below epsilon in float32.
+    j = torch.minimum((u * (1.0 / epsilon) * k).long(), k - 1)
+    # The (j+1)-th valid action's index = how many entries have fewer than j+1 valid
+    # entries up to and including them.
+    return (mask.cumsum(dim=-1) <= j.unsqueeze(-1)).sum(dim=-1)
 
 
 def _masked_epsilon_greedy_unchecked(
     q: Tensor, mask: Tensor, epsilon: float, generator: torch.Generator
 ) -> Tensor:
     """:func:`masked_epsilon_greedy` without its checks (a bool ``mask`` of ``q``'s shape)."""
-    uniform, explore = _explore_draws(mask, epsilon, generator, q.dtype)
-    return torch.where(explore, uniform, masked_argmax(q, mask))
+    u, explore = _explore_draws(mask, epsilon, generator)
+    return torch.where(explore, _uniform_valid_action(u, mask, epsilon), masked_argmax(q, mask))

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
+from torch import nn
 
 from maskrl.agents.base import read_trainer_checkpoint
 from maskrl.agents.checkpoint import save_checkpoint
@@ -62,12 +63,15 @@ from maskrl.agents.config import DQNConfig
 from maskrl.agents.dqn import (
     _dqn_target_unchecked,
     _explore_draws,
+    _uniform_valid_action,
     masked_argmax,
 )
 from maskrl.agents.policy import MaskedPolicy
 from maskrl.agents.rollout import EpisodeStats, is_torch_env, read_masks
 from maskrl.agents.trainer import (
+    FlatParameters,
     NonFiniteError,
+    adam_step,
     check_finite_state,
     make_adam,
     make_training_env,
@@ -77,6 +81,13 @@ from maskrl.agents.trainer import (
 from maskrl.networks import ActorCritic
 
 __all__ = ["DQN", "ReplayBuffer", "linear_epsilon"]
+
+#: Module types whose forward ignores ``training`` (maskrl's own networks, checked by
+#: module name in :class:`DQN`, are built from these).
+_MODE_FREE = (
+    nn.Linear, nn.Conv2d, nn.ReLU, nn.Tanh, nn.Flatten, nn.Identity, nn.Sequential,
+    nn.ModuleList, nn.ModuleDict, nn.LayerNorm, nn.Embedding,
+)  # fmt: skip
 
 
 def linear_epsilon(config: DQNConfig, step: int) -> float:
@@ -274,9 +285,23 @@ class DQN:
             raise
         self.net = self.policy.net
         self.rng = self.policy.rng
+        # One flat tensor for the weights and one for the gradients: zeroing, clipping
+        # and the Adam step are one kernel each (see FlatParameters); the target network
+        # is copied afterwards, so it shares the online network's (faster) layout.
+        self.flat = FlatParameters(self.net)
         self.target_net = copy.deepcopy(self.net)
+        for p in self.target_net.parameters():
+            p.grad = None
         self.target_net.requires_grad_(False)
-        self.optimizer = make_adam(self.net.parameters(), config.learning_rate, config.adam_eps)
+        self.optimizer = make_adam([self.flat.param], config.learning_rate, config.adam_eps)
+        #: Whether the network behaves differently in training and eval mode (dropout,
+        #: batch norm, or a module this trainer does not know): then it acts in eval
+        #: mode and learns in training mode; otherwise the switch, a walk over every
+        #: module twice per iteration, is skipped.
+        self._mode_matters = not all(
+            isinstance(m, _MODE_FREE) or type(m).__module__ == "maskrl.networks"
+            for m in self.net.modules()
+        )
         self.n_actions = int(act_space.n)
         self.global_step = 0
         self.num_updates = 0  # gradient steps taken
@@ -287,6 +312,7 @@ class DQN:
         self._obs: Any = None
         self._mask: Any = None
         self._ep_return = np.zeros(config.num_envs)  # numpy backend
+        self._env_rows = np.arange(config.num_envs)
         self._ep_length = np.zeros(config.num_envs, dtype=np.int64)
         # Torch backend: per vector step of the current iteration, (reward, episode
         # ended, its return, its length) as device tensors, read back once per iteration.
@@ -371,7 +397,7 @@ class DQN:
         n = self.config.num_envs
         obs, mask = self._obs, self._mask
         actions = self._act(obs, mask, self.epsilon)
-        invalid = n - int(np.take_along_axis(mask, actions[:, None], 1).sum())
+        invalid = n - int(mask[self._env_rows, actions].sum())
         next_obs, reward, terminated, truncated, infos = self.envs.step(actions)
         next_mask = read_masks(infos, n, self.n_actions)
         reward = np.asarray(reward, dtype=np.float64)
@@ -469,13 +495,28 @@ class DQN:
     def _act(self, obs: np.ndarray, mask: np.ndarray, epsilon: float) -> np.ndarray:
         """Masked epsilon-greedy actions for the envs' ``obs`` and ``mask`` (NumPy in and out).
 
+        The same actions as :meth:`_act_tensor`. On the CPU the draw and the
+        uniform valid action are the same torch operations, while the network's
+        Q-values go through NumPy for the masked argmax (a handful of envs: the
+        per-call cost of torch operations dominates there). Elsewhere,
         :meth:`_act_tensor` on the arrays moved to the trainer's device.
         """
         dev = self.device
         t_obs, t_mask = torch.from_numpy(obs), torch.from_numpy(mask)
         if dev.type != "cpu":
             t_obs, t_mask = t_obs.to(dev, non_blocking=True), t_mask.to(dev, non_blocking=True)
-        return self._act_tensor(t_obs, t_mask, epsilon, sync=True).cpu().numpy()
+            return self._act_tensor(t_obs, t_mask, epsilon, sync=True).cpu().numpy()
+        with torch.no_grad():
+            u, explore_t = _explore_draws(t_mask, epsilon, self.rng.device_gen)
+            explore = explore_t.numpy()
+            if explore.all():
+                return _uniform_valid_action(u, t_mask, epsilon).numpy()
+            q = self._q(self.net, self._float(t_obs)).numpy()
+            # masked_argmax in NumPy: invalid entries -inf, ties to the lowest index.
+            greedy = np.where(mask, q, -np.inf).argmax(axis=-1)
+            if not explore.any():
+                return greedy
+            return np.where(explore, _uniform_valid_action(u, t_mask, epsilon).numpy(), greedy)
 
     @torch.no_grad()
     def _act_tensor(
@@ -484,23 +525,29 @@ class DQN:
         """Masked epsilon-greedy actions (int64 ``[N]``) for ``obs`` and bool ``mask`` on the
         trainer's device.
 
-        The same draws, in the same order, from the trainer's generator as
-        :func:`~maskrl.agents.masked_epsilon_greedy` (the Gumbel noise of the
-        uniform action, then the explore coins), so a run takes the same
-        actions; the inputs are not re-checked (the masks come from
-        :func:`~maskrl.agents.rollout.read_masks`, or from the torch backend's
-        env, checked at reset). With ``sync``, when every env explores, the
-        network is not run (that check is a device-to-host read: the torch
-        backend on a GPU skips it and always runs the network; the actions are
-        the same).
+        The same draw from the trainer's generator as
+        :func:`~maskrl.agents.masked_epsilon_greedy` (one uniform per env), so a
+        run takes the same actions; the inputs are not re-checked (the masks
+        come from :func:`~maskrl.agents.rollout.read_masks`, or from the torch
+        backend's env, checked at reset). With ``sync`` (a host read of the
+        explore flags), the network is run only if some env acts greedily, and
+        the uniform valid action is computed only if some env explores: the
+        torch backend on a GPU skips that read and computes both; the actions
+        are the same.
         """
-        uniform, explore = _explore_draws(mask, epsilon, self.rng.device_gen)
-        if sync and bool(explore.all()):
-            return uniform
-        # The noise was drawn in float32, as the public function draws it for the
-        # network's float32 Q-values.
-        q = self._q(self.net, obs if obs.is_floating_point() else obs.float())
-        return torch.where(explore, uniform, masked_argmax(q, mask))
+        u, explore = _explore_draws(mask, epsilon, self.rng.device_gen)
+        if sync:
+            n_explore = sum(explore.tolist())
+            if n_explore == explore.numel():
+                return _uniform_valid_action(u, mask, epsilon)
+            if n_explore == 0:
+                return masked_argmax(self._q(self.net, self._float(obs)), mask)
+        greedy = masked_argmax(self._q(self.net, self._float(obs)), mask)
+        return torch.where(explore, _uniform_valid_action(u, mask, epsilon), greedy)
+
+    @staticmethod
+    def _float(obs: torch.Tensor) -> torch.Tensor:
+        return obs if obs.is_floating_point() else obs.float()
 
     # ---------------------------------------------------------------- learning
     @staticmethod
@@ -555,19 +602,21 @@ class DQN:
         c = self.config
         batch = self.replay.sample(c.batch_size, self.rng.device_gen)
         loss, target = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.flat.zero_grad()
         loss.backward()
-        params = [p for p in self.net.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
-        # The loss, the gradient norm and the target mean, read back in one go.
-        loss_v, norm_v, target_mean = torch.stack(
-            [loss.detach().float(), norm.float(), target.mean().float()]
-        ).tolist()
+        norm = self.flat.clip_grad_norm(c.max_grad_norm)
+        # The loss, the gradient norm and the target mean: read back in one go from a
+        # GPU; on the CPU each read is free and stacking them is not.
+        parts = [loss.detach().float(), norm.float(), target.mean().float()]
+        if self.device.type == "cpu":
+            loss_v, norm_v, target_mean = (x.item() for x in parts)
+        else:
+            loss_v, norm_v, target_mean = torch.stack(parts).tolist()
         if not math.isfinite(loss_v) or not math.isfinite(norm_v):
-            self.optimizer.zero_grad(set_to_none=True)
+            self.flat.zero_grad()
             what = "loss" if not math.isfinite(loss_v) else "gradient"
             raise NonFiniteError(f"the DQN {what} is not finite at step {self.global_step}")
-        self.optimizer.step()
+        adam_step(self.optimizer)
         self.num_updates += 1
         return {"loss": loss_v, "q_target_mean": target_mean, "grad_norm": norm_v}
 
@@ -601,13 +650,15 @@ class DQN:
                 t0 = time.perf_counter()
                 start = self.global_step
                 invalid: int | torch.Tensor = 0
-                self.net.eval()
+                if self._mode_matters:
+                    self.net.eval()
                 for _ in range(c.train_freq):
                     invalid += self._step_envs()
                 self._end_vector_steps(start)
                 metrics: dict[str, float] = {}
                 if self.global_step >= c.learning_starts:
-                    self.net.train()
+                    if self._mode_matters:
+                        self.net.train()
                     sums: dict[str, float] = {}
                     for _ in range(c.gradient_steps):
                         for k, v in self.gradient_step().items():
@@ -664,7 +715,10 @@ class DQN:
             try:
                 trainer.net.load_state_dict(ckpt["model"])
                 trainer.target_net.load_state_dict(ckpt["target_model"])
-                trainer.optimizer.load_state_dict(ckpt["optimizer"])
+                # A checkpoint of an earlier version holds Adam's state per parameter.
+                trainer.optimizer.load_state_dict(
+                    trainer.flat.flatten_optimizer_state(ckpt["optimizer"])
+                )
                 trainer.global_step = int(ckpt["global_step"])
                 trainer.num_updates = int(ckpt["num_updates"])
                 trainer.last_target_update = int(ckpt["last_target_update"])

@@ -178,7 +178,10 @@ def empty_mask_rows(mask: np.ndarray, nvec: Sequence[int] | None = None) -> list
     ``nvec=None`` means one dimension (``Discrete``).
     """
     if nvec is None or len(nvec) == 1:
-        return [(int(r), 0) for r in np.flatnonzero(~mask.any(axis=1))]
+        any_valid = mask.any(axis=1)
+        if any_valid.all():  # the usual case, checked every step: one more reduction
+            return []
+        return [(int(r), 0) for r in np.flatnonzero(~any_valid)]
     starts = np.concatenate([[0], np.cumsum(nvec)[:-1]])
     any_valid = np.logical_or.reduceat(mask, starts, axis=1)  # [B, len(nvec)]
     rows, dims = np.nonzero(~any_valid)
@@ -219,7 +222,8 @@ def read_masks(
             )
         mask = mask.astype(np.bool_)
     if "_action_mask" in infos:
-        missing = np.flatnonzero(~np.asarray(infos["_action_mask"]))
+        present = np.asarray(infos["_action_mask"])
+        missing = np.flatnonzero(~present) if not present.all() else present[:0]
         if missing.size:
             raise ValueError(
                 f"env index(es) {missing.tolist()} returned no action_mask in their info"

@@ -21,10 +21,13 @@ the valid actions only. Implementations (``--impls``):
 * ``unmasked`` -- maskrl's default with ``unmasked_target=True`` (the ablation).
 
 The script prints each run's training steps per second and the mean return of
-the last 100 episodes, then the throughput ratios against sb3. Usage::
+the last 100 episodes, then the throughput ratios against sb3. With
+``--repeats R`` every implementation runs R times, in an order rotated each
+round (so a slow spell of the machine falls on each in turn); the ratio is
+then given per round and as the median over rounds. Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/dqn_vs_sb3.py --game Breakout \\
-        --impls sb3 maskrl --total-timesteps 30000 --out dqn_vs_sb3.json
+        --impls sb3 maskrl --total-timesteps 30000 --repeats 3 --out dqn_vs_sb3.json
 
 Throughput is comparable only within one run on one machine.
 """
@@ -156,33 +159,56 @@ def main(argv: list[str] | None = None) -> int:
         "--train-freq", type=int, default=4, help="vector steps per gradient step (default 4)"
     )
     p.add_argument("--out", default=None, help="write the results to this JSON file")
+    p.add_argument(
+        "--repeats", type=int, default=1,
+        help="rounds of every implementation, in rotated order (default 1); ratios per round "
+        "and their median",
+    )  # fmt: skip
     a = p.parse_args(argv)
     if a.total_timesteps < 1 or a.exploration_steps < 0 or a.num_envs < 1 or a.train_freq < 1:
         p.error(
             "--total-timesteps, --num-envs and --train-freq must be >= 1, --exploration-steps >= 0"
         )
+    if a.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {a.repeats}")
+    if len(set(a.impls)) != len(a.impls):
+        p.error(f"--impls lists an implementation twice: {' '.join(a.impls)}")
     SETTINGS.update(num_envs=a.num_envs, train_freq=a.train_freq)
     import maskrl.envs  # noqa: F401  (registers the ids)
 
     env_id = f"maskrl/MinAtar-{a.game}-v0"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    results: dict[str, Any] = {}
-    for impl in a.impls:
-        if impl == "sb3":
-            r = run_sb3(env_id, a.seed, a.total_timesteps, a.exploration_steps, a.device)
-        else:
-            r = run_maskrl(
-                env_id, a.seed, a.total_timesteps, a.exploration_steps, a.device, **IMPLS[impl]
-            )
-        r["sps"] = r["steps"] / r["wall"]
-        results[impl] = r
-        ret = "-" if r["last100"] is None else f"{r['last100']:.2f}"
-        print(f"{impl:12s} {r['steps']} steps in {r['wall']:.1f} s: {r['sps']:.0f} steps/s, "
-              f"last-100 return {ret}", flush=True)  # fmt: skip
+    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in a.impls}
+    for rnd in range(a.repeats):
+        k = rnd % len(a.impls)
+        for impl in a.impls[k:] + a.impls[:k]:
+            if impl == "sb3":
+                r = run_sb3(env_id, a.seed, a.total_timesteps, a.exploration_steps, a.device)
+            else:
+                r = run_maskrl(
+                    env_id, a.seed, a.total_timesteps, a.exploration_steps, a.device,
+                    **IMPLS[impl],
+                )  # fmt: skip
+            r["sps"] = r["steps"] / r["wall"]
+            runs[impl].append(r)
+            ret = "-" if r["last100"] is None else f"{r['last100']:.2f}"
+            tag = f" (round {rnd + 1})" if a.repeats > 1 else ""
+            print(f"{impl:12s} {r['steps']} steps in {r['wall']:.1f} s: {r['sps']:.0f} steps/s, "
+                  f"last-100 return {ret}{tag}", flush=True)  # fmt: skip
+    results: dict[str, Any] = {
+        impl: {**rs[0], "rounds": rs, "median_sps": float(np.median([r["sps"] for r in rs]))}
+        for impl, rs in runs.items()
+    }
     if "sb3" in results:
-        for impl, r in results.items():
-            if impl != "sb3":
-                print(f"throughput ratio {impl}/sb3: {r['sps'] / results['sb3']['sps']:.2f}x")
+        for impl, rs in runs.items():
+            if impl == "sb3":
+                continue
+            ratios = [r["sps"] / b["sps"] for r, b in zip(rs, runs["sb3"], strict=True)]
+            results[impl]["ratios"] = ratios
+            results[impl]["median_ratio"] = float(np.median(ratios))
+            per = ", ".join(f"{x:.2f}x" for x in ratios)
+            extra = f" (rounds: {per})" if len(ratios) > 1 else ""
+            print(f"throughput ratio {impl}/sb3: {np.median(ratios):.2f}x{extra}")
     if a.out:
         meta = {"machine": platform.processor() or platform.machine(), "python": sys.version.split()[0],
                 "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip

@@ -185,6 +185,30 @@ def test_epsilon_zero_is_the_masked_argmax_and_one_never_picks_an_invalid_action
         assert bool(mask.gather(1, actions[:, None]).all()), eps
 
 
+def test_one_uniform_per_row_picks_the_counted_valid_action_by_hand() -> None:
+    # Valid actions 1, 3, 4 (k = 3) and epsilon 0.5: u = 0.1 explores with
+    # u / epsilon = 0.2 -> the floor(0.6) = 0th valid action, 1; u = 0.3 -> 0.6 ->
+    # floor(1.8) = 1st, 3; u = 0.49 -> 0.98 -> floor(2.94) = 2nd, 4; u = 0.5 and
+    # u = 0.9 act greedily (the valid argmax, 3).
+    from maskrl.agents.dqn import _uniform_valid_action
+
+    mask = torch.tensor([F, T, F, T, T, F]).expand(5, 6)
+    u = torch.tensor([0.1, 0.3, 0.49, 0.5, 0.9])
+    assert _uniform_valid_action(u, mask, 0.5)[:3].tolist() == [1, 3, 4]
+    # u just below epsilon (u / epsilon rounds up to 1 in float32) still gives the last one.
+    below = torch.tensor([torch.nextafter(torch.tensor(0.5), torch.tensor(0.0)).item()])
+    assert _uniform_valid_action(below, mask[:1], 0.5).tolist() == [4]
+
+    q = torch.tensor([9.0, 1.0, 9.0, 5.0, 2.0, 9.0]).expand(5, 6)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.rand(5, generator=torch.Generator().manual_seed(0))
+    got = masked_epsilon_greedy(q, mask, 0.5, g)
+    want = torch.where(draws < 0.5, _uniform_valid_action(draws, mask, 0.5), torch.tensor(3))
+    assert torch.equal(got, want)
+    assert torch.equal(masked_epsilon_greedy(q, mask, 0.5, torch.Generator().manual_seed(0)),
+                       got)  # fmt: skip
+
+
 def test_exploration_is_uniform_over_the_valid_actions() -> None:
     # 30,000 rows with the same mask (valid: 1, 3, 4) and epsilon 1: each valid
     # action about 10,000 times, the invalid ones never. Pearson's chi-square with

@@ -290,6 +290,41 @@ def test_save_load_round_trip_continues_identically(tmp_path: Path, env: str, ba
             b.envs.close()
 
 
+def test_a_checkpoint_with_adam_state_per_parameter_resumes(tmp_path: Path) -> None:
+    # Earlier versions stepped Adam over the network's separate parameters; such a
+    # checkpoint's optimiser state is flattened on load and continues identically.
+    a = DQN(CORRIDOR, _cfg(num_envs=2, seed=3, buffer_size=256))
+    b = c = None
+    try:
+        a.learn(64)
+        state = a.state_dict()
+        flat_state = state["optimizer"]
+        entry = flat_state["state"][0]
+        per_param: dict[int, Any] = {}
+        for i, (p, m, v) in enumerate(zip(a.flat.params, a.flat.views(entry["exp_avg"]),
+                                          a.flat.views(entry["exp_avg_sq"]), strict=True)):  # fmt: skip
+            if p is not a.net.value_head.weight and p is not a.net.value_head.bias:
+                per_param[i] = {"step": entry["step"].clone(), "exp_avg": m.contiguous(),
+                                "exp_avg_sq": v.contiguous()}  # fmt: skip
+        groups = [{**flat_state["param_groups"][0], "params": list(range(len(a.flat.params)))}]
+        state["optimizer"] = {"state": per_param, "param_groups": groups}
+        torch.save(state, tmp_path / "legacy.pt")
+        a.save(tmp_path / "flat.pt")
+        b = load_trainer(tmp_path / "legacy.pt", device="cpu")
+        c = load_trainer(tmp_path / "flat.pt", device="cpu")
+        assert isinstance(b, DQN) and isinstance(c, DQN)
+        for k, v in c.optimizer.state_dict()["state"][0].items():
+            assert torch.equal(b.optimizer.state_dict()["state"][0][k], v), k
+        b.learn(128)
+        c.learn(128)
+        for (k, v), w in zip(b.net.state_dict().items(), c.net.state_dict().values(), strict=True):
+            assert torch.equal(v, w), k
+    finally:
+        for t in (a, b, c):
+            if t is not None:
+                t.envs.close()
+
+
 # ------------------------------------------------------------------------ CLI
 
 TINY = ["--device", "cpu", "--no-progress", "--buffer-size", "256", "--batch-size", "16"]
@@ -514,6 +549,21 @@ def test_the_sb3_benchmark_runs_both_sides(
     res = json.loads(out.read_text())["results"]
     assert set(res) == set(impls)
     assert all(r["steps"] >= 400 and r["sps"] > 0 for r in res.values())
+    # Rounds in rotated order: each ratio is of the same round's runs.
+    capsys.readouterr()
+    args2 = ["--impls", "sb3", "maskrl", "--total-timesteps", "300", "--repeats", "2"]
+    assert bench.main([*args2, "--exploration-steps", "100", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.index("sb3 ") < text.index("maskrl ")  # round 1: sb3 first
+    assert "(round 2)" in text and "throughput ratio maskrl/sb3" in text
+    res = json.loads(out.read_text())["results"]
+    m, s = res["maskrl"], res["sb3"]
+    assert len(m["rounds"]) == len(s["rounds"]) == 2
+    want = [a["sps"] / b["sps"] for a, b in zip(m["rounds"], s["rounds"], strict=True)]
+    assert m["ratios"] == pytest.approx(want)
+    assert m["median_ratio"] == pytest.approx(float(np.median(want)))
+    with pytest.raises(SystemExit):
+        bench.main(["--repeats", "0"])
 
 
 # ----------------------------------------------------------------- the fast path
