@@ -570,10 +570,7 @@ class DQN:
         """
         c = self.config
 
-        def fl(x: torch.Tensor) -> torch.Tensor:
-            return x if x.is_floating_point() else x.float()
-
-        obs, next_obs = fl(batch["obs"]), fl(batch["next_obs"])
+        obs, next_obs = self._float(batch["obs"]), self._float(batch["next_obs"])
         B = obs.shape[0]
         if c.double:
             # One forward of the online network over both halves (it has no batch
