@@ -61,9 +61,18 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
         mask_in_info: when False, infos carry no mask. Only for vector envs that
             add the constant mask themselves, batched (:func:`maskrl.envs.make_vec`
             does so: it saves a per-env copy and info entry on every step).
+        num_actions: the size of the action space, at least 6 (default 6). The
+            actions from 6 up are never valid and act as the no-op, like any action
+            outside the minimal set: padding that raises the share of invalid
+            actions without changing the game (the masking ablation's axis, as
+            Knapsack's ``slots``).
 
     Observations are ``float32`` arrays of shape ``(C, 10, 10)``; ``info`` after
-    ``reset`` and ``step`` holds ``"action_mask"``: a new ``bool`` array ``(6,)`` each call.
+    ``reset`` and ``step`` holds ``"action_mask"``: a new ``bool`` array ``(num_actions,)``
+    each call.
+
+    Raises:
+        ValueError: ``num_actions`` not an integer >= 6.
 
     Example:
         >>> import gymnasium as gym, maskrl.envs
@@ -83,16 +92,23 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
         difficulty_ramping: bool = True,
         check_actions: bool = False,
         mask_in_info: bool = True,
+        num_actions: int = 6,
     ) -> None:
         from minatar import Environment
 
+        if isinstance(num_actions, bool) or not isinstance(num_actions, (int, np.integer)):
+            raise ValueError(f"num_actions must be an integer >= 6, got {num_actions!r}")
+        if num_actions < 6:
+            raise ValueError(
+                f"num_actions must be at least 6 (MinAtar's action set), got {num_actions}"
+            )
         self.game = game
         self._game = Environment(
             game, sticky_action_prob=sticky_action_prob, difficulty_ramping=difficulty_ramping
         )
         h, w, c = self._game.state_shape()
         self.observation_space = spaces.Box(0.0, 1.0, (c, h, w), np.float32)
-        self.action_space = spaces.Discrete(self._game.num_actions())
+        self.action_space = spaces.Discrete(int(num_actions))
         # The minimal set is constant per game: build the mask once (read-only);
         # each info gets a cheap copy of it.
         mask = np.zeros(self.action_space.n, dtype=np.bool_)
@@ -125,24 +141,26 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
         return self._obs(), ({"action_mask": self._mask.copy()} if self._mask_in_info else {})
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Apply ``action`` (0..5); the returned info carries the (constant) mask.
+        """Apply ``action`` (``0..num_actions-1``); the returned info carries the (constant) mask.
 
-        An action outside the minimal set acts as the no-op (MinAtar's own rule);
-        with ``check_actions`` it raises :class:`ValueError` instead.
+        An action outside the minimal set acts as the no-op (MinAtar's own rule; a
+        padding action from 6 up is played as action 0, the no-op); with
+        ``check_actions`` it raises :class:`ValueError` instead.
 
         Raises:
-            ValueError: an action outside ``0..5`` (not in the action space), or with
-                ``check_actions`` an action outside the minimal set.
+            ValueError: an action outside the action space, or with ``check_actions``
+                an action outside the minimal set.
         """
         a = int(action)
         self._t += 1
-        if not 0 <= a < 6:
-            self._invalid(a, "the action space is Discrete(6)")
+        n = self._mask.shape[0]
+        if not 0 <= a < n:
+            self._invalid(a, f"the action space is Discrete({n})")
         if self._check_actions and not self._mask[a]:
             self._invalid(
                 a, f"the game's minimal action set is {np.flatnonzero(self._mask).tolist()}"
             )
-        reward, terminal = self._game.act(a)
+        reward, terminal = self._game.act(a if a < 6 else 0)
         info = {"action_mask": self._mask.copy()} if self._mask_in_info else {}
         return self._obs(), float(reward), bool(terminal), False, info
 
@@ -152,7 +170,7 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
 
     @property
     def constant_action_mask(self) -> np.ndarray:
-        """The mask, which never changes for a MinAtar game (read-only ``bool`` ``(6,)``).
+        """The mask, which never changes for a MinAtar game (read-only ``bool`` ``(num_actions,)``).
 
         Its presence tells :func:`maskrl.envs.make_vec` that the env accepts
         ``mask_in_info`` and ``check_actions`` and that masks may be batched at the
@@ -161,5 +179,5 @@ class MinAtarEnv(gym.Env[np.ndarray, np.int64]):
         return self._mask
 
     def action_masks(self) -> np.ndarray:
-        """The game's minimal action set as a read-only ``bool`` mask of shape ``(6,)``."""
+        """The game's minimal action set as a read-only ``bool`` mask of shape ``(num_actions,)``."""
         return self._mask

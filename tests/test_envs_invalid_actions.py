@@ -91,6 +91,44 @@ def test_minatar_check_actions_raises_and_out_of_range_always_raises() -> None:
 # ------------------------------------------------------------------ Atari
 
 
+@pytest.mark.parametrize("name", ["Breakout", "Seaquest"])
+def test_minatar_padded_actions_are_invalid_and_play_exactly_as_the_noop(name: str) -> None:
+    # num_actions pads the action space: the mask gains False entries only, and a
+    # padding action is the no-op, sticky actions included (same seed, same draws).
+    env_id = f"maskrl/MinAtar-{name}-v0"
+    six, padded = make(env_id), make(env_id, num_actions=20)
+    assert padded.action_space == gym.spaces.Discrete(20)
+    obs_a, info_a = padded.reset(seed=3)
+    obs_b, info_b = six.reset(seed=3)
+    np.testing.assert_array_equal(obs_a, obs_b)
+    assert info_a["action_mask"].shape == (20,)
+    np.testing.assert_array_equal(info_a["action_mask"][:6], info_b["action_mask"])
+    assert not info_a["action_mask"][6:].any()
+    rng = np.random.default_rng(0)
+    for t in range(200):
+        a = int(rng.integers(20))
+        out_a = padded.step(a)
+        out_b = six.step(a if a < 6 else 0)
+        np.testing.assert_array_equal(out_a[0], out_b[0], err_msg=f"step {t}")
+        assert out_a[1:4] == out_b[1:4], t
+        if out_a[2] or out_a[3]:
+            break
+    with pytest.raises(ValueError, match=r"invalid action 20 .*Discrete\(20\)"):
+        padded.step(20)
+    strict = make(env_id, num_actions=20, check_actions=True)
+    strict.reset(seed=0)
+    with pytest.raises(ValueError, match="invalid action 7 .*minimal action set"):
+        strict.step(7)
+    for bad in (5, 6.0, True):
+        with pytest.raises(ValueError, match="num_actions must be"):
+            make(env_id, num_actions=bad)
+    # make_vec batches the padded mask as the env's own.
+    envs = make_vec(env_id, num_envs=2, seed=0, num_actions=20)
+    _, infos = envs.reset()
+    np.testing.assert_array_equal(infos["action_mask"], np.stack([info_a["action_mask"]] * 2))
+    envs.close()
+
+
 def test_atari_action_outside_the_minimal_set_is_played_by_ale() -> None:
     # Breakout's minimal set is NOOP, FIRE, RIGHT, LEFT: UP (2) is an input the
     # game ignores, so ALE plays it exactly as NOOP (sticky actions included).
