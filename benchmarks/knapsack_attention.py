@@ -29,6 +29,15 @@ the greedy decode and K solutions sampled from the policy (the sampled
 decoding of neural combinatorial optimisation; it costs K + 1 episodes per
 instance, and needs an env that can replay an instance -- here the seed).
 
+``--self-improve ROUNDS`` then fine-tunes a copy of the trained policy by
+sampling and imitation (:func:`self_improve`): each round decodes
+``--si-instances`` fresh training instances greedily and ``--si-samples``
+times by sampling, keeps each instance's best solution and trains the policy
+to imitate it (cross-entropy under the same masks). It adds the rows
+``ppo+si``: the improved policy's greedy decode, one episode per instance like
+``ppo``. Its state is saved next to ``--checkpoint`` (``*.si.pt``) after each
+round; a rerun with more rounds goes on from there.
+
 ``--checkpoint PATH`` saves the agent there every ``--save-every`` steps and,
 when the file exists, resumes from it (an interrupted run is rerun with the
 same command); ``--out`` writes the figures as JSON.
@@ -131,6 +140,167 @@ def score(
     return np.asarray(out)
 
 
+#: Instance seeds of the self-improvement rounds start here: apart from the
+#: evaluation instances (10,000,000 on) and from PPO's training envs (small seeds).
+SELF_IMPROVE_SEED = 20_000_000
+
+
+def sample_solutions(
+    net: Any,
+    envs: list[gym.Env],
+    seeds: list[int],
+    samples: int,
+    gen: Any,  # type: ignore[type-arg]
+) -> list[dict[str, Any]]:
+    """The greedy decode and ``samples`` sampled solutions of each instance, in lockstep.
+
+    ``envs`` holds at least ``len(seeds) * (samples + 1)`` envs of one id; copy
+    ``0`` of each instance decodes greedily, the others sample from the policy
+    (one batched forward per step for all of them). Returns per instance
+    ``greedy`` and ``best`` (fractions of the optimum) and ``trajectory``: the
+    ``(obs, mask, action)`` steps of its best solution (the greedy decode's
+    where no sample beats it).
+    """
+    import torch
+
+    from maskrl.masking import masked_log_softmax
+
+    copies = samples + 1
+    n = len(seeds) * copies
+    obs: list[dict[str, np.ndarray]] = []
+    masks: list[np.ndarray] = []
+    for j in range(n):
+        o, info = envs[j].reset(seed=seeds[j // copies])
+        obs.append(o)
+        masks.append(info["action_mask"])
+    done = [False] * n
+    frac = [0.0] * n
+    traj: list[list[tuple[dict[str, np.ndarray], np.ndarray, int]]] = [[] for _ in range(n)]
+    while not all(done):
+        idx = [j for j in range(n) if not done[j]]
+        batch = {k: torch.as_tensor(np.stack([obs[j][k] for j in idx])) for k in obs[idx[0]]}
+        mask = torch.as_tensor(np.stack([masks[j] for j in idx]))
+        with torch.no_grad():
+            logits, _ = net(batch)
+            logp = masked_log_softmax(logits, mask)
+            greedy = logp.argmax(-1).tolist()
+            sampled = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1).tolist()
+        for r, j in enumerate(idx):
+            a = greedy[r] if j % copies == 0 else sampled[r]
+            traj[j].append((obs[j], masks[j], a))
+            o, _, term, trunc, info = envs[j].step(a)
+            obs[j], masks[j] = o, info["action_mask"]
+            if term or trunc:
+                done[j] = True
+                frac[j] = info["total_value"] / info["optimal_value"]
+    out = []
+    for i in range(len(seeds)):
+        js = range(i * copies, (i + 1) * copies)
+        best = max(js, key=lambda j: (frac[j], j == i * copies))  # ties: the greedy decode
+        out.append({"greedy": frac[i * copies], "best": frac[best], "trajectory": traj[best]})
+    return out
+
+
+def imitate(
+    net: Any,
+    steps: list[tuple[dict[str, np.ndarray], np.ndarray, int]],
+    optimizer: Any,
+    epochs: int,
+    batch_size: int,
+    gen: Any,
+    max_grad_norm: float = 0.5,
+) -> float:
+    """Cross-entropy of the policy's masked distribution on ``steps``' actions, minimised
+    for ``epochs`` passes in shuffled minibatches; returns the last epoch's mean loss."""
+    import torch
+
+    from maskrl.masking import masked_log_softmax
+
+    keys = list(steps[0][0])
+    obs = {k: torch.as_tensor(np.stack([s[0][k] for s in steps])) for k in keys}
+    mask = torch.as_tensor(np.stack([s[1] for s in steps]))
+    act = torch.as_tensor([s[2] for s in steps], dtype=torch.int64)
+    n, last = len(steps), 0.0
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for lo in range(0, n, batch_size):
+            mb = perm[lo : lo + batch_size]
+            logits, _ = net({k: v[mb] for k, v in obs.items()})
+            logp = masked_log_softmax(logits, mask[mb])
+            loss = -logp.gather(1, act[mb, None]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+            optimizer.step()
+            total += loss.item() * len(mb)
+        last = total / n
+    return last
+
+
+def self_improve(
+    net: Any,
+    env_id: str,
+    rounds: int,
+    instances: int,
+    samples: int,
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    start_round: int = 0,
+    optimizer_state: dict[str, Any] | None = None,
+    on_round: Callable[[int, dict[str, float], Any], None] | None = None,
+) -> None:
+    """Sample-and-imitate rounds: each round draws ``instances`` fresh training
+    instances, keeps each one's best of the greedy decode and ``samples`` sampled
+    solutions, and trains the policy to imitate those (``imitate``). The greedy
+    decode then follows what sampling found (self-improvement, or expert
+    iteration with sampling as the expert). ``on_round(round, figures, optimizer)``
+    after each; ``start_round`` and ``optimizer_state`` resume a run.
+    """
+    import torch
+
+    group = 16  # instances decoded in lockstep
+    envs = [gym.make(env_id) for _ in range(group * (samples + 1))]
+    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate, eps=1e-5)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    for r in range(start_round, rounds):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + r)
+        t0 = time.perf_counter()
+        base = SELF_IMPROVE_SEED + r * instances
+        results: list[dict[str, Any]] = []
+        net.eval()
+        for lo in range(0, instances, group):
+            seeds = list(range(base + lo, base + min(lo + group, instances)))
+            results += sample_solutions(net, envs, seeds, samples, gen)
+        net.train()
+        steps = [s for res in results for s in res["trajectory"]]
+        loss = imitate(net, steps, optimizer, epochs, 256, gen)
+        greedy = np.asarray([res["greedy"] for res in results])
+        best = np.asarray([res["best"] for res in results])
+        figures = {
+            "greedy": float(greedy.mean()),
+            "greedy_optimal": float(np.mean(greedy >= 1 - 1e-9)),
+            "best": float(best.mean()),
+            "best_optimal": float(np.mean(best >= 1 - 1e-9)),
+            "loss": loss,
+            "seconds": time.perf_counter() - t0,
+        }
+        print(
+            f"self-improvement round {r + 1}/{rounds}: on its {instances} instances greedy "
+            f"{figures['greedy']:.4f} ({figures['greedy_optimal']:.1%} optimal), best of "
+            f"{samples} samples {figures['best']:.4f} ({figures['best_optimal']:.1%}); "
+            f"imitation loss {loss:.4f}, {figures['seconds']:.0f} s",
+            flush=True,
+        )
+        if on_round is not None:
+            on_round(r + 1, figures, optimizer)
+    for env in envs:
+        env.close()
+    net.eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,6 +356,18 @@ def main(argv: list[str] | None = None) -> int:
         help="also score 'ppo best of K': the better of the greedy decode and K solutions "
         "sampled from the policy on the same instance (0: off)",
     )
+    p.add_argument(
+        "--self-improve",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="after PPO, this many sample-and-imitate rounds (see self_improve; 0: off); "
+        "adds the rows 'ppo+si' (the improved policy's greedy decode)",
+    )
+    p.add_argument("--si-instances", type=int, default=512, help="instances per round")
+    p.add_argument("--si-samples", type=int, default=16, help="sampled solutions per instance")
+    p.add_argument("--si-epochs", type=int, default=4, help="imitation epochs per round")
+    p.add_argument("--si-lr", type=float, default=1e-4, help="imitation learning rate")
     p.add_argument("--checkpoint", type=Path, help="save here and resume from here if it exists")
     p.add_argument("--save-every", type=int, default=50_000, help="steps between checkpoints")
     p.add_argument("--out", type=Path, help="write the figures here as JSON")
@@ -194,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--layers must be >= 0 and --heads >= 1, got {a.layers}, {a.heads}")
     if a.samples < 0:
         p.error(f"--samples must be >= 0, got {a.samples}")
+    if min(a.self_improve, a.si_instances, a.si_samples, a.si_epochs) < 0 or a.si_lr <= 0:
+        p.error(
+            "--self-improve, --si-instances, --si-samples, --si-epochs must be >= 0, --si-lr > 0"
+        )
+    if a.self_improve and min(a.si_instances, a.si_samples, a.si_epochs) < 1:
+        p.error("--self-improve needs --si-instances, --si-samples and --si-epochs of at least 1")
     if any(n < 1 for n in a.eval_sizes):
         p.error(f"--eval-sizes must be positive, got {a.eval_sizes}")
 
@@ -252,13 +440,48 @@ def main(argv: list[str] | None = None) -> int:
     net = agent.policy.net
     net.eval()
 
-    def ppo_policy(obs: dict[str, np.ndarray], mask: np.ndarray) -> int:
-        # The network itself, not agent.predict: the pointer head scores a set
-        # of any size, also sizes the agent's observation space does not have.
-        batch = {k: torch.as_tensor(v)[None] for k, v in obs.items()}
-        with torch.no_grad():
-            logits, _ = net(batch)
-        return int(masked_log_softmax(logits, torch.as_tensor(mask)[None]).argmax())
+    def greedy_decode(network: Any) -> Callable[[dict[str, np.ndarray], np.ndarray], int]:
+        def policy(obs: dict[str, np.ndarray], mask: np.ndarray) -> int:
+            # The network itself, not agent.predict: the pointer head scores a set
+            # of any size, also sizes the agent's observation space does not have.
+            batch = {k: torch.as_tensor(v)[None] for k, v in obs.items()}
+            with torch.no_grad():
+                logits, _ = network(batch)
+            return int(masked_log_softmax(logits, torch.as_tensor(mask)[None]).argmax())
+
+        return policy
+
+    ppo_policy = greedy_decode(net)
+    si_history: list[dict[str, float]] = []
+    if a.self_improve:
+        # The improved policy is a copy; the PPO checkpoint stays as trained. Its
+        # own checkpoint (next to --checkpoint) resumes an interrupted run.
+        import copy
+
+        si_net = copy.deepcopy(net)
+        si_path = None if a.checkpoint is None else a.checkpoint.with_suffix(".si.pt")
+        start, opt_state = 0, None
+        if si_path is not None and si_path.exists():
+            saved = torch.load(si_path, weights_only=False)
+            si_net.load_state_dict(saved["net"])
+            start, opt_state, si_history = saved["rounds"], saved["optimizer"], saved["history"]
+
+        def on_round(r: int, figures: dict[str, float], optimizer: Any) -> None:
+            si_history.append(figures)
+            if si_path is not None:
+                state = {"net": si_net.state_dict(), "optimizer": optimizer.state_dict(),
+                         "rounds": r, "history": si_history}  # fmt: skip
+                torch.save(state, si_path.with_suffix(".tmp"))
+                si_path.with_suffix(".tmp").replace(si_path)
+
+        t_si = time.perf_counter()
+        self_improve(
+            si_net, env_id, a.self_improve, a.si_instances, a.si_samples, a.si_epochs,
+            a.si_lr, a.seed, start_round=start, optimizer_state=opt_state, on_round=on_round,
+        )  # fmt: skip
+        print(
+            f"self-improvement: {a.self_improve - start} rounds in {time.perf_counter() - t_si:.0f} s"
+        )
 
     def sampling_policy(gen: torch.Generator) -> Callable[[dict[str, np.ndarray], np.ndarray], int]:
         def policy(obs: dict[str, np.ndarray], mask: np.ndarray) -> int:
@@ -271,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         return policy
 
     policies = {"random": random_policy, "greedy": greedy_policy, "ppo": ppo_policy}
+    if a.self_improve:
+        policies["ppo+si"] = greedy_decode(si_net)
     sizes: list[int | None] = [None, *a.eval_sizes]
     steps = agent.global_step - start_step
     print(
@@ -282,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
         "global_step": agent.global_step,
         "train_seconds": train_s,
+        "self_improvement": si_history,
         "results": {},
     }
     for size in sizes:
@@ -291,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, policy in policies.items():
             # The references read the env's own features; the same seeds give
             # the same instances under the scale-free wrapper.
-            r = score(policy, a.episodes, eval_seed, size, env_id if name == "ppo" else RAW_ID)
+            own = name.startswith("ppo")
+            r = score(policy, a.episodes, eval_seed, size, env_id if own else RAW_ID)
             optimal = float(np.mean(r >= 1 - 1e-9))
             row[name] = {"mean": float(r.mean()), "optimal": optimal}
             print(f"  {name:7s} {r.mean():.4f}  optimal in {optimal:.1%}")
