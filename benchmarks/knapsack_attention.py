@@ -35,8 +35,9 @@ sampling and imitation (:func:`self_improve`): each round decodes
 times by sampling, keeps each instance's best solution and trains the policy
 to imitate it (cross-entropy under the same masks). It adds the rows
 ``ppo+si``: the improved policy's greedy decode, one episode per instance like
-``ppo``. Its state is saved next to ``--checkpoint`` (``*.si.pt``) after each
-round; a rerun with more rounds goes on from there.
+``ppo``. Its state is saved after each round (``--si-checkpoint``, default
+next to ``--checkpoint`` as ``*.si.pt``); a rerun with more rounds and the same
+settings goes on from there (other settings: an error).
 
 ``--checkpoint PATH`` saves the agent there every ``--save-every`` steps and,
 when the file exists, resumes from it (an interrupted run is rerun with the
@@ -147,19 +148,22 @@ SELF_IMPROVE_SEED = 20_000_000
 
 def sample_solutions(
     net: Any,
-    envs: list[gym.Env],
+    envs: list[gym.Env],  # type: ignore[type-arg]
     seeds: list[int],
     samples: int,
-    gen: Any,  # type: ignore[type-arg]
+    gen: Any,
+    temperature: float = 1.0,
 ) -> list[dict[str, Any]]:
     """The greedy decode and ``samples`` sampled solutions of each instance, in lockstep.
 
     ``envs`` holds at least ``len(seeds) * (samples + 1)`` envs of one id; copy
     ``0`` of each instance decodes greedily, the others sample from the policy
-    (one batched forward per step for all of them). Returns per instance
-    ``greedy`` and ``best`` (fractions of the optimum) and ``trajectory``: the
+    (one batched forward per step for all of them), at ``temperature`` (the
+    logits divided by it: above 1, more diverse samples). Returns per instance
+    ``greedy`` and ``best`` (fractions of the optimum), ``trajectory``: the
     ``(obs, mask, action)`` steps of its best solution (the greedy decode's
-    where no sample beats it).
+    where no sample beats it), and ``samples``: ``(total value, trajectory)``
+    of each sampled solution.
     """
     import torch
 
@@ -175,6 +179,7 @@ def sample_solutions(
         masks.append(info["action_mask"])
     done = [False] * n
     frac = [0.0] * n
+    value = [0.0] * n
     traj: list[list[tuple[dict[str, np.ndarray], np.ndarray, int]]] = [[] for _ in range(n)]
     while not all(done):
         idx = [j for j in range(n) if not done[j]]
@@ -184,7 +189,8 @@ def sample_solutions(
             logits, _ = net(batch)
             logp = masked_log_softmax(logits, mask)
             greedy = logp.argmax(-1).tolist()
-            sampled = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1).tolist()
+            probs = (logp / temperature).softmax(-1) if temperature != 1.0 else logp.exp()
+            sampled = torch.multinomial(probs, 1, generator=gen).squeeze(1).tolist()
         for r, j in enumerate(idx):
             a = greedy[r] if j % copies == 0 else sampled[r]
             traj[j].append((obs[j], masks[j], a))
@@ -193,11 +199,16 @@ def sample_solutions(
             if term or trunc:
                 done[j] = True
                 frac[j] = info["total_value"] / info["optimal_value"]
+                value[j] = float(info["total_value"])
     out = []
     for i in range(len(seeds)):
         js = range(i * copies, (i + 1) * copies)
         best = max(js, key=lambda j: (frac[j], j == i * copies))  # ties: the greedy decode
-        out.append({"greedy": frac[i * copies], "best": frac[best], "trajectory": traj[best]})
+        sampled = [(value[j], traj[j]) for j in js if j != i * copies]
+        out.append(
+            {"greedy": frac[i * copies], "best": frac[best], "trajectory": traj[best],
+             "samples": sampled}
+        )  # fmt: skip
     return out
 
 
@@ -238,6 +249,54 @@ def imitate(
     return last
 
 
+def reinforce(
+    net: Any,
+    results: list[dict[str, Any]],
+    optimizer: Any,
+    batch_size: int,
+    gen: Any,
+    max_grad_norm: float = 0.5,
+) -> float:
+    """One policy-gradient pass over the sampled solutions of ``sample_solutions``
+    (REINFORCE with the instance's own samples as the baseline, as in Kool, van
+    Hoof & Welling 2019 and POMO): each solution's advantage is its total value
+    minus the mean over the instance's samples, divided by that mean (no optimum
+    is used), then normalised over the batch; every step of a solution is weighted
+    by it. Returns the mean loss."""
+    import torch
+
+    from maskrl.masking import masked_log_softmax
+
+    steps: list[tuple[dict[str, np.ndarray], np.ndarray, int]] = []
+    weights: list[float] = []
+    for res in results:
+        values = np.asarray([v for v, _ in res["samples"]])
+        mean = values.mean()
+        for v, traj in res["samples"]:
+            adv = (v - mean) / max(mean, 1e-9)
+            steps += traj
+            weights += [adv] * len(traj)
+    w = torch.as_tensor(weights, dtype=torch.float32)
+    w = w / (w.std() + 1e-8)
+    keys = list(steps[0][0])
+    obs = {k: torch.as_tensor(np.stack([s[0][k] for s in steps])) for k in keys}
+    mask = torch.as_tensor(np.stack([s[1] for s in steps]))
+    act = torch.as_tensor([s[2] for s in steps], dtype=torch.int64)
+    n, total = len(steps), 0.0
+    perm = torch.randperm(n, generator=gen)
+    for lo in range(0, n, batch_size):
+        mb = perm[lo : lo + batch_size]
+        logits, _ = net({k: v[mb] for k, v in obs.items()})
+        logp = masked_log_softmax(logits, mask[mb]).gather(1, act[mb, None]).squeeze(1)
+        loss = -(w[mb] * logp).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+        optimizer.step()
+        total += loss.item() * len(mb)
+    return total / n
+
+
 def self_improve(
     net: Any,
     env_id: str,
@@ -247,6 +306,8 @@ def self_improve(
     epochs: int,
     learning_rate: float,
     seed: int,
+    temperature: float = 1.0,
+    mode: str = "imitate",
     start_round: int = 0,
     optimizer_state: dict[str, Any] | None = None,
     on_round: Callable[[int, dict[str, float], Any], None] | None = None,
@@ -255,7 +316,9 @@ def self_improve(
     instances, keeps each one's best of the greedy decode and ``samples`` sampled
     solutions, and trains the policy to imitate those (``imitate``). The greedy
     decode then follows what sampling found (self-improvement, or expert
-    iteration with sampling as the expert). ``on_round(round, figures, optimizer)``
+    iteration with sampling as the expert). With ``mode="reinforce"`` a round
+    instead takes one policy-gradient pass over all the sampled solutions
+    (``reinforce``; ``epochs`` unused). ``on_round(round, figures, optimizer)``
     after each; ``start_round`` and ``optimizer_state`` resume a run.
     """
     import torch
@@ -273,10 +336,13 @@ def self_improve(
         net.eval()
         for lo in range(0, instances, group):
             seeds = list(range(base + lo, base + min(lo + group, instances)))
-            results += sample_solutions(net, envs, seeds, samples, gen)
+            results += sample_solutions(net, envs, seeds, samples, gen, temperature)
         net.train()
         steps = [s for res in results for s in res["trajectory"]]
-        loss = imitate(net, steps, optimizer, epochs, 256, gen)
+        if mode == "imitate":
+            loss = imitate(net, steps, optimizer, epochs, 256, gen)
+        else:
+            loss = reinforce(net, results, optimizer, 2048, gen)
         greedy = np.asarray([res["greedy"] for res in results])
         best = np.asarray([res["best"] for res in results])
         figures = {
@@ -291,7 +357,7 @@ def self_improve(
             f"self-improvement round {r + 1}/{rounds}: on its {instances} instances greedy "
             f"{figures['greedy']:.4f} ({figures['greedy_optimal']:.1%} optimal), best of "
             f"{samples} samples {figures['best']:.4f} ({figures['best_optimal']:.1%}); "
-            f"imitation loss {loss:.4f}, {figures['seconds']:.0f} s",
+            f"{mode} loss {loss:.4f}, {figures['seconds']:.0f} s",
             flush=True,
         )
         if on_round is not None:
@@ -368,6 +434,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--si-samples", type=int, default=16, help="sampled solutions per instance")
     p.add_argument("--si-epochs", type=int, default=4, help="imitation epochs per round")
     p.add_argument("--si-lr", type=float, default=1e-4, help="imitation learning rate")
+    p.add_argument(
+        "--si-mode",
+        choices=["imitate", "reinforce"],
+        default="imitate",
+        help="imitate each instance's best solution, or REINFORCE with the samples' mean "
+        "as the baseline",
+    )
+    p.add_argument(
+        "--si-temperature",
+        type=float,
+        default=1.0,
+        help="sampling temperature of the rounds (above 1: more diverse samples)",
+    )
+    p.add_argument(
+        "--si-checkpoint",
+        type=Path,
+        default=None,
+        help="the self-improvement rounds' own checkpoint (default: --checkpoint's name with "
+        "the suffix .si.pt)",
+    )
     p.add_argument("--checkpoint", type=Path, help="save here and resume from here if it exists")
     p.add_argument("--save-every", type=int, default=50_000, help="steps between checkpoints")
     p.add_argument("--out", type=Path, help="write the figures here as JSON")
@@ -380,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(
             "--self-improve, --si-instances, --si-samples, --si-epochs must be >= 0, --si-lr > 0"
         )
+    if not a.si_temperature > 0:
+        p.error(f"--si-temperature must be > 0, got {a.si_temperature}")
     if a.self_improve and min(a.si_instances, a.si_samples, a.si_epochs) < 1:
         p.error("--self-improve needs --si-instances, --si-samples and --si-epochs of at least 1")
     if any(n < 1 for n in a.eval_sizes):
@@ -459,10 +547,22 @@ def main(argv: list[str] | None = None) -> int:
         import copy
 
         si_net = copy.deepcopy(net)
-        si_path = None if a.checkpoint is None else a.checkpoint.with_suffix(".si.pt")
+        si_path = a.si_checkpoint
+        if si_path is None and a.checkpoint is not None:
+            si_path = a.checkpoint.with_suffix(".si.pt")
+        settings = {"mode": a.si_mode, "instances": a.si_instances, "samples": a.si_samples,
+                    "epochs": a.si_epochs, "lr": a.si_lr, "temperature": a.si_temperature}  # fmt: skip
         start, opt_state = 0, None
         if si_path is not None and si_path.exists():
             saved = torch.load(si_path, weights_only=False)
+            old = saved.get("settings", {})
+            differ = {k: (old.get(k), v) for k, v in settings.items()
+                      if old.get(k) != v}  # fmt: skip
+            if differ:
+                p.error(
+                    f"{si_path} holds self-improvement rounds with other settings "
+                    f"(saved, given: {differ}); pass --si-checkpoint for a new run"
+                )
             si_net.load_state_dict(saved["net"])
             start, opt_state, si_history = saved["rounds"], saved["optimizer"], saved["history"]
 
@@ -470,14 +570,14 @@ def main(argv: list[str] | None = None) -> int:
             si_history.append(figures)
             if si_path is not None:
                 state = {"net": si_net.state_dict(), "optimizer": optimizer.state_dict(),
-                         "rounds": r, "history": si_history}  # fmt: skip
+                         "rounds": r, "history": si_history, "settings": settings}  # fmt: skip
                 torch.save(state, si_path.with_suffix(".tmp"))
                 si_path.with_suffix(".tmp").replace(si_path)
 
         t_si = time.perf_counter()
         self_improve(
             si_net, env_id, a.self_improve, a.si_instances, a.si_samples, a.si_epochs,
-            a.si_lr, a.seed, start_round=start, optimizer_state=opt_state, on_round=on_round,
+            a.si_lr, a.seed, a.si_temperature, a.si_mode, start_round=start, optimizer_state=opt_state, on_round=on_round,
         )  # fmt: skip
         print(
             f"self-improvement: {a.self_improve - start} rounds in {time.perf_counter() - t_si:.0f} s"

@@ -500,6 +500,10 @@ def test_knapsack_self_improvement_decodes_imitates_and_resumes(
     assert len(second["self_improvement"]) == 2
     assert second["results"]["train"]["ppo"] == first["results"]["train"]["ppo"]
     assert "round 2/2" in capsys.readouterr().out
+    # Other settings do not resume those rounds: an error that names the file.
+    with pytest.raises(SystemExit):
+        bench.main([*base, *si[:-1], "3", "--self-improve", "3"])
+    assert "k.si.pt holds self-improvement rounds with other settings" in capsys.readouterr().err
 
     net = PPO.load(ckpt, device="cpu", env=bench.SCALE_FREE_ID).policy.net.eval()
     envs = [gym.make(bench.SCALE_FREE_ID) for _ in range(2 * 4)]
