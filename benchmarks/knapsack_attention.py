@@ -212,17 +212,33 @@ def sample_solutions(
     return out
 
 
+def set_targets(
+    trajectory: list[tuple[dict[str, np.ndarray], np.ndarray, int]],
+) -> list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+    """``(obs, mask, target)`` per step of a solution: ``target`` marks every item the
+    solution picks from that step on. A knapsack solution is a set, picked in any
+    order; imitating the set (not the sampled order) is what the greedy decode needs."""
+    out = []
+    for t, (obs, mask, _) in enumerate(trajectory):
+        target = np.zeros(mask.shape, dtype=bool)
+        target[[a for _, _, a in trajectory[t:]]] = True
+        out.append((obs, mask, target))
+    return out
+
+
 def imitate(
     net: Any,
-    steps: list[tuple[dict[str, np.ndarray], np.ndarray, int]],
+    steps: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]],
     optimizer: Any,
     epochs: int,
     batch_size: int,
     gen: Any,
     max_grad_norm: float = 0.5,
 ) -> float:
-    """Cross-entropy of the policy's masked distribution on ``steps``' actions, minimised
-    for ``epochs`` passes in shuffled minibatches; returns the last epoch's mean loss."""
+    """Minimise ``-log`` of the policy's probability of picking one of each step's
+    ``target`` actions (``set_targets``; a one-hot target makes it the usual
+    cross-entropy), under the step's mask, for ``epochs`` passes in shuffled
+    minibatches; returns the last epoch's mean loss."""
     import torch
 
     from maskrl.masking import masked_log_softmax
@@ -230,7 +246,9 @@ def imitate(
     keys = list(steps[0][0])
     obs = {k: torch.as_tensor(np.stack([s[0][k] for s in steps])) for k in keys}
     mask = torch.as_tensor(np.stack([s[1] for s in steps]))
-    act = torch.as_tensor([s[2] for s in steps], dtype=torch.int64)
+    target = torch.as_tensor(np.stack([s[2] for s in steps]))
+    if bool((target & ~mask).any()):
+        raise ValueError("an imitation target includes an action outside its step's mask")
     n, last = len(steps), 0.0
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
@@ -239,7 +257,7 @@ def imitate(
             mb = perm[lo : lo + batch_size]
             logits, _ = net({k: v[mb] for k, v in obs.items()})
             logp = masked_log_softmax(logits, mask[mb])
-            loss = -logp.gather(1, act[mb, None]).mean()
+            loss = -torch.logsumexp(logp.masked_fill(~target[mb], -torch.inf), dim=1).mean()
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
@@ -314,7 +332,8 @@ def self_improve(
 ) -> None:
     """Sample-and-imitate rounds: each round draws ``instances`` fresh training
     instances, keeps each one's best of the greedy decode and ``samples`` sampled
-    solutions, and trains the policy to imitate those (``imitate``). The greedy
+    solutions, and trains the policy to pick, at each step of it, one of the
+    items that solution picks from there on (``set_targets``, ``imitate``). The greedy
     decode then follows what sampling found (self-improvement, or expert
     iteration with sampling as the expert). With ``mode="reinforce"`` a round
     instead takes one policy-gradient pass over all the sampled solutions
@@ -338,7 +357,7 @@ def self_improve(
             seeds = list(range(base + lo, base + min(lo + group, instances)))
             results += sample_solutions(net, envs, seeds, samples, gen, temperature)
         net.train()
-        steps = [s for res in results for s in res["trajectory"]]
+        steps = [s for res in results for s in set_targets(res["trajectory"])]
         if mode == "imitate":
             loss = imitate(net, steps, optimizer, epochs, 256, gen)
         else:

@@ -529,8 +529,28 @@ def test_knapsack_self_improvement_decodes_imitates_and_resumes(
             assert mask[action]
             _, _, term, trunc, info = env.step(action)
         assert term and info["total_value"] / info["optimal_value"] == pytest.approx(r["best"])
-    # Imitation fits its data: the cross-entropy on a fixed set of steps falls.
-    steps = [s for r in res for s in r["trajectory"]]
+    # The set targets: at each step, the actions the solution takes from there on.
+    traj = res[0]["trajectory"]
+    targets = bench.set_targets(traj)
+    for t, (_, mask, target) in enumerate(targets):
+        assert np.flatnonzero(target).tolist() == sorted(a for _, _, a in traj[t:])
+        assert mask[target].all()
+    # Imitation fits its data: the loss on a fixed set of steps falls; with one-hot
+    # targets it is the usual cross-entropy.
+    steps = [s for r in res for s in bench.set_targets(r["trajectory"])]
+    obs0, mask0, _ = steps[0]
+    onehot = np.zeros_like(mask0)
+    onehot[int(np.flatnonzero(mask0)[0])] = True
+    with torch.no_grad():
+        logits = net({k: torch.as_tensor(v)[None] for k, v in obs0.items()})[0]
+    expected = -torch.log_softmax(logits.masked_fill(~torch.as_tensor(mask0)[None], -torch.inf), 1)
+    frozen = torch.optim.SGD(net.parameters(), lr=0.0)
+    ce = bench.imitate(net, [(obs0, mask0, onehot)], frozen, 1, 1, torch.Generator())
+    assert ce == pytest.approx(float(expected[0, onehot]), rel=1e-5)
+    obs_l, mask_l, _ = steps[-1]  # a last step: some item is picked or does not fit
+    assert not mask_l.all()
+    with pytest.raises(ValueError, match="outside its step's mask"):
+        bench.imitate(net, [(obs_l, mask_l, ~mask_l)], frozen, 1, 1, torch.Generator())
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     net.train()
