@@ -38,7 +38,10 @@ one setting trained in separate processes, e.g. ``--modes mask`` in one and
 ``--modes penalty`` in another) into one, written to ``OUT.json``, and prints
 and draws that. The mean-over-seeds table's train return is the mean over
 the episodes of the last 10% of updates (the window of ``train invalid``; read
-off the curve), the per-seed table's the mean of the last 100 episodes.
+off the curve), the per-seed table's the mean of the last 100 episodes. A
+last table gives, per mode, the training return in windows of the run's steps
+(0-10%, 10-25%, 25-50%, 50-100%) with the penalties taken out
+(:func:`window_returns`): how fast each mode learns the game itself.
 
 ``--env-kwargs JSON`` makes the env with other keyword arguments (e.g.
 ``'{"slots": 50}'``: Knapsack with 50 item slots, so more invalid actions);
@@ -258,6 +261,65 @@ def summary_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+#: The windows of :func:`window_returns`, as fractions of a run's steps.
+WINDOWS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
+
+
+def window_returns(r: dict[str, Any], windows: tuple[float, ...] = WINDOWS) -> list[float | None]:
+    """The game's own return per training episode in each window of run ``r``'s steps.
+
+    Window ``i`` holds the updates whose last step lies in ``(windows[i] * T,
+    windows[i + 1] * T]`` (``T``: the run's steps). Its figure is the sum of the
+    returns of the episodes that ended in those updates, minus the penalties paid
+    in them (``penalty`` times the invalid actions: their share times the update's
+    steps), divided by the number of those episodes: in mode ``penalty`` the
+    game's score without the penalties, exactly but for the episodes that
+    straddle a window's edge; in the other modes the training return. ``None``
+    where no episode ended in the window.
+    """
+    c = r["curve"]
+    steps = np.asarray(c["steps"], dtype=np.float64)
+    prev = np.concatenate([[0.0], steps[:-1]])
+    returns = np.asarray([0.0 if x is None else x for x in c["return"]], dtype=np.float64)
+    episodes = np.asarray(c["episodes"], dtype=np.float64)
+    invalid = np.asarray(c["invalid_rate"], dtype=np.float64) * (steps - prev)
+    penalty = r["penalty"] or 0.0
+    total = float(r["steps"])
+    out: list[float | None] = []
+    for lo, hi in zip(windows[:-1], windows[1:], strict=True):
+        sel = (steps > lo * total) & (steps <= hi * total)
+        n = episodes[sel].sum()
+        if n == 0:
+            out.append(None)
+            continue
+        game = (returns[sel] * episodes[sel]).sum() - penalty * invalid[sel].sum()
+        out.append(float(game / n))
+    return out
+
+
+def window_table(results: list[dict[str, Any]], windows: tuple[float, ...] = WINDOWS) -> str:
+    """:func:`window_returns` per mode as a Markdown table: mean over seeds, and the
+    steps of each window."""
+    total = max(int(r["steps"]) for r in results)
+    heads = [f"{lo * total / 1e3:.0f}k-{hi * total / 1e3:.0f}k" for lo, hi in
+             zip(windows[:-1], windows[1:], strict=True)]  # fmt: skip
+    rows = [
+        "| mode | seeds | " + " | ".join(heads) + " |",
+        "| --- | ---: |" + " ---: |" * len(heads),
+    ]
+    modes: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        modes.setdefault(_mode_name(r), []).append(r)
+    for name, rs in modes.items():
+        per_seed = [window_returns(r, windows) for r in rs]
+        cells = []
+        for i in range(len(heads)):
+            vals = [w[i] for w in per_seed]
+            cells.append("n/a" if any(v is None for v in vals) else f"{np.mean(vals):.2f}")
+        rows.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def _title(payload: dict[str, Any]) -> str:
     a = payload["args"]
     kw = a.get("env_kwargs") or {}
@@ -431,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             for f, payload in zip(args.replot, payloads, strict=True):
                 print(f"{f}: {_title(payload)}, mean (lowest - highest seed) over seeds")
                 print(summary_table(summarize(payload["results"])))
+                print("training return per window of steps, penalties removed (mean over seeds):")
+                print(window_table(payload["results"]))
             if args.plot is not None:
                 curves_figure(payloads, args.smooth).savefig(args.plot, dpi=args.dpi)
                 print(f"wrote {args.plot}")
@@ -473,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(seeds) > 1:
         print(f"{args.env}{kw}: mean (lowest - highest seed) over seeds {seeds}")
         print(summary_table(summary))
+    print("training return per window of steps, penalties removed (mean over seeds):")
+    print(window_table(results))
     payload = {"args": vars(args), "env_id": env_id, "results": results, "summary": summary}
     if args.out:
         Path(args.out).write_text(json.dumps(payload, indent=1))

@@ -557,3 +557,28 @@ def test_knapsack_self_improvement_decodes_imitates_and_resumes(
     before = bench.imitate(net, steps, opt, 1, 64, gen)
     after = bench.imitate(net, steps, opt, 30, 64, gen)
     assert np.isfinite(before) and after < 0.5 * before
+
+
+def test_masking_ablation_window_returns_remove_the_penalties_by_hand() -> None:
+    bench = _load("masking_ablation")
+    # Four updates of 100 steps; 10 steps' worth of windows: (0, 100], (100, 200], ...
+    curve = {
+        "steps": [100, 200, 300, 400],
+        "return": [None, 2.0, 5.0, 4.0],
+        "episodes": [0, 2, 1, 3],
+        "invalid_rate": [0.5, 0.2, 0.1, 0.0],
+    }
+    run = {"mode": "penalty", "penalty": -0.1, "steps": 400, "curve": curve}
+    windows = (0.0, 0.25, 0.75, 1.0)
+    # Window 1: no episode ended. Window 2: returns 2*2 + 5*1 = 9 over 3 episodes,
+    # penalties paid -0.1 * (20 + 10) = -3, so the game's own return is (9 + 3) / 3.
+    # Window 3: 4 * 3 = 12 over 3 episodes, no invalid action.
+    got = bench.window_returns(run, windows)
+    assert got[0] is None
+    assert got[1] == pytest.approx(4.0) and got[2] == pytest.approx(4.0)
+    # Without a penalty the figure is the training return itself.
+    plain = bench.window_returns({**run, "mode": "mask", "penalty": None}, windows)
+    assert plain[1] == pytest.approx(3.0) and plain[2] == pytest.approx(4.0)
+    text = bench.window_table([run, {**run, "mode": "mask", "penalty": None}], windows)
+    assert "| penalty (-0.1) | 1 | n/a | 4.00 | 4.00 |" in text
+    assert "| mask | 1 | n/a | 3.00 | 4.00 |" in text
