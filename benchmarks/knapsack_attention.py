@@ -226,6 +226,48 @@ def set_targets(
     return out
 
 
+def _stack(steps: list[tuple[Any, ...]]) -> tuple[dict[str, Any], Any]:
+    """The steps' observations (a dict of batched tensors) and masks, stacked."""
+    import torch
+
+    obs = {k: torch.as_tensor(np.stack([s[0][k] for s in steps])) for k in steps[0][0]}
+    return obs, torch.as_tensor(np.stack([s[1] for s in steps]))
+
+
+def _train_passes(
+    net: Any,
+    obs: dict[str, Any],
+    mask: Any,
+    loss_fn: Callable[[Any, Any], Any],
+    optimizer: Any,
+    epochs: int,
+    batch_size: int,
+    gen: Any,
+    max_grad_norm: float,
+) -> float:
+    """``epochs`` shuffled passes of minibatch steps on ``loss_fn(masked log-probs, rows)``
+    (gradients clipped at ``max_grad_norm``); returns the last pass's mean loss."""
+    import torch
+
+    from maskrl.masking import masked_log_softmax
+
+    n, last = mask.shape[0], 0.0
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for lo in range(0, n, batch_size):
+            mb = perm[lo : lo + batch_size]
+            logits, _ = net({k: v[mb] for k, v in obs.items()})
+            loss = loss_fn(masked_log_softmax(logits, mask[mb]), mb)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+            optimizer.step()
+            total += loss.item() * len(mb)
+        last = total / n
+    return last
+
+
 def imitate(
     net: Any,
     steps: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]],
@@ -241,30 +283,15 @@ def imitate(
     minibatches; returns the last epoch's mean loss."""
     import torch
 
-    from maskrl.masking import masked_log_softmax
-
-    keys = list(steps[0][0])
-    obs = {k: torch.as_tensor(np.stack([s[0][k] for s in steps])) for k in keys}
-    mask = torch.as_tensor(np.stack([s[1] for s in steps]))
+    obs, mask = _stack(steps)
     target = torch.as_tensor(np.stack([s[2] for s in steps]))
     if bool((target & ~mask).any()):
         raise ValueError("an imitation target includes an action outside its step's mask")
-    n, last = len(steps), 0.0
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        total = 0.0
-        for lo in range(0, n, batch_size):
-            mb = perm[lo : lo + batch_size]
-            logits, _ = net({k: v[mb] for k, v in obs.items()})
-            logp = masked_log_softmax(logits, mask[mb])
-            loss = -torch.logsumexp(logp.masked_fill(~target[mb], -torch.inf), dim=1).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
-            optimizer.step()
-            total += loss.item() * len(mb)
-        last = total / n
-    return last
+
+    def loss_fn(logp: Any, mb: Any) -> Any:
+        return -torch.logsumexp(logp.masked_fill(~target[mb], -torch.inf), dim=1).mean()
+
+    return _train_passes(net, obs, mask, loss_fn, optimizer, epochs, batch_size, gen, max_grad_norm)
 
 
 def reinforce(
@@ -283,8 +310,6 @@ def reinforce(
     by it. Returns the mean loss."""
     import torch
 
-    from maskrl.masking import masked_log_softmax
-
     steps: list[tuple[dict[str, np.ndarray], np.ndarray, int]] = []
     weights: list[float] = []
     for res in results:
@@ -296,23 +321,13 @@ def reinforce(
             weights += [adv] * len(traj)
     w = torch.as_tensor(weights, dtype=torch.float32)
     w = w / (w.std() + 1e-8)
-    keys = list(steps[0][0])
-    obs = {k: torch.as_tensor(np.stack([s[0][k] for s in steps])) for k in keys}
-    mask = torch.as_tensor(np.stack([s[1] for s in steps]))
+    obs, mask = _stack(steps)
     act = torch.as_tensor([s[2] for s in steps], dtype=torch.int64)
-    n, total = len(steps), 0.0
-    perm = torch.randperm(n, generator=gen)
-    for lo in range(0, n, batch_size):
-        mb = perm[lo : lo + batch_size]
-        logits, _ = net({k: v[mb] for k, v in obs.items()})
-        logp = masked_log_softmax(logits, mask[mb]).gather(1, act[mb, None]).squeeze(1)
-        loss = -(w[mb] * logp).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
-        optimizer.step()
-        total += loss.item() * len(mb)
-    return total / n
+
+    def loss_fn(logp: Any, mb: Any) -> Any:
+        return -(w[mb] * logp.gather(1, act[mb, None]).squeeze(1)).mean()
+
+    return _train_passes(net, obs, mask, loss_fn, optimizer, 1, batch_size, gen, max_grad_norm)
 
 
 def self_improve(
