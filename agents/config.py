@@ -177,7 +177,8 @@ class PPOConfig(TrainerConfig):
     hidden: int | None = _f(
         None,
         "width of the default network's dense encoder layer (None: the defaults, 128 for "
-        "MinAtar grids, 512 for Atari frames, 64 for vectors)",
+        "MinAtar grids, 512 for Atari frames, 64 for vectors and for the set network's "
+        "item embeddings)",
     )
     conv_filters: int | None = _f(
         None, "filters of the MinAtar CNN's convolution (None: 16, as in the MinAtar paper)"

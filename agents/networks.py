@@ -160,8 +160,10 @@ def build_actor_critic(
             maskrl.envs.multigame_layout(env_ids)]``); required by
             ``multigame_encoder="tokens"``, unused otherwise.
         hidden: width of the encoder's dense layer(s) (None: the defaults, 128
-            for the MinAtar CNN, 512 for the Atari CNN, 64 for MLPs); not used
-            by the token and set encoders.
+            for the MinAtar CNN, 512 for the Atari CNN, 64 for MLPs); for the
+            set network (Knapsack), the width of its item embeddings, its
+            self-attention blocks and its heads (None: 64); not used by the
+            token and one-hot encoders.
         conv_filters: filters of the MinAtar CNN's convolution (None: 16, as in
             the MinAtar paper); only for grids the MinAtar CNN reads (a
             multi-game student of several MinAtar games may want more).
@@ -230,11 +232,11 @@ def build_actor_critic(
             "tokens to attend over"
         )
     if hidden is not None and (
-        is_set or multigame_encoder == "tokens" or isinstance(observation_space, spaces.Discrete)
+        multigame_encoder == "tokens" or isinstance(observation_space, spaces.Discrete)
     ):
         raise ValueError(
-            f"hidden={hidden} sets the dense layer of a grid or vector encoder; this network "
-            "(a set, token or one-hot encoder) has none"
+            f"hidden={hidden} sets the dense layer of a grid or vector encoder (or the width "
+            "of the set network); this network (a token or one-hot encoder) has none"
         )
     if hidden is not None and hidden < 1:
         raise ValueError(f"hidden must be >= 1, got {hidden}")
@@ -296,6 +298,7 @@ def build_actor_critic(
                 int(items.shape[1]),
                 ctx_keys,
                 ctx_dim,
+                hidden=hidden or 64,
                 items_key=items_key,
                 layers=attention_layers,
                 attention_heads=attention_heads,

@@ -437,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=2, help="self-attention blocks of the set network")
     p.add_argument("--heads", type=int, default=2, help="heads per self-attention block")
     p.add_argument(
+        "--hidden",
+        type=int,
+        default=None,
+        help="width of the set network: item embeddings, self-attention blocks, heads "
+        "(default 64); must be divisible by --heads",
+    )
+    p.add_argument(
         "--eval-sizes",
         type=int,
         nargs="*",
@@ -494,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.layers < 0 or a.heads < 1:
         p.error(f"--layers must be >= 0 and --heads >= 1, got {a.layers}, {a.heads}")
+    if a.hidden is not None and (a.hidden < 1 or a.hidden % a.heads):
+        p.error(f"--hidden must be positive and divisible by --heads {a.heads}, got {a.hidden}")
     if a.samples < 0:
         p.error(f"--samples must be >= 0, got {a.samples}")
     if min(a.self_improve, a.si_instances, a.si_samples, a.si_epochs) < 0 or a.si_lr <= 0:
@@ -539,10 +548,24 @@ def main(argv: list[str] | None = None) -> int:
         device="cpu",
         attention_layers=a.layers,
         attention_heads=a.heads,
+        hidden=a.hidden,
     )
     env_id = RAW_ID if a.features == "raw" else SCALE_FREE_ID
     resumed = a.checkpoint is not None and a.checkpoint.exists()
     agent = PPO.load(a.checkpoint, device="cpu", env=env_id) if resumed else PPO(env_id, cfg)
+    if resumed:
+        # The network comes from the checkpoint: refuse flags that ask for another one.
+        saved = agent.config
+        differ = {flag: (got, want) for flag, got, want in (
+            ("--layers", saved.attention_layers, a.layers),
+            ("--heads", saved.attention_heads, a.heads),
+            ("--hidden", saved.hidden, a.hidden),
+        ) if got != want}  # fmt: skip
+        if differ:
+            p.error(
+                f"{a.checkpoint} holds a network with other settings (saved, given: {differ}); "
+                "pass the saved ones or another --checkpoint"
+            )
     start_step = agent.global_step
     t0 = time.perf_counter()
     invalid = 0.0
@@ -635,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"PPO trained {steps} steps in {train_s:.0f} s ({steps / max(train_s, 1e-9):.0f} steps/s; "
         f"{agent.global_step} in all{', resumed' if resumed else ''}), "
-        f"invalid actions: {int(invalid)}, layers={a.layers}, heads={a.heads}"
+        f"invalid actions: {int(invalid)}, layers={a.layers}, heads={a.heads}, "
+        f"width={a.hidden or 64}"
     )
     report: dict[str, Any] = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},

@@ -91,6 +91,25 @@ def test_knapsack_benchmark_attention_sizes_and_resume(
     # Rerunning with a larger budget resumes from the checkpoint.
     assert bench.main([*common, "--total-timesteps", "2048"]) == 0
     assert "trained 1024 steps" in capsys.readouterr().out and ckpt.exists()
+    # Resuming with flags that ask for another network is refused, naming them.
+    with pytest.raises(SystemExit) as e:
+        bench.main([*common, "--hidden", "32", "--total-timesteps", "4096"])
+    assert e.value.code == 2 and "'--hidden': (None, 32)" in capsys.readouterr().err
+
+
+def test_knapsack_benchmark_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    bench = _load("knapsack_attention")
+    ckpt = tmp_path / "w.pt"
+    argv = ["--episodes", "2", "--layers", "1", "--heads", "2", "--hidden", "48"]
+    assert bench.main([*argv, "--total-timesteps", "512", "--checkpoint", str(ckpt)]) == 0
+    assert "width=48" in capsys.readouterr().out
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["network_kwargs"]["hidden"] == 48
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--heads", "2", "--hidden", "47"])
+    assert e.value.code == 2 and "divisible by --heads 2" in capsys.readouterr().err
 
 
 def test_knapsack_benchmark_best_of_samples(
