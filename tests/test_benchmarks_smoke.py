@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -601,3 +602,44 @@ def test_masking_ablation_window_returns_remove_the_penalties_by_hand() -> None:
     text = bench.window_table([run, {**run, "mode": "mask", "penalty": None}], windows)
     assert "| penalty (-0.1) | 1 | n/a | 4.00 | 4.00 |" in text
     assert "| mask | 1 | n/a | 3.00 | 4.00 |" in text
+
+
+def _evals_script(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    import os
+    import sys
+
+    full = {**os.environ, "PYTHON": sys.executable, **env}
+    script = ROOT / "benchmarks" / "actor_mimic_evals.sh"
+    return subprocess.run(["bash", str(script), *args], env=full, capture_output=True, text=True)
+
+
+def test_actor_mimic_evals_ratios_from_the_committed_files(tmp_path: Path) -> None:
+    evals = str(ROOT / "docs" / "data" / "actor_mimic_evals500_retrained")
+    r = _evals_script(tmp_path, "ratios", "s10m-h512-c32-tau07", EVALS=evals)
+    assert r.returncode == 0, r.stderr
+    sampled, greedy = r.stdout.split("## greedy actions")
+    # The README's table: the student's share of each expert, both ways of acting.
+    for game, share in (("Breakout", "101.4%"), ("Asterix", "109.6%"), ("Seaquest", "106.0%")):
+        assert any(game in line and share in line for line in sampled.splitlines())
+    for game, share in (("SpaceInvaders", "98.3%"), ("Freeway", "100.0%")):
+        assert any(game in line and share in line for line in greedy.splitlines())
+
+
+def test_actor_mimic_evals_experts_writes_both_modes_and_keeps_them(tmp_path: Path) -> None:
+    from train_module import train
+
+    runs = tmp_path / "experts"
+    argv = ["ppo", "--env", "maskrl/MinAtar-Breakout-v0", "--num-envs", "2", "--num-steps", "16"]
+    argv += ["--total-timesteps", "32", "--device", "cpu", "--no-progress", "--eval-episodes", "0"]
+    argv += ["--runs-dir", str(runs), "--run-name", "MinAtar-Breakout-v0"]
+    assert train.main(argv) == 0
+    env = {"EVALS": str(tmp_path / "e"), "EPISODES": "2", "GAMES": "Breakout"}
+    r = _evals_script(tmp_path, "experts", str(runs), "x", **env)
+    assert r.returncode == 0, r.stderr
+    for name in ("x-Breakout.json", "greedy-x-Breakout.json"):
+        assert len(json.loads((tmp_path / "e" / name).read_text())["returns"]) == 2
+    again = _evals_script(tmp_path, "experts", str(runs), "x", **env)
+    assert again.returncode == 0 and again.stdout.count("keeping") == 2
+    bad = _evals_script(tmp_path, "agent", str(tmp_path / "none.pt"), "y", **env)
+    assert bad.returncode == 2 and "no checkpoint at" in bad.stderr
+    assert _evals_script(tmp_path).returncode == 2
