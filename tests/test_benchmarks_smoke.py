@@ -604,7 +604,7 @@ def test_masking_ablation_window_returns_remove_the_penalties_by_hand() -> None:
     assert "| mask | 1 | n/a | 3.00 | 4.00 |" in text
 
 
-def _evals_script(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _evals_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     import os
     import sys
 
@@ -615,7 +615,7 @@ def _evals_script(tmp_path: Path, *args: str, **env: str) -> subprocess.Complete
 
 def test_actor_mimic_evals_ratios_from_the_committed_files(tmp_path: Path) -> None:
     evals = str(ROOT / "docs" / "data" / "actor_mimic_evals500_retrained")
-    r = _evals_script(tmp_path, "ratios", "s10m-h512-c32-tau07", EVALS=evals)
+    r = _evals_script("ratios", "s10m-h512-c32-tau07", EVALS=evals)
     assert r.returncode == 0, r.stderr
     sampled, greedy = r.stdout.split("## greedy actions")
     # The README's table: the student's share of each expert, both ways of acting.
@@ -634,12 +634,12 @@ def test_actor_mimic_evals_experts_writes_both_modes_and_keeps_them(tmp_path: Pa
     argv += ["--runs-dir", str(runs), "--run-name", "MinAtar-Breakout-v0"]
     assert train.main(argv) == 0
     env = {"EVALS": str(tmp_path / "e"), "EPISODES": "2", "GAMES": "Breakout"}
-    r = _evals_script(tmp_path, "experts", str(runs), "x", **env)
+    r = _evals_script("experts", str(runs), "x", **env)
     assert r.returncode == 0, r.stderr
     for name in ("x-Breakout.json", "greedy-x-Breakout.json"):
         assert len(json.loads((tmp_path / "e" / name).read_text())["returns"]) == 2
-    again = _evals_script(tmp_path, "experts", str(runs), "x", **env)
+    again = _evals_script("experts", str(runs), "x", **env)
     assert again.returncode == 0 and again.stdout.count("keeping") == 2
-    bad = _evals_script(tmp_path, "agent", str(tmp_path / "none.pt"), "y", **env)
+    bad = _evals_script("agent", str(tmp_path / "none.pt"), "y", **env)
     assert bad.returncode == 2 and "no checkpoint at" in bad.stderr
-    assert _evals_script(tmp_path).returncode == 2
+    assert _evals_script().returncode == 2
