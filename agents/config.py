@@ -319,6 +319,11 @@ class MimicConfig(TrainerConfig):
     tau: float = _f(1.0, "temperature of the experts' softmax (the targets); >= 1e-4")
     beta: float = _f(0.01, "weight of the feature-regression loss")
     epsilon: float = _f(0.0, "probability of a uniformly random valid action while acting")
+    value_coef: float = _f(
+        0.0,
+        "weight of the value regression: the student's value for each game regresses (MSE) onto "
+        "that game's expert's value, so a PPO fine-tune starts with a trained critic (0: off)",
+    )
     multigame_encoder: str = _f(
         "cnn", "student's observation encoder: cnn (padded channels) or tokens (attention-pooled)"
     )
@@ -349,6 +354,7 @@ class MimicConfig(TrainerConfig):
         )
         _check(self, "beta", 0 <= self.beta < float("inf"), "finite and >= 0")
         _check(self, "epsilon", 0 <= self.epsilon <= 1, "in [0, 1]")
+        _check(self, "value_coef", 0 <= self.value_coef < float("inf"), "finite and >= 0")
         encoders = ("cnn", "tokens")
         _check(self, "multigame_encoder", self.multigame_encoder in encoders, "cnn or tokens")
         if self.hidden is not None:

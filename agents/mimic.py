@@ -10,7 +10,11 @@ is labelled by that game's expert:
   ``tau`` over the game's valid actions to the student's masked softmax
   (:func:`~maskrl.agents.mimic_losses.policy_regression_loss`);
 * **feature regression**: ``beta`` times the mean squared error between
-  ``f_i(h_student)`` (per-game linear heads) and expert ``i``'s hidden features.
+  ``f_i(h_student)`` (per-game linear heads) and expert ``i``'s hidden features;
+* **value regression** (optional, not in the paper): ``value_coef`` times the
+  mean squared error between the student's value for game ``i`` and expert
+  ``i``'s value, so that a PPO fine-tune of the student starts with a critic
+  that already knows each game's returns.
 
 Data is on-policy: each update rolls the student out for ``num_steps`` steps
 of ``num_envs`` slots (slot ``j`` plays game ``j % k``, so every game gets an
@@ -354,6 +358,7 @@ class ActorMimic(OnPolicyTrainer):
         T, N = c.num_steps, self.num_envs_local
         self._expert_logits = torch.zeros((T, N, n), device=self.device)
         self._expert_features = torch.zeros((T, N, self.feature_heads.out_dim), device=self.device)
+        self._expert_values = torch.zeros((T, N), device=self.device)
 
     # ------------------------------------------------------------------ acting
     def _act(self, obs: Obs, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -367,7 +372,7 @@ class ActorMimic(OnPolicyTrainer):
         return action, logp, value
 
     def after_rollout(self, buffer: RolloutBuffer) -> None:
-        """Label the rollout: the experts' logits and features for every step."""
+        """Label the rollout: the experts' logits, features and values for every step."""
         T, k = self.config.num_steps, len(self.experts)
         assert isinstance(buffer.obs, dict)
         padded = buffer.obs["obs"][:T]
@@ -375,11 +380,12 @@ class ActorMimic(OnPolicyTrainer):
             for g, x in enumerate(self.experts):
                 # Slot j plays game j % k: this game's slots are g, g + k, ...
                 own = _game_slice(padded[:, g::k].flatten(0, 1), x.policy.observation_space.shape)
-                logits, feats = x.policy.logits_and_features(own)
+                logits, feats, values = x.policy.teacher_outputs(own)
                 n_g, d_g = logits.shape[-1], feats.shape[-1]
                 rows = self._expert_logits[:, g::k]
                 rows[..., :n_g] = logits.view(T, -1, n_g).float()
                 self._expert_features[:, g::k, :d_g] = feats.view(T, -1, d_g).float()
+                self._expert_values[:, g::k] = values.view(T, -1).float()
 
     # ---------------------------------------------------------------- training
     def update(self, buffer: RolloutBuffer) -> dict[str, float]:
@@ -392,6 +398,7 @@ class ActorMimic(OnPolicyTrainer):
         b_masks = buffer.masks[:T].reshape(B, -1)
         b_logits = self._expert_logits.reshape(B, -1)
         b_feats = self._expert_features.reshape(B, -1)
+        b_values = self._expert_values.reshape(B)
         net = self.net
         heads = self.feature_heads
 
@@ -406,7 +413,13 @@ class ActorMimic(OnPolicyTrainer):
             pol = policy_regression_loss(logits, b_logits[mb], b_masks[mb], c.tau)
             feat = heads.loss(h, obs["game_id"], b_feats[mb])
             loss = pol + c.beta * feat
-            return loss, {"policy_regression": pol.detach(), "feature_regression": feat.detach()}
+            logged = {"policy_regression": pol.detach(), "feature_regression": feat.detach()}
+            if c.value_coef > 0:
+                v = net.value_of_features(h, obs["game_id"])  # type: ignore[operator]
+                vloss = 0.5 * (v - b_values[mb]).pow(2).mean()
+                loss = loss + c.value_coef * vloss
+                logged["value_regression"] = vloss.detach()
+            return loss, logged
 
         # Per-game metrics of the acting student on this batch, before the update.
         per_game: dict[str, float] = {}

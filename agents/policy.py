@@ -379,10 +379,18 @@ class MaskedPolicy:
 
         Computed in eval mode: labelling never changes the teacher.
         """
+        logits, features, _ = self.teacher_outputs(obs)
+        return logits, features
+
+    def teacher_outputs(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits [B, n], features [B, F], value [B])``: everything a student can copy.
+
+        Computed in eval mode: labelling never changes the teacher.
+        """
         with eval_mode(self.net):
             features = self.net.features(obs)  # type: ignore[operator]
-            logits, _ = self.net(obs)
-        return logits, features
+            logits, value = self.net(obs)
+        return logits, features, value
 
     # ------------------------------------------------------------- persistence
     def checkpoint_entries(self) -> dict[str, Any]:

@@ -131,7 +131,14 @@ _BUILTIN_COMMANDS = frozenset({"ppo", "experts", "mimic", "eval", "plot"})
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     """The command line's parser (``prog``: the name it shows, ``train.py`` or ``maskrl``)."""
-    from maskrl.agents.config import DistConfig, ExpertsConfig, MimicConfig, PPOConfig, RunConfig
+    from maskrl.agents.config import (
+        PRESETS,
+        DistConfig,
+        ExpertsConfig,
+        MimicConfig,
+        PPOConfig,
+        RunConfig,
+    )
 
     # allow_abbrev=False: an abbreviated flag would escape the explicit-flag
     # detection that presets and --resume rely on.
@@ -180,6 +187,20 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         help="then train the student this many more steps with multi-game masked PPO, "
         "in <run>/finetune, at most 1e13 (default: 0; on --resume, the run's own; "
         "--resume continues the fine-tune once the distillation is done)",
+    )
+    mi.add_argument(
+        "--finetune-preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="PPO settings preset of the fine-tune (default: PPO's defaults; on --resume, "
+        "the run's own)",
+    )
+    mi.add_argument(
+        "--finetune-learning-rate",
+        type=float,
+        default=None,
+        help="Adam learning rate of the fine-tune (default: a tenth of the preset's: a "
+        "from-scratch rate undoes the distilled policy)",
     )
     add_dataclass_args(
         mi, RunConfig, exclude=frozenset({"env", "preset", "init_from", "init_layers"})
@@ -540,9 +561,15 @@ def _dispatch(
             if run_cfg.resume:
                 _check_resume_flags(given, extra={"finetune_ppo"})
             _check_qat_flags(given, mimic_cfg)
+            fine_cfg = None
+            if not run_cfg.resume:
+                fine_cfg = _runner().finetune_ppo_config(
+                    ns.finetune_preset, ns.finetune_learning_rate
+                )
             summary = _runner().train_mimic(
-                run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo, **ranks
-            )
+                run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo,
+                ppo_config=fine_cfg, **ranks,
+            )  # fmt: skip
             if not rank0:
                 return 0
             _print_summary(summary)

@@ -330,17 +330,18 @@ class MultiGameActorCritic(nn.Module):
             h = self.encoder(obs["obs"])
         return h + self.game_embedding(game_id.long())
 
-    def _select_value(self, v: torch.Tensor, game_id: torch.Tensor) -> torch.Tensor:
-        return v.gather(1, game_id.long().view(-1, 1)).squeeze(1)
+    def value_of_features(self, h: torch.Tensor, game_id: torch.Tensor) -> torch.Tensor:
+        """Each row's value ``[B]`` from its features ``h [B, F]`` (from :meth:`features`) and game."""
+        return self.value_head(h).gather(1, game_id.long().view(-1, 1)).squeeze(1)
 
     def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
         assert isinstance(obs, dict)
         h = self.features(obs)
-        return self.policy_head(h), self._select_value(self.value_head(h), obs["game_id"])
+        return self.policy_head(h), self.value_of_features(h, obs["game_id"])
 
     def value(self, obs: Obs) -> torch.Tensor:
         assert isinstance(obs, dict)
-        return self._select_value(self.value_head(self.features(obs)), obs["game_id"])
+        return self.value_of_features(self.features(obs), obs["game_id"])
 
 
 class SetActorCritic(nn.Module):
@@ -503,12 +504,11 @@ class RecurrentActorCritic(nn.Module):
 
     def _heads(self, y: torch.Tensor, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
         base = self.base
-        v = base.value_head(y)
         if isinstance(base, MultiGameActorCritic):
             assert isinstance(obs, dict)
-            value = base._select_value(v, obs["game_id"])
+            value = base.value_of_features(y, obs["game_id"])
         else:
-            value = v.squeeze(-1)
+            value = base.value_head(y).squeeze(-1)
         return base.policy_head(y), value
 
     def forward(  # type: ignore[override]

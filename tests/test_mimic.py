@@ -91,6 +91,55 @@ def test_epsilon_exploration_never_takes_a_masked_action(tmp_path: Path) -> None
     assert rates and all(r == 0 for r in rates)
 
 
+def _experts_with_constant_values(folder: Path, values: dict[str, float]) -> Path:
+    """Decisive experts whose critic says ``values[env_id]`` for every state."""
+    _decisive_experts(folder, list(values))
+    for env_id, v in values.items():
+        path = folder / env_id.split("/")[-1] / "checkpoint.pt"
+        ckpt = torch.load(path, weights_only=False)
+        ckpt["model"]["value_head.weight"].zero_()
+        ckpt["model"]["value_head.bias"].fill_(v)
+        torch.save(ckpt, path)
+    return folder
+
+
+def test_value_regression_teaches_the_student_each_experts_values(tmp_path: Path) -> None:
+    values = {BREAKOUT: 5.0, ASTERIX: -3.0}
+    experts = load_experts(_experts_with_constant_values(tmp_path / "x", values))
+    cfg = MimicConfig(
+        num_envs=4, num_steps=32, num_epochs=4, num_minibatches=2, device="cpu", seed=0,
+        torch_threads=1, value_coef=1.0, learning_rate=3e-3,
+    )  # fmt: skip
+    trainer = ActorMimic(experts, cfg)
+    history: list[dict[str, float]] = []
+    trainer.learn(4_096, callback=lambda t, m: history.append(m) is None)
+    # The labels are the experts' own values, per game slot (slot j plays game j % 2).
+    assert torch.equal(trainer._expert_values[:, 0::2], torch.full((32, 2), 5.0))
+    assert torch.equal(trainer._expert_values[:, 1::2], torch.full((32, 2), -3.0))
+    o, _ = trainer.envs.reset(seed=123)
+    batch = {k: torch.as_tensor(v) for k, v in o.items()}
+    with torch.no_grad():
+        _, v = trainer.net(batch)
+    trainer.envs.close()
+    target = torch.tensor([values[experts[int(g)].env_id] for g in batch["game_id"]])
+    assert torch.allclose(v, target, atol=0.5), (v, target)
+    assert history[-1]["value_regression"] < 0.05 * history[0]["value_regression"]
+
+
+def test_without_value_regression_the_students_critic_is_untouched(tmp_path: Path) -> None:
+    experts = load_experts(_experts_with_constant_values(tmp_path / "x", {BREAKOUT: 5.0}))
+    trainer = ActorMimic(
+        experts, MimicConfig(num_envs=2, num_steps=16, num_minibatches=1, device="cpu")
+    )
+    head = trainer.net.value_head  # type: ignore[union-attr]
+    before = [p.detach().clone() for p in head.parameters()]
+    history: list[dict[str, float]] = []
+    trainer.learn(256, callback=lambda t, m: history.append(m) is None)
+    trainer.envs.close()
+    assert all(torch.equal(a, b) for a, b in zip(before, head.parameters(), strict=True))
+    assert "value_regression" not in history[-1]
+
+
 def test_experts_mimic_and_eval_through_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -255,27 +255,48 @@ def test_a_one_expert_student_trains_evaluates_resumes_and_fine_tunes(
     assert load_checkpoint(ft / "checkpoint.pt")["global_step"] == 2 * step
 
 
-# ------------------------------------------------------- malformed checkpoints and values
+def test_the_fine_tune_takes_its_preset_and_keeps_it_on_resume(pool: Path, tmp_path: Path) -> None:
+    from maskrl.agents.config import PRESETS
+
+    folder = _experts_dir(tmp_path / "ex", [(BREAKOUT, pool / "Breakout-v0.pt")])
+    runs = tmp_path / "runs"
+    extra = ("--finetune-ppo", "16", "--finetune-preset", "reference", "--value-coef", "0.5")
+    assert train.main(_mimic(folder, runs, "ftp", *extra)) == 0
+    saved = json.loads((runs / "ftp" / "config.json").read_text())
+    assert saved["mimic"]["value_coef"] == 0.5
+    lr = PRESETS["reference"]["learning_rate"] / 10  # a tenth of the preset's by default
+    assert saved["finetune_config"]["learning_rate"] == pytest.approx(lr)
+    ppo = json.loads((runs / "ftp" / "finetune" / "config.json").read_text())["ppo"]
+    assert ppo["learning_rate"] == pytest.approx(lr)
+    for key, value in PRESETS["reference"].items():
+        if key != "learning_rate":
+            assert ppo[key] == value, key
+    # Distilling further fine-tunes the new student afresh, with the saved preset.
+    argv = ["mimic", "--resume", str(runs / "ftp"), "--total-timesteps", "32", "--no-progress"]
+    assert train.main([*argv, "--eval-episodes", "1"]) == 0
+    assert (runs / "ftp" / "finetune-from-step-16" / "checkpoint.pt").is_file()
+    again = json.loads((runs / "ftp" / "finetune" / "config.json").read_text())["ppo"]
+    assert again["learning_rate"] == pytest.approx(lr)
+    assert again["clip_coef"] == PRESETS["reference"]["clip_coef"]
+    # An explicit learning rate is taken as given; a bad one is one line.
+    extra = ("--finetune-ppo", "16", "--finetune-learning-rate", "3e-5", "--value-coef", "0.5")
+    assert train.main(_mimic(folder, runs, "ftlr", *extra)) == 0
+    ppo = json.loads((runs / "ftlr" / "finetune" / "config.json").read_text())["ppo"]
+    assert ppo["learning_rate"] == 3e-5
 
 
-@pytest.mark.parametrize(
-    ("key", "value"),
-    [
-        ("observation_space", "Box"),
-        ("observation_space", None),
-        ("observation_space", [4, 10, 10]),
-        ("observation_space", {"type": "Dict", "spaces": 3}),
-        (
-            "observation_space",
-            {"type": "Box", "shape": [-4, 10, 10], "dtype": "float32", "low": 0, "high": 1},
-        ),  # fmt: skip
-        (
-            "observation_space",
-            {"type": "Box", "shape": [4, 10, 10], "dtype": "object", "low": 0, "high": 1},
-        ),  # fmt: skip
-        ("action_space", 6),
-    ],
-)
+def test_a_bad_fine_tune_learning_rate_is_one_line(
+    pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _experts_dir(tmp_path / "ex", [(BREAKOUT, pool / "Breakout-v0.pt")])
+    argv = _mimic(
+        folder, tmp_path / "runs", "x", "--finetune-ppo", "16", "--finetune-learning-rate", "0"
+    )
+    assert train.main(argv) == 2
+    line = _one_error_line(capsys)
+    assert "--finetune-learning-rate" in line and "got 0.0" in line
+
+
 def test_a_crc_valid_checkpoint_with_a_malformed_space_is_one_line(
     pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: Any
 ) -> None:

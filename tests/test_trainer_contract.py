@@ -183,7 +183,9 @@ def test_load_trainer_reads_a_ppo_and_an_actor_mimic_checkpoint(tmp_path: Path) 
     # The run's config.json as the shared harness writes it for Actor-Mimic.
     cfg = json.loads((tmp_path / "st" / "config.json").read_text())
     assert cfg["experts"] == str((tmp_path / "ex").absolute()) and cfg["finetune_ppo"] == 0
-    assert set(cfg) == {"run", "mimic", "experts", "finetune_ppo", "device"}
+    # A later fine-tune's settings: PPO's defaults at a tenth of their learning rate.
+    assert cfg["finetune_config"]["learning_rate"] == pytest.approx(PPOConfig().learning_rate / 10)
+    assert set(cfg) == {"run", "mimic", "experts", "finetune_ppo", "finetune_config", "device"}
 
 
 # ------------------------------------------------- a third trainer, registered only
