@@ -13,7 +13,9 @@
 #    dashed lines;
 # 4. docs/img/transfer.png: the leave-one-out transfer curves that
 #    benchmarks/transfer.py drew (PPO from the student's encoder vs from
-#    scratch, mean and min-max band over seeds, one panel per held-out game).
+#    scratch, mean and min-max band over seeds, one panel per held-out game);
+# 5. docs/img/minatar_baseline60m_vs_finetune.png: the fresh 60M-step baseline
+#    against the experts, a distilled student and its PPO fine-tune (below).
 #
 #     bash benchmarks/actor_mimic_plots.sh [RUNS_DIR]        # default: runs
 #
@@ -33,12 +35,16 @@ shopt -s nullglob
 experts=("$R"/am5-minatar/MinAtar-*-v0 "$R"/am5-minatar-b/MinAtar-*-v0
          "$R"/am5-minatar-ent03/MinAtar-*-v0 "$R"/am5-minatar-ent03-sq/MinAtar-*-v0)
 shopt -u nullglob
+# Each figure is drawn only where its runs exist (a checkout may hold some of them).
+if [ ${#experts[@]} -gt 0 ]; then
 $PY train.py plot "${experts[@]}" --smooth 20 \
     --mark Breakout=28:published --mark SpaceInvaders=130:published --mark Asterix=15:published \
     --mark Freeway=58:published --mark Seaquest=20:published \
     --title "Experts: masked PPO, --preset minatar, 10M steps per game" --out docs/img/minatar_experts.png
+fi
 
 # --mark GAME=VALUE:LABEL for every expert (experts.json) and for the student (eval.json).
+if [ -f "$R/am5-10m/experts.json" ] && [ -f "$R/am10m-s4m-h256/eval.json" ] && [ -d "$R/am10m-mg-baseline" ]; then
 mapfile -t marks < <($PY - "$R/am5-10m/experts.json" "$R/am10m-s4m-h256/eval.json" <<'PYEOF'
 import json, sys
 def game(env_id):
@@ -52,6 +58,7 @@ PYEOF
 $PY train.py plot "$R"/am10m-mg-baseline --smooth 20 "${marks[@]}" \
     --title "Multi-game PPO from scratch (51M steps) vs the experts and the student" \
     --out docs/img/minatar_baseline_vs_student.png
+fi
 
 # The 10M-step students, one panel per game, each expert's evaluation as a dashed line:
 # its 500-episode evaluation (RUNS_DIR/evals500/expert-<Game>.json, from
@@ -80,6 +87,30 @@ PYEOF
     $PY train.py plot "${students[@]}" --smooth 20 "${marks[@]}" \
         --title "Actor-Mimic students, learning rate annealed, vs their experts" \
         --out docs/img/minatar_students_10m.png
+fi
+
+# 5. docs/img/minatar_baseline60m_vs_finetune.png: the 60M-step baseline run from
+# scratch in one go (mg-baseline-60m), per game, with the 500-episode sampled
+# evaluations of the retrained experts, the 5M-step student distilled with value
+# regression and that student fine-tuned with PPO for 5M more steps as dashed
+# lines (EVALS, default RUNS_DIR/evals500-s13: expert-, s5m-v05- and
+# s5m-v05-ft5m-lr5e-5-<Game>.json, from benchmarks/actor_mimic_evals.sh).
+EV=${EVALS:-$R/evals500-s13}
+if [ -d "$R/mg-baseline-60m" ] && [ -f "$EV/s5m-v05-ft5m-lr5e-5-Breakout.json" ]; then
+    mapfile -t marks < <($PY - "$EV" <<'PYEOF'
+import json, os, sys
+labels = {"expert": "expert (10M steps)", "s5m-v05": "student (5M distilled)",
+          "s5m-v05-ft5m-lr5e-5": "student + PPO fine-tune (5M + 5M)"}
+for game in ["Breakout", "SpaceInvaders", "Asterix", "Freeway", "Seaquest"]:
+    for tag, label in labels.items():
+        path = os.path.join(sys.argv[1], f"{tag}-{game}.json")
+        if os.path.isfile(path):
+            print("--mark"); print(f"{game}={json.load(open(path))['mean']}:{label}")
+PYEOF
+)
+    $PY train.py plot "$R"/mg-baseline-60m --smooth 20 "${marks[@]}" \
+        --title "Multi-game PPO from scratch (60M steps) vs the experts and the students" \
+        --out docs/img/minatar_baseline60m_vs_finetune.png
 fi
 
 # benchmarks/transfer.py draws this figure itself (train.py plot --group, one
