@@ -297,6 +297,27 @@ def test_a_bad_fine_tune_learning_rate_is_one_line(
     assert "--finetune-learning-rate" in line and "got 0.0" in line
 
 
+# ------------------------------------------------------- malformed checkpoints and values
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("observation_space", "Box"),
+        ("observation_space", None),
+        ("observation_space", [4, 10, 10]),
+        ("observation_space", {"type": "Dict", "spaces": 3}),
+        (
+            "observation_space",
+            {"type": "Box", "shape": [-4, 10, 10], "dtype": "float32", "low": 0, "high": 1},
+        ),  # fmt: skip
+        (
+            "observation_space",
+            {"type": "Box", "shape": [4, 10, 10], "dtype": "object", "low": 0, "high": 1},
+        ),  # fmt: skip
+        ("action_space", 6),
+    ],
+)
 def test_a_crc_valid_checkpoint_with_a_malformed_space_is_one_line(
     pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: Any
 ) -> None:
