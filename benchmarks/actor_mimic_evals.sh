@@ -16,7 +16,9 @@
 # expert's per game with a 95% bootstrap interval (benchmarks/return_ratio.py
 # --pair) and, given BASELINE_TAG, the mean over games of the baseline's and
 # TAG's shares and their difference (--versus). EXPERT_TAG defaults to
-# `expert`.
+# `expert`. TAG and BASELINE_TAG may each be a comma-separated list of tags,
+# one per training run (seed): each run gets its own --pair table, and
+# --versus averages the runs of each side (and prints each run's mean).
 #
 # Environment: EVALS (default runs/evals500), EPISODES (500), SEED (100000),
 # GAMES (default: Breakout SpaceInvaders Asterix Freeway Seaquest), PYTHON.
@@ -68,23 +70,33 @@ evaluate() {  # evaluate KIND SOURCE TAG
     done
 }
 
-ratios() {  # ratios TAG [BASELINE_TAG] [EXPERT_TAG]
-    local tag=$1 base=${2:-} ref=${3:-expert} g prefix label
+files() {  # files PREFIX TAG[,TAG...] GAME: the runs' eval files, comma-separated
+    local prefix=$1 tags=$2 g=$3 t out=""
+    for t in ${tags//,/ }; do
+        out+="${out:+,}$EVALS/$prefix$t-$g.json"
+    done
+    echo "$out"
+}
+
+ratios() {  # ratios TAG[,TAG...] [BASELINE_TAG[,TAG...]] [EXPERT_TAG]
+    local tag=$1 base=${2:-} ref=${3:-expert} g t prefix label
     for prefix in "" greedy-; do
         label=${prefix:-sampled-}
-        echo "## ${label%-} actions: $tag as a share of $ref"
-        pairs=()
-        versus=()
-        for g in "${games[@]}"; do
-            pairs+=(--pair "$EVALS/$prefix$ref-$g.json" "$EVALS/$prefix$tag-$g.json")
-            if [ -n "$base" ]; then
-                versus+=(--versus "$EVALS/$prefix$ref-$g.json" "$EVALS/$prefix$base-$g.json"
-                         "$EVALS/$prefix$tag-$g.json")
-            fi
+        for t in ${tag//,/ }; do
+            echo "## ${label%-} actions: $t as a share of $ref"
+            pairs=()
+            for g in "${games[@]}"; do
+                pairs+=(--pair "$EVALS/$prefix$ref-$g.json" "$EVALS/$prefix$t-$g.json")
+            done
+            $PY benchmarks/return_ratio.py "${pairs[@]}"
         done
-        $PY benchmarks/return_ratio.py "${pairs[@]}"
         if [ -n "$base" ]; then
-            echo "### $base (A) vs $tag (B)"
+            versus=()
+            for g in "${games[@]}"; do
+                versus+=(--versus "$EVALS/$prefix$ref-$g.json" "$(files "$prefix" "$base" "$g")"
+                         "$(files "$prefix" "$tag" "$g")")
+            done
+            echo "### ${label%-} actions: $base (A) vs $tag (B)"
             $PY benchmarks/return_ratio.py "${versus[@]}"
         fi
     done

@@ -25,6 +25,18 @@ resample, as they share the reference)::
     python benchmarks/return_ratio.py \
         --versus expert-Breakout.json baseline-Breakout.json student-Breakout.json \
         --versus expert-Seaquest.json baseline-Seaquest.json student-Seaquest.json
+
+Several training runs (seeds) of one side: give A or B as a comma-separated
+list of files, one per run, in the same run order for every game. That side's
+share on a game is then the mean over its runs of ``mean(run) / mean(reference)``,
+the intervals resample episodes within each run (they say how well the runs'
+episodes pin their means, not how much another seed would differ), and a second
+table gives each run's own mean of the percentages, so the spread between
+seeds is in plain view::
+
+    python benchmarks/return_ratio.py \
+        --versus expert-Breakout.json baseline-s1-Breakout.json,baseline-s2-Breakout.json \
+                 student-s1-Breakout.json,student-s2-Breakout.json  ...
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,30 +82,52 @@ def ratio_interval(
     return float(other.mean() / reference.mean()), float(low), float(high)
 
 
+Runs = np.ndarray | Sequence[np.ndarray]
+
+
+def _runs(x: Runs) -> list[np.ndarray]:
+    return [x] if isinstance(x, np.ndarray) else list(x)
+
+
 def normalised_means(
-    games: list[tuple[np.ndarray, np.ndarray, np.ndarray]], resamples: int = 10_000, seed: int = 0
+    games: Sequence[tuple[np.ndarray, Runs, Runs]], resamples: int = 10_000, seed: int = 0
 ) -> dict[str, tuple[float, float, float]]:
     """Per-game ``(reference, a, b)`` returns -> ``{"a", "b", "b-a": (value, low, high)}``.
 
     ``a`` and ``b`` are the means over games of ``mean(a) / mean(reference)``
     (fractions, not per cent), ``b-a`` their difference; ``low`` and ``high``
-    bound the 95% percentile bootstrap interval.
+    bound the 95% percentile bootstrap interval. ``a`` or ``b`` may be a list
+    of arrays, one per training run: the game's share is then the mean of the
+    runs' shares, and each run's episodes are resampled on their own.
     """
     if not games:
         raise ValueError("no games to compare")
+    counts = {len(_runs(a)) for _, a, _ in games}, {len(_runs(b)) for _, _, b in games}
+    for side, c in zip("ab", counts, strict=True):
+        if len(c) != 1 or 0 in c:
+            raise ValueError(
+                f"side {side} has {sorted(c)} runs across games; give each game the same runs"
+            )
     rng = np.random.default_rng(seed)
     point_a, point_b = [], []
     boot_a = np.zeros(resamples)
     boot_b = np.zeros(resamples)
+
+    def boot_share(runs: list[np.ndarray], r: np.ndarray) -> np.ndarray:
+        return np.mean(
+            [x[rng.integers(0, x.size, (resamples, x.size))].mean(axis=1) / r for x in runs], axis=0
+        )
+
     for ref, a, b in games:
         if ref.mean() <= 0:
             raise ValueError(f"a reference's mean return is {ref.mean():g}; a share needs > 0")
-        point_a.append(a.mean() / ref.mean())
-        point_b.append(b.mean() / ref.mean())
+        runs_a, runs_b = _runs(a), _runs(b)
+        point_a.append(np.mean([x.mean() for x in runs_a]) / ref.mean())
+        point_b.append(np.mean([x.mean() for x in runs_b]) / ref.mean())
         r = ref[rng.integers(0, ref.size, (resamples, ref.size))].mean(axis=1)
         r = np.where(r > 0, r, np.nan)
-        boot_a += a[rng.integers(0, a.size, (resamples, a.size))].mean(axis=1) / r
-        boot_b += b[rng.integers(0, b.size, (resamples, b.size))].mean(axis=1) / r
+        boot_a += boot_share(runs_a, r)
+        boot_b += boot_share(runs_b, r)
     n = len(games)
     boot_a, boot_b = boot_a / n, boot_b / n
     out: dict[str, tuple[float, float, float]] = {}
@@ -103,6 +138,18 @@ def normalised_means(
     ):
         lo, hi = np.nanpercentile(boot, [2.5, 97.5])
         out[name] = (point, float(lo), float(hi))
+    return out
+
+
+def per_run_means(games: Sequence[tuple[np.ndarray, Runs, Runs]]) -> dict[str, list[float]]:
+    """``{"a": [...], "b": [...]}``: each run's mean over games of its share of the reference."""
+    out: dict[str, list[float]] = {}
+    for side, k in (("a", 1), ("b", 2)):
+        n_runs = len(_runs(games[0][k]))
+        out[side] = [
+            float(np.mean([_runs(g[k])[i].mean() / g[0].mean() for g in games]))
+            for i in range(n_runs)
+        ]
     return out
 
 
@@ -123,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar=("REFERENCE", "A", "B"),
         help="three eval files of one game (repeat per game): the mean over games of A and B\n"
-        "as shares of REFERENCE, and B - A, with 95%% intervals",
+        "as shares of REFERENCE, and B - A, with 95%% intervals; A or B may be a\n"
+        "comma-separated list of files, one per training run (seed)",
     )
     p.add_argument("--resamples", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
@@ -153,13 +201,33 @@ def main(argv: list[str] | None = None) -> int:
         )
     if a.versus:
         games, names = [], []
-        for paths in a.versus:
-            loaded = [load_returns(Path(x)) for x in paths]
-            if len({g for g, _ in loaded}) != 1:
-                found = ", ".join(g for g, _ in loaded)
-                raise SystemExit(f"--versus {' '.join(paths)}: different games ({found})")
-            names.append(loaded[0][0].split("/")[-1])
-            games.append((loaded[0][1], loaded[1][1], loaded[2][1]))
+        n_runs: dict[str, set[int]] = {"A": set(), "B": set()}
+        for ref_path, a_paths, b_paths in a.versus:
+            ref_game, ref_ret = load_returns(Path(ref_path))
+            sides = []
+            for label, spec in (("A", a_paths), ("B", b_paths)):
+                paths = [x for x in spec.split(",") if x]
+                if not paths:
+                    raise SystemExit(
+                        f"--versus {ref_path} {a_paths} {b_paths}: {label} names no file"
+                    )
+                n_runs[label].add(len(paths))
+                loaded = [load_returns(Path(x)) for x in paths]
+                for (g, _), x in zip(loaded, paths, strict=True):
+                    if g != ref_game:
+                        raise SystemExit(
+                            f"--versus {ref_path} {a_paths} {b_paths}: different games "
+                            f"({ref_game} and {g} in {x})"
+                        )
+                sides.append([r for _, r in loaded])
+            names.append(ref_game.split("/")[-1])
+            games.append((ref_ret, sides[0], sides[1]))
+        for label, c in n_runs.items():
+            if len(c) != 1:
+                raise SystemExit(
+                    f"--versus: {label} has {sorted(c)} runs across games; give every game the "
+                    "same runs, in the same order"
+                )
         res = normalised_means(games, a.resamples, a.seed)
         if a.pair:
             print()
@@ -169,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         for key, label in (("a", "A"), ("b", "B"), ("b-a", "B - A")):
             v, lo, hi = res[key]
             print(f"| {label} | {100 * v:.1f} | {100 * lo:.1f} to {100 * hi:.1f} |")
+        if len(_runs(games[0][1])) > 1 or len(_runs(games[0][2])) > 1:
+            runs = per_run_means(games)
+            print()
+            print("each run's mean of the percentages, in the order given:")
+            for key, label in (("a", "A"), ("b", "B")):
+                print(f"| {label} | " + " | ".join(f"{100 * v:.1f}" for v in runs[key]) + " |")
     return 0
 
 

@@ -482,6 +482,60 @@ def test_return_ratio_versus_mean_of_shares(
         bench.main([])
 
 
+def test_return_ratio_versus_with_several_runs_per_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load("return_ratio")
+    import numpy as np
+
+    # Hand-computed, no spread. Game 1 (reference 4): A's runs 3 and 5 -> shares 0.75, 1.25;
+    # B's one run 2 -> 0.5. Game 2 (reference 2): A's runs 2 and 1 -> 1.0, 0.5; B 3 -> 1.5.
+    # A per game: 1.0 and 0.75, mean 0.875; B: 0.5 and 1.5, mean 1.0; B - A = 0.125.
+    # A's runs over games: run 1 (0.75 + 1.0) / 2 = 0.875, run 2 (1.25 + 0.5) / 2 = 0.875.
+    games = [
+        (np.full(5, 4.0), [np.full(6, 3.0), np.full(4, 5.0)], [np.full(7, 2.0)]),
+        (np.full(5, 2.0), [np.full(6, 2.0), np.full(4, 1.0)], [np.full(7, 3.0)]),
+    ]
+    res = bench.normalised_means(games, resamples=300)
+    assert res["a"] == (0.875, 0.875, 0.875) and res["b"] == (1.0, 1.0, 1.0)
+    assert res["b-a"] == pytest.approx((0.125, 0.125, 0.125))
+    assert bench.per_run_means(games) == {"a": [0.875, 0.875], "b": [1.0]}
+    # One run given as a bare array or as a one-element list: the same numbers.
+    rng = np.random.default_rng(4)
+    ref, a, b = rng.normal(10, 3, 50), rng.normal(9, 3, 40), rng.normal(11, 3, 60)
+    assert bench.normalised_means([(ref, a, b)], resamples=500, seed=2) == bench.normalised_means(
+        [(ref, [a], [b])], resamples=500, seed=2
+    )
+    # Property: two runs with identical episodes give the one run's point estimate.
+    two = bench.normalised_means([(ref, [a, a.copy()], b)], resamples=500)
+    assert two["a"][0] == pytest.approx(
+        bench.normalised_means([(ref, a, b)], resamples=500)["a"][0]
+    )
+    with pytest.raises(ValueError, match="side a has \\[1, 2\\] runs"):
+        bench.normalised_means([(ref, [a], b), (ref, [a, a], b)], resamples=200)
+
+    def write(name: str, game: str, ret: list[float]) -> str:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"env_id": f"g/{game}-v0", "returns": ret}))
+        return str(path)
+
+    r1, r2 = write("r1", "X", [4.0, 4.0]), write("r2", "Y", [2.0, 2.0])
+    a1 = write("a1", "X", [3.0, 3.0]) + "," + write("a2", "X", [5.0, 5.0])
+    a2 = write("a3", "Y", [2.0, 2.0]) + "," + write("a4", "Y", [1.0, 1.0])
+    b1, b2 = write("b1", "X", [2.0, 2.0]), write("b2", "Y", [3.0, 3.0])
+    args = ["--versus", r1, a1, b1, "--versus", r2, a2, b2, "--resamples", "200"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| A | 87.5 |" in out and "| B | 100.0 |" in out and "| B - A | 12.5 |" in out, out
+    assert "| A | 87.5 | 87.5 |" in out and "| B | 100.0 |\n" in out, out
+    with pytest.raises(SystemExit, match="A has \\[1, 2\\] runs across games"):
+        bench.main(["--versus", r1, a1, b1, "--versus", r2, a2.split(",")[0], b2])
+    with pytest.raises(SystemExit, match="different games \\(g/X-v0 and g/Y-v0 in .*a3.json\\)"):
+        bench.main(["--versus", r1, a1.split(",")[0] + "," + a2.split(",")[0], b1])
+    with pytest.raises(SystemExit, match="B names no file"):
+        bench.main(["--versus", r1, a1, ","])
+
+
 def test_knapsack_self_improvement_decodes_imitates_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -623,6 +677,25 @@ def test_actor_mimic_evals_ratios_from_the_committed_files(tmp_path: Path) -> No
         assert any(game in line and share in line for line in sampled.splitlines())
     for game, share in (("SpaceInvaders", "98.3%"), ("Freeway", "100.0%")):
         assert any(game in line and share in line for line in greedy.splitlines())
+
+
+def test_actor_mimic_evals_ratios_average_several_runs_per_side() -> None:
+    evals = str(ROOT / "docs" / "data" / "actor_mimic_evals500_retrained")
+    one = _evals_script("ratios", "s10m-h512-c32-tau07", "baseline60m-fresh", EVALS=evals)
+    two = _evals_script(
+        "ratios", "s10m-h512-c32-tau07,s5m-v05-ft5m-lr5e-5", "baseline60m-fresh", EVALS=evals
+    )
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    # One run a side: the README's -4.0 (sampled) and +0.1 (greedy), and no per-run table.
+    assert "| B - A | -4.0 |" in one.stdout and "| B - A | 0.1 |" in one.stdout
+    assert "each run's mean" not in one.stdout
+    # Two student runs: one --pair table each, the per-run means as in the README (103.8 and
+    # 101.6 sampled, 100.3 and 98.0 greedy), and B the mean of the two.
+    sampled, greedy = two.stdout.split("## greedy actions", 1)
+    assert sampled.count("as a share of expert") == 2
+    assert "| B | 103.8 | 101.6 |" in sampled and "| B | 100.3 | 98.0 |" in greedy
+    b = [line for line in sampled.splitlines() if line.startswith("| B |")][0]
+    assert float(b.split("|")[2]) == pytest.approx((103.8 + 101.6) / 2, abs=0.1)
 
 
 def test_actor_mimic_evals_experts_writes_both_modes_and_keeps_them(tmp_path: Path) -> None:
