@@ -221,6 +221,41 @@ def test_docs_and_source_files_named_in_the_repository_exist() -> None:
     assert not dead, "references to files that do not exist:\n" + "\n".join(dead)
 
 
+def _github_slug(heading: str) -> str:
+    # GitHub's anchor for a heading: lower case, everything but word characters, hyphens
+    # and spaces dropped (backticks, dots, slashes, brackets), spaces turned into hyphens.
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_github_slug_by_hand() -> None:
+    assert _github_slug("The one mask convention") == "the-one-mask-convention"
+    assert _github_slug("A sharper target: `--tau 0.5`") == "a-sharper-target---tau-05"
+    assert _github_slug("Quantization (`benchmarks/qat_returns.py`)") == (
+        "quantization-benchmarksqat_returnspy"
+    )
+
+
+def test_relative_markdown_links_resolve_to_files_and_headings() -> None:
+    # Every relative link in the README and docs/*.md (outside code blocks) names a file
+    # that exists, and its #anchor, if any, a heading of that file.
+    fence = re.compile(r"```.*?```", re.S)
+    link = re.compile(r"\]\(([^)\s]+)\)")
+    dead = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in link.findall(fence.sub("", doc.read_text())):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = doc.parent / path if path else doc
+            if not file.exists():
+                dead.append(f"{doc.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and file.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", fence.sub("", file.read_text()), re.M)
+                if anchor not in {_github_slug(h) for h in headings}:
+                    dead.append(f"{doc.relative_to(ROOT)}: {target} (no such heading)")
+    assert not dead, "dead links:\n" + "\n".join(dead)
+
+
 def test_mask_convention_pointer_in_envs_masks_is_live() -> None:
     text = (ROOT / "envs" / "masks.py").read_text()
     assert 'README.md, "The one mask convention"' in text and "docs/design-notes.md" in text
