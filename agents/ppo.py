@@ -435,6 +435,15 @@ class PPO(OnPolicyTrainer):
                 agent.rng.load_state_dict(ckpt["rng"])
         except (KeyError, TypeError, RuntimeError) as e:
             raise ValueError(f"checkpoint {path} is not a valid maskrl PPO checkpoint: {e}") from e
+        for what, saved, given in (
+            ("observation", policy.observation_space, agent.observation_space),
+            ("action", policy.action_space, agent.action_space),
+        ):
+            if saved != given:
+                raise ValueError(
+                    f"checkpoint {path} was trained with the {what} space {saved}; the env given "
+                    f"to load has {given}"
+                )
         return agent
 
 

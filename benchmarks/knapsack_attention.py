@@ -24,6 +24,10 @@ the number of items: the raw ones (weight / initial capacity) shrink as
 instances grow, so a policy trained on 5-20 items reads 100-item instances
 out of its training range.
 
+``--features relaxation`` adds, per item, its place in the fractional
+knapsack of the items left (:class:`RelaxationFeatures`: the weight of the
+denser items ahead of it against the capacity left).
+
 ``--samples K`` adds a row ``ppo best of K``: per instance, the better of
 the greedy decode and K solutions sampled from the policy (the sampled
 decoding of neural combinatorial optimisation; it costs K + 1 episodes per
@@ -101,16 +105,74 @@ class ScaleFreeFeatures(gym.ObservationWrapper):  # type: ignore[type-arg]
         return {"item_features": out, "item_mask": obs["item_mask"], "capacity": obs["capacity"]}
 
 
+class RelaxationFeatures(ScaleFreeFeatures):
+    """:class:`ScaleFreeFeatures` plus each item's place in the fractional knapsack.
+
+    The linear relaxation of the instance left (Dantzig's bound) fills the
+    remaining capacity ``R`` with the items that still fit, best value density
+    first. For such an item, with ``B`` the weight of the fitting items ahead
+    of it in that order (denser; ties by index), two more features:
+    ``B / (B + R)`` and ``(B + w) / (B + w + R)``. The item is in the greedy
+    prefix iff the second is <= 1/2; the relaxation's split item has the first
+    <= 1/2 < the second. Both are 1 for an item that no longer fits, and both
+    keep their scale whatever the number of items. Exact 0/1 solutions mostly
+    differ from the relaxation's around the split item (the "core" of the
+    instance), which a sum over the items ranked ahead locates and a softmax
+    attention does not compute easily.
+    """
+
+    def __init__(self, env: gym.Env) -> None:  # type: ignore[type-arg]
+        super().__init__(env)
+        inner = self.observation_space
+        n = inner["item_features"].shape[0]  # type: ignore[index]
+        self.observation_space = gym.spaces.Dict(
+            {
+                "item_features": gym.spaces.Box(-np.inf, np.inf, (n, 6), np.float32),
+                "item_mask": inner["item_mask"],  # type: ignore[index]
+                "capacity": inner["capacity"],  # type: ignore[index]
+            }
+        )
+
+    def observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = super().observation(obs)
+        f, present = obs["item_features"], obs["item_mask"].astype(bool)
+        rows = np.zeros((f.shape[0], 6), dtype=np.float32)
+        rows[:, :4] = out["item_features"]
+        r = float(obs["capacity"][0])
+        w, v = f[:, 0].astype(np.float64), f[:, 1].astype(np.float64)
+        fits = present & (w <= r) & (r > 0)
+        rows[present & ~fits, 4:] = 1.0
+        idx = np.flatnonzero(fits)
+        if idx.size:
+            # Densest first; a stable sort keeps ties in index order.
+            order = idx[np.argsort(-(v[idx] / w[idx]), kind="stable")]
+            ahead = np.concatenate(([0.0], np.cumsum(w[order])[:-1]))
+            rows[order, 4] = ahead / (ahead + r)
+            rows[order, 5] = (ahead + w[order]) / (ahead + w[order] + r)
+        out["item_features"] = rows
+        return out
+
+
 def _make_scale_free(**kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
     import maskrl.envs  # noqa: F401
 
     return ScaleFreeFeatures(gym.make("maskrl/Knapsack-v0", **kwargs).unwrapped)
 
 
+def _make_relaxation(**kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
+    import maskrl.envs  # noqa: F401
+
+    return RelaxationFeatures(gym.make("maskrl/Knapsack-v0", **kwargs).unwrapped)
+
+
 RAW_ID = "maskrl/Knapsack-v0"
 SCALE_FREE_ID = "maskrl_bench/KnapsackScaleFree-v0"
+RELAXATION_ID = "maskrl_bench/KnapsackRelaxation-v0"
 if SCALE_FREE_ID not in gym.registry:
     gym.register(SCALE_FREE_ID, entry_point=_make_scale_free)
+if RELAXATION_ID not in gym.registry:
+    gym.register(RELAXATION_ID, entry_point=_make_relaxation)
+FEATURE_IDS = {"raw": RAW_ID, "scale-free": SCALE_FREE_ID, "relaxation": RELAXATION_ID}
 
 
 def score(
@@ -452,9 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--features",
-        choices=["raw", "scale-free"],
+        choices=sorted(FEATURE_IDS),
         default="scale-free",
-        help="the env's item features (raw), or ScaleFreeFeatures (see above)",
+        help="the env's item features (raw), ScaleFreeFeatures, or RelaxationFeatures "
+        "(scale-free plus each item's place in the fractional knapsack; see above)",
     )
     p.add_argument(
         "--samples",
@@ -550,9 +613,12 @@ def main(argv: list[str] | None = None) -> int:
         attention_heads=a.heads,
         hidden=a.hidden,
     )
-    env_id = RAW_ID if a.features == "raw" else SCALE_FREE_ID
+    env_id = FEATURE_IDS[a.features]
     resumed = a.checkpoint is not None and a.checkpoint.exists()
-    agent = PPO.load(a.checkpoint, device="cpu", env=env_id) if resumed else PPO(env_id, cfg)
+    try:
+        agent = PPO.load(a.checkpoint, device="cpu", env=env_id) if resumed else PPO(env_id, cfg)
+    except ValueError as e:
+        p.error(f"{e}: pass the --features it was trained with, or another --checkpoint")
     if resumed:
         # The network comes from the checkpoint: refuse flags that ask for another one.
         saved = agent.config

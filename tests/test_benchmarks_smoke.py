@@ -182,6 +182,52 @@ def test_knapsack_scale_free_features() -> None:
     free.close()
 
 
+def test_knapsack_relaxation_features_by_hand_and_on_instances() -> None:
+    import gymnasium as gym
+    import numpy as np
+
+    import maskrl.envs  # noqa: F401
+
+    bench = _load("knapsack_attention")
+    env = gym.make(bench.RELAXATION_ID)
+    slots = env.observation_space["item_features"].shape[0]
+    assert env.observation_space["item_features"].shape == (slots, 6)
+    # By hand: 4 present items, remaining capacity 0.6. Densities 2, 1, 2, 0.22; item 3
+    # (weight 0.9) no longer fits. Densest first, ties by index: items 0, 2, 1, with
+    # 0, 0.5 and 0.8 of weight ahead of them.
+    feats = np.zeros((slots, 2), np.float32)
+    feats[:4] = [[0.5, 1.0], [0.25, 0.25], [0.3, 0.6], [0.9, 0.2]]
+    mask = np.zeros(slots, np.int8)
+    mask[:4] = 1
+    obs = {"item_features": feats, "item_mask": mask, "capacity": np.array([0.6], np.float32)}
+    rows = bench.RelaxationFeatures(env.unwrapped).observation(obs)
+    f = rows["item_features"]
+    want = {0: (0.0, 0.5 / 1.1), 2: (0.5 / 1.1, 0.8 / 1.4), 1: (0.8 / 1.4, 1.05 / 1.65), 3: (1, 1)}
+    for i, (ahead, through) in want.items():
+        assert f[i, 4:].tolist() == pytest.approx([ahead, through], abs=1e-6), i
+    assert not f[4:].any()  # padding stays zero
+    scale_free = bench.ScaleFreeFeatures(env.unwrapped).observation(obs)["item_features"]
+    assert np.array_equal(f[:, :4], scale_free)
+    # On real instances: the items with (B + w) / (B + w + R) <= 1/2 are the greedy prefix,
+    # which fits, and adding the split item would not.
+    for seed in range(20):
+        obs, info = env.reset(seed=seed)
+        raw = env.unwrapped._obs()  # type: ignore[attr-defined]
+        w, v = raw["item_features"][:, 0], raw["item_features"][:, 1]
+        r = float(raw["capacity"][0])
+        f = obs["item_features"]
+        present = raw["item_mask"].astype(bool)
+        prefix = present & (f[:, 5] <= 0.5)
+        assert w[prefix].sum() <= r + 1e-6
+        split = present & (f[:, 4] <= 0.5) & (f[:, 5] > 0.5)
+        assert split.sum() <= 1
+        if split.any():
+            assert w[prefix].sum() + w[split].sum() > r - 1e-6
+            density = v / np.maximum(w, 1e-12)
+            assert density[prefix].min() >= density[split].max() - 1e-6
+    env.close()
+
+
 def test_encoder_step_time_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 

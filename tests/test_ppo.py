@@ -281,6 +281,24 @@ def test_save_load_roundtrip_same_actions(tmp_path):
         torch.testing.assert_close(p, q)
 
 
+def test_load_refuses_an_env_with_other_spaces_naming_both(tmp_path):
+    from maskrl.envs import make_vec
+
+    cfg = PPOConfig(num_envs=2, num_steps=8, num_minibatches=1, device="cpu")
+    agent = PPO("maskrl/MinAtar-Breakout-v0", cfg)
+    agent.save(tmp_path / "b.pt")
+    agent.envs.close()
+    # The same game loads; another observation shape (Seaquest: 10 channels) or another
+    # action count (Breakout padded to 18 actions) is one ValueError naming both spaces.
+    PPO.load(tmp_path / "b.pt", device="cpu", env="maskrl/MinAtar-Breakout-v0").envs.close()
+    with pytest.raises(ValueError, match=r"observation space Box.*\(4, 10, 10\).*\(10, 10, 10\)"):
+        PPO.load(tmp_path / "b.pt", device="cpu", env="maskrl/MinAtar-Seaquest-v0")
+    envs = make_vec("maskrl/MinAtar-Breakout-v0", 2, seed=0, num_actions=18)
+    with pytest.raises(ValueError, match=r"action space Discrete\(6\); .* Discrete\(18\)"):
+        PPO.load(tmp_path / "b.pt", device="cpu", env=envs)
+    envs.close()
+
+
 def test_policy_head_sample_frequencies_match_renormalised_probs():
     torch.manual_seed(2)
     logits = torch.tensor([[0.5, -1.0, 2.0, 0.0, 9.0, 1.0]])
