@@ -15,7 +15,9 @@
 #    benchmarks/transfer.py drew (PPO from the student's encoder vs from
 #    scratch, mean and min-max band over seeds, one panel per held-out game);
 # 5. docs/img/minatar_baseline60m_vs_finetune.png: the fresh 60M-step baseline
-#    against the experts, a distilled student and its PPO fine-tune (below).
+#    against the experts, a distilled student and its PPO fine-tune (below);
+# 6. docs/img/minatar_experts_retrained.png: the retrained experts (am5-pub) the
+#    README's tables use, with the published targets as dashed lines.
 #
 #     bash benchmarks/actor_mimic_plots.sh [RUNS_DIR]        # default: runs
 #
@@ -111,6 +113,18 @@ PYEOF
     $PY train.py plot "$R"/mg-baseline-60m --smooth 20 "${marks[@]}" \
         --title "Multi-game PPO from scratch (60M steps) vs the experts and the students" \
         --out docs/img/minatar_baseline60m_vs_finetune.png
+fi
+
+# 6. The retrained experts (RUNS_DIR/am5-pub: the README's three experts commands).
+shopt -s nullglob
+retrained=("$R"/am5-pub/MinAtar-*-v0)
+shopt -u nullglob
+if [ ${#retrained[@]} -gt 0 ]; then
+    $PY train.py plot "${retrained[@]}" --smooth 20 \
+        --mark Breakout=28:published --mark SpaceInvaders=130:published --mark Asterix=15:published \
+        --mark Freeway=58:published --mark Seaquest=20:published \
+        --title "Experts of the README's tables: --preset minatar, 10M steps per game" \
+        --out docs/img/minatar_experts_retrained.png
 fi
 
 # benchmarks/transfer.py draws this figure itself (train.py plot --group, one
