@@ -729,19 +729,19 @@ def test_actor_mimic_evals_ratios_average_several_runs_per_side() -> None:
     evals = str(ROOT / "docs" / "data" / "actor_mimic_evals500_retrained")
     one = _evals_script("ratios", "s10m-h512-c32-tau07", "baseline60m-fresh", EVALS=evals)
     two = _evals_script(
-        "ratios", "s10m-h512-c32-tau07,s5m-v05-ft5m-lr5e-5", "baseline60m-fresh", EVALS=evals
+        "ratios", "s10m-h512-c32-tau07,s10m-h512-c32-tau07-s2", "baseline60m-fresh", EVALS=evals
     )
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     # One run a side: the README's -4.0 (sampled) and +0.1 (greedy), and no per-run table.
     assert "| B - A | -4.0 |" in one.stdout and "| B - A | 0.1 |" in one.stdout
     assert "each run's mean" not in one.stdout
-    # Two student runs: one --pair table each, the per-run means as in the README (103.8 and
-    # 101.6 sampled, 100.3 and 98.0 greedy), and B the mean of the two.
+    # The student's two seeds: one --pair table each, each seed's mean of the percentages
+    # as in the README (103.8 and 104.8 sampled, 100.3 and 99.3 greedy), and B their mean.
     sampled, greedy = two.stdout.split("## greedy actions", 1)
     assert sampled.count("as a share of expert") == 2
-    assert "| B | 103.8 | 101.6 |" in sampled and "| B | 100.3 | 98.0 |" in greedy
+    assert "| B | 103.8 | 104.8 |" in sampled and "| B | 100.3 | 99.3 |" in greedy
     b = [line for line in sampled.splitlines() if line.startswith("| B |")][0]
-    assert float(b.split("|")[2]) == pytest.approx((103.8 + 101.6) / 2, abs=0.1)
+    assert float(b.split("|")[2]) == pytest.approx((103.8 + 104.8) / 2, abs=0.1)
 
 
 def test_actor_mimic_evals_experts_writes_both_modes_and_keeps_them(tmp_path: Path) -> None:
