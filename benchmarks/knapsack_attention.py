@@ -62,6 +62,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,25 +154,18 @@ class RelaxationFeatures(ScaleFreeFeatures):
         return out
 
 
-def _make_scale_free(**kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
+def _make_wrapped(wrapper: type[gym.ObservationWrapper], **kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
     import maskrl.envs  # noqa: F401
 
-    return ScaleFreeFeatures(gym.make("maskrl/Knapsack-v0", **kwargs).unwrapped)
-
-
-def _make_relaxation(**kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
-    import maskrl.envs  # noqa: F401
-
-    return RelaxationFeatures(gym.make("maskrl/Knapsack-v0", **kwargs).unwrapped)
+    return wrapper(gym.make("maskrl/Knapsack-v0", **kwargs).unwrapped)
 
 
 RAW_ID = "maskrl/Knapsack-v0"
 SCALE_FREE_ID = "maskrl_bench/KnapsackScaleFree-v0"
 RELAXATION_ID = "maskrl_bench/KnapsackRelaxation-v0"
-if SCALE_FREE_ID not in gym.registry:
-    gym.register(SCALE_FREE_ID, entry_point=_make_scale_free)
-if RELAXATION_ID not in gym.registry:
-    gym.register(RELAXATION_ID, entry_point=_make_relaxation)
+for _id, _wrapper in ((SCALE_FREE_ID, ScaleFreeFeatures), (RELAXATION_ID, RelaxationFeatures)):
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=partial(_make_wrapped, _wrapper))
 FEATURE_IDS = {"raw": RAW_ID, "scale-free": SCALE_FREE_ID, "relaxation": RELAXATION_ID}
 
 
