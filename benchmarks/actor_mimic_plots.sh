@@ -31,6 +31,10 @@ cd "$(dirname "$0")/.."
 R=${1:-runs}
 PY=${PYTHON:-python}
 
+# The published MinAtar level per game, drawn as dashed lines on the experts' figures.
+published=(--mark Breakout=28:published --mark SpaceInvaders=130:published --mark Asterix=15:published
+           --mark Freeway=58:published --mark Seaquest=20:published)
+
 # The experts' runs: the README's two experts commands, plus the folders the
 # Seaquest runs were trained into when they ran in parallel with the others.
 shopt -s nullglob
@@ -40,8 +44,7 @@ shopt -u nullglob
 # Each figure is drawn only where its runs exist (a checkout may hold some of them).
 if [ ${#experts[@]} -gt 0 ]; then
 $PY train.py plot "${experts[@]}" --smooth 20 \
-    --mark Breakout=28:published --mark SpaceInvaders=130:published --mark Asterix=15:published \
-    --mark Freeway=58:published --mark Seaquest=20:published \
+    "${published[@]}" \
     --title "Experts: masked PPO, --preset minatar, 10M steps per game" --out docs/img/minatar_experts.png
 fi
 
@@ -121,8 +124,7 @@ retrained=("$R"/am5-pub/MinAtar-*-v0)
 shopt -u nullglob
 if [ ${#retrained[@]} -gt 0 ]; then
     $PY train.py plot "${retrained[@]}" --smooth 20 \
-        --mark Breakout=28:published --mark SpaceInvaders=130:published --mark Asterix=15:published \
-        --mark Freeway=58:published --mark Seaquest=20:published \
+        "${published[@]}" \
         --title "Experts of the README's tables: --preset minatar, 10M steps per game" \
         --out docs/img/minatar_experts_retrained.png
 fi
