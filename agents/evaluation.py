@@ -28,6 +28,7 @@ def evaluate(
     stop: Any = None,
     use_mask: bool = True,
     flicker: float = 0.0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Play ``episodes`` full episodes per game and report their returns.
 
@@ -60,6 +61,8 @@ def evaluate(
         flicker: blank each observation with this probability, in ``[0, 1)``
             (:class:`maskrl.envs.Flicker`; one game only): evaluates an agent
             trained with ``--flicker`` on the screens it was trained on.
+        progress: show a progress bar on stderr (episodes finished of all games'
+            episodes, and their mean return so far); the result does not depend on it.
 
     Returns:
         ``{"mean": ..., "std": ..., "episodes": n, "returns": [...],
@@ -124,6 +127,7 @@ def evaluate(
         envs = make_multigame_vec(layout, n, seed=seed, play=ids)
     else:  # a multi-game agent of one game (a one-expert student) still reads {"obs", "game_id"}
         envs = make_multigame_vec(ids, n, seed=seed)
+    bar = None
     try:
         _check_spaces(agent, envs)
         # Slot i plays game i % k; split each game's episodes over its slots.
@@ -141,6 +145,11 @@ def evaluate(
         # A recurrent agent's state is carried from step to step and zeroed at episode ends.
         pstate: Any = None
         episode_start = np.zeros(n, dtype=np.bool_)
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=episodes * k, unit="episode", dynamic_ncols=True, mininterval=1.0)
+        finished_sum = 0.0
         obs, infos = envs.reset(seed=seed)
         n_logits = int(np.asarray(infos["action_mask"]).shape[1])
         nvec = getattr(getattr(agent, "head", None), "nvec", None)
@@ -168,12 +177,18 @@ def evaluate(
                 if quota[i] > 0:
                     returns[i % k].append(float(ep_ret[i]))
                     quota[i] -= 1
+                    if bar is not None:
+                        finished_sum += float(ep_ret[i])
+                        bar.update(1)
+                        bar.set_postfix(mean_return=f"{finished_sum / bar.n:.2f}", refresh=False)
                 ep_ret[i] = 0.0
         if (quota > 0).any():
             raise RuntimeError(
                 f"evaluation did not finish {episodes} episodes within {max_steps} steps"
             )
     finally:
+        if bar is not None:
+            bar.close()
         envs.close()
 
     def summary(g: int) -> dict[str, Any]:

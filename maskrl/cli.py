@@ -247,6 +247,19 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     )
     ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation envs (default: 0)")
     ev.add_argument(
+        "--num-envs",
+        type=int,
+        default=None,
+        help="parallel envs, split evenly over the games (default: up to 8 per game); "
+        "the episodes played depend on it, so compare evaluations made with the same value",
+    )
+    ev.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar (episodes finished, on stderr)",
+    )
+    ev.add_argument(
         "--deterministic", action="store_true", help="take the most probable valid action"
     )
     ev.add_argument(
@@ -761,6 +774,8 @@ def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -
     if not 1 <= ns.episodes <= MAX_EPISODES:
         raise ValueError(f"--episodes must be in [1, {MAX_EPISODES:,}], got {ns.episodes}")
     _check_output(ns.output)
+    if ns.num_envs is not None and ns.num_envs < 1:
+        raise ValueError(f"--num-envs must be at least 1, got {ns.num_envs}")
     if ns.flicker is not None and not (math.isfinite(ns.flicker) and 0 <= ns.flicker < 1):
         raise ValueError(f"--flicker must be in [0, 1), got {ns.flicker}")
     policy = load_policy(ns.checkpoint, device="cpu" if ns.int8 else ns.device, seed=ns.seed)
@@ -789,7 +804,7 @@ def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -
         flicker = float(saved.get("flicker", 0.0)) if isinstance(saved, dict) else 0.0
     res = evaluate(
         policy, env, ns.episodes, seed=ns.seed, deterministic=ns.deterministic, stop=signals,
-        use_mask=ns.use_mask, flicker=flicker,
+        use_mask=ns.use_mask, flicker=flicker, num_envs=ns.num_envs, progress=ns.progress,
     )  # fmt: skip
     _print_eval(res)
     if ns.output:

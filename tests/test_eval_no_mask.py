@@ -79,3 +79,41 @@ def test_cli_eval_no_mask_reports_the_invalid_actions(
     assert f"invalid actions: {rate:.1%} of steps" in capsys.readouterr().out
     assert train.main(["eval", "--checkpoint", ckpt, "--episodes", "2", "--output", str(out)]) == 0
     assert json.loads(out.read_text())["invalid_action_rate"] == 0.0
+
+
+def test_the_progress_bar_counts_every_episode_and_changes_no_result(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ids = [BREAKOUT, "maskrl/MinAtar-Freeway-v0"]
+    quiet = evaluate(Prefers(3, ids), ids, episodes=3, seed=5, num_envs=4)
+    capsys.readouterr()
+    shown = evaluate(Prefers(3, ids), ids, episodes=3, seed=5, num_envs=4, progress=True)
+    err = capsys.readouterr().err
+    assert shown == quiet
+    assert "6/6" in err and "episode" in err  # 3 episodes of each of the 2 games
+    mean = np.mean(quiet["per_game"][BREAKOUT]["returns"] + quiet["per_game"][ids[1]]["returns"])
+    assert f"mean_return={mean:.2f}" in err
+
+
+def test_cli_eval_num_envs_and_no_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "runs" / "r"
+    assert train.main(["ppo", "--env", BREAKOUT, "--total-timesteps", "256", "--num-envs", "2",
+                       "--num-steps", "64", "--runs-dir", str(tmp_path / "runs"), "--run-name",
+                       "r", "--eval-episodes", "0", "--no-progress"]) == 0  # fmt: skip
+    ckpt = str(run / "checkpoint.pt")
+    capsys.readouterr()
+    from maskrl.agents import load_policy
+
+    policy = load_policy(ckpt, device="cpu")
+    for n in (1, 3):
+        out = tmp_path / f"e{n}.json"
+        args = ["eval", "--checkpoint", ckpt, "--episodes", "3", "--seed", "7", "--deterministic"]
+        assert train.main([*args, "--num-envs", str(n), "--no-progress", "--output", str(out)]) == 0
+        # The flag reaches evaluate: the same episodes as evaluate(num_envs=n).
+        want = evaluate(policy, BREAKOUT, 3, seed=7, deterministic=True, num_envs=n)
+        assert json.loads(out.read_text()) == want
+    assert "episode" not in capsys.readouterr().err  # --no-progress: no bar
+    assert train.main(["eval", "--checkpoint", ckpt, "--num-envs", "0"]) == 2
+    assert "--num-envs must be at least 1, got 0" in capsys.readouterr().err

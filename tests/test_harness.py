@@ -322,11 +322,16 @@ def test_eval_ctrl_c_does_not_claim_to_save(
     monkeypatch.setattr(policy_mod.MaskedPolicy, "predict", predict_then_ctrl_c)
     capsys.readouterr()
     argv = ["eval", "--checkpoint", str(run / "checkpoint.pt"), "--episodes", "100000"]
-    assert train.main([*argv, "--device", "cpu"]) == 130
+    assert train.main([*argv, "--device", "cpu", "--no-progress"]) == 130
     assert calls == 3  # stopped at once, not after 100000 episodes
     err = capsys.readouterr().err
     assert "saving a checkpoint" not in err
     assert err.strip() == "train.py: stopped (Ctrl-C) during the evaluation; nothing was written"
+    # With the progress bar, the message still stands on a line of its own, last.
+    calls = 0
+    assert train.main([*argv, "--device", "cpu"]) == 130
+    last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+    assert last == "train.py: stopped (Ctrl-C) during the evaluation; nothing was written"
 
 
 def test_sigterm_in_the_final_evaluation_exits_143_and_its_advice_works(tmp_path: Path) -> None:
