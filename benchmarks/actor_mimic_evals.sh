@@ -21,13 +21,17 @@
 # --versus averages the runs of each side (and prints each run's mean).
 #
 # Environment: EVALS (default runs/evals500), EPISODES (500), SEED (100000),
-# GAMES (default: Breakout SpaceInvaders Asterix Freeway Seaquest), PYTHON.
+# GAMES (default: Breakout SpaceInvaders Asterix Freeway Seaquest), PYTHON,
+# NUM_ENVS (parallel envs per evaluation; default: train.py eval's 8 per game.
+# Another value plays other episodes -- still an unbiased sample -- and runs
+# faster: about 2.5x at 32 on a 2-core CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 EVALS=${EVALS:-runs/evals500}
 EPISODES=${EPISODES:-500}
 SEED=${SEED:-100000}
+NUM_ENVS=${NUM_ENVS:-}
 read -r -a games <<< "${GAMES:-Breakout SpaceInvaders Asterix Freeway Seaquest}"
 
 usage() {
@@ -53,9 +57,12 @@ evaluate() {  # evaluate KIND SOURCE TAG
         for mode in sampled greedy; do
             prefix=""
             flags=()
+            if [ -n "$NUM_ENVS" ]; then
+                flags+=(--num-envs "$NUM_ENVS")
+            fi
             if [ "$mode" = greedy ]; then
                 prefix="greedy-"
-                flags=(--deterministic)
+                flags+=(--deterministic)
             fi
             out="$EVALS/$prefix$tag-$g.json"
             if [ -f "$out" ]; then

@@ -759,6 +759,15 @@ def test_actor_mimic_evals_experts_writes_both_modes_and_keeps_them(tmp_path: Pa
         assert len(json.loads((tmp_path / "e" / name).read_text())["returns"]) == 2
     again = _evals_script("experts", str(runs), "x", **env)
     assert again.returncode == 0 and again.stdout.count("keeping") == 2
+    # NUM_ENVS reaches train.py eval --num-envs: the episodes evaluate(num_envs=1) plays.
+    from maskrl.agents import evaluate, load_policy
+
+    one = _evals_script("experts", str(runs), "n1", **env, NUM_ENVS="1")
+    assert one.returncode == 0, one.stderr
+    policy = load_policy(runs / "MinAtar-Breakout-v0" / "checkpoint.pt", device="cpu")
+    want = evaluate(policy, "maskrl/MinAtar-Breakout-v0", 2, seed=100000, deterministic=True,
+                    num_envs=1)  # fmt: skip
+    assert json.loads((tmp_path / "e" / "greedy-n1-Breakout.json").read_text()) == want
     bad = _evals_script("agent", str(tmp_path / "none.pt"), "y", **env)
     assert bad.returncode == 2 and "no checkpoint at" in bad.stderr
     assert _evals_script().returncode == 2
