@@ -17,7 +17,10 @@
 # 5. docs/img/minatar_baseline60m_vs_finetune.png: the fresh 60M-step baseline
 #    against the experts, a distilled student and its PPO fine-tune (below);
 # 6. docs/img/minatar_experts_retrained.png: the retrained experts (am5-pub) the
-#    README's tables use, with the published targets as dashed lines.
+#    README's tables use, with the published targets as dashed lines;
+# 7. docs/img/minatar_experts_alloc.png: the experts trained with the 50M steps
+#    allocated by the curves of figure 6 (am5-alloc: 16M, 12M, 12M, 7M, 3M steps),
+#    with the published targets as dashed lines.
 #
 #     bash benchmarks/actor_mimic_plots.sh [RUNS_DIR]        # default: runs
 #
@@ -25,7 +28,7 @@
 # am5-minatar-b and am5-minatar-ent03-sq (the experts' own runs), am5-10m (the experts folder the students use), am10m-s4m-h256
 # (the student), am10m-mg-baseline (the baseline), am5-pub, pub-s10m-h256, pub-s10m-h512 and, if present,
 # pub-s10m-h512-c32, pub-s10m-h512-c32-tau05, pub-s15m-h512 and evals500 (the students, their experts and the
-# experts' 500-episode evaluations), transfer (benchmarks/transfer.py --out).
+# experts' 500-episode evaluations), am5-alloc (the re-allocated experts), transfer (benchmarks/transfer.py --out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs}
@@ -127,6 +130,17 @@ if [ ${#retrained[@]} -gt 0 ]; then
         "${published[@]}" \
         --title "Experts of the README's tables: --preset minatar, 10M steps per game" \
         --out docs/img/minatar_experts_retrained.png
+fi
+
+# 7. The re-allocated experts (RUNS_DIR/am5-alloc).
+shopt -s nullglob
+alloc=("$R"/am5-alloc/MinAtar-*-v0)
+shopt -u nullglob
+if [ ${#alloc[@]} -gt 0 ]; then
+    $PY train.py plot "${alloc[@]}" --smooth 5 \
+        "${published[@]}" \
+        --title "Experts with the 50M steps allocated by their curves (16M, 12M, 12M, 7M, 3M)" \
+        --out docs/img/minatar_experts_alloc.png
 fi
 
 # benchmarks/transfer.py draws this figure itself (train.py plot --group, one
