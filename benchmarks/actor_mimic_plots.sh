@@ -121,27 +121,25 @@ PYEOF
         --out docs/img/minatar_baseline60m_vs_finetune.png
 fi
 
-# 6. The retrained experts (RUNS_DIR/am5-pub: the README's three experts commands).
-shopt -s nullglob
-retrained=("$R"/am5-pub/MinAtar-*-v0)
-shopt -u nullglob
-if [ ${#retrained[@]} -gt 0 ]; then
-    $PY train.py plot "${retrained[@]}" --smooth 20 \
-        "${published[@]}" \
-        --title "Experts of the README's tables: --preset minatar, 10M steps per game" \
-        --out docs/img/minatar_experts_retrained.png
-fi
+# One experts folder's training curves, with the published level as dashed lines,
+# if the folder holds expert runs: experts_figure FOLDER SMOOTH TITLE OUT.
+experts_figure() {
+    local runs
+    shopt -s nullglob
+    runs=("$1"/MinAtar-*-v0)
+    shopt -u nullglob
+    if [ ${#runs[@]} -gt 0 ]; then
+        $PY train.py plot "${runs[@]}" --smooth "$2" "${published[@]}" --title "$3" --out "$4"
+    fi
+}
 
-# 7. The re-allocated experts (RUNS_DIR/am5-alloc).
-shopt -s nullglob
-alloc=("$R"/am5-alloc/MinAtar-*-v0)
-shopt -u nullglob
-if [ ${#alloc[@]} -gt 0 ]; then
-    $PY train.py plot "${alloc[@]}" --smooth 5 \
-        "${published[@]}" \
-        --title "Experts with the 50M steps allocated by their curves (16M, 12M, 12M, 7M, 3M)" \
-        --out docs/img/minatar_experts_alloc.png
-fi
+# 6. The retrained experts (RUNS_DIR/am5-pub: the README's three experts commands).
+experts_figure "$R/am5-pub" 20 "Experts of the README's tables: --preset minatar, 10M steps per game" \
+    docs/img/minatar_experts_retrained.png
+# 7. The re-allocated experts (RUNS_DIR/am5-alloc); a shorter smoothing window,
+# as Freeway's 3M steps log few episodes.
+experts_figure "$R/am5-alloc" 5 "Experts with the 50M steps allocated by their curves (16M, 12M, 12M, 7M, 3M)" \
+    docs/img/minatar_experts_alloc.png
 
 # benchmarks/transfer.py draws this figure itself (train.py plot --group, one
 # panel per held-out game) into its --out folder.
