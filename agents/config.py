@@ -341,6 +341,11 @@ class MimicConfig(TrainerConfig):
         f"{TOKENS_ATTENTION_LAYERS} with --multigame-encoder tokens, 0 with cnn)",
     )
     attention_heads: int = _f(4, "heads of each self-attention block of the tokens encoder")
+    relative_position: bool = _f(
+        False,
+        "tokens encoder: a learned attention-logit bias per relative grid offset of two tokens "
+        "(per block and head), so attention can relate objects by where they are from each other",
+    )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field (and its flag) of an impossible value."""
@@ -368,6 +373,11 @@ class MimicConfig(TrainerConfig):
             if self.attention_layers and self.multigame_encoder != "tokens":
                 _check(self, "attention_layers", False, "0 unless --multigame-encoder tokens")
         _check(self, "attention_heads", 1 <= self.attention_heads <= 64, "in [1, 64]")
+        if self.relative_position:
+            if self.multigame_encoder != "tokens":
+                _check(self, "relative_position", False, "off unless --multigame-encoder tokens")
+            if self.attention_layers == 0:
+                _check(self, "relative_position", False, "off with --attention-layers 0")
 
 
 # ----------------------------------------------------------------- the run

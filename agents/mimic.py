@@ -323,6 +323,8 @@ class ActorMimic(OnPolicyTrainer):
         if layers:  # recorded, so the checkpoint rebuilds the same network
             net_kwargs["attention_layers"] = layers
             net_kwargs["attention_heads"] = c.attention_heads
+        if c.relative_position:
+            net_kwargs["relative_position"] = True
         policy = MaskedPolicy.build(
             obs_space, act_space, self.env_ids, device, c.seed, **net_kwargs
         )

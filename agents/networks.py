@@ -92,6 +92,7 @@ def _token_encoder(
     channels_per_game: Sequence[int] | None,
     attention_layers: int,
     attention_heads: int,
+    relative_position: bool = False,
 ) -> GridTokenEncoder:
     if channels_per_game is None:
         raise ValueError(
@@ -115,6 +116,7 @@ def _token_encoder(
         shape[2],
         layers=attention_layers,
         attention_heads=attention_heads,
+        relative_position=relative_position,
     )
 
 
@@ -129,6 +131,7 @@ def build_actor_critic(
     conv_filters: int | None = None,
     attention_layers: int = 0,
     attention_heads: int = 1,
+    relative_position: bool = False,
     lstm_hidden: int | None = None,
 ) -> nn.Module:
     """Pick a default actor-critic from Gymnasium spaces.
@@ -173,6 +176,10 @@ def build_actor_critic(
             0: none (each item or token encoded on its own). Only for those
             two networks.
         attention_heads: heads of each self-attention block.
+        relative_position: the token encoder's self-attention adds a learned
+            bias per relative grid offset of two tokens
+            (:class:`~maskrl.tokens.GridTokenEncoder`); only with
+            ``multigame_encoder="tokens"`` and ``attention_layers >= 1``.
         lstm_hidden: wrap the network in a
             :class:`~maskrl.networks.RecurrentActorCritic` with an LSTM of this
             many units between its encoder and its heads (recurrent PPO); None:
@@ -203,7 +210,7 @@ def build_actor_critic(
             observation_space, action_space, obs_layout,
             multigame_encoder=multigame_encoder, channels_per_game=channels_per_game,
             hidden=hidden, conv_filters=conv_filters, attention_layers=attention_layers,
-            attention_heads=attention_heads,
+            attention_heads=attention_heads, relative_position=relative_position,
         )  # fmt: skip
         return RecurrentActorCritic(base, lstm_hidden)
     if obs_layout not in OBS_LAYOUTS:
@@ -230,6 +237,12 @@ def build_actor_critic(
             f"attention_layers={attention_layers} needs a set observation (item_features + "
             'item_mask) or multigame_encoder="tokens"; this network has no set of items or '
             "tokens to attend over"
+        )
+    if relative_position and not (multigame_encoder == "tokens" and attention_layers >= 1):
+        raise ValueError(
+            "relative_position=True biases the token encoder's self-attention: it needs "
+            f'multigame_encoder="tokens" and attention_layers >= 1, got '
+            f"multigame_encoder={multigame_encoder!r}, attention_layers={attention_layers}"
         )
     if hidden is not None and (
         multigame_encoder == "tokens" or isinstance(observation_space, spaces.Discrete)
@@ -278,6 +291,7 @@ def build_actor_critic(
                     channels_per_game,
                     attention_layers,
                     attention_heads,
+                    relative_position,
                 )
             else:
                 encoder = _encoder_for_box(tuple(inner.shape), obs_layout, hidden, conv_filters)

@@ -7,7 +7,9 @@ Builds the student network of each encoder for the five MinAtar games
 * ``cnn``          -- the padded-channel MinAtar CNN (the default);
 * ``tokens``       -- ``GridTokenEncoder``, a bag of cell tokens (no self-attention);
 * ``tokens+attn``  -- ``GridTokenEncoder`` with ``--layers`` self-attention blocks
-  of ``--heads`` heads.
+  of ``--heads`` heads;
+* ``tokens+relpos`` -- the same with ``relative_position=True`` (a learned
+  logit bias per relative grid offset of two tokens).
 
 and times, interleaved in one process so that a shared machine's load hits
 each alike: one acting forward over ``--envs`` screens (no gradient), and one
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             "attention_heads": a.heads,
         },
     }
+    if a.layers:
+        kinds["tokens+relpos"] = {**kinds["tokens+attn"], "relative_position": True}
     old_threads = torch.get_num_threads()
     torch.set_num_threads(a.threads)
     try:
@@ -131,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.envs}, update minibatch {a.minibatch}; learner steps/s = {a.envs}x{a.steps} env "
         f"steps per ({a.steps} acting forwards + {a.updates} updates)"
     )
-    print(f"  {'encoder':12s} {'act ms':>8s} {'update ms':>10s} {'steps/s':>8s} {'params':>8s}")
+    print(f"  {'encoder':13s} {'act ms':>8s} {'update ms':>10s} {'steps/s':>8s} {'params':>8s}")
     for k, t in times.items():
         act, upd = statistics.median(t["act"]), statistics.median(t["update"])
         sps = a.envs * a.steps / (a.steps * act + a.updates * upd)
         params = sum(x.numel() for x in nets[k].parameters())
-        print(f"  {k:12s} {act * 1e3:8.2f} {upd * 1e3:10.2f} {sps:8.0f} {params:8d}")
+        print(f"  {k:13s} {act * 1e3:8.2f} {upd * 1e3:10.2f} {sps:8.0f} {params:8d}")
     return 0
 
 

@@ -23,9 +23,12 @@ minutes, and compares encoder variants at equal steps and seeds:
   trail, or the sub's front and back, meet in one token;
 * ``convpost``  -- ``conv`` plus the dense layer of ``post``;
 * ``post-l3``   -- ``post`` with 3 self-attention blocks;
-* ``post-lr5e-4`` -- ``post`` at learning rate 5e-4.
+* ``post-lr5e-4`` -- ``post`` at learning rate 5e-4;
+* ``relpos``    -- ``tokens`` with ``--relative-position``: each self-attention
+  logit gets a learned bias for the two tokens' relative grid offset.
 
-The variants other than ``cnn`` and ``tokens`` exist only here: each run is a
+``cnn``, ``tokens`` and ``relpos`` are ``train.py mimic``'s own encoders; the
+other variants exist only here: each run is a
 subprocess that replaces the builder of the token encoder
 (``maskrl.agents.networks._token_encoder``) with the variant's, then runs
 ``train.py mimic`` unchanged. Per run it reports the greedy evaluation's mean
@@ -70,6 +73,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "convpost": ({"conv": True, "post": 128}, []),
     "post-l3": ({"post": 128}, ["--attention-layers", "3"]),
     "post-lr5e-4": ({"post": 128}, ["--learning-rate", "0.0005"]),
+    "relpos": ({}, ["--relative-position"]),
 }
 
 
@@ -100,9 +104,9 @@ def _install_variant(options: dict[str, Any]) -> None:
                     torch.randn(self.num_games, fan_in, self.dim) / math.sqrt(fan_in / 4)
                 )
 
-        def tokenize(self, obs: torch.Tensor, game_id: torch.Tensor) -> Any:
+        def tokenize_cells(self, obs: torch.Tensor, game_id: torch.Tensor) -> Any:
             if not self.use_conv:
-                return super().tokenize(obs, game_id)
+                return super().tokenize_cells(obs, game_id)
             game_id = game_id.long()
             cells = self.height * self.width
             x = obs.float()
@@ -116,9 +120,11 @@ def _install_variant(options: dict[str, Any]) -> None:
             pos = (self.row_embedding[:, None, :] + self.col_embedding[None, :, :]).reshape(
                 cells, self.dim
             )
-            return torch.bmm(nbk, self.neighbourhood[game_id]) + pos[order], present
+            return torch.bmm(nbk, self.neighbourhood[game_id]) + pos[order], present, order
 
-        def encode(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        def encode(
+            self, tokens: torch.Tensor, present: torch.Tensor, cells: Any = None
+        ) -> torch.Tensor:
             zero = torch.zeros((), dtype=tokens.dtype)
             h = torch.where(present[..., None], tokens, zero)
             for block in self.blocks:
@@ -131,7 +137,17 @@ def _install_variant(options: dict[str, Any]) -> None:
                 out = torch.relu(self.post(out))
             return out
 
-    def build(shape: Any, layout: Any, num_games: int, channels: Any, layers: int, heads: int):
+    def build(
+        shape: Any,
+        layout: Any,
+        num_games: int,
+        channels: Any,
+        layers: int,
+        heads: int,
+        relative_position: bool = False,
+    ) -> VariantEncoder:
+        if relative_position:
+            raise SystemExit("the screen's own variants do not take --relative-position")
         return VariantEncoder([int(c) for c in channels], shape[1], shape[2], layers, heads)
 
     networks._token_encoder = build  # type: ignore[assignment]
@@ -235,7 +251,8 @@ def main() -> int:
 
 if __name__ == "__main__":
     if os.environ.get(CHILD):  # a child: one train.py mimic run with the variant's encoder
-        _install_variant(VARIANTS[os.environ[CHILD]][0])
+        if VARIANTS[os.environ[CHILD]][0]:  # train.py's own encoder otherwise
+            _install_variant(VARIANTS[os.environ[CHILD]][0])
         from maskrl.cli import main as cli_main
 
         sys.exit(cli_main(sys.argv[1:]))

@@ -242,20 +242,59 @@ class SelfAttentionBlock(nn.Module):
         self.ff1 = nn.Linear(dim, ff)
         self.ff2 = nn.Linear(ff, dim)
 
-    def attention(self, h: Tensor, key_ok: Tensor) -> Tensor:
+    def _check_bias(self, bias: Tensor, present: Tensor) -> Tensor:
+        """Validate an attention bias and zero its entries at padded items (query or key)."""
+        b, n = present.shape
+        if (
+            not isinstance(bias, Tensor)
+            or bias.dim() != 4
+            or bias.shape[0] not in (1, b)
+            or bias.shape[1] not in (1, self.num_heads)
+            or tuple(bias.shape[2:]) != (n, n)
+        ):
+            got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+            raise ValueError(
+                f"bias must have shape [B, num_heads, N, N] = [{b}, {self.num_heads}, {n}, {n}] "
+                f"(or size 1 in its first two dimensions), got {got}"
+            )
+        if not bias.is_floating_point():
+            raise ValueError(f"bias must be a float tensor, got {bias.dtype}")
+        # torch.where, not a product: NaN at a padded pair must not survive,
+        # and no gradient flows to those entries.
+        pair = present[:, None, :, None] & present[:, None, None, :]
+        return torch.where(pair, bias, torch.zeros((), dtype=bias.dtype, device=bias.device))
+
+    def attention(self, h: Tensor, key_ok: Tensor, bias: Tensor | None = None) -> Tensor:
         """Multi-head attention of the normalised items ``h [B, N, dim]``.
 
         ``key_ok [B, N]`` (bool) marks the keys each query may attend to; every
-        row must have at least one. Returns the projected context ``[B, N, dim]``.
+        row must have at least one. ``bias`` (optional, ``[B, heads, N, N]``,
+        finite) is added to the attention logits of the allowed keys. Returns
+        the projected context ``[B, N, dim]``.
         """
         b, n, _ = h.shape
         heads, hd = self.num_heads, self.head_dim
         q, k, v = self.qkv(h).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)  # 3 x [B, h, N, hd]
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok[:, None, None, :])
+        mask: Tensor = key_ok[:, None, None, :]
+        if bias is not None:
+            # A float mask is added to the logits: -inf (not a large negative
+            # number) keeps masked keys at exactly zero weight in every dtype.
+            neg = torch.full((), float("-inf"), dtype=q.dtype, device=q.device)
+            mask = torch.where(mask, bias.to(q.dtype), neg)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(context.transpose(1, 2).reshape(b, n, self.dim))
 
-    def forward(self, x: Tensor, present: Tensor) -> Tensor:
-        """Relate the present items of ``x [B, N, dim]`` to each other; see the class docstring."""
+    def forward(self, x: Tensor, present: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Relate the present items of ``x [B, N, dim]`` to each other; see the class docstring.
+
+        ``bias`` (optional): ``[B, num_heads, N, N]`` (or broadcastable to it:
+        size 1 in the first two dimensions), added to the attention logit of
+        query ``i`` for key ``j`` -- e.g. a learned function of the two items'
+        relative position (:class:`maskrl.GridTokenEncoder` with
+        ``relative_position=True``). Entries at padded items are ignored, as
+        the padded items are (they may hold anything, NaN included); entries
+        between present items must be finite.
+        """
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape [B, N, {self.dim}], got {tuple(x.shape)}")
         if not isinstance(present, Tensor) or present.shape != x.shape[:2]:
@@ -268,6 +307,8 @@ class SelfAttentionBlock(nn.Module):
         # An empty row would mask every key (NaN from the softmax): let it
         # attend over its own zeroed slots, which are finite, and zero it below.
         key_ok = present | ~present.any(dim=1, keepdim=True)
-        h = x + self.attention(self.norm_attn(x), key_ok)
+        if bias is not None:
+            bias = self._check_bias(bias, present)
+        h = x + self.attention(self.norm_attn(x), key_ok, bias)
         h = h + self.ff2(torch.relu(self.ff1(self.norm_ff(h))))
         return torch.where(keep, h, zero)

@@ -110,6 +110,14 @@ class GridTokenEncoder(nn.Module):
             tokens).
         attention_heads: heads of each self-attention block (``dim``
             divisible by it).
+        relative_position: add to each self-attention logit a learned bias
+            for the two tokens' relative position on the grid (one per layer,
+            head and offset ``(dr, dc)``, ``(2H - 1) x (2W - 1)`` of them,
+            zero at initialisation: the relative position bias of Swin and T5).
+            Additive row and column embeddings tell a token where it is; the
+            bias lets a head attend by *where the other token is from it*
+            ("the cell just above", "the same column"), which a convolution
+            sees by construction. Needs ``layers >= 1``.
 
     Attributes:
         out_dim: output feature size.
@@ -155,6 +163,7 @@ class GridTokenEncoder(nn.Module):
         out_dim: int | None = None,
         layers: int = 0,
         attention_heads: int = 1,
+        relative_position: bool = False,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels_per_game]
@@ -168,6 +177,11 @@ class GridTokenEncoder(nn.Module):
             raise ValueError(f"dim must be positive, got {dim}")
         if layers < 0:
             raise ValueError(f"layers must be >= 0, got {layers}")
+        if relative_position and layers < 1:
+            raise ValueError(
+                "relative_position=True biases the self-attention blocks' logits; it needs "
+                f"layers >= 1, got layers={layers}"
+            )
         cells = height * width
         if max_tokens is not None and not 1 <= max_tokens <= cells:
             raise ValueError(f"max_tokens must be in [1, H*W = {cells}] or None, got {max_tokens}")
@@ -201,6 +215,14 @@ class GridTokenEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             SelfAttentionBlock(dim, num_heads=attention_heads) for _ in range(layers)
         )
+        self.relative_position = bool(relative_position)
+        if self.relative_position:
+            # [layers, heads, 2H - 1, 2W - 1]: entry [l, h, dr + H - 1, dc + W - 1]
+            # is layer l, head h's logit bias for a key dr rows and dc columns
+            # from its query. Zero: the initial network is the one without it.
+            self.relative_bias = nn.Parameter(
+                torch.zeros(layers, attention_heads, 2 * height - 1, 2 * width - 1)
+            )
         self.token_mlp = layer_init(nn.Linear(dim, dim))
         self.pool = AttentionPool(dim, num_heads=num_heads, kind=pool, out_dim=out_dim)
         self.out_dim = dim if out_dim is None else out_dim
@@ -222,16 +244,26 @@ class GridTokenEncoder(nn.Module):
     def tokenize(self, obs: Tensor, game_id: Tensor) -> tuple[Tensor, Tensor]:
         """The screen as token embeddings and their presence mask.
 
+        See :meth:`tokenize_cells`, which also returns each slot's cell.
+        """
+        tokens, present, _ = self.tokenize_cells(obs, game_id)
+        return tokens, present
+
+    def tokenize_cells(self, obs: Tensor, game_id: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The screen as token embeddings, their presence mask and their cells.
+
         Args:
             obs: ``[B, Cmax, H, W]`` padded grids, channels first.
             game_id: ``[B]`` integer game index per row.
 
         Returns:
-            ``(tokens [B, K, dim], present [B, K])``: ``K`` is ``max_tokens``,
+            ``(tokens [B, K, dim], present [B, K], cells [B, K])``: ``K`` is ``max_tokens``,
             or the largest number of occupied cells in the batch (at least 1)
             when it is ``None``. Row ``b``'s occupied cells fill its first
             slots in raster order and ``present`` marks them; the other slots
             hold values that mean nothing and that :meth:`encode` ignores.
+            ``cells`` is the grid cell (``row * W + column``) of each slot
+            (any cell at an absent slot).
 
         Raises:
             ValueError: bad shapes, or (with ``max_tokens``) a screen with more
@@ -272,26 +304,61 @@ class GridTokenEncoder(nn.Module):
         cell_pos = pos[order]  # [B, K, dim]
         emb = self.channel_embedding(self.channel_index[game_id])  # [B, Cmax, dim]
         tokens = torch.bmm(x, emb) + cell_pos  # [B, K, dim]
-        return tokens, present
+        return tokens, present, order
 
-    def encode(self, tokens: Tensor, present: Tensor) -> Tensor:
+    def encode(self, tokens: Tensor, present: Tensor, cells: Tensor | None = None) -> Tensor:
         """Self-attention blocks, per-token MLP and attention pooling over the present tokens.
 
         ``tokens [B, K, dim]``, ``present [B, K]`` -> ``[B, out_dim]``. Tokens
         that are not present may hold anything (NaN included): they are
         replaced by zeros first, so neither the output nor any gradient sees
-        them. A row with no present token gives zeros.
+        them. A row with no present token gives zeros. ``cells [B, K]``, the
+        grid cell of each slot (:meth:`tokenize_cells`), is required with
+        ``relative_position=True`` and ignored otherwise.
         """
+        biases: list[Tensor | None] = [None] * len(self.blocks)
+        if self.relative_position:
+            if cells is None:
+                raise ValueError(
+                    "this encoder has relative_position=True: encode needs cells [B, K], the "
+                    "grid cell of each token slot (tokenize_cells returns them)"
+                )
+            biases = list(self.relative_biases(cells, present.shape))
         # Zero absent slots *before* the MLP: NaN there would reach the weight
         # gradients through the linear layer (0 * NaN = NaN).
         zero = torch.zeros((), dtype=tokens.dtype, device=tokens.device)
         h = torch.where(present[..., None], tokens, zero)
-        for block in self.blocks:
-            h = block(h, present)
+        for block, bias in zip(self.blocks, biases, strict=True):
+            h = block(h, present, bias)
         h = torch.relu(self.token_mlp(torch.relu(h)))
         return self.pool(h, present)
 
     def forward(self, obs: Tensor, game_id: Tensor) -> Tensor:
         """Encode ``obs [B, Cmax, H, W]`` of games ``game_id [B]`` into ``[B, out_dim]``."""
-        tokens, present = self.tokenize(obs, game_id)
-        return self.encode(tokens, present)
+        tokens, present, cells = self.tokenize_cells(obs, game_id)
+        return self.encode(tokens, present, cells)
+
+    def relative_biases(self, cells: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+        """Each block's logit bias for the token pairs: ``[layers, B, heads, K, K]``.
+
+        ``cells [B, K]`` are the slots' grid cells (``row * W + column``);
+        ``shape`` is ``present``'s, ``(B, K)``, checked against them.
+        """
+        if cells.shape != tuple(shape) or cells.is_floating_point() or cells.dtype == torch.bool:
+            raise ValueError(
+                f"cells must be an integer tensor of shape [B, K] = {tuple(shape)}, got "
+                f"{cells.dtype} of shape {tuple(cells.shape)}"
+            )
+        cells = cells.long()
+        if cells.numel() and (int(cells.min()) < 0 or int(cells.max()) >= self.height * self.width):
+            raise ValueError(
+                f"cells must be in [0, H*W = {self.height * self.width}), got values in "
+                f"[{int(cells.min())}, {int(cells.max())}]"
+            )
+        w = self.width
+        row, col = cells // w, cells % w
+        dr = row[:, :, None] - row[:, None, :] + (self.height - 1)  # [B, K, K] query minus key
+        dc = col[:, :, None] - col[:, None, :] + (w - 1)
+        offset = dr * (2 * w - 1) + dc
+        table = self.relative_bias.flatten(2)  # [layers, heads, (2H-1)(2W-1)]
+        return table[:, :, offset].permute(0, 2, 1, 3, 4)  # [layers, B, heads, K, K]

@@ -59,6 +59,15 @@ def test_attention_flags_refuse_what_cannot_attend(
             ["mimic", "--experts", str(tmp_path), "--attention-layers", "1"],
             "0 unless --multigame-encoder tokens",
         ),
+        (
+            ["mimic", "--experts", str(tmp_path), "--relative-position"],
+            "relative_position (--relative-position) must be off unless --multigame-encoder tokens",
+        ),
+        (
+            ["mimic", "--experts", str(tmp_path), "--multigame-encoder", "tokens"]
+            + ["--attention-layers", "0", "--relative-position"],
+            "off with --attention-layers 0",
+        ),
     ]
     for argv, needle in cases:
         assert train.main(argv) == 2, argv
@@ -117,6 +126,14 @@ def test_tokens_student_gets_self_attention_by_default(tmp_path: Path) -> None:
     ]
     assert train.main(argv) == 0
     assert not _blocks(load_policy(tmp_path / "bag" / "checkpoint.pt", device="cpu").net)
+    argv = [*common, "--run-name", "rel", "--multigame-encoder", "tokens", "--relative-position"]
+    assert train.main(argv) == 0
+    rel = load_policy(tmp_path / "rel" / "checkpoint.pt", device="cpu")
+    assert rel.network_kwargs is not None and rel.network_kwargs["relative_position"] is True
+    table = rel.net.encoder.relative_bias  # type: ignore[union-attr]
+    assert tuple(table.shape) == (TOKENS_ATTENTION_LAYERS, 4, 19, 19)
+    assert bool((table != 0).any())  # trained: the bias left its zero start
+    assert not getattr(tok.net.encoder, "relative_position", True)
     assert train.main([*common, "--run-name", "cnn"]) == 0
     assert not _blocks(load_policy(tmp_path / "cnn" / "checkpoint.pt", device="cpu").net)
 
@@ -137,6 +154,20 @@ def test_build_tokens_student_with_attention_layers() -> None:
     obs, info = envs.reset(seed=0)
     logits, value = net({k: torch.as_tensor(v) for k, v in obs.items()})
     assert logits.shape[0] == value.shape[0] == 2 and bool(torch.isfinite(logits).all())
+    with pytest.raises(ValueError, match="relative_position=True biases the token encoder"):
+        build_actor_critic(
+            envs.single_observation_space,
+            envs.single_action_space,
+            relative_position=True,
+        )
+    with pytest.raises(ValueError, match="relative_position=True biases the token encoder"):
+        build_actor_critic(
+            envs.single_observation_space,
+            envs.single_action_space,
+            multigame_encoder="tokens",
+            channels_per_game=channels,
+            relative_position=True,
+        )  # attention_layers=0
     with pytest.raises(ValueError, match="attention_heads must be >= 1"):
         build_actor_critic(
             envs.single_observation_space,

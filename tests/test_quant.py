@@ -268,6 +268,13 @@ def _set_obs(b: int, n: int = 5) -> dict[str, torch.Tensor]:
     }
 
 
+def _with_random_relative_bias(net: nn.Module) -> nn.Module:
+    """A token network whose relative-position bias is not the zeros it starts at."""
+    with torch.no_grad():
+        net.encoder.relative_bias.normal_()  # type: ignore[union-attr, operator]
+    return net
+
+
 NETWORKS = {
     "minatar": (
         lambda: ActorCritic(MinAtarCNN(4), 6),
@@ -299,6 +306,19 @@ NETWORKS = {
     "multigame_tokens_attention": (
         lambda: MultiGameActorCritic(
             GridTokenEncoder([4, 6], 10, 10, dim=32, layers=2, attention_heads=4), 6, 2
+        ),
+        lambda b: {"obs": (torch.rand(b, 6, 10, 10) > 0.9).float(), "game_id": torch.arange(b) % 2},
+        6,
+    ),
+    "multigame_tokens_relpos": (
+        lambda: _with_random_relative_bias(
+            MultiGameActorCritic(
+                GridTokenEncoder(
+                    [4, 6], 10, 10, dim=32, layers=2, attention_heads=4, relative_position=True
+                ),
+                6,
+                2,
+            )
         ),
         lambda b: {"obs": (torch.rand(b, 6, 10, 10) > 0.9).float(), "game_id": torch.arange(b) % 2},
         6,

@@ -35,7 +35,9 @@ def masks(b: int, n: int, seed: int, p: float = 0.6) -> Tensor:
     return torch.rand(b, n, generator=g) < p
 
 
-def reference_block(block: SelfAttentionBlock, x: Tensor, present: Tensor) -> Tensor:
+def reference_block(
+    block: SelfAttentionBlock, x: Tensor, present: Tensor, bias: Tensor | None = None
+) -> Tensor:
     """The block written out: explicit scores, masked softmax, weighted sum of values."""
     keep = present[..., None]
     x = torch.where(keep, x, torch.zeros((), dtype=x.dtype))
@@ -47,6 +49,8 @@ def reference_block(block: SelfAttentionBlock, x: Tensor, present: Tensor) -> Te
     qkv = h @ block.qkv.weight.T + block.qkv.bias
     q, k, v = (t.reshape(b, n, heads, hd).transpose(1, 2) for t in qkv.split(d, dim=-1))
     scores = q @ k.transpose(-1, -2) / math.sqrt(hd)  # [B, h, N, N]
+    if bias is not None:
+        scores = scores + bias
     weights = masked_softmax(scores, present[:, None, None, :])
     context = (weights @ v).transpose(1, 2).reshape(b, n, d)
     y = x + context @ block.out.weight.T + block.out.bias
@@ -357,3 +361,196 @@ def test_knapsack_item_range_is_set_per_env_and_the_optimum_stays_exact() -> Non
             least[vi:] = np.minimum(least[vi:], least[: len(least) - vi] + wi)
         assert info["optimal_value"] == int(np.flatnonzero(least <= cap).max())
     env.close()
+
+
+# ---------------------------------------------------------------------------
+# An attention bias (the token encoder's relative positions)
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    b=st.integers(1, 4),
+    n=st.integers(1, 6),
+    heads=st.sampled_from([1, 2, 4]),
+    seed=st.integers(0, 2**16),
+)
+def test_block_bias_agrees_with_the_explicit_reference(
+    b: int, n: int, heads: int, seed: int
+) -> None:
+    block = make_block(8, heads, seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, 8, generator=g, dtype=torch.float64)
+    present = masks(b, n, seed)
+    bias = 3 * torch.randn(b, heads, n, n, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(block(x, present, bias), reference_block(block, x, present, bias))
+    # Broadcast over the batch and the heads.
+    shared = bias[:1, :1]
+    torch.testing.assert_close(
+        block(x, present, shared), reference_block(block, x, present, shared.expand_as(bias))
+    )
+    # A zero bias is no bias.
+    torch.testing.assert_close(block(x, present, torch.zeros_like(bias)), block(x, present))
+
+
+@pytest.mark.parametrize("garbage", list(GARBAGE))
+def test_block_bias_at_padded_items_is_ignored_and_gets_no_gradient(garbage: str) -> None:
+    block = make_block(8, 2, 3)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 8, generator=g, dtype=torch.float64)
+    present = masks(3, 5, 4)
+    present[0, :2] = True
+    present[2] = False  # an empty row
+    bias = torch.randn(3, 2, 5, 5, generator=g, dtype=torch.float64)
+    # (bias requires grad in both calls: torch may pick another kernel otherwise)
+    clean = block(x, present, bias.clone().requires_grad_(True))
+    pair = present[:, None, :, None] & present[:, None, None, :]
+    dirty_x = x.clone()
+    dirty_x[~present] = GARBAGE[garbage]
+    dirty_bias = bias.clone().masked_fill(~pair, GARBAGE[garbage]).requires_grad_(True)
+    out = block(dirty_x, present, dirty_bias)
+    assert torch.equal(out, clean)
+    assert bool((out[~present] == 0).all()) and bool((out[2] == 0).all())
+    out.pow(2).sum().backward()
+    grad = dirty_bias.grad
+    assert grad is not None and bool(torch.isfinite(grad).all())
+    assert bool((grad.masked_select(~pair) == 0).all())
+    assert bool((grad.masked_select(pair) != 0).any())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_block_bias_in_half_precision_keeps_padding_at_exactly_zero(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    block = SelfAttentionBlock(16, num_heads=4).to(dtype)
+    x = torch.randn(4, 6, 16).to(dtype)
+    present = masks(4, 6, 3)
+    present[:, 0] = True
+    bias = torch.randn(4, 4, 6, 6)  # float32 bias, cast to the block's dtype
+    out = block(x, present, bias)
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
+    assert bool((out[~present] == 0).all())
+    # Padded keys take exactly zero weight: loud padding changes no bit.
+    loud = x.clone()
+    loud[~present] = 1e3
+    assert torch.equal(block(loud, present, bias), out)
+    ref = block.float()(x.float(), present, bias)
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_block_bias_shape_errors() -> None:
+    block = SelfAttentionBlock(8, 2)
+    x, present = torch.zeros(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
+    for bad in (torch.zeros(2, 3, 3), torch.zeros(2, 3, 3, 3), torch.zeros(2, 2, 3, 4)):
+        with pytest.raises(ValueError, match=r"bias must have shape \[B, num_heads, N, N\]"):
+            block(x, present, bad)
+    with pytest.raises(ValueError, match="bias must be a float tensor"):
+        block(x, present, torch.zeros(2, 2, 3, 3, dtype=torch.long))
+
+
+def relpos_encoder(seed: int = 0, **kwargs: object) -> GridTokenEncoder:
+    torch.manual_seed(seed)
+    enc = GridTokenEncoder(
+        [4, 6], 5, 5, dim=16, layers=2, attention_heads=4, relative_position=True, **kwargs
+    ).double()
+    with torch.no_grad():
+        enc.relative_bias.normal_(generator=torch.Generator().manual_seed(seed))
+    return enc
+
+
+def test_relative_position_starts_at_zero_and_is_the_plain_encoder_there() -> None:
+    torch.manual_seed(0)
+    enc = GridTokenEncoder(
+        [4, 6], 5, 5, dim=16, layers=2, attention_heads=4, relative_position=True
+    )
+    assert enc.relative_bias.shape == (2, 4, 9, 9) and bool((enc.relative_bias == 0).all())
+    torch.manual_seed(0)
+    plain = GridTokenEncoder([4, 6], 5, 5, dim=16, layers=2, attention_heads=4)
+    g = torch.Generator().manual_seed(1)
+    obs = (torch.rand(3, 6, 5, 5, generator=g) < 0.3).float()
+    game_id = torch.tensor([0, 1, 1])
+    torch.testing.assert_close(enc(obs, game_id), plain(obs, game_id), atol=1e-6, rtol=1e-6)
+
+
+def test_relative_biases_read_the_table_at_each_pair_offset() -> None:
+    enc = relpos_encoder()
+    # Slot 0 at (row 0, col 0), slot 1 at (1, 2), slot 2 at (4, 4); W = 5.
+    cells = torch.tensor([[0, 7, 24]])
+    got = enc.relative_biases(cells, (1, 3))  # [layers, B, heads, K, K]
+    assert got.shape == (2, 1, 4, 3, 3)
+    table = (
+        enc.relative_bias
+    )  # [layers, heads, 2H - 1, 2W - 1]; offset (dr, dc) at [dr + 4, dc + 4]
+    rc = [(0, 0), (1, 2), (4, 4)]
+    for i, (ri, ci) in enumerate(rc):
+        for j, (rj, cj) in enumerate(rc):
+            assert torch.equal(got[:, 0, :, i, j], table[:, :, ri - rj + 4, ci - cj + 4])
+
+
+def test_relative_position_relates_tokens_by_their_offset_alone() -> None:
+    """With the absolute row and column embeddings zeroed, the encoder sees only relative offsets:
+    a translated screen encodes the same; moving one object relative to another changes it."""
+    enc = relpos_encoder(2)
+    with torch.no_grad():
+        enc.row_embedding.zero_()
+        enc.col_embedding.zero_()
+    game_id = torch.tensor([0])
+
+    def screen(a: tuple[int, int], b: tuple[int, int]) -> Tensor:
+        obs = torch.zeros(1, 6, 5, 5, dtype=torch.float64)
+        obs[0, 0, a[0], a[1]] = 1.0  # channel 0: the "ball"
+        obs[0, 1, b[0], b[1]] = 1.0  # channel 1: the "paddle"
+        return obs
+
+    base = enc(screen((1, 1), (3, 2)), game_id)
+    torch.testing.assert_close(enc(screen((2, 2), (4, 3)), game_id), base)  # shifted by (1, 1)
+    torch.testing.assert_close(enc(screen((0, 2), (2, 3)), game_id), base)  # shifted by (-1, 1)
+    assert not torch.allclose(enc(screen((1, 1), (3, 3)), game_id), base)  # one column further
+    # Without the bias the same network cannot tell the two apart: no position at all.
+    flat = relpos_encoder(2)
+    with torch.no_grad():
+        flat.row_embedding.zero_()
+        flat.col_embedding.zero_()
+        flat.relative_bias.zero_()
+    torch.testing.assert_close(
+        flat(screen((1, 1), (3, 3)), game_id), flat(screen((1, 1), (3, 2)), game_id)
+    )
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_relative_position_encoder_ignores_padding_and_token_order(seed: int) -> None:
+    enc = relpos_encoder(seed % 7)
+    g = torch.Generator().manual_seed(seed)
+    game_id = torch.tensor([0, 1, 0, 1])
+    obs = (torch.rand(4, 6, 5, 5, generator=g) < 0.25).double()
+    obs[3] = 0  # an empty screen
+    out = enc(obs, game_id)
+    assert bool((out[3] == 0).all())
+    dirty = obs.clone()
+    dirty[0, 4:] = math.nan  # game 0's padded channels
+    dirty[2, 4:] = 7.0
+    assert torch.equal(enc(dirty, game_id), out)
+    tokens, present, cells = enc.tokenize_cells(obs, game_id)
+    perm = torch.randperm(tokens.shape[1], generator=g)
+    torch.testing.assert_close(enc.encode(tokens[:, perm], present[:, perm], cells[:, perm]), out)
+    # Absent slots may hold any token and any cell.
+    garbage_tokens = tokens.masked_fill(~present[..., None], math.nan)
+    garbage_cells = torch.where(present, cells, torch.randint(0, 25, cells.shape, generator=g))
+    torch.testing.assert_close(enc.encode(garbage_tokens, present, garbage_cells), out)
+
+
+def test_relative_position_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="needs layers >= 1"):
+        GridTokenEncoder([4], 5, 5, relative_position=True)
+    enc = relpos_encoder()
+    obs = torch.zeros(2, 6, 5, 5, dtype=torch.float64)
+    obs[:, 0, 1, 1] = 1
+    tokens, present, cells = enc.tokenize_cells(obs, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="encode needs cells"):
+        enc.encode(tokens, present)
+    with pytest.raises(ValueError, match="cells must be an integer tensor of shape"):
+        enc.encode(tokens, present, cells.double())
+    with pytest.raises(ValueError, match=r"cells must be in \[0, H\*W = 25\)"):
+        enc.encode(tokens, present, cells + 25)
+    # tokenize keeps its two results.
+    assert len(enc.tokenize(obs, torch.tensor([0, 1]))) == 2
