@@ -154,20 +154,15 @@ def test_build_tokens_student_with_attention_layers() -> None:
     obs, info = envs.reset(seed=0)
     logits, value = net({k: torch.as_tensor(v) for k, v in obs.items()})
     assert logits.shape[0] == value.shape[0] == 2 and bool(torch.isfinite(logits).all())
-    with pytest.raises(ValueError, match="relative_position=True biases the token encoder"):
-        build_actor_critic(
-            envs.single_observation_space,
-            envs.single_action_space,
-            relative_position=True,
-        )
-    with pytest.raises(ValueError, match="relative_position=True biases the token encoder"):
-        build_actor_critic(
-            envs.single_observation_space,
-            envs.single_action_space,
-            multigame_encoder="tokens",
-            channels_per_game=channels,
-            relative_position=True,
-        )  # attention_layers=0
+    tokens: dict[str, Any] = {"multigame_encoder": "tokens", "channels_per_game": channels}
+    for kwargs in ({}, tokens):  # the CNN; tokens with attention_layers=0
+        with pytest.raises(ValueError, match="relative_position=True biases the token encoder"):
+            build_actor_critic(
+                envs.single_observation_space,
+                envs.single_action_space,
+                relative_position=True,
+                **kwargs,
+            )
     with pytest.raises(ValueError, match="attention_heads must be >= 1"):
         build_actor_critic(
             envs.single_observation_space,
