@@ -278,6 +278,14 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         "default: the probability the checkpoint was trained with, 0 if none)",
     )
     ev.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    ev.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch during the evaluation (default: torch's own, one per core); "
+        "1 when several jobs share the CPU",
+    )
     ev.add_argument("--output", default=None, help="also write the summary to this JSON file")
     ev.add_argument(
         "--int8",
@@ -768,8 +776,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -> int:
-    from maskrl.agents import evaluate, load_policy
-
     _check_seed(ns.seed)
     if not 1 <= ns.episodes <= MAX_EPISODES:
         raise ValueError(f"--episodes must be in [1, {MAX_EPISODES:,}], got {ns.episodes}")
@@ -778,6 +784,20 @@ def _eval(ns: argparse.Namespace, prog: str = "train.py", signals: Any = None) -
         raise ValueError(f"--num-envs must be at least 1, got {ns.num_envs}")
     if ns.flicker is not None and not (math.isfinite(ns.flicker) and 0 <= ns.flicker < 1):
         raise ValueError(f"--flicker must be in [0, 1), got {ns.flicker}")
+    cpus = os.cpu_count() or 1
+    if ns.torch_threads is not None and not 1 <= ns.torch_threads <= cpus:
+        raise ValueError(
+            f"--torch-threads must be in [1, {cpus}] (this machine's CPUs), got {ns.torch_threads}"
+        )
+    from maskrl.agents.trainer import torch_threads
+
+    with torch_threads(ns.torch_threads):
+        return _eval_in(ns, prog, signals)
+
+
+def _eval_in(ns: argparse.Namespace, prog: str, signals: Any) -> int:
+    from maskrl.agents import evaluate, load_policy
+
     policy = load_policy(ns.checkpoint, device="cpu" if ns.int8 else ns.device, seed=ns.seed)
     if ns.int8 and policy.is_recurrent:
         raise ValueError("--int8 converts feedforward policies; this checkpoint is recurrent")

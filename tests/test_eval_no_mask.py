@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -117,3 +118,34 @@ def test_cli_eval_num_envs_and_no_progress(
     assert "episode" not in capsys.readouterr().err  # --no-progress: no bar
     assert train.main(["eval", "--checkpoint", ckpt, "--num-envs", "0"]) == 2
     assert "--num-envs must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_cli_eval_torch_threads_is_scoped_and_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eval --torch-threads N`` runs the evaluation on N threads and puts the count back."""
+    import torch
+
+    import maskrl.agents
+
+    run = tmp_path / "runs" / "r"
+    assert train.main(["ppo", "--env", BREAKOUT, "--total-timesteps", "128", "--num-envs", "2",
+                       "--num-steps", "64", "--runs-dir", str(tmp_path / "runs"), "--run-name",
+                       "r", "--eval-episodes", "0", "--no-progress"]) == 0  # fmt: skip
+    ckpt = str(run / "checkpoint.pt")
+    seen: list[int] = []
+    real = maskrl.agents.evaluate
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(maskrl.agents, "evaluate", spy)
+    before = torch.get_num_threads()
+    args = ["eval", "--checkpoint", ckpt, "--episodes", "2", "--no-progress"]
+    assert train.main([*args, "--torch-threads", "1"]) == 0
+    assert seen == [1] and torch.get_num_threads() == before
+    capsys.readouterr()
+    assert train.main([*args, "--torch-threads", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--torch-threads must be in [1, " in err[0], err
