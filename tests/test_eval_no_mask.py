@@ -96,14 +96,18 @@ def test_the_progress_bar_counts_every_episode_and_changes_no_result(
     assert f"mean_return={mean:.2f}" in err
 
 
+def _tiny_breakout_run(tmp_path: Path, steps: int) -> str:
+    """A PPO checkpoint of ``steps`` Breakout steps on 2 envs; returns its path."""
+    assert train.main(["ppo", "--env", BREAKOUT, "--total-timesteps", str(steps), "--num-envs", "2",
+                       "--num-steps", "64", "--runs-dir", str(tmp_path / "runs"), "--run-name",
+                       "r", "--eval-episodes", "0", "--no-progress"]) == 0  # fmt: skip
+    return str(tmp_path / "runs" / "r" / "checkpoint.pt")
+
+
 def test_cli_eval_num_envs_and_no_progress(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = tmp_path / "runs" / "r"
-    assert train.main(["ppo", "--env", BREAKOUT, "--total-timesteps", "256", "--num-envs", "2",
-                       "--num-steps", "64", "--runs-dir", str(tmp_path / "runs"), "--run-name",
-                       "r", "--eval-episodes", "0", "--no-progress"]) == 0  # fmt: skip
-    ckpt = str(run / "checkpoint.pt")
+    ckpt = _tiny_breakout_run(tmp_path, 256)
     capsys.readouterr()
     from maskrl.agents import load_policy
 
@@ -128,11 +132,7 @@ def test_cli_eval_torch_threads_is_scoped_and_checked(
 
     import maskrl.agents
 
-    run = tmp_path / "runs" / "r"
-    assert train.main(["ppo", "--env", BREAKOUT, "--total-timesteps", "128", "--num-envs", "2",
-                       "--num-steps", "64", "--runs-dir", str(tmp_path / "runs"), "--run-name",
-                       "r", "--eval-episodes", "0", "--no-progress"]) == 0  # fmt: skip
-    ckpt = str(run / "checkpoint.pt")
+    ckpt = _tiny_breakout_run(tmp_path, 128)
     seen: list[int] = []
     real = maskrl.agents.evaluate
 
