@@ -350,11 +350,14 @@ class GridTokenEncoder(nn.Module):
                 f"{cells.dtype} of shape {tuple(cells.shape)}"
             )
         cells = cells.long()
-        if cells.numel() and (int(cells.min()) < 0 or int(cells.max()) >= self.height * self.width):
-            raise ValueError(
-                f"cells must be in [0, H*W = {self.height * self.width}), got values in "
-                f"[{int(cells.min())}, {int(cells.max())}]"
-            )
+        if cells.numel():
+            # One host read (on a GPU, one synchronisation) for both bounds.
+            low, high = torch.stack(torch.aminmax(cells)).tolist()
+            if low < 0 or high >= self.height * self.width:
+                raise ValueError(
+                    f"cells must be in [0, H*W = {self.height * self.width}), got values in "
+                    f"[{low}, {high}]"
+                )
         w = self.width
         row, col = cells // w, cells % w
         dr = row[:, :, None] - row[:, None, :] + (self.height - 1)  # [B, K, K] query minus key
