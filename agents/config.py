@@ -346,6 +346,11 @@ class MimicConfig(TrainerConfig):
         "tokens encoder: a learned attention-logit bias per relative grid offset of two tokens "
         "(per block and head), so attention can relate objects by where they are from each other",
     )
+    token_neighbourhood: int = _f(
+        1,
+        "tokens encoder: odd window k; each token (one per occupied cell) embeds the k x k cells "
+        "around its own, a convolutional stem (1: its own cell only)",
+    )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field (and its flag) of an impossible value."""
@@ -378,6 +383,14 @@ class MimicConfig(TrainerConfig):
                 _check(self, "relative_position", False, "off unless --multigame-encoder tokens")
             if self.attention_layers == 0:
                 _check(self, "relative_position", False, "off with --attention-layers 0")
+        _check(
+            self,
+            "token_neighbourhood",
+            1 <= self.token_neighbourhood <= 19 and self.token_neighbourhood % 2 == 1,
+            "an odd window in [1, 19]",
+        )
+        if self.token_neighbourhood != 1 and self.multigame_encoder != "tokens":
+            _check(self, "token_neighbourhood", False, "1 unless --multigame-encoder tokens")
 
 
 # ----------------------------------------------------------------- the run

@@ -325,6 +325,8 @@ class ActorMimic(OnPolicyTrainer):
             net_kwargs["attention_heads"] = c.attention_heads
         if c.relative_position:
             net_kwargs["relative_position"] = True
+        if c.token_neighbourhood != 1:
+            net_kwargs["token_neighbourhood"] = c.token_neighbourhood
         policy = MaskedPolicy.build(
             obs_space, act_space, self.env_ids, device, c.seed, **net_kwargs
         )

@@ -93,6 +93,7 @@ def _token_encoder(
     attention_layers: int,
     attention_heads: int,
     relative_position: bool = False,
+    token_neighbourhood: int = 1,
 ) -> GridTokenEncoder:
     if channels_per_game is None:
         raise ValueError(
@@ -117,6 +118,7 @@ def _token_encoder(
         layers=attention_layers,
         attention_heads=attention_heads,
         relative_position=relative_position,
+        neighbourhood=token_neighbourhood,
     )
 
 
@@ -132,6 +134,7 @@ def build_actor_critic(
     attention_layers: int = 0,
     attention_heads: int = 1,
     relative_position: bool = False,
+    token_neighbourhood: int = 1,
     lstm_hidden: int | None = None,
 ) -> nn.Module:
     """Pick a default actor-critic from Gymnasium spaces.
@@ -180,6 +183,10 @@ def build_actor_critic(
             bias per relative grid offset of two tokens
             (:class:`~maskrl.tokens.GridTokenEncoder`); only with
             ``multigame_encoder="tokens"`` and ``attention_layers >= 1``.
+        token_neighbourhood: odd window ``k``: each token of the token
+            encoder embeds the ``k x k`` cells around its own (a convolutional
+            stem; :class:`~maskrl.tokens.GridTokenEncoder`'s ``neighbourhood``);
+            1: its own cell only. Only with ``multigame_encoder="tokens"``.
         lstm_hidden: wrap the network in a
             :class:`~maskrl.networks.RecurrentActorCritic` with an LSTM of this
             many units between its encoder and its heads (recurrent PPO); None:
@@ -211,6 +218,7 @@ def build_actor_critic(
             multigame_encoder=multigame_encoder, channels_per_game=channels_per_game,
             hidden=hidden, conv_filters=conv_filters, attention_layers=attention_layers,
             attention_heads=attention_heads, relative_position=relative_position,
+            token_neighbourhood=token_neighbourhood,
         )  # fmt: skip
         return RecurrentActorCritic(base, lstm_hidden)
     if obs_layout not in OBS_LAYOUTS:
@@ -243,6 +251,11 @@ def build_actor_critic(
             "relative_position=True biases the token encoder's self-attention: it needs "
             f'multigame_encoder="tokens" and attention_layers >= 1, got '
             f"multigame_encoder={multigame_encoder!r}, attention_layers={attention_layers}"
+        )
+    if token_neighbourhood != 1 and multigame_encoder != "tokens":
+        raise ValueError(
+            f"token_neighbourhood={token_neighbourhood} sets the token encoder's window: it "
+            f'needs multigame_encoder="tokens", got {multigame_encoder!r}'
         )
     if hidden is not None and (
         multigame_encoder == "tokens" or isinstance(observation_space, spaces.Discrete)
@@ -292,6 +305,7 @@ def build_actor_critic(
                     attention_layers,
                     attention_heads,
                     relative_position,
+                    token_neighbourhood,
                 )
             else:
                 encoder = _encoder_for_box(tuple(inner.shape), obs_layout, hidden, conv_filters)

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrl.attention import AttentionPool, SelfAttentionBlock
@@ -118,6 +119,14 @@ class GridTokenEncoder(nn.Module):
             bias lets a head attend by *where the other token is from it*
             ("the cell just above", "the same column"), which a convolution
             sees by construction. Needs ``layers >= 1``.
+        neighbourhood: odd window size ``k``: each token (still one per
+            occupied cell) embeds the channels of the ``k x k`` cells around
+            its own, one embedding row per game, channel and offset (cells
+            past the grid's edge read as empty): a convolutional stem, as
+            in vision transformers with early convolutions. 1 (default):
+            each token embeds its own cell only. With 3, an object and its
+            trail (Seaquest, Asterix) or the sub's front and back meet in one
+            token, and a token sees what is next to it before any attention.
 
     Attributes:
         out_dim: output feature size.
@@ -164,6 +173,7 @@ class GridTokenEncoder(nn.Module):
         layers: int = 0,
         attention_heads: int = 1,
         relative_position: bool = False,
+        neighbourhood: int = 1,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels_per_game]
@@ -182,6 +192,13 @@ class GridTokenEncoder(nn.Module):
                 "relative_position=True biases the self-attention blocks' logits; it needs "
                 f"layers >= 1, got layers={layers}"
             )
+        if neighbourhood < 1 or neighbourhood % 2 == 0:
+            raise ValueError(f"neighbourhood must be an odd window size >= 1, got {neighbourhood}")
+        if neighbourhood > 2 * max(height, width) - 1:
+            raise ValueError(
+                f"neighbourhood={neighbourhood} is wider than a {height} x {width} grid needs "
+                f"(at most 2 * {max(height, width)} - 1 = {2 * max(height, width) - 1})"
+            )
         cells = height * width
         if max_tokens is not None and not 1 <= max_tokens <= cells:
             raise ValueError(f"max_tokens must be in [1, H*W = {cells}] or None, got {max_tokens}")
@@ -191,18 +208,28 @@ class GridTokenEncoder(nn.Module):
         self.height, self.width = height, width
         self.dim = dim
         self.max_tokens = max_tokens
+        self.neighbourhood = int(neighbourhood)
 
-        # One embedding row per (game, channel), plus a zero row (padding_idx)
-        # that every padded channel of every game points to: it has no
-        # gradient, so padded channels own no parameters that could drift.
-        total = sum(channels)
+        # One embedding row per (game, channel, window offset), plus a zero
+        # row (padding_idx) that every padded channel of every game points
+        # to: it has no gradient, so padded channels own no parameters that
+        # could drift. Rows are ordered as F.unfold orders its features
+        # (channel-major, then the window's offsets in raster order).
+        window = self.neighbourhood**2
+        total = sum(channels) * window
         self.channel_embedding = nn.Embedding(total + 1, dim, padding_idx=total)
-        index = torch.full((self.num_games, self.max_channels), total, dtype=torch.long)
+        if window > 1:
+            # A window's worth of cells feeds each token: scale the N(0, 1)
+            # rows so a full window of one channel has the variance one cell
+            # has with window 1.
+            with torch.no_grad():
+                self.channel_embedding.weight[:total].mul_(1.0 / self.neighbourhood)
+        index = torch.full((self.num_games, self.max_channels * window), total, dtype=torch.long)
         offset = 0
         for g, c in enumerate(channels):
-            index[g, :c] = torch.arange(offset, offset + c)
-            offset += c
-        self.register_buffer("channel_index", index, persistent=False)  # [G, Cmax]
+            index[g, : c * window] = torch.arange(offset, offset + c * window)
+            offset += c * window
+        self.register_buffer("channel_index", index, persistent=False)  # [G, Cmax * k * k]
         valid = torch.arange(self.max_channels)[None, :] < torch.tensor(channels)[:, None]
         self.register_buffer("channel_valid", valid, persistent=False)  # [G, Cmax]
         # Row + column embeddings: an object's position is coded the same way
@@ -278,8 +305,10 @@ class GridTokenEncoder(nn.Module):
         # torch.where, not a product with the mask: NaN in a padded channel
         # would survive multiplication by 0.
         x = obs.to(dtype) if obs.dtype != dtype else obs
-        x = torch.where(valid[:, :, None, None], x, torch.zeros((), dtype=dtype, device=x.device))
-        x = x.flatten(2).transpose(1, 2)  # [B, HW, Cmax]
+        grid = torch.where(
+            valid[:, :, None, None], x, torch.zeros((), dtype=dtype, device=x.device)
+        )  # [B, Cmax, H, W]
+        x = grid.flatten(2).transpose(1, 2)  # [B, HW, Cmax]
         present = (x != 0).any(dim=-1)  # [B, HW]
         count = present.sum(dim=1)  # [B] occupied cells per screen
         # One host read: the slot count (or the overflow check) depends on the data.
@@ -297,12 +326,17 @@ class GridTokenEncoder(nn.Module):
                 )
         # The occupied cells to the front, in raster order.
         order, present = compact_present(present, k)  # [B, K] cell index of each slot
-        x = x.gather(1, order[:, :, None].expand(-1, -1, self.max_channels))  # [B, K, Cmax]
+        if self.neighbourhood > 1:
+            # Each cell's k x k window, channel-major: [B, HW, Cmax * k * k].
+            k_w = self.neighbourhood
+            x = F.unfold(grid, k_w, padding=k_w // 2).transpose(1, 2)
+        feats = x.shape[-1]
+        x = x.gather(1, order[:, :, None].expand(-1, -1, feats))  # [B, K, Cmax (* k * k)]
         pos = (self.row_embedding[:, None, :] + self.col_embedding[None, :, :]).reshape(
             cells, self.dim
         )  # [HW, dim]
         cell_pos = pos[order]  # [B, K, dim]
-        emb = self.channel_embedding(self.channel_index[game_id])  # [B, Cmax, dim]
+        emb = self.channel_embedding(self.channel_index[game_id])  # [B, Cmax (* k * k), dim]
         tokens = torch.bmm(x, emb) + cell_pos  # [B, K, dim]
         return tokens, present, order
 

@@ -68,6 +68,15 @@ def test_attention_flags_refuse_what_cannot_attend(
             + ["--attention-layers", "0", "--relative-position"],
             "off with --attention-layers 0",
         ),
+        (
+            ["mimic", "--experts", str(tmp_path), "--token-neighbourhood", "3"],
+            "token_neighbourhood (--token-neighbourhood) must be 1 unless --multigame-encoder tokens",
+        ),
+        (
+            ["mimic", "--experts", str(tmp_path), "--multigame-encoder", "tokens"]
+            + ["--token-neighbourhood", "2"],
+            "must be an odd window in [1, 19]",
+        ),
     ]
     for argv, needle in cases:
         assert train.main(argv) == 2, argv
@@ -134,6 +143,14 @@ def test_tokens_student_gets_self_attention_by_default(tmp_path: Path) -> None:
     assert tuple(table.shape) == (TOKENS_ATTENTION_LAYERS, 4, 19, 19)
     assert bool((table != 0).any())  # trained: the bias left its zero start
     assert not getattr(tok.net.encoder, "relative_position", True)
+    argv = [*common, "--run-name", "nb3", "--multigame-encoder", "tokens"]
+    assert train.main([*argv, "--token-neighbourhood", "3", "--relative-position"]) == 0
+    nb3 = load_policy(tmp_path / "nb3" / "checkpoint.pt", device="cpu")
+    assert nb3.network_kwargs is not None and nb3.network_kwargs["token_neighbourhood"] == 3
+    enc = nb3.net.encoder
+    assert enc.neighbourhood == 3  # type: ignore[union-attr]
+    assert enc.channel_embedding.num_embeddings == sum(enc.channels_per_game) * 9 + 1  # type: ignore[union-attr, operator]
+    assert "token_neighbourhood" not in (rel.network_kwargs or {})  # 1 is not recorded
     assert train.main([*common, "--run-name", "cnn"]) == 0
     assert not _blocks(load_policy(tmp_path / "cnn" / "checkpoint.pt", device="cpu").net)
 

@@ -323,6 +323,26 @@ NETWORKS = {
         lambda b: {"obs": (torch.rand(b, 6, 10, 10) > 0.9).float(), "game_id": torch.arange(b) % 2},
         6,
     ),
+    "multigame_tokens_nb3": (
+        lambda: _with_random_relative_bias(
+            MultiGameActorCritic(
+                GridTokenEncoder(
+                    [4, 6],
+                    10,
+                    10,
+                    dim=32,
+                    layers=1,
+                    attention_heads=4,
+                    relative_position=True,
+                    neighbourhood=3,
+                ),
+                6,
+                2,
+            )
+        ),
+        lambda b: {"obs": (torch.rand(b, 6, 10, 10) > 0.9).float(), "game_id": torch.arange(b) % 2},
+        6,
+    ),
     "set_attention": (
         lambda: SetActorCritic(
             3, ("capacity",), 1, items_key="item_features", layers=2, attention_heads=2

@@ -60,8 +60,9 @@ def test_shapes_and_attributes(kwargs: dict[str, Any]) -> None:
     assert tokens.shape[:2] == present.shape and tokens.shape[2] == 16
 
 
-def test_padded_channels_are_never_read() -> None:
-    enc = make_encoder()
+@pytest.mark.parametrize("neighbourhood", [1, 3])
+def test_padded_channels_are_never_read(neighbourhood: int) -> None:
+    enc = make_encoder(neighbourhood=neighbourhood)
     game_id = torch.tensor([0, 2, 1, 0])
     obs = random_screens(game_id, 1)
     clean = enc(obs, game_id)
@@ -100,9 +101,11 @@ def test_the_number_of_slots_does_not_change_the_output() -> None:
     torch.testing.assert_close(trimmed, fixed, rtol=0, atol=1e-12)
 
 
-def test_empty_screen_gives_zeros_and_finite_gradients() -> None:
+@pytest.mark.parametrize("neighbourhood", [1, 3])
+def test_empty_screen_gives_zeros_and_finite_gradients(neighbourhood: int) -> None:
     for pool in ("additive", "multihead"):
-        enc = make_encoder(pool=pool, num_heads=2 if pool == "multihead" else 1)
+        heads = 2 if pool == "multihead" else 1
+        enc = make_encoder(pool=pool, num_heads=heads, neighbourhood=neighbourhood)
         game_id = torch.tensor([1, 0, 2])
         obs = random_screens(game_id, 4)
         obs[1] = 0  # an empty screen in a batch with others
@@ -138,8 +141,9 @@ def test_the_same_screen_under_two_games_differs() -> None:
     assert not torch.allclose(out[0], out[1])
 
 
-def test_rows_are_independent_of_the_rest_of_the_batch() -> None:
-    enc = make_encoder()
+@pytest.mark.parametrize("neighbourhood", [1, 3])
+def test_rows_are_independent_of_the_rest_of_the_batch(neighbourhood: int) -> None:
+    enc = make_encoder(neighbourhood=neighbourhood)
     game_id = torch.tensor([0, 1, 2, 3, 1, 0])
     obs = random_screens(game_id, 6)
     full = enc(obs, game_id)
@@ -151,20 +155,73 @@ def test_rows_are_independent_of_the_rest_of_the_batch() -> None:
     torch.testing.assert_close(enc(other, game_id)[2], full[2], rtol=0, atol=1e-12)
 
 
-def test_gradients_reach_only_the_rows_own_game_channels() -> None:
-    enc = make_encoder()
+@pytest.mark.parametrize("neighbourhood", [1, 3])
+def test_gradients_reach_only_the_rows_own_game_channels(neighbourhood: int) -> None:
+    enc = make_encoder(neighbourhood=neighbourhood)
     game_id = torch.tensor([0, 0])
     obs = random_screens(game_id, 8, density=0.5)
     enc(obs, game_id).sum().backward()
     grad = enc.channel_embedding.weight.grad
     assert grad is not None
-    own = grad[: CHANNELS[0]]
-    assert (own != 0).any()
-    assert (grad[CHANNELS[0] :] == 0).all()  # other games' channels and the padding row
+    rows = CHANNELS[0] * neighbourhood**2  # game 0's (channel, offset) rows come first
+    assert grad.shape[0] == sum(CHANNELS) * neighbourhood**2 + 1
+    own = grad[:rows]
+    assert (own != 0).any(dim=1).all()  # a dense screen reaches every (channel, offset) row
+    assert (grad[rows:] == 0).all()  # other games' channels and the padding row
 
 
-def test_integer_and_bool_screens_are_read_as_values() -> None:
-    enc = make_encoder()
+def test_neighbourhood_tokens_equal_a_convolution_of_the_games_own_channels() -> None:
+    """Window k: a token is the k x k convolution (zero padding) of its game's channels at its cell."""
+    for k in (3, 5):
+        enc = make_encoder(neighbourhood=k)
+        game_id = torch.tensor([0, 1, 2, 3, 1])
+        obs = random_screens(game_id, 10, density=0.3)
+        obs[0, CHANNELS[0] :] = math.nan  # padded channels are never read
+        tokens, present, cells = enc.tokenize_cells(obs, game_id)
+        weight = enc.channel_embedding.weight  # [sum(C) * k * k + 1, dim]
+        pos = (enc.row_embedding[:, None] + enc.col_embedding[None, :]).reshape(H * W, -1)
+        start = 0
+        for g, c in enumerate(CHANNELS):
+            # Rows of game g: channel-major, then the window's offsets in raster order.
+            w = weight[start : start + c * k * k].reshape(c, k, k, -1).permute(3, 0, 1, 2)
+            start += c * k * k
+            for b in (game_id == g).nonzero().flatten().tolist():
+                conv = torch.nn.functional.conv2d(obs[b : b + 1, :c], w, padding=k // 2)[0]
+                want = conv.flatten(1).T + pos  # [HW, dim]
+                for slot in present[b].nonzero().flatten().tolist():
+                    cell = int(cells[b, slot])
+                    torch.testing.assert_close(tokens[b, slot], want[cell], rtol=0, atol=1e-12)
+                # The tokens are the occupied cells, whatever the window sees around them.
+                occupied = (obs[b, :c] != 0).any(0).flatten().nonzero().flatten()
+                assert cells[b, present[b]].tolist() == occupied.tolist()
+
+
+def test_neighbourhood_hand_case_and_grid_edges() -> None:
+    torch.manual_seed(0)
+    enc = GridTokenEncoder([2, 3], 4, 5, dim=8, neighbourhood=3).double()
+    obs = torch.zeros(1, 3, 4, 5, dtype=torch.float64)
+    obs[0, 0, 1, 2] = 1.0
+    obs[0, 1, 1, 3] = 2.0  # the right-hand neighbour, channel 1
+    obs[0, 2, 3, 4] = 5.0  # channel 2 is padding for game 0: ignored
+    obs[0, 0, 0, 0] = 1.0  # a corner cell: the window's cells past the edge read as empty
+    tokens, present, cells = enc.tokenize_cells(obs, torch.tensor([0]))
+    assert cells[0, present[0]].tolist() == [0, 7, 8]
+    e = enc.channel_embedding.weight  # game 0: row c * 9 + (dr + 1) * 3 + (dc + 1)
+
+    def pos(r: int, c: int) -> torch.Tensor:
+        return enc.row_embedding[r] + enc.col_embedding[c]
+
+    torch.testing.assert_close(tokens[0, 0], e[4] + pos(0, 0), rtol=0, atol=0)
+    torch.testing.assert_close(tokens[0, 1], e[4] + 2 * e[9 + 5] + pos(1, 2), rtol=0, atol=1e-15)
+    torch.testing.assert_close(tokens[0, 2], 2 * e[9 + 4] + e[3] + pos(1, 3), rtol=0, atol=1e-15)
+    # (0, 0) is two columns from (1, 2): outside its window, and (1, 2) outside (0, 0)'s.
+    assert enc.channel_index.shape == (2, 3 * 9)
+    assert (enc.channel_index[0, 2 * 9 :] == enc.channel_embedding.padding_idx).all()
+
+
+@pytest.mark.parametrize("neighbourhood", [1, 3])
+def test_integer_and_bool_screens_are_read_as_values(neighbourhood: int) -> None:
+    enc = make_encoder(neighbourhood=neighbourhood)
     game_id = torch.tensor([0, 1])
     obs = random_screens(game_id, 9)
     want = enc(obs, game_id)
@@ -194,6 +251,16 @@ def test_bad_arguments_are_value_errors() -> None:
         GridTokenEncoder([3], H, W, max_tokens=H * W + 1)
     with pytest.raises(ValueError, match="num_heads"):
         GridTokenEncoder([3], H, W, dim=10, pool="multihead", num_heads=3)
+    for k in (0, 2, -1):
+        with pytest.raises(
+            ValueError, match=f"neighbourhood must be an odd window size >= 1, got {k}"
+        ):
+            GridTokenEncoder([3], H, W, neighbourhood=k)
+    with pytest.raises(
+        ValueError, match=r"neighbourhood=11 is wider than a 5 x 5 grid needs \(at most"
+    ):
+        GridTokenEncoder([3], H, W, neighbourhood=11)
+    GridTokenEncoder([3], H, W, neighbourhood=9)  # the widest that still matters
     enc = make_encoder()
     with pytest.raises(ValueError, match=r"\[B, Cmax, H, W\]"):
         enc(torch.zeros(2, 6, H, W), torch.tensor([0, 1]))
