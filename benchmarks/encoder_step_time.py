@@ -9,7 +9,9 @@ Builds the student network of each encoder for the five MinAtar games
 * ``tokens+attn``  -- ``GridTokenEncoder`` with ``--layers`` self-attention blocks
   of ``--heads`` heads;
 * ``tokens+relpos`` -- the same with ``relative_position=True`` (a learned
-  logit bias per relative grid offset of two tokens).
+  logit bias per relative grid offset of two tokens);
+* ``tokens+relpos+nb3`` -- the same with ``token_neighbourhood=3`` (each token
+  embeds the 3 x 3 cells around its own).
 
 and times, interleaved in one process so that a shared machine's load hits
 each alike: one acting forward over ``--envs`` screens (no gradient), and one
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if a.layers:
         kinds["tokens+relpos"] = {**kinds["tokens+attn"], "relative_position": True}
+        kinds["tokens+relpos+nb3"] = {**kinds["tokens+relpos"], "token_neighbourhood": 3}
     old_threads = torch.get_num_threads()
     torch.set_num_threads(a.threads)
     try:
@@ -135,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.envs}, update minibatch {a.minibatch}; learner steps/s = {a.envs}x{a.steps} env "
         f"steps per ({a.steps} acting forwards + {a.updates} updates)"
     )
-    print(f"  {'encoder':13s} {'act ms':>8s} {'update ms':>10s} {'steps/s':>8s} {'params':>8s}")
+    print(f"  {'encoder':17s} {'act ms':>8s} {'update ms':>10s} {'steps/s':>8s} {'params':>8s}")
     for k, t in times.items():
         act, upd = statistics.median(t["act"]), statistics.median(t["update"])
         sps = a.envs * a.steps / (a.steps * act + a.updates * upd)
         params = sum(x.numel() for x in nets[k].parameters())
-        print(f"  {k:13s} {act * 1e3:8.2f} {upd * 1e3:10.2f} {sps:8.0f} {params:8d}")
+        print(f"  {k:17s} {act * 1e3:8.2f} {upd * 1e3:10.2f} {sps:8.0f} {params:8d}")
     return 0
 
 

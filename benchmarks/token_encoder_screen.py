@@ -25,9 +25,11 @@ minutes, and compares encoder variants at equal steps and seeds:
 * ``post-l3``   -- ``post`` with 3 self-attention blocks;
 * ``post-lr5e-4`` -- ``post`` at learning rate 5e-4;
 * ``relpos``    -- ``tokens`` with ``--relative-position``: each self-attention
-  logit gets a learned bias for the two tokens' relative grid offset.
+  logit gets a learned bias for the two tokens' relative grid offset;
+* ``relpos-nb3`` -- ``relpos`` with ``--token-neighbourhood 3``: each token
+  embeds the 3 x 3 cells around its own (the encoder's own form of ``conv``).
 
-``cnn``, ``tokens`` and ``relpos`` are ``train.py mimic``'s own encoders; the
+``cnn``, ``tokens``, ``relpos`` and ``relpos-nb3`` are ``train.py mimic``'s own encoders; the
 other variants exist only here: each run is a
 subprocess that replaces the builder of the token encoder
 (``maskrl.agents.networks._token_encoder``) with the variant's, then runs
@@ -74,6 +76,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "post-l3": ({"post": 128}, ["--attention-layers", "3"]),
     "post-lr5e-4": ({"post": 128}, ["--learning-rate", "0.0005"]),
     "relpos": ({}, ["--relative-position"]),
+    "relpos-nb3": ({}, ["--relative-position", "--token-neighbourhood", "3"]),
 }
 
 

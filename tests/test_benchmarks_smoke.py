@@ -237,7 +237,7 @@ def test_encoder_step_time_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(argv) == 0
     assert torch.get_num_threads() == threads  # the thread setting is put back
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
-    assert set(rows) == {"cnn", "tokens", "tokens+attn", "tokens+relpos"}
+    assert set(rows) == {"cnn", "tokens", "tokens+attn", "tokens+relpos", "tokens+relpos+nb3"}
     assert all(float(r[1]) > 0 and float(r[2]) > 0 and float(r[3]) > 0 for r in rows.values())
 
 
