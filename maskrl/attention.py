@@ -243,7 +243,7 @@ class SelfAttentionBlock(nn.Module):
         self.ff2 = nn.Linear(ff, dim)
 
     def _check_bias(self, bias: Tensor, present: Tensor) -> Tensor:
-        """Validate an attention bias and zero its entries at padded items (query or key)."""
+        """Validate an attention bias's type and shape (see :meth:`_float_mask` for its use)."""
         b, n = present.shape
         if (
             not isinstance(bias, Tensor)
@@ -259,10 +259,25 @@ class SelfAttentionBlock(nn.Module):
             )
         if not bias.is_floating_point():
             raise ValueError(f"bias must be a float tensor, got {bias.dtype}")
-        # torch.where, not a product: NaN at a padded pair must not survive,
-        # and no gradient flows to those entries.
+        return bias
+
+    @staticmethod
+    def _float_mask(bias: Tensor, present: Tensor, key_ok: Tensor) -> Tensor:
+        """The additive attention mask ``[B, heads or 1, N, N]`` of a checked ``bias``.
+
+        ``bias`` between present items, 0 from a query to an allowed key
+        otherwise, and ``-inf`` (not a large negative number: masked keys keep
+        exactly zero weight in every dtype) to a key that is not allowed. One
+        ``torch.where``, not a product: NaN in ``bias`` at a padded pair does
+        not survive, and no gradient flows to those entries.
+        """
         pair = present[:, None, :, None] & present[:, None, None, :]
-        return torch.where(pair, bias, torch.zeros((), dtype=bias.dtype, device=bias.device))
+        base = torch.where(
+            key_ok[:, None, None, :],
+            torch.zeros((), dtype=bias.dtype, device=bias.device),
+            torch.full((), float("-inf"), dtype=bias.dtype, device=bias.device),
+        )  # [B, 1, 1, N]
+        return torch.where(pair, bias, base)
 
     def attention(self, h: Tensor, key_ok: Tensor, bias: Tensor | None = None) -> Tensor:
         """Multi-head attention of the normalised items ``h [B, N, dim]``.
@@ -272,15 +287,19 @@ class SelfAttentionBlock(nn.Module):
         finite) is added to the attention logits of the allowed keys. Returns
         the projected context ``[B, N, dim]``.
         """
+        if bias is None:
+            return self._attend(h, key_ok[:, None, None, :])
+        neg = torch.full((), float("-inf"), dtype=bias.dtype, device=bias.device)
+        return self._attend(h, torch.where(key_ok[:, None, None, :], bias, neg))
+
+    def _attend(self, h: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`attention` with the mask ready: bool ``[B, 1, 1, N]`` (True = allowed)
+        or additive float ``[B, heads or 1, N, N]`` (``-inf`` = not allowed)."""
         b, n, _ = h.shape
         heads, hd = self.num_heads, self.head_dim
         q, k, v = self.qkv(h).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)  # 3 x [B, h, N, hd]
-        mask: Tensor = key_ok[:, None, None, :]
-        if bias is not None:
-            # A float mask is added to the logits: -inf (not a large negative
-            # number) keeps masked keys at exactly zero weight in every dtype.
-            neg = torch.full((), float("-inf"), dtype=q.dtype, device=q.device)
-            mask = torch.where(mask, bias.to(q.dtype), neg)
+        if mask.is_floating_point() and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # autocast: the projections' dtype
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(context.transpose(1, 2).reshape(b, n, self.dim))
 
@@ -307,8 +326,10 @@ class SelfAttentionBlock(nn.Module):
         # An empty row would mask every key (NaN from the softmax): let it
         # attend over its own zeroed slots, which are finite, and zero it below.
         key_ok = present | ~present.any(dim=1, keepdim=True)
-        if bias is not None:
-            bias = self._check_bias(bias, present)
-        h = x + self.attention(self.norm_attn(x), key_ok, bias)
+        if bias is None:
+            mask = key_ok[:, None, None, :]
+        else:
+            mask = self._float_mask(self._check_bias(bias, present), present, key_ok)
+        h = x + self._attend(self.norm_attn(x), mask)
         h = h + self.ff2(torch.relu(self.ff1(self.norm_ff(h))))
         return torch.where(keep, h, zero)

@@ -396,6 +396,10 @@ class GridTokenEncoder(nn.Module):
         row, col = cells // w, cells % w
         dr = row[:, :, None] - row[:, None, :] + (self.height - 1)  # [B, K, K] query minus key
         dc = col[:, :, None] - col[:, None, :] + (w - 1)
-        offset = dr * (2 * w - 1) + dc
-        table = self.relative_bias.flatten(2)  # [layers, heads, (2H-1)(2W-1)]
-        return table[:, :, offset].permute(0, 2, 1, 3, 4)  # [layers, B, heads, K, K]
+        offset = dr * (2 * w - 1) + dc  # [B, K, K]
+        layers, heads = self.relative_bias.shape[:2]
+        table = self.relative_bias.reshape(layers * heads, -1)  # [layers * heads, (2H-1)(2W-1)]
+        # index_select, not table[:, offset]: the same values, several times
+        # cheaper on the CPU forward and backward (index_add, not index_put).
+        picked = table.index_select(1, offset.reshape(-1)).view(layers, heads, *offset.shape)
+        return picked.permute(0, 2, 1, 3, 4)  # [layers, B, heads, K, K]
