@@ -68,25 +68,40 @@ def load_returns(path: Path) -> tuple[str, np.ndarray]:
     return str(data["env_id"]), returns
 
 
-def ratio_interval(
-    reference: np.ndarray, other: np.ndarray, resamples: int = 10_000, seed: int = 0
-) -> tuple[float, float, float]:
-    """``(mean(other) / mean(reference), low, high)``: the ratio and its 95% bootstrap interval."""
-    if reference.mean() <= 0:
-        raise ValueError(f"the reference's mean return is {reference.mean():g}; a share needs > 0")
-    rng = np.random.default_rng(seed)
-    ref = reference[rng.integers(0, reference.size, (resamples, reference.size))].mean(axis=1)
-    oth = other[rng.integers(0, other.size, (resamples, other.size))].mean(axis=1)
-    boot = oth / np.where(ref > 0, ref, np.nan)
-    low, high = np.nanpercentile(boot, [2.5, 97.5])
-    return float(other.mean() / reference.mean()), float(low), float(high)
-
-
 Runs = np.ndarray | Sequence[np.ndarray]
 
 
 def _runs(x: Runs) -> list[np.ndarray]:
     return [x] if isinstance(x, np.ndarray) else list(x)
+
+
+def ratio_interval(
+    reference: Runs, other: Runs, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """``(mean(other) / mean(reference), low, high)``: the ratio and its 95% bootstrap interval.
+
+    Either side may be a list of arrays, one per training run (seed): its
+    mean is then the mean of the runs' means, and each run's episodes are
+    resampled on their own (the interval says how well the episodes pin the
+    means, not how much another seed would differ).
+    """
+    refs, others = _runs(reference), _runs(other)
+    ref_mean = float(np.mean([x.mean() for x in refs]))
+    if ref_mean <= 0:
+        raise ValueError(f"the reference's mean return is {ref_mean:g}; a share needs > 0")
+    rng = np.random.default_rng(seed)
+
+    def boot(runs: list[np.ndarray]) -> np.ndarray:
+        return np.mean(
+            [x[rng.integers(0, x.size, (resamples, x.size))].mean(axis=1) for x in runs], axis=0
+        )
+
+    ref = boot(refs)
+    oth = boot(others)
+    ratios = oth / np.where(ref > 0, ref, np.nan)
+    low, high = np.nanpercentile(ratios, [2.5, 97.5])
+    other_mean = float(np.mean([x.mean() for x in others]))
+    return other_mean / ref_mean, float(low), float(high)
 
 
 def normalised_means(
@@ -161,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar=("REFERENCE", "OTHER"),
-        help="two train.py eval --output files of the same game (repeat for more games)",
+        help="two train.py eval --output files of the same game (repeat for more games); either\n"
+        "may be a comma-separated list of files, one per training run (seed): its mean\n"
+        "is then the mean of the runs' means",
     )
     p.add_argument(
         "--versus",
@@ -186,18 +203,32 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for ref_path, other_path in a.pair:
-        g1, ref = load_returns(Path(ref_path))
-        g2, oth = load_returns(Path(other_path))
-        if g1 != g2:
-            raise SystemExit(f"--pair {ref_path} {other_path}: different games ({g1} and {g2})")
+        sides = []
+        for spec in (ref_path, other_path):
+            paths = [x for x in spec.split(",") if x]
+            if not paths:
+                raise SystemExit(f"--pair {ref_path} {other_path}: a side names no file")
+            sides.append([load_returns(Path(x)) for x in paths])
+        found = {g for side in sides for g, _ in side}
+        if len(found) != 1:
+            raise SystemExit(
+                f"--pair {ref_path} {other_path}: different games ({' and '.join(sorted(found))})"
+            )
+        ref, oth = ([r for _, r in side] for side in sides)
         r, lo, hi = ratio_interval(ref, oth, a.resamples, a.seed)
 
-        def cell(x: np.ndarray) -> str:
-            return f"{x.mean():.2f} +- {x.std(ddof=1) / np.sqrt(x.size):.2f}"
+        def cell(runs: list[np.ndarray]) -> str:
+            if len(runs) == 1:
+                x = runs[0]
+                return f"{x.mean():.2f} +- {x.std(ddof=1) / np.sqrt(x.size):.2f}"
+            return " / ".join(f"{x.mean():.2f}" for x in runs)
+
+        def count(runs: list[np.ndarray]) -> str:
+            return " / ".join(str(x.size) for x in runs)
 
         print(
-            f"| {g1.split('/')[-1]} | {cell(ref)} | {ref.size} | {cell(oth)} | {oth.size} "
-            f"| {100 * r:.1f}% | {100 * lo:.1f}-{100 * hi:.1f}% |"
+            f"| {found.pop().split('/')[-1]} | {cell(ref)} | {count(ref)} | {cell(oth)} "
+            f"| {count(oth)} | {100 * r:.1f}% | {100 * lo:.1f}-{100 * hi:.1f}% |"
         )
     if a.versus:
         games, names = [], []

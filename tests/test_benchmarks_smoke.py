@@ -481,9 +481,25 @@ def test_return_ratio_interval_and_errors(
     assert bench.main(["--pair", str(a), str(b), "--resamples", "500"]) == 0
     row = capsys.readouterr().out.strip().splitlines()[-1]
     assert row.startswith("| X-v0 | 4.00 +- 1.15 | 3 | 2.00 +- 0.58 | 3 | 50.0% |"), row
+    # Runs (seeds) on either side: the mean of the runs' means; no spread, no interval width.
+    r, lo, hi = bench.ratio_interval(
+        [np.full(5, 4.0), np.full(9, 2.0)], [np.full(4, 3.0), np.full(6, 1.5)], resamples=300
+    )
+    assert r == lo == hi == 0.75  # (3 + 1.5) / 2 over (4 + 2) / 2
+    # One run as an array or a one-element list: the same draws, the same interval.
+    assert bench.ratio_interval([ref], [oth], resamples=4000, seed=3) == bench.ratio_interval(
+        ref, oth, resamples=4000, seed=3
+    )
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps({"env_id": "g/X-v0", "returns": [5.0, 7.0]}))
+    assert bench.main(["--pair", f"{a},{c}", str(b), "--resamples", "500"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.startswith("| X-v0 | 4.00 / 6.00 | 3 / 2 | 2.00 +- 0.58 | 3 | 40.0% |"), row
     b.write_text(json.dumps({"env_id": "g/Y-v0", "returns": [1.0, 2.0]}))
     with pytest.raises(SystemExit, match="different games"):
         bench.main(["--pair", str(a), str(b)])
+    with pytest.raises(SystemExit, match="different games"):
+        bench.main(["--pair", str(a), f"{c},{b}"])
     b.write_text(json.dumps({"env_ids": ["g/X-v0"], "per_game": {}}))
     with pytest.raises(SystemExit, match="not a one-game evaluation"):
         bench.main(["--pair", str(a), str(b)])
