@@ -304,6 +304,13 @@ MIN_TAU = 1e-4
 #: reached 60% of it (docs/benchmarks.md).
 TOKENS_ATTENTION_LAYERS = 2
 
+#: The tokens student's window by default (each token embeds the 3 x 3 cells
+#: around its own), with relative positions in its self-attention: together
+#: they took the five-game token student from 88% of the CNN student's return
+#: on SpaceInvaders and Seaquest to 113-122% (1M steps, two seeds a side;
+#: README, "Self-attention encoders").
+TOKENS_NEIGHBOURHOOD = 3
+
 
 @dataclass
 class MimicConfig(TrainerConfig):
@@ -341,15 +348,17 @@ class MimicConfig(TrainerConfig):
         f"{TOKENS_ATTENTION_LAYERS} with --multigame-encoder tokens, 0 with cnn)",
     )
     attention_heads: int = _f(4, "heads of each self-attention block of the tokens encoder")
-    relative_position: bool = _f(
-        False,
+    relative_position: bool | None = _f(
+        None,
         "tokens encoder: a learned attention-logit bias per relative grid offset of two tokens "
-        "(per block and head), so attention can relate objects by where they are from each other",
+        "(per block and head), so attention can relate objects by where they are from each "
+        "other (None: on with --multigame-encoder tokens and self-attention, off otherwise)",
     )
-    token_neighbourhood: int = _f(
-        1,
+    token_neighbourhood: int | None = _f(
+        None,
         "tokens encoder: odd window k; each token (one per occupied cell) embeds the k x k cells "
-        "around its own, a convolutional stem (1: its own cell only)",
+        "around its own, a convolutional stem (1: its own cell only; None: "
+        f"{TOKENS_NEIGHBOURHOOD} with --multigame-encoder tokens, 1 with cnn)",
     )
 
     def validate(self) -> None:
@@ -383,14 +392,33 @@ class MimicConfig(TrainerConfig):
                 _check(self, "relative_position", False, "off unless --multigame-encoder tokens")
             if self.attention_layers == 0:
                 _check(self, "relative_position", False, "off with --attention-layers 0")
-        _check(
-            self,
-            "token_neighbourhood",
-            1 <= self.token_neighbourhood <= 19 and self.token_neighbourhood % 2 == 1,
-            "an odd window in [1, 19]",
-        )
-        if self.token_neighbourhood != 1 and self.multigame_encoder != "tokens":
-            _check(self, "token_neighbourhood", False, "1 unless --multigame-encoder tokens")
+        k = self.token_neighbourhood
+        if k is not None:
+            _check(
+                self, "token_neighbourhood", 1 <= k <= 19 and k % 2 == 1, "an odd window in [1, 19]"
+            )
+            if k != 1 and self.multigame_encoder != "tokens":
+                _check(self, "token_neighbourhood", False, "1 unless --multigame-encoder tokens")
+
+    def token_options(self) -> dict[str, Any]:
+        """The encoder options the student is built with, the defaults resolved.
+
+        ``attention_layers``, ``relative_position`` and ``token_neighbourhood``:
+        a field left at None takes its default for :attr:`multigame_encoder`
+        (tokens: :data:`TOKENS_ATTENTION_LAYERS` blocks, relative positions on,
+        a :data:`TOKENS_NEIGHBOURHOOD` window; cnn: none of them).
+        """
+        tokens = self.multigame_encoder == "tokens"
+        layers = self.attention_layers
+        if layers is None:
+            layers = TOKENS_ATTENTION_LAYERS if tokens else 0
+        relative = self.relative_position
+        if relative is None:
+            relative = tokens and layers >= 1
+        k = self.token_neighbourhood
+        if k is None:
+            k = TOKENS_NEIGHBOURHOOD if tokens else 1
+        return {"attention_layers": layers, "relative_position": relative, "token_neighbourhood": k}
 
 
 # ----------------------------------------------------------------- the run

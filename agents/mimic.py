@@ -45,7 +45,8 @@ from maskrl.agents.base import (
     read_trainer_checkpoint,
 )
 from maskrl.agents.checkpoint import load_checkpoint, space_to_dict
-from maskrl.agents.config import TOKENS_ATTENTION_LAYERS, MimicConfig
+from maskrl.agents.config import TOKENS_ATTENTION_LAYERS as TOKENS_ATTENTION_LAYERS  # old path
+from maskrl.agents.config import MimicConfig
 from maskrl.agents.distributed import DataParallel
 from maskrl.agents.mimic_losses import (
     FeatureRegressionHeads,
@@ -317,16 +318,16 @@ class ActorMimic(OnPolicyTrainer):
             net_kwargs["channels_per_game"] = [
                 int(x.policy.observation_space.shape[0]) for x in experts
             ]
-        layers = c.attention_layers
-        if layers is None:
-            layers = TOKENS_ATTENTION_LAYERS if c.multigame_encoder == "tokens" else 0
-        if layers:  # recorded, so the checkpoint rebuilds the same network
-            net_kwargs["attention_layers"] = layers
+        # Recorded in the checkpoint's network kwargs (where not the builder's
+        # default), so it rebuilds the same network whatever the defaults become.
+        tok = c.token_options()
+        if tok["attention_layers"]:
+            net_kwargs["attention_layers"] = tok["attention_layers"]
             net_kwargs["attention_heads"] = c.attention_heads
-        if c.relative_position:
+        if tok["relative_position"]:
             net_kwargs["relative_position"] = True
-        if c.token_neighbourhood != 1:
-            net_kwargs["token_neighbourhood"] = c.token_neighbourhood
+        if tok["token_neighbourhood"] != 1:
+            net_kwargs["token_neighbourhood"] = tok["token_neighbourhood"]
         policy = MaskedPolicy.build(
             obs_space, act_space, self.env_ids, device, c.seed, **net_kwargs
         )

@@ -9,7 +9,7 @@ folder is written under ``--out-dir``), so a variant of the token encoder costs
 minutes, and compares encoder variants at equal steps and seeds:
 
 * ``cnn``       -- the padded-channel MinAtar CNN student (the default);
-* ``tokens``    -- today's token encoder: 2 self-attention blocks x 4 heads,
+* ``tokens``    -- the plain token encoder: 2 self-attention blocks x 4 heads,
   width 64, additive attention pool straight into the heads;
 * ``post``      -- the same, plus a ReLU dense layer of 128 units after the pool
   (the CNN's dense width: the heads read 128 features in both);
@@ -80,6 +80,12 @@ VARIANTS: dict[str, tuple[dict[str, Any], list[str]]] = {
 }
 
 
+#: The token encoder as the variants below define it (train.py mimic's defaults for
+#: the tokens student are relative positions and a 3 x 3 window): a variant's own
+#: flags come after these and override them.
+PLAIN_TOKENS = ["--no-relative-position", "--token-neighbourhood", "1"]
+
+
 def _install_variant(options: dict[str, Any]) -> None:
     """Replace the token encoder builder with one that builds this variant (subprocess only)."""
     import torch
@@ -148,9 +154,13 @@ def _install_variant(options: dict[str, Any]) -> None:
         layers: int,
         heads: int,
         relative_position: bool = False,
+        token_neighbourhood: int = 1,
     ) -> VariantEncoder:
-        if relative_position:
-            raise SystemExit("the screen's own variants do not take --relative-position")
+        if relative_position or token_neighbourhood != 1:
+            raise SystemExit(
+                "the screen's own variants take neither --relative-position nor "
+                "--token-neighbourhood"
+            )
         return VariantEncoder([int(c) for c in channels], shape[1], shape[2], layers, heads)
 
     networks._token_encoder = build  # type: ignore[assignment]
@@ -219,7 +229,8 @@ def main() -> int:
                     "--total-timesteps", str(args.total_timesteps), "--seed", str(seed),
                     "--runs-dir", str(out), "--run-name", name,
                     "--eval-episodes", str(args.episodes), "--no-progress",
-                    "--torch-threads", "1", *flags,
+                    "--torch-threads", "1", *(PLAIN_TOKENS if encoder == "tokens" else []),
+                    *flags,
                 ]  # fmt: skip
                 print("$", " ".join(cmd[1:]), flush=True)
                 env = {**os.environ, CHILD: variant}

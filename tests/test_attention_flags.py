@@ -102,7 +102,7 @@ def test_config_defaults_keep_the_networks_without_attention() -> None:
 
 
 def test_tokens_student_gets_self_attention_by_default(tmp_path: Path) -> None:
-    from maskrl.agents.mimic import TOKENS_ATTENTION_LAYERS
+    from maskrl.agents.config import TOKENS_ATTENTION_LAYERS, TOKENS_NEIGHBOURHOOD
 
     ex = tmp_path / "ex"
     argv = ["experts", "--env", "maskrl/MinAtar-Breakout-v0", "--total-timesteps", "128"]
@@ -124,33 +124,29 @@ def test_tokens_student_gets_self_attention_by_default(tmp_path: Path) -> None:
     tok = load_policy(tmp_path / "tok" / "checkpoint.pt", device="cpu")
     assert len(_blocks(tok.net)) == TOKENS_ATTENTION_LAYERS == 2
     assert all(b.num_heads == 4 for b in _blocks(tok.net))
-    argv = [
-        *common,
-        "--run-name",
-        "bag",
-        "--multigame-encoder",
-        "tokens",
-        "--attention-layers",
-        "0",
-    ]
-    assert train.main(argv) == 0
-    assert not _blocks(load_policy(tmp_path / "bag" / "checkpoint.pt", device="cpu").net)
-    argv = [*common, "--run-name", "rel", "--multigame-encoder", "tokens", "--relative-position"]
-    assert train.main(argv) == 0
-    rel = load_policy(tmp_path / "rel" / "checkpoint.pt", device="cpu")
-    assert rel.network_kwargs is not None and rel.network_kwargs["relative_position"] is True
-    table = rel.net.encoder.relative_bias  # type: ignore[union-attr]
-    assert tuple(table.shape) == (TOKENS_ATTENTION_LAYERS, 4, 19, 19)
-    assert bool((table != 0).any())  # trained: the bias left its zero start
-    assert not getattr(tok.net.encoder, "relative_position", True)
-    argv = [*common, "--run-name", "nb3", "--multigame-encoder", "tokens"]
-    assert train.main([*argv, "--token-neighbourhood", "3", "--relative-position"]) == 0
-    nb3 = load_policy(tmp_path / "nb3" / "checkpoint.pt", device="cpu")
-    assert nb3.network_kwargs is not None and nb3.network_kwargs["token_neighbourhood"] == 3
-    enc = nb3.net.encoder
+    # The defaults: relative positions and a 3 x 3 window, recorded in the checkpoint.
+    assert tok.network_kwargs is not None
+    assert tok.network_kwargs["relative_position"] is True
+    assert tok.network_kwargs["token_neighbourhood"] == TOKENS_NEIGHBOURHOOD == 3
+    enc = tok.net.encoder
     assert enc.neighbourhood == 3  # type: ignore[union-attr]
     assert enc.channel_embedding.num_embeddings == sum(enc.channels_per_game) * 9 + 1  # type: ignore[union-attr, operator]
-    assert "token_neighbourhood" not in (rel.network_kwargs or {})  # 1 is not recorded
+    table = enc.relative_bias  # type: ignore[union-attr]
+    assert tuple(table.shape) == (TOKENS_ATTENTION_LAYERS, 4, 19, 19)
+    assert bool((table != 0).any())  # trained: the bias left its zero start
+    argv = [*common, "--run-name", "bag", "--multigame-encoder", "tokens"]
+    assert train.main([*argv, "--attention-layers", "0"]) == 0
+    bag = load_policy(tmp_path / "bag" / "checkpoint.pt", device="cpu")
+    assert not _blocks(bag.net) and not bag.net.encoder.relative_position  # type: ignore[union-attr]
+    assert bag.net.encoder.neighbourhood == 3  # type: ignore[union-attr]
+    argv = [*common, "--run-name", "plain", "--multigame-encoder", "tokens"]
+    assert train.main([*argv, "--no-relative-position", "--token-neighbourhood", "1"]) == 0
+    plain = load_policy(tmp_path / "plain" / "checkpoint.pt", device="cpu")
+    assert len(_blocks(plain.net)) == 2 and plain.network_kwargs is not None
+    assert "relative_position" not in plain.network_kwargs
+    assert "token_neighbourhood" not in plain.network_kwargs
+    enc = plain.net.encoder
+    assert not enc.relative_position and enc.neighbourhood == 1  # type: ignore[union-attr]
     assert train.main([*common, "--run-name", "cnn"]) == 0
     assert not _blocks(load_policy(tmp_path / "cnn" / "checkpoint.pt", device="cpu").net)
 
