@@ -564,22 +564,19 @@ class DQN:
         The target is :func:`~maskrl.agents.dqn_target` of the target network's
         (and, double DQN, the online network's) values of ``next_obs`` under
         ``next_masks`` -- or under all-True masks with ``unmasked_target``.
-        The online network's Q-values feed the target detached. The online
-        network must not depend on the batch (no batch statistics): with
-        double DQN it reads ``obs`` and ``next_obs`` in one forward pass.
+        The online network's values of ``next_obs`` (double DQN) come from a
+        forward pass without a graph, so the backward pass covers ``obs``
+        only.
         """
         c = self.config
 
         obs, next_obs = self._float(batch["obs"]), self._float(batch["next_obs"])
-        B = obs.shape[0]
-        if c.double:
-            # One forward of the online network over both halves (it has no batch
-            # statistics): Q(s) keeps its graph, Q(s') is only read.
-            q_online = self._q(self.net, torch.cat([obs, next_obs]))
-            q_all, q_next_online = q_online[:B], q_online[B:].detach()
-        else:
-            q_all, q_next_online = self._q(self.net, obs), None
+        q_all, q_next_online = self._q(self.net, obs), None
         with torch.no_grad():
+            if c.double:
+                # Q(s') of the online network is only read: its own forward without a
+                # graph, so the backward pass runs over the batch, not twice its size.
+                q_next_online = self._q(self.net, next_obs)
             q_next_target = self._q(self.target_net, next_obs)
             mask = batch["next_masks"]
             if c.unmasked_target:
