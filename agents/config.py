@@ -357,8 +357,8 @@ class MimicConfig(TrainerConfig):
     token_neighbourhood: int | None = _f(
         None,
         "tokens encoder: odd window k; each token (one per occupied cell) embeds the k x k cells "
-        "around its own, a convolutional stem (1: its own cell only; None: "
-        f"{TOKENS_NEIGHBOURHOOD} with --multigame-encoder tokens, 1 with cnn)",
+        f"around its own, a convolutional stem; 1: its own cell only (None: {TOKENS_NEIGHBOURHOOD} "
+        "with --multigame-encoder tokens, 1 with cnn)",
     )
 
     def validate(self) -> None:
