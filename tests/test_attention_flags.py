@@ -185,3 +185,29 @@ def test_build_tokens_student_with_attention_layers() -> None:
             attention_heads=0,
         )
     envs.close()
+
+
+def test_mimic_token_options_resolve_the_defaults_per_encoder() -> None:
+    from maskrl.agents.config import MimicConfig
+
+    def opts(**kw: object) -> dict[str, object]:
+        c = MimicConfig(**kw)  # type: ignore[arg-type]
+        c.validate()
+        return c.token_options()
+
+    plain = {"attention_layers": 0, "relative_position": False, "token_neighbourhood": 1}
+    assert opts() == plain  # the CNN student: none of them
+    assert opts(multigame_encoder="tokens") == {
+        "attention_layers": 2,
+        "relative_position": True,
+        "token_neighbourhood": 3,
+    }
+    # No blocks: no bias to learn; the window does not need attention.
+    assert opts(multigame_encoder="tokens", attention_layers=0) == {
+        "attention_layers": 0,
+        "relative_position": False,
+        "token_neighbourhood": 3,
+    }
+    explicit = opts(multigame_encoder="tokens", relative_position=False, token_neighbourhood=5)
+    assert explicit == {"attention_layers": 2, "relative_position": False, "token_neighbourhood": 5}
+    assert opts(token_neighbourhood=1) == plain  # 1 is allowed with the CNN
