@@ -307,7 +307,8 @@ TOKENS_ATTENTION_LAYERS = 2
 #: The tokens student's window by default (each token embeds the 3 x 3 cells
 #: around its own), with relative positions in its self-attention: together
 #: they took the five-game token student from 88% of the CNN student's return
-#: on SpaceInvaders and Seaquest to 113-122% (1M steps, two seeds a side;
+#: on SpaceInvaders and Seaquest to 103% and 112%, and to 104-121% on the
+#: other three games (1M steps, three token seeds against four CNN seeds;
 #: README, "Self-attention encoders").
 TOKENS_NEIGHBOURHOOD = 3
 
