@@ -66,6 +66,7 @@ from maskrl.agents.dqn import (
     _uniform_valid_action,
     masked_argmax,
 )
+from maskrl.agents.dqn_manual import manual_q_gradients, supports_manual
 from maskrl.agents.policy import MaskedPolicy
 from maskrl.agents.rollout import EpisodeStats, is_torch_env, read_masks
 from maskrl.agents.trainer import (
@@ -161,6 +162,19 @@ class ReplayBuffer:
         NumPy arrays, or tensors (the torch env backend's, on this buffer's device).
         """
         B = actions.shape[0]
+        host = self._host
+        if host is not None and self.pos + B <= self.capacity and not isinstance(obs, torch.Tensor):
+            # The common case on the CPU: NumPy rows that fit before the end of the ring.
+            lo, hi = self.pos, self.pos + B
+            host["obs"][lo:hi] = obs
+            host["next_obs"][lo:hi] = next_obs
+            host["actions"][lo:hi] = actions
+            host["rewards"][lo:hi] = rewards
+            host["terminated"][lo:hi] = terminated
+            host["next_masks"][lo:hi] = next_masks
+            self.pos = hi % self.capacity
+            self.size = min(self.size + B, self.capacity)
+            return
         rows = [(self.pos, min(self.pos + B, self.capacity))]
         if rows[0][1] - rows[0][0] < B:  # wraps around the end
             rows.append((0, B - (rows[0][1] - rows[0][0])))
@@ -310,6 +324,20 @@ class DQN:
         #: A few envs on the CPU: the network's forward pass for acting in NumPy, where
         #: it is several times cheaper at a batch of one (see maskrl.host_forward).
         self._host_logits = HostLogits.build(self.net) if self.device.type == "cpu" else None
+        #: Whether it is usable now (checked at the start of each learn() iteration: no
+        #: hook, no swapped layer or replaced weight; a callback's change counts from
+        #: the next iteration on).
+        self._host_ready = False
+        #: The MinAtar network on the CPU, with this class's loss: gradient steps compute
+        #: the loss's gradients by hand, without autograd (maskrl.agents.dqn_manual),
+        #: whenever the network is usable as built (checked with _host_ready).
+        self._manual = (
+            self._host_logits is not None
+            and type(self).loss is DQN.loss
+            and supports_manual(self.net)
+        )
+        self._target_host = HostLogits.build(self.target_net) if self._manual else None
+        self._manual_ready = False
         self.n_actions = int(act_space.n)
         self.global_step = 0
         self.num_updates = 0  # gradient steps taken
@@ -513,25 +541,28 @@ class DQN:
         trainer's device.
         """
         dev = self.device
-        t_obs, t_mask = torch.from_numpy(obs), torch.from_numpy(mask)
         if dev.type != "cpu":
-            t_obs, t_mask = t_obs.to(dev, non_blocking=True), t_mask.to(dev, non_blocking=True)
+            t_obs = torch.from_numpy(obs).to(dev, non_blocking=True)
+            t_mask = torch.from_numpy(mask).to(dev, non_blocking=True)
             return self._act_tensor(t_obs, t_mask, epsilon, sync=True).cpu().numpy()
-        with torch.no_grad():
-            u, explore_t = _explore_draws(t_mask, epsilon, self.rng.device_gen)
-            explore = explore_t.numpy()
-            if explore.all():
-                return _uniform_valid_action(u, t_mask, epsilon).numpy()
-            host = self._host_logits
-            if host is not None and len(obs) <= _HOST_MAX_BATCH and host.usable():
-                q = host(obs)
-            else:
-                q = self._q(self.net, self._float(t_obs)).numpy()
-            # masked_argmax in NumPy: invalid entries -inf, ties to the lowest index.
-            greedy = np.where(mask, q, -np.inf).argmax(axis=-1)
-            if not explore.any():
-                return greedy
-            return np.where(explore, _uniform_valid_action(u, t_mask, epsilon).numpy(), greedy)
+        # _explore_draws' draw (one float32 uniform per env from the trainer's generator),
+        # compared in float32 as torch compares it (NumPy's rule for a Python float too).
+        u = torch.rand(mask.shape[:-1], generator=self.rng.device_gen)
+        explore = u.numpy() < np.float32(epsilon)
+        if explore.all():
+            return _uniform_valid_action(u, torch.from_numpy(mask), epsilon).numpy()
+        if self._host_ready and len(obs) <= _HOST_MAX_BATCH:
+            assert self._host_logits is not None
+            q = self._host_logits(obs)
+        else:
+            with torch.no_grad():
+                q = self._q(self.net, self._float(torch.from_numpy(obs))).numpy()
+        # masked_argmax in NumPy: invalid entries -inf, ties to the lowest index.
+        greedy = np.where(mask, q, -np.inf).argmax(axis=-1)
+        if not explore.any():
+            return greedy
+        uniform = _uniform_valid_action(u, torch.from_numpy(mask), epsilon).numpy()
+        return np.where(explore, uniform, greedy)
 
     @torch.no_grad()
     def _act_tensor(
@@ -610,9 +641,14 @@ class DQN:
         assert self.replay is not None
         c = self.config
         batch = self.replay.sample(c.batch_size, self.rng.device_gen)
-        loss, target = self.loss(batch)
-        self.flat.zero_grad()
-        loss.backward()
+        if self._manual_ready:
+            loss, target = manual_q_gradients(
+                self.net, self.target_net, batch, float(c.gamma), c.double, c.unmasked_target
+            )
+        else:
+            loss, target = self.loss(batch)
+            self.flat.zero_grad()
+            loss.backward()
         norm = self.flat.clip_grad_norm(c.max_grad_norm)
         # The loss, the gradient norm and the target mean: read back in one go from a
         # GPU; on the CPU each read is free and stacking them is not.
@@ -661,6 +697,13 @@ class DQN:
                 invalid: int | torch.Tensor = 0
                 if self._mode_matters:
                     self.net.eval()
+                host = self._host_logits
+                self._host_ready = host is not None and host.usable()
+                target_host = self._target_host
+                self._manual_ready = (
+                    self._manual and self._host_ready
+                    and target_host is not None and target_host.usable()
+                )  # fmt: skip
                 for _ in range(c.train_freq):
                     invalid += self._step_envs()
                 self._end_vector_steps(start)

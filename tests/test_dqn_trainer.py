@@ -519,6 +519,9 @@ def test_the_replay_ring_wraps_around_and_round_trips() -> None:
     assert rb.obs[:, 0].tolist() == [5, 1, 2, 3, 4] and (rb.pos, rb.size) == (1, 5)
     assert rb.next_obs[:, 0].tolist() == [105, 101, 102, 103, 104]
     assert rb.next_masks[:, 0].tolist() == [False, False, True, False, True]
+    # Rows 0-3 were written in one piece (the CPU's direct path), rows 4 and 0 wrapped.
+    assert rb.actions.tolist() == [1, 1, 0, 1, 0] and rb.rewards.tolist() == [2, 2, 1, 2, 1]
+    assert rb.terminated.tolist() == [True, True, False, True, False]
     other = ReplayBuffer((1,), np.float32, 2, 5, torch.device("cpu"))
     other.load_state_dict(rb.state_dict())
     for k in rb._FIELDS:
