@@ -28,6 +28,13 @@
   ``target_update_interval`` env steps. ``unmasked_target=True`` (``--unmasked-target``)
   is the ablation: the target ranges over all actions.
 
+On the CPU, for the networks it knows exactly (an ``ActorCritic`` over a plain
+MinAtar CNN or MLP), acting with up to 16 envs runs the forward pass in NumPy
+(:mod:`maskrl.host_forward`), and a gradient step of the plain MinAtar network
+writes the loss's gradients by hand instead of through autograd
+(:mod:`maskrl.agents.dqn_manual`); both equal torch's to float rounding and
+step aside for any other network, hook or quantization-aware layer.
+
 The Q-network is the default network of :func:`~maskrl.agents.build_actor_critic`
 for the env (the MinAtar CNN for MinAtar): its policy-head logits are the
 Q-values, its value head is unused. So the checkpoint holds an ordinary
@@ -84,12 +91,12 @@ from maskrl.networks import ActorCritic
 
 __all__ = ["DQN", "ReplayBuffer", "linear_epsilon"]
 
-#: Module types whose forward ignores ``training`` (maskrl's own networks, checked by
-#: module name in :class:`DQN`, are built from these).
 #: Up to this many envs, acting runs the network in NumPy where it can (at a batch
 #: of one ~25 us against ~90 us in torch for the MinAtar network; even at 16).
 _HOST_MAX_BATCH = 16
 
+#: Module types whose forward ignores ``training`` (maskrl's own networks, checked by
+#: module name in :class:`DQN`, are built from these).
 _MODE_FREE = (
     nn.Linear, nn.Conv2d, nn.ReLU, nn.Tanh, nn.Flatten, nn.Identity, nn.Sequential,
     nn.ModuleList, nn.ModuleDict, nn.LayerNorm, nn.Embedding,
