@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrl.agents.dqn import _dqn_target_unchecked
+from maskrl.host_forward import HostLogits
 from maskrl.networks import ActorCritic, MinAtarCNN
 
 __all__ = ["manual_q_gradients", "supports_manual"]
@@ -38,8 +39,6 @@ __all__ = ["manual_q_gradients", "supports_manual"]
 
 def supports_manual(net: torch.nn.Module) -> bool:
     """Whether :func:`manual_q_gradients` knows ``net``'s structure (see the module doc)."""
-    from maskrl.host_forward import HostLogits
-
     return HostLogits.build(net) is not None and type(net.encoder) is MinAtarCNN
 
 

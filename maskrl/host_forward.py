@@ -81,21 +81,21 @@ class HostLogits:
             return None
         enc = net.encoder
         layers: list[nn.Module]
+        dense: list[nn.Module]
         if type(enc) is MinAtarCNN:
             conv = enc.conv
             if type(conv) is not nn.Conv2d or not _plain_conv(conv):
                 return None
-            layers = [conv, enc.fc]
+            layers, dense = [conv, enc.fc], [enc.fc]
         elif type(enc) is MLPEncoder:
             mods = list(enc.net)
             linears, acts = mods[0::2], mods[1::2]
             if len(linears) != len(acts) or not all(type(a) is nn.Tanh for a in acts):
                 return None
-            layers = linears
+            layers = dense = linears
         else:
             return None
-        if not all(type(m) is nn.Linear for m in (*layers[1 if type(enc) is MinAtarCNN else 0:],
-                                                   net.policy_head)):  # fmt: skip
+        if not all(type(m) is nn.Linear for m in (*dense, net.policy_head)):
             return None
         params = [p for m in (*layers, net.policy_head) for p in (m.weight, m.bias)]
         if any(p is None or p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
