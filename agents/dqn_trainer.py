@@ -73,7 +73,7 @@ from maskrl.agents.dqn import (
     _uniform_valid_action,
     masked_argmax,
 )
-from maskrl.agents.dqn_manual import manual_q_gradients, supports_manual
+from maskrl.agents.dqn_manual import ManualQStep
 from maskrl.agents.policy import MaskedPolicy
 from maskrl.agents.rollout import EpisodeStats, is_torch_env, read_masks
 from maskrl.agents.trainer import (
@@ -215,6 +215,16 @@ class ReplayBuffer:
         # index_select: the same rows as ``tensor[idx]``, several times cheaper on the CPU.
         return {k: getattr(self, k).index_select(0, idx) for k in self._FIELDS}
 
+    def sample_host(self, batch_size: int, generator: torch.Generator) -> dict[str, np.ndarray]:
+        """:meth:`sample` as NumPy arrays, for a buffer on the CPU: the same rows from the
+        same draw of ``generator`` (a CPU generator), gathered in NumPy."""
+        if self._host is None:
+            raise ValueError(f"sample_host needs a buffer on the CPU, this one is on {self.device}")
+        if self.size == 0:
+            raise ValueError("the replay buffer is empty")
+        idx = torch.randint(self.size, (batch_size,), generator=generator).numpy()
+        return {k: np.take(v, idx, axis=0) for k, v in self._host.items()}
+
     def state_dict(self) -> dict[str, Any]:
         """The filled rows (on the CPU) and the write position."""
         n = self.size
@@ -337,13 +347,10 @@ class DQN:
         self._host_ready = False
         #: The MinAtar network on the CPU, with this class's loss: gradient steps compute
         #: the loss's gradients by hand, without autograd (maskrl.agents.dqn_manual),
-        #: whenever the network is usable as built (checked with _host_ready).
-        self._manual = (
-            self._host_logits is not None
-            and type(self).loss is DQN.loss
-            and supports_manual(self.net)
-        )
-        self._target_host = HostLogits.build(self.target_net) if self._manual else None
+        #: whenever both networks are usable as built (checked with _host_ready).
+        self._manual: ManualQStep | None = None
+        if self._host_logits is not None and type(self).loss is DQN.loss:
+            self._manual = ManualQStep.build(self.net, self.target_net, self._host_logits)
         self._manual_ready = False
         self.n_actions = int(act_space.n)
         self.global_step = 0
@@ -647,23 +654,27 @@ class DQN:
         """One gradient step on a batch drawn from the replay buffer; returns its metrics."""
         assert self.replay is not None
         c = self.config
-        batch = self.replay.sample(c.batch_size, self.rng.device_gen)
         if self._manual_ready:
-            loss, target = manual_q_gradients(
-                self.net, self.target_net, batch, float(c.gamma), c.double, c.unmasked_target
+            assert self._manual is not None
+            host_batch = self.replay.sample_host(c.batch_size, self.rng.device_gen)
+            loss_v, host_target = self._manual(
+                host_batch, float(c.gamma), c.double, c.unmasked_target
             )
+            norm_v = self.flat.clip_grad_norm(c.max_grad_norm).item()
+            target_mean = float(host_target.mean())
         else:
+            batch = self.replay.sample(c.batch_size, self.rng.device_gen)
             loss, target = self.loss(batch)
             self.flat.zero_grad()
             loss.backward()
-        norm = self.flat.clip_grad_norm(c.max_grad_norm)
-        # The loss, the gradient norm and the target mean: read back in one go from a
-        # GPU; on the CPU each read is free and stacking them is not.
-        parts = [loss.detach().float(), norm.float(), target.mean().float()]
-        if self.device.type == "cpu":
-            loss_v, norm_v, target_mean = (x.item() for x in parts)
-        else:
-            loss_v, norm_v, target_mean = torch.stack(parts).tolist()
+            norm = self.flat.clip_grad_norm(c.max_grad_norm)
+            # The loss, the gradient norm and the target mean: read back in one go from
+            # a GPU; on the CPU each read is free and stacking them is not.
+            parts = [loss.detach().float(), norm.float(), target.mean().float()]
+            if self.device.type == "cpu":
+                loss_v, norm_v, target_mean = (x.item() for x in parts)
+            else:
+                loss_v, norm_v, target_mean = torch.stack(parts).tolist()
         if not math.isfinite(loss_v) or not math.isfinite(norm_v):
             self.flat.zero_grad()
             what = "loss" if not math.isfinite(loss_v) else "gradient"
@@ -706,11 +717,11 @@ class DQN:
                     self.net.eval()
                 host = self._host_logits
                 self._host_ready = host is not None and host.usable()
-                target_host = self._target_host
+                manual = self._manual
+                # (its online network's HostLogits is `host`, checked just above)
                 self._manual_ready = (
-                    self._manual and self._host_ready
-                    and target_host is not None and target_host.usable()
-                )  # fmt: skip
+                    manual is not None and self._host_ready and manual.target_host.usable()
+                )
                 for _ in range(c.train_freq):
                     invalid += self._step_envs()
                 self._end_vector_steps(start)

@@ -70,8 +70,12 @@ class HostLogits:
                 assert p is not None  # build() checked
                 self._params.append((m, name, p))
         self._ptrs = [p.data_ptr() for _, _, p in self._params]
-        # NumPy views of the parameters (they share the tensors' memory).
-        self._np = [p.detach().numpy() for _, _, p in self._params]
+        #: The parameters themselves, in the order of :attr:`arrays`.
+        self.parameters = [p for _, _, p in self._params]
+        #: NumPy views of the parameters (they share the tensors' memory), in order:
+        #: weight and bias of each layer (the convolution and dense layers, then the
+        #: policy head).
+        self.arrays = [p.detach().numpy() for _, _, p in self._params]
         self._conv_index: dict[tuple[int, ...], np.ndarray] = {}
 
     @classmethod
@@ -121,8 +125,13 @@ class HostLogits:
                 return False
         return True
 
-    def _index(self, shape: tuple[int, ...]) -> np.ndarray:
-        """Gather indices ``[C*9, OH*OW]`` that lay a ``(C, H, W)`` grid out for a 3x3 convolution."""
+    def patch_index(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Gather indices ``[C*9, OH*OW]`` that lay a ``(C, H, W)`` grid out for a 3x3 convolution.
+
+        Row ``c*9 + dy*3 + dx`` (the order of a convolution weight's flattened
+        ``[C, 3, 3]``), column ``y*OW + x``: the flat index into the grid of cell
+        ``(c, y + dy, x + dx)``. Cached per shape.
+        """
         idx = self._conv_index.get(shape)
         if idx is None:
             c, h, w = shape
@@ -138,12 +147,12 @@ class HostLogits:
         if x.dtype != np.float32:
             x = x.astype(np.float32)
         b = x.shape[0]
-        p = self._np
+        p = self.arrays
         if type(self.net.encoder) is MinAtarCNN:
             if x.ndim != 4:
                 raise ValueError(f"MinAtarCNN expects [B, C, H, W] observations, got {x.shape}")
             wc, bc, w1, b1 = p[0], p[1], p[2], p[3]
-            cols = x.reshape(b, -1)[:, self._index(x.shape[1:])]  # [B, C*9, P]
+            cols = np.take(x.reshape(b, -1), self.patch_index(x.shape[1:]), axis=1)  # [B, C*9, P]
             h: Any = np.matmul(wc.reshape(wc.shape[0], -1), cols)  # [B, F, P]
             h += bc[:, None]
             np.maximum(h, 0.0, out=h)

@@ -13,7 +13,7 @@ from torch import nn
 
 import maskrl.envs  # noqa: F401  (registers the ids)
 from maskrl.agents import DQN, DQNConfig
-from maskrl.agents.dqn_manual import manual_q_gradients, supports_manual
+from maskrl.agents.dqn_manual import ManualQStep, supports_manual
 from maskrl.agents.trainer import FlatParameters
 from maskrl.networks import ActorCritic, MinAtarCNN, MLPEncoder
 from maskrl.quant import prepare_qat
@@ -68,9 +68,11 @@ def test_the_gradients_equal_autograds(double: bool, unmasked: bool, flat: bool,
     else:
         for p in net.parameters():
             p.grad = torch.full_like(p, 7.0)  # overwritten, not accumulated
-    loss, target = manual_q_gradients(net, target_net, batch, 0.97, double, unmasked)
-    torch.testing.assert_close(target, want_target)
-    torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=1e-7)
+    step = ManualQStep.build(net, target_net)
+    assert step is not None and step.usable()
+    loss, target = step(batch, 0.97, double, unmasked)
+    torch.testing.assert_close(torch.from_numpy(target), want_target)
+    assert loss == pytest.approx(float(want_loss), rel=1e-6, abs=1e-7)
     td = batch["rewards"]  # both branches of the Huber loss were exercised
     assert td.abs().max() > 1
     for (name, p), w in zip(net.named_parameters(), want, strict=True):
@@ -80,10 +82,57 @@ def test_the_gradients_equal_autograds(double: bool, unmasked: bool, flat: bool,
     assert not net.value_head.weight.grad.any()
 
 
+@pytest.mark.parametrize("channels,n,b", [(10, 18, 5), (7, 3, 64)])
+def test_other_grids_batches_and_action_counts(channels: int, n: int, b: int) -> None:
+    """Seaquest's 10 channels with 18 actions at a batch of 5; Freeway's 7 with 3 at 64."""
+    torch.manual_seed(1)
+    net = ActorCritic(MinAtarCNN(channels, hidden=32), n)
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.3)
+    target_net = copy.deepcopy(net)
+    batch = _batch(np.random.default_rng(2), b, channels, n, np.float32)
+    want_loss, want_target, want = _autograd(net, target_net, batch, True, False)
+    FlatParameters(net)
+    step = ManualQStep.build(net, target_net)
+    assert step is not None
+    loss, target = step({k: v.numpy() for k, v in batch.items()}, 0.97, True, False)
+    torch.testing.assert_close(torch.from_numpy(target), want_target)
+    assert loss == pytest.approx(float(want_loss), rel=1e-6, abs=1e-7)
+    for (name, p), w in zip(net.named_parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, w, rtol=1e-5, atol=1e-6 * float(w.abs().max()) + 1e-9,
+                                   msg=name)  # fmt: skip
+
+
+def test_a_terminal_row_ignores_its_next_values() -> None:
+    """A terminated row's target is its reward, whatever its next state's values (inf here)."""
+    net = ActorCritic(MinAtarCNN(4, hidden=16), 3)
+    target_net = copy.deepcopy(net)
+    FlatParameters(net)
+    batch = _batch(np.random.default_rng(3), 4, 4, 3, np.float32)
+    batch["terminated"] = torch.tensor([True, False, True, False])
+    step = ManualQStep.build(net, target_net)
+    assert step is not None
+    with torch.no_grad():
+        target_net.policy_head.bias[0] = float("inf")
+    batch["next_masks"][:, 0] = False  # action 0 (inf) is invalid in every next state,
+    batch["next_masks"][:, 1] = True
+    batch["next_masks"][[0, 2]] = False  # and a terminal row may have no valid action
+    _, target = step(batch, 0.9, False, False)
+    r = batch["rewards"].numpy()
+    assert target[0] == r[0] and target[2] == r[2] and np.isfinite(target).all()
+
+
 def test_which_networks_it_supports() -> None:
     assert supports_manual(ActorCritic(MinAtarCNN(4), 6))
     assert not supports_manual(ActorCritic(MLPEncoder(8), 3))
     assert not supports_manual(prepare_qat(ActorCritic(MinAtarCNN(4), 6), start_after=0))
+    net = ActorCritic(MinAtarCNN(4), 6)
+    assert ManualQStep.build(net, ActorCritic(MinAtarCNN(4, hidden=64), 6)) is None  # shapes
+    assert ManualQStep.build(net, ActorCritic(MLPEncoder(8), 6)) is None
+    step = ManualQStep.build(net, copy.deepcopy(net))
+    assert step is not None and step.usable()
+    step.target_host.net.encoder.register_forward_pre_hook(lambda m, i: None)
+    assert not step.usable()
 
 
 def _agent(**kw: Any) -> DQN:
@@ -122,6 +171,18 @@ def test_a_hook_sends_the_gradient_steps_through_autograd() -> None:
         assert not agent._manual_ready
         # double DQN (the default): the online network reads s and s' in each step
         assert agent.num_updates > 0 and len(calls) == 2 * agent.num_updates
+    finally:
+        agent.envs.close()
+
+
+def test_a_hook_on_the_target_network_sends_the_gradient_steps_through_autograd() -> None:
+    agent = _agent(exploration_final_eps=1.0)
+    calls: list[int] = []
+    agent.target_net.policy_head.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        agent.learn(96)
+        assert not agent._manual_ready and agent._host_ready  # acting still in NumPy
+        assert agent.num_updates > 0 and len(calls) == agent.num_updates
     finally:
         agent.envs.close()
 

@@ -531,6 +531,24 @@ def test_the_replay_ring_wraps_around_and_round_trips() -> None:
         ReplayBuffer((1,), np.float32, 2, 4, torch.device("cpu")).load_state_dict(rb.state_dict())
 
 
+def test_sample_host_draws_the_rows_sample_draws() -> None:
+    from maskrl.agents import ReplayBuffer
+
+    rb = ReplayBuffer((2, 3), np.bool_, 4, 50, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    for _ in range(9):  # 36 of the 50 rows
+        rb.add(rng.random((4, 2, 3)) < 0.5, rng.integers(0, 4, 4), rng.normal(size=4),
+               rng.random((4, 2, 3)) < 0.5, rng.random(4) < 0.3, rng.random((4, 4)) < 0.7)  # fmt: skip
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(3):
+        want, got = rb.sample(16, g1), rb.sample_host(16, g2)
+        assert set(got) == set(want)
+        for k, v in want.items():
+            assert got[k].dtype == v.numpy().dtype and np.array_equal(got[k], v.numpy()), k
+    with pytest.raises(ValueError, match="empty"):
+        ReplayBuffer((1,), np.float32, 2, 5, torch.device("cpu")).sample_host(4, g1)
+
+
 def test_the_sb3_benchmark_runs_both_sides(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
