@@ -521,28 +521,74 @@ class RecurrentActorCritic(nn.Module):
         logits, value = self._heads(out[0], obs)
         return logits, value, (h1[0], c1[0])
 
+    #: The padding (in row-steps) one LSTM call saved is worth (see :meth:`forward_sequence`).
+    ROWS_PER_CALL = 128
+
+    def _replay_lstm(
+        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], starts: torch.Tensor
+    ) -> torch.Tensor:
+        """The LSTM's outputs ``[T, B, H]`` over features ``x [T, B, F]`` (see forward_sequence)."""
+        T, B = starts.shape
+        h0, c0 = state
+        cut_steps = torch.nonzero(starts[1:].any(1)).flatten() + 1
+        n_calls = 1 + int(cut_steps.numel())
+        if n_calls > 1:
+            # Pieces: every env's sequence cut before each of its episode starts (and at
+            # 0). In env-major order, piece k of env b starts at step t_k.
+            first = starts.clone()
+            first[0] = True
+            flags = first.t().reshape(-1)  # [B * T], env-major
+            where = torch.nonzero(flags).flatten()
+            piece_env, piece_t = where // T, where % T
+            n_pieces = int(where.numel())
+            piece = (torch.cumsum(flags.long(), 0) - 1).view(B, T).t()  # [T, B]
+            step = torch.arange(T, device=x.device).view(T, 1)
+            offset = step - piece_t[piece]  # [T, B]: step within its piece
+            longest = int(offset.max()) + 1
+            if n_pieces * longest <= T * B + self.ROWS_PER_CALL * (n_calls - 1):
+                dest = (offset * n_pieces + piece).reshape(-1)  # row of (t, b) in the batch
+                feat = x.shape[-1]
+                padded = x.new_zeros(longest * n_pieces, feat).index_copy(
+                    0, dest, x.reshape(T * B, feat)
+                )
+                # The rollout's state where a piece starts the rollout (its env not
+                # starting an episode there), zeros where it starts an episode.
+                carry = ((piece_t == 0) & ~starts[0, piece_env]).to(h0.dtype).view(1, -1, 1)
+                h = h0.index_select(0, piece_env).unsqueeze(0) * carry
+                c = c0.index_select(0, piece_env).unsqueeze(0) * carry
+                out, _ = self.lstm(padded.view(longest, n_pieces, feat), (h, c))
+                return out.reshape(longest * n_pieces, -1).index_select(0, dest).view(T, B, -1)
+        h, c = h0.unsqueeze(0), c0.unsqueeze(0)
+        cuts = [0, *[int(t) for t in cut_steps], T]
+        outs = []
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            keep = (~starts[a]).to(h.dtype).view(1, B, 1)
+            h, c = h * keep, c * keep
+            out, (h, c) = self.lstm(x[a:b], (h, c))
+            outs.append(out)
+        return torch.cat(outs)
+
     def forward_sequence(
         self, obs: Obs, state: tuple[torch.Tensor, torch.Tensor], starts: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Replay ``T`` steps of ``B`` envs from ``state``: ``(logits [T, B, n], values [T, B])``.
 
         ``starts [T, B]`` (bool) marks the steps that begin an episode: the
-        state of that env is zeroed before the step, as the rollout did. The
-        LSTM runs over each stretch of steps in which no env starts an episode
-        in one call.
+        state of that env is zeroed before the step, as the rollout did.
+
+        The LSTM runs in as few calls as pays: each call of ``nn.LSTM`` has a
+        fixed cost (on a CPU core about what 100 row-steps of a 64-unit LSTM
+        cost), so where episodes end inside the rollout the envs' sequences
+        are cut at their episode starts and the pieces run side by side as
+        one padded batch -- one call over ``[longest piece, pieces]`` -- unless
+        the padding would cost more than the calls it saves; then the LSTM
+        runs over each stretch of steps in which no env starts an episode.
+        Either way each row of the LSTM sees exactly the inputs and state the
+        rollout gave it (its rows are computed independently).
         """
         T, B = starts.shape
         flat = _leading_flat(obs, T * B)
         x = self.base.features(flat).view(T, B, -1)  # type: ignore[operator]
-        h, c = state[0].unsqueeze(0), state[1].unsqueeze(0)
-        cuts = [0, *[int(t) for t in torch.nonzero(starts[1:].any(1)).flatten() + 1], T]
-        outs = []
-        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-            if a < b:
-                keep = (~starts[a]).to(h.dtype).view(1, B, 1)
-                h, c = h * keep, c * keep
-                out, (h, c) = self.lstm(x[a:b], (h, c))
-                outs.append(out)
-        y = torch.cat(outs).reshape(T * B, -1)
+        y = self._replay_lstm(x, state, starts).reshape(T * B, -1)
         logits, values = self._heads(y, flat)
         return logits.view(T, B, -1), values.view(T, B)

@@ -76,6 +76,45 @@ def test_replay_from_the_stored_state_gives_the_rollouts_logprobs_across_resets(
     assert not torch.allclose(logp, buf.logprobs)
 
 
+@pytest.mark.parametrize("p_start", [0.0, 0.15, 0.6])
+def test_the_padded_replay_equals_the_stretch_by_stretch_one_and_stepping(
+    p_start: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """forward_sequence batched as one padded call of the pieces between episode starts
+    (ROWS_PER_CALL huge) equals it run stretch by stretch (ROWS_PER_CALL 0) bit for bit,
+    in outputs and gradients; and both equal the one-step forward with the state zeroed
+    at each start (to float rounding: the heads then see other matrix shapes)."""
+    from maskrl.networks import ActorCritic, MLPEncoder
+
+    torch.manual_seed(0)
+    net = RecurrentActorCritic(ActorCritic(MLPEncoder(5, (16,)), 3), 8)
+    T, B = 12, 5
+    starts = torch.from_numpy(np.random.default_rng(int(p_start * 100)).random((T, B)) < p_start)
+    starts[0, 1] = True  # an env that starts an episode at the rollout's first step
+    obs = torch.randn(T, B, 5)
+    state = (torch.randn(B, 8), torch.randn(B, 8))
+    results = []
+    for rows_per_call in (0, 10**6):
+        monkeypatch.setattr(RecurrentActorCritic, "ROWS_PER_CALL", rows_per_call)
+        net.zero_grad()
+        logits, values = net.forward_sequence(obs, state, starts)
+        (logits.square().sum() + values.sum()).backward()
+        results.append((logits, values, [p.grad.clone() for p in net.parameters()]))
+    (l0, v0, g0), (l1, v1, g1) = results
+    assert torch.equal(l0, l1) and torch.equal(v0, v1)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # sums in another order
+    h, c = state
+    steps = []
+    with torch.no_grad():
+        for t in range(T):
+            keep = (~starts[t]).float().unsqueeze(1)
+            lg, v, (h, c) = net(obs[t], (h * keep, c * keep))
+            steps.append((lg, v))
+    torch.testing.assert_close(l1, torch.stack([x for x, _ in steps]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(v1, torch.stack([x for _, x in steps]), rtol=0, atol=1e-6)
+
+
 def test_first_epoch_of_the_update_has_ratio_one() -> None:
     agent = RecurrentPPO(RECALL, small(num_minibatches=1))
     rollout(agent)
