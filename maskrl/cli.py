@@ -326,7 +326,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         "--group",
         action="store_true",
         help="one line per setting: runs named alike up to a -s<seed> suffix drawn as their "
-        "mean and min-max band",
+        "mean and min-max band (an expert, runs/NAME/<game>, is named by NAME)",
     )
     pl.add_argument("--title", default=None, help="figure title")
     return parser

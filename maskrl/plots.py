@@ -11,6 +11,8 @@ plain :class:`matplotlib.figure.Figure`, so drawing changes no global state
   folder names are equal up to a ``-s<seed>`` suffix (``scratch-s1``,
   ``scratch-s2`` -> ``scratch``) are drawn as their mean with a shaded min-max
   band, on the steps every one of them reached (:func:`maskrl.curves.mean_curve`);
+  an expert of an ``experts`` folder counts by that folder's name
+  (:func:`group_name`);
 * x: env steps, or wall time since the run's first logged point;
 * smoothing: a trailing mean over the last ``n`` logged points
   (:func:`maskrl.curves.smooth`), applied to each run before grouping.
@@ -99,8 +101,17 @@ def _mark_panel(game: str, panels: list[str]) -> str:
 
 
 def group_name(run_dir: str | Path) -> str:
-    """The setting a run belongs to: its folder name without a ``-s<seed>`` suffix."""
-    return SEED_SUFFIX.sub("", Path(run_dir).resolve().name)
+    """The setting a run belongs to: its folder name without a ``-s<seed>`` suffix.
+
+    One expert of a ``train.py experts`` folder (``runs/NAME/<game>``, beside
+    ``experts.json``) belongs to ``NAME``'s setting: expert folders are named by
+    their game, so ``runs/bo-s1/MinAtar-Breakout-v0`` and
+    ``runs/bo-s2/MinAtar-Breakout-v0`` are two seeds of ``bo``.
+    """
+    path = Path(run_dir).resolve()
+    if (path.parent / "experts.json").is_file():
+        path = path.parent
+    return SEED_SUFFIX.sub("", path.name)
 
 
 def learning_curves_figure(

@@ -100,6 +100,24 @@ def test_seeds_group_into_their_mean_and_a_min_max_band(tmp_path: Path) -> None:
     assert ys.min() == pytest.approx(1.0) and ys.max() == pytest.approx(6.0)
 
 
+def test_experts_group_by_their_experts_folder(tmp_path: Path) -> None:
+    # train.py experts writes runs/NAME/<game>/ beside runs/NAME/experts.json: the
+    # expert folders of two seeds share their game's name, and group by NAME.
+    runs = []
+    for name, v in (("bo-s1", 2.0), ("bo-s2", 4.0), ("wide-s1", 9.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "experts.json").write_text("{}")
+        pts = {"charts/episodic_return": [(0, v), (100, v)]}
+        runs.append(_fake_run(tmp_path / name / "MinAtar-Breakout-v0", BREAKOUT, pts))
+    # A folder named like a game but outside an experts folder keeps its own name.
+    lone = {"charts/episodic_return": [(0, 1.0)]}
+    runs.append(_fake_run(tmp_path / "MinAtar-Breakout-v0", BREAKOUT, lone))
+    (ax,) = learning_curves_figure(runs, group=True).axes
+    lines = _lines(ax)
+    assert [line.get_label() for line in lines] == ["bo (mean of 2)", "wide", "MinAtar-Breakout-v0"]
+    np.testing.assert_allclose(lines[0].get_ydata(), 3.0)
+
+
 def test_marks_draw_a_dashed_line_in_their_games_panel(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
