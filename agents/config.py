@@ -553,7 +553,8 @@ class RunConfig:
     )
     preset: str | None = _f(
         None,
-        "settings preset from maskrl.agents.PRESETS ('fast', 'reference', 'minatar'); "
+        "settings preset from maskrl.agents.PRESETS ('fast', 'reference', 'minatar', "
+        "'minatar-breakout'); "
         "flags given explicitly override it",
     )
     init_from: str | None = _f(
@@ -638,7 +639,9 @@ class ExpertsConfig:
     runs_dir: str = _f("runs", "parent folder of the experts' folder")
     eval_episodes: int = _f(50, "evaluation episodes per expert")
     progress: bool = _f(True, "show a progress bar")
-    preset: str | None = _f(None, "PPO settings preset (fast, reference, minatar)")
+    preset: str | None = _f(
+        None, "PPO settings preset (fast, reference, minatar, minatar-breakout)"
+    )
     checkpoint_every: int = _f(100_000, "write each expert's checkpoint.pt every this many steps")
 
 
@@ -784,3 +787,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         env_backend="torch",
     ),
 }
+# The MinAtar Breakout expert: "minatar" with a larger entropy bonus annealed
+# to 0 (at 0.01 Breakout stalls near 6), a longer horizon (gamma 0.995) and
+# twice the updates per sample (64 envs x 32 steps, minibatches of 512). Six
+# seeds at 10M steps: 33.9 greedy / 30.0 sampled on average, five of six at or
+# above the published 28 greedy, where the same at 64 steps reached it in three
+# of five (30.1 on average) and at 64 steps and gamma 0.99 in two of eight
+# (docs/actor_mimic.md, "Breakout: twice the updates per sample").
+PRESETS["minatar-breakout"] = dict(
+    PRESETS["minatar"], num_steps=32, gamma=0.995, ent_coef=0.05, ent_coef_final=0.0
+)

@@ -327,6 +327,21 @@ def test_defaults_are_the_fast_preset_and_reference_is_separate():
     assert ref.minibatch_size == ref.num_envs * ref.num_steps // ref.num_minibatches
 
 
+def test_the_breakout_preset_is_minatar_with_four_changes():
+    # Its learning is measured in docs/actor_mimic.md (10M steps a run, too long
+    # for a test); here its values, which those runs used, are pinned.
+    from maskrl.agents.config import PRESETS
+
+    base, breakout = PRESETS["minatar"], PRESETS["minatar-breakout"]
+    changed = {k: v for k, v in breakout.items() if base.get(k) != v}
+    assert changed == {"num_steps": 32, "gamma": 0.995, "ent_coef": 0.05, "ent_coef_final": 0.0}
+    assert set(base) <= set(breakout)
+    cfg = PPOConfig(**breakout)
+    cfg.validate()
+    # 64 envs x 32 steps in 4 minibatches: 512 samples each, half the minatar preset's.
+    assert cfg.minibatch_size == 512 == PPOConfig(**base).minibatch_size // 2
+
+
 def test_knapsack_uses_the_set_network_and_padding_never_matters():
     from maskrl.networks import SetActorCritic
 
