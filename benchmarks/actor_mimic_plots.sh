@@ -21,6 +21,8 @@
 # 7. docs/img/minatar_experts_alloc.png: the experts trained with the 50M steps
 #    allocated by the curves of figure 6 (am5-alloc: 16M, 12M, 12M, 7M, 3M steps),
 #    with the published targets as dashed lines.
+# 8. docs/img/minatar_breakout_preset.png: Breakout experts of three settings, mean
+#    and min-max band over their seeds, against the published 28 (below).
 #
 #     bash benchmarks/actor_mimic_plots.sh [RUNS_DIR]        # default: runs
 #
@@ -28,7 +30,8 @@
 # am5-minatar-b and am5-minatar-ent03-sq (the experts' own runs), am5-10m (the experts folder the students use), am10m-s4m-h256
 # (the student), am10m-mg-baseline (the baseline), am5-pub, pub-s10m-h256, pub-s10m-h512 and, if present,
 # pub-s10m-h512-c32, pub-s10m-h512-c32-tau05, pub-s15m-h512 and evals500 (the students, their experts and the
-# experts' 500-episode evaluations), am5-alloc (the re-allocated experts), transfer (benchmarks/transfer.py --out).
+# experts' 500-episode evaluations), am5-alloc (the re-allocated experts), bo-g995* (the Breakout experts of figure 8),
+# transfer (benchmarks/transfer.py --out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs}
@@ -140,6 +143,21 @@ experts_figure "$R/am5-pub" 20 "Experts of the README's tables: --preset minatar
 # as Freeway's 3M steps log few episodes.
 experts_figure "$R/am5-alloc" 5 "Experts with the 50M steps allocated by their curves (16M, 12M, 12M, 7M, 3M)" \
     docs/img/minatar_experts_alloc.png
+
+# 8. Breakout experts, one line per setting (mean and min-max band over seeds; an
+# expert folder runs/NAME-sK/MinAtar-Breakout-v0 counts as seed K of NAME): the
+# annealed-entropy recipe with --gamma 0.995 (bo-g995, bo-g995-s2 ... -s5), the same
+# at learning rate 1e-3 (bo-g995-lr1e3-s2, -s4) and with 32 steps per rollout, i.e.
+# --preset minatar-breakout (bo-g995-ns32-s1 ... -s6); docs/actor_mimic.md has the commands.
+shopt -s nullglob
+breakout=("$R"/bo-g995/MinAtar-Breakout-v0 "$R"/bo-g995-s[0-9]*/MinAtar-Breakout-v0
+          "$R"/bo-g995-lr1e3-s[0-9]*/MinAtar-Breakout-v0 "$R"/bo-g995-ns32-s[0-9]*/MinAtar-Breakout-v0)
+shopt -u nullglob
+if [ ${#breakout[@]} -gt 0 ]; then
+$PY train.py plot "${breakout[@]}" --group --smooth 20 --mark Breakout=28:published \
+    --title "Breakout experts, 10M steps: gamma 0.995, and with twice the updates per sample" \
+    --out docs/img/minatar_breakout_preset.png
+fi
 
 # benchmarks/transfer.py draws this figure itself (train.py plot --group, one
 # panel per held-out game) into its --out folder.
