@@ -23,6 +23,10 @@
 #    with the published targets as dashed lines.
 # 8. docs/img/minatar_breakout_preset.png: Breakout experts of three settings, mean
 #    and min-max band over their seeds, against the published 28 (below).
+# 9. docs/img/minatar_experts_final.png: one expert set with every game at the
+#    published level (am5-final: SpaceInvaders 16M, Seaquest 12M, Asterix 10M,
+#    Freeway 3M steps with --preset minatar, Breakout 10M with --preset
+#    minatar-breakout), with the published targets as dashed lines.
 #
 #     bash benchmarks/actor_mimic_plots.sh [RUNS_DIR]        # default: runs
 #
@@ -30,7 +34,7 @@
 # am5-minatar-b and am5-minatar-ent03-sq (the experts' own runs), am5-10m (the experts folder the students use), am10m-s4m-h256
 # (the student), am10m-mg-baseline (the baseline), am5-pub, pub-s10m-h256, pub-s10m-h512 and, if present,
 # pub-s10m-h512-c32, pub-s10m-h512-c32-tau05, pub-s15m-h512 and evals500 (the students, their experts and the
-# experts' 500-episode evaluations), am5-alloc (the re-allocated experts), bo-g995* (the Breakout experts of figure 8),
+# experts' 500-episode evaluations), am5-alloc (the re-allocated experts), am5-final (figure 9), bo-g995* (the Breakout experts of figure 8),
 # transfer (benchmarks/transfer.py --out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -143,6 +147,9 @@ experts_figure "$R/am5-pub" 20 "Experts of the README's tables: --preset minatar
 # as Freeway's 3M steps log few episodes.
 experts_figure "$R/am5-alloc" 5 "Experts with the 50M steps allocated by their curves (16M, 12M, 12M, 7M, 3M)" \
     docs/img/minatar_experts_alloc.png
+# 9. The expert set of the README's first tables (RUNS_DIR/am5-final).
+experts_figure "$R/am5-final" 5 "Experts at the published level: 16M, 12M, 10M, 3M steps; Breakout 10M, its own preset" \
+    docs/img/minatar_experts_final.png
 
 # 8. Breakout experts, one line per setting (mean and min-max band over seeds; an
 # expert folder runs/NAME-sK/MinAtar-Breakout-v0 counts as seed K of NAME): the
