@@ -530,6 +530,66 @@ class DQNConfig(SavedConfig):
         _check_machine_settings(self)
 
 
+#: Named settings for ``train.py ppo --preset NAME`` (flags given explicitly win).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The defaults: chosen for return per second of wall time. Against the
+    # reference settings they step ~2x faster (more envs amortise each policy
+    # step; 3 epochs of 512-sample minibatches) and learn faster per step
+    # (learning rate 1e-3), measured on MinAtar Breakout and SpaceInvaders.
+    "fast": dict(num_envs=32, num_steps=64, num_epochs=3, num_minibatches=4, learning_rate=1e-3),
+    # The settings of the sb3-contrib MaskablePPO comparison (and of CleanRL's
+    # and the MinAtar paper's PPO baselines): identical on both sides.
+    "reference": dict(
+        num_envs=8,
+        num_steps=128,
+        num_epochs=4,
+        num_minibatches=4,
+        learning_rate=2.5e-4,
+        anneal_lr=False,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_coef=0.1,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+    ),
+    # Experts for Actor-Mimic on MinAtar: long runs (5M-10M steps) on the batched
+    # torch games. Against "fast" it makes more, smaller updates per sample
+    # (4 epochs of 4 minibatches of 1,024), anneals the learning rate to 0 (the
+    # final policy is what the student copies), clips at 0.2 and doubles the
+    # dense layer. Pilot on SpaceInvaders, 2M steps, one seed each, 50-episode
+    # evals (docs/benchmarks.md): this preset 86.4; 128 envs x 128 steps with
+    # 8 minibatches 49.6 (43.2 at 128 units), the same at learning rate 1e-3 58.0.
+    "minatar": dict(
+        num_envs=64,
+        num_steps=64,
+        num_epochs=4,
+        num_minibatches=4,
+        learning_rate=5e-4,
+        anneal_lr=True,
+        clip_coef=0.2,
+        ent_coef=0.01,
+        gamma=0.99,
+        gae_lambda=0.95,
+        hidden=256,
+        env_backend="torch",
+    ),
+}
+# The MinAtar Breakout expert: "minatar" with a larger entropy bonus annealed
+# to 0 (at 0.01 Breakout stalls near 6), a longer horizon (gamma 0.995) and
+# twice the updates per sample (64 envs x 32 steps, minibatches of 512). Six
+# seeds at 10M steps: 33.9 greedy / 30.0 sampled on average, five of six at or
+# above the published 28 greedy, where the same at 64 steps reached it in three
+# of five (30.1 on average) and at 64 steps and gamma 0.99 in two of eight
+# (docs/actor_mimic.md, "Breakout: twice the updates per sample").
+PRESETS["minatar-breakout"] = dict(
+    PRESETS["minatar"], num_steps=32, gamma=0.995, ent_coef=0.05, ent_coef_final=0.0
+)
+
+#: The preset names as help texts list them.
+_PRESET_NAMES = ", ".join(PRESETS)
+
+
 @dataclass
 class RunConfig:
     """What to train on and where the run goes (the rest is the trainer's config)."""
@@ -553,8 +613,7 @@ class RunConfig:
     )
     preset: str | None = _f(
         None,
-        "settings preset from maskrl.agents.PRESETS ('fast', 'reference', 'minatar', "
-        "'minatar-breakout'); "
+        f"settings preset from maskrl.agents.PRESETS ({', '.join(repr(n) for n in PRESETS)}); "
         "flags given explicitly override it",
     )
     init_from: str | None = _f(
@@ -639,9 +698,7 @@ class ExpertsConfig:
     runs_dir: str = _f("runs", "parent folder of the experts' folder")
     eval_episodes: int = _f(50, "evaluation episodes per expert")
     progress: bool = _f(True, "show a progress bar")
-    preset: str | None = _f(
-        None, "PPO settings preset (fast, reference, minatar, minatar-breakout)"
-    )
+    preset: str | None = _f(None, f"PPO settings preset ({_PRESET_NAMES})")
     checkpoint_every: int = _f(100_000, "write each expert's checkpoint.pt every this many steps")
 
 
@@ -740,60 +797,3 @@ def check_types(cfg: Any) -> None:
             raise ValueError(
                 f"{f.name} ({flag_name(f.name)}) must be {names}, got {value!r} ({type(value).__name__})"
             )
-
-
-#: Named settings for ``train.py ppo --preset NAME`` (flags given explicitly win).
-PRESETS: dict[str, dict[str, Any]] = {
-    # The defaults: chosen for return per second of wall time. Against the
-    # reference settings they step ~2x faster (more envs amortise each policy
-    # step; 3 epochs of 512-sample minibatches) and learn faster per step
-    # (learning rate 1e-3), measured on MinAtar Breakout and SpaceInvaders.
-    "fast": dict(num_envs=32, num_steps=64, num_epochs=3, num_minibatches=4, learning_rate=1e-3),
-    # The settings of the sb3-contrib MaskablePPO comparison (and of CleanRL's
-    # and the MinAtar paper's PPO baselines): identical on both sides.
-    "reference": dict(
-        num_envs=8,
-        num_steps=128,
-        num_epochs=4,
-        num_minibatches=4,
-        learning_rate=2.5e-4,
-        anneal_lr=False,
-        gamma=0.99,
-        gae_lambda=0.95,
-        clip_coef=0.1,
-        ent_coef=0.01,
-        vf_coef=0.5,
-        max_grad_norm=0.5,
-    ),
-    # Experts for Actor-Mimic on MinAtar: long runs (5M-10M steps) on the batched
-    # torch games. Against "fast" it makes more, smaller updates per sample
-    # (4 epochs of 4 minibatches of 1,024), anneals the learning rate to 0 (the
-    # final policy is what the student copies), clips at 0.2 and doubles the
-    # dense layer. Pilot on SpaceInvaders, 2M steps, one seed each, 50-episode
-    # evals (docs/benchmarks.md): this preset 86.4; 128 envs x 128 steps with
-    # 8 minibatches 49.6 (43.2 at 128 units), the same at learning rate 1e-3 58.0.
-    "minatar": dict(
-        num_envs=64,
-        num_steps=64,
-        num_epochs=4,
-        num_minibatches=4,
-        learning_rate=5e-4,
-        anneal_lr=True,
-        clip_coef=0.2,
-        ent_coef=0.01,
-        gamma=0.99,
-        gae_lambda=0.95,
-        hidden=256,
-        env_backend="torch",
-    ),
-}
-# The MinAtar Breakout expert: "minatar" with a larger entropy bonus annealed
-# to 0 (at 0.01 Breakout stalls near 6), a longer horizon (gamma 0.995) and
-# twice the updates per sample (64 envs x 32 steps, minibatches of 512). Six
-# seeds at 10M steps: 33.9 greedy / 30.0 sampled on average, five of six at or
-# above the published 28 greedy, where the same at 64 steps reached it in three
-# of five (30.1 on average) and at 64 steps and gamma 0.99 in two of eight
-# (docs/actor_mimic.md, "Breakout: twice the updates per sample").
-PRESETS["minatar-breakout"] = dict(
-    PRESETS["minatar"], num_steps=32, gamma=0.995, ent_coef=0.05, ent_coef_final=0.0
-)
