@@ -27,6 +27,9 @@
 #    published level (am5-final: SpaceInvaders 16M, Seaquest 12M, Asterix 10M,
 #    Freeway 3M steps with --preset minatar, Breakout 10M with --preset
 #    minatar-breakout), with the published targets as dashed lines.
+# 10. docs/img/minatar_students_final.png: the students of that set (two seeds,
+#    mean and min-max band; 9M steps continued to 15M), with the experts' and
+#    the 60M-step multi-game PPO baselines' sampled evaluations as dashed lines.
 #
 #     bash benchmarks/actor_mimic_plots.sh [RUNS_DIR]        # default: runs
 #
@@ -34,7 +37,7 @@
 # am5-minatar-b and am5-minatar-ent03-sq (the experts' own runs), am5-10m (the experts folder the students use), am10m-s4m-h256
 # (the student), am10m-mg-baseline (the baseline), am5-pub, pub-s10m-h256, pub-s10m-h512 and, if present,
 # pub-s10m-h512-c32, pub-s10m-h512-c32-tau05, pub-s15m-h512 and evals500 (the students, their experts and the
-# experts' 500-episode evaluations), am5-alloc (the re-allocated experts), am5-final (figure 9), bo-g995* (the Breakout experts of figure 8),
+# experts' 500-episode evaluations), am5-alloc (the re-allocated experts), am5-final (figure 9), final-s15m-from9m-tau07* (figure 10), bo-g995* (the Breakout experts of figure 8),
 # transfer (benchmarks/transfer.py --out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -150,6 +153,30 @@ experts_figure "$R/am5-alloc" 5 "Experts with the 50M steps allocated by their c
 # 9. The expert set of the README's first tables (RUNS_DIR/am5-final).
 experts_figure "$R/am5-final" 5 "Experts at the published level: 16M, 12M, 10M, 3M steps; Breakout 10M, its own preset" \
     docs/img/minatar_experts_final.png
+
+# 10. The students of am5-final: final-s15m-from9m-tau07 and its -s2 (the 9M-step
+# runs final-s9m-h512-c32-tau07[-s2] copied and resumed to 15M: their curves are
+# the 9M-step runs' up to 9M), one line with a band over the two seeds; dashed
+# lines: the experts' and the two baselines' (their mean) 200- and 500-episode
+# sampled evaluations, from the committed files in docs/data/actor_mimic_evals500_retrained.
+shopt -s nullglob
+finals=("$R"/final-s15m-from9m-tau07 "$R"/final-s15m-from9m-tau07-s[0-9]*)
+shopt -u nullglob
+if [ -d "$R/final-s15m-from9m-tau07" ]; then
+    mapfile -t marks < <($PY - docs/data/actor_mimic_evals500_retrained <<'PYEOF'
+import json, os, sys
+for game in ["Breakout", "SpaceInvaders", "Asterix", "Freeway", "Seaquest"]:
+    expert = json.load(open(os.path.join(sys.argv[1], f"expert-final-{game}.json")))["mean"]
+    base = [json.load(open(os.path.join(sys.argv[1], f"{tag}-{game}.json")))["mean"]
+            for tag in ("baseline60m-fresh", "baseline60m-s2")]
+    print("--mark"); print(f"{game}={expert}:expert")
+    print("--mark"); print(f"{game}={sum(base) / len(base)}:multi-game PPO, 60M steps (2 runs)")
+PYEOF
+)
+    $PY train.py plot "${finals[@]}" --group --smooth 20 "${marks[@]}" \
+        --title "Students of the all-published experts (2 seeds; 9M steps, continued to 15M)" \
+        --out docs/img/minatar_students_final.png
+fi
 
 # 8. Breakout experts, one line per setting (mean and min-max band over seeds; an
 # expert folder runs/NAME-sK/MinAtar-Breakout-v0 counts as seed K of NAME): the
