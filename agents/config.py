@@ -587,7 +587,7 @@ PRESETS["minatar-breakout"] = dict(
 )
 
 #: The preset names as help texts list them.
-_PRESET_NAMES = ", ".join(PRESETS)
+_PRESET_NAMES = ", ".join(repr(name) for name in PRESETS)
 
 
 @dataclass
@@ -613,7 +613,7 @@ class RunConfig:
     )
     preset: str | None = _f(
         None,
-        f"settings preset from maskrl.agents.PRESETS ({', '.join(repr(n) for n in PRESETS)}); "
+        f"settings preset from maskrl.agents.PRESETS ({_PRESET_NAMES}); "
         "flags given explicitly override it",
     )
     init_from: str | None = _f(
