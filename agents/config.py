@@ -163,6 +163,13 @@ class PPOConfig(TrainerConfig):
     target_kl: float | None = _f(
         None, "stop the epoch loop once approx-KL exceeds this (None: never)"
     )
+    critic_warmup: int = _f(
+        0,
+        "env steps at the start of the run whose updates train only the value head, the "
+        "rest of the network frozen: a policy started with --init-from (a distilled "
+        "student) then meets its first policy-gradient step with a critic fitted to it "
+        "instead of a fresh one (0: off)",
+    )
     env_backend: str = _f(
         "numpy",
         "numpy: Python-stepped Gymnasium envs; torch: the MinAtar games as batched torch "
@@ -240,6 +247,7 @@ class PPOConfig(TrainerConfig):
             )  # fmt: skip
         _check(self, "vf_coef", 0 <= self.vf_coef < math.inf, "finite and >= 0")
         _check(self, "reward_scale", 0 < self.reward_scale < math.inf, "finite and > 0")
+        _check(self, "critic_warmup", 0 <= self.critic_warmup <= 10**13, "in [0, 1e13]")
         if self.target_kl is not None:
             _check(self, "target_kl", 0 < self.target_kl < math.inf, "finite and > 0, or None")
         _check(self, "env_backend", self.env_backend in ("numpy", "torch"), "'numpy' or 'torch'")

@@ -35,6 +35,8 @@ from maskrl.agents.trainer import (
     make_training_env,
     optimize_minibatches,
     resolve_device,
+    trainable_parameters,
+    value_head_parameters,
 )
 from maskrl.distributions import MaskedPolicyHead
 from maskrl.networks import MultiGameActorCritic
@@ -261,6 +263,11 @@ class PPO(OnPolicyTrainer):
             )  # fmt: skip
         if config.qat:  # before the optimizer: learned ranges add parameters
             prepare_for_qat(policy.net, config.qat_bits, config.qat_start_after)
+        if config.critic_warmup and not value_head_parameters(policy.net):
+            raise ValueError(
+                f"critic_warmup (--critic-warmup) trains the value head alone, and "
+                f"{type(policy.net).__name__} has no 'value_head' module: set it to 0"
+            )
         optimizer = make_adam(policy.net.parameters(), config.learning_rate, config.adam_eps)
         super().__init__(
             config, policy, optimizer, env, device, data_parallel,
@@ -322,19 +329,23 @@ class PPO(OnPolicyTrainer):
             )  # fmt: skip
 
         target_kl = c.target_kl
-        out = optimize_minibatches(
-            loss_fn,
-            self.optimizer,
-            [p for p in self.net.parameters() if p.requires_grad],
-            B,
-            c.num_minibatches,
-            c.num_epochs,
-            c.max_grad_norm,
-            self.rng.device_gen,
-            self.device,
-            stop_after_epoch=(lambda m: m["approx_kl"] > target_kl) if target_kl else None,
-            data_parallel=dp,
-        )
+        warmup = self.in_critic_warmup()
+        with trainable_parameters(self.net, critic_only=warmup) as params:
+            out = optimize_minibatches(
+                loss_fn,
+                self.optimizer,
+                params,
+                B,
+                c.num_minibatches,
+                c.num_epochs,
+                c.max_grad_norm,
+                self.rng.device_gen,
+                self.device,
+                stop_after_epoch=(
+                    (lambda m: m["approx_kl"] > target_kl) if target_kl and not warmup else None
+                ),
+                data_parallel=dp,
+            )
         var_y = b_ret.var()
         out["explained_variance"] = (
             float("nan") if var_y == 0 else float(1 - (b_ret - b_values).var() / var_y)
@@ -342,7 +353,18 @@ class PPO(OnPolicyTrainer):
         out["early_stop"] = float(out.pop("epochs") < c.num_epochs)
         if c.ent_coef_final is not None:
             out["ent_coef"] = ent_coef
+        if c.critic_warmup:
+            out["critic_warmup"] = float(warmup)
         return out
+
+    def in_critic_warmup(self) -> bool:
+        """Whether the next update trains the value head alone (``config.critic_warmup``).
+
+        True while the update's rollout began before ``critic_warmup`` env steps
+        (``global_step`` counts the steps before it), so a resumed run keeps to
+        the same updates.
+        """
+        return self.global_step < self.config.critic_warmup
 
     def current_ent_coef(self) -> float:
         """The entropy bonus of the next update.

@@ -45,7 +45,7 @@ from maskrl.agents.rollout import (
     index_obs,
     select_state_rows,
 )
-from maskrl.agents.trainer import optimize_minibatches
+from maskrl.agents.trainer import optimize_minibatches, trainable_parameters
 
 __all__ = ["RecurrentPPO", "episode_starts"]
 
@@ -211,18 +211,22 @@ class RecurrentPPO(PPO):
             )  # fmt: skip
 
         target_kl = c.target_kl
-        out = optimize_minibatches(
-            loss_fn,
-            self.optimizer,
-            [p for p in net.parameters() if p.requires_grad],
-            N,  # minibatches of whole env sequences
-            c.num_minibatches,
-            c.num_epochs,
-            c.max_grad_norm,
-            self.rng.device_gen,
-            self.device,
-            stop_after_epoch=(lambda m: m["approx_kl"] > target_kl) if target_kl else None,
-        )
+        warmup = self.in_critic_warmup()
+        with trainable_parameters(net, critic_only=warmup) as params:
+            out = optimize_minibatches(
+                loss_fn,
+                self.optimizer,
+                params,
+                N,  # minibatches of whole env sequences
+                c.num_minibatches,
+                c.num_epochs,
+                c.max_grad_norm,
+                self.rng.device_gen,
+                self.device,
+                stop_after_epoch=(
+                    (lambda m: m["approx_kl"] > target_kl) if target_kl and not warmup else None
+                ),
+            )
         b_ret, b_values = returns.reshape(-1), buffer.values.reshape(-1)
         var_y = b_ret.var()
         out["explained_variance"] = (
@@ -231,4 +235,6 @@ class RecurrentPPO(PPO):
         out["early_stop"] = float(out.pop("epochs") < c.num_epochs)
         if c.ent_coef_final is not None:
             out["ent_coef"] = ent_coef
+        if c.critic_warmup:
+            out["critic_warmup"] = float(warmup)
         return out

@@ -50,6 +50,8 @@ __all__ = [
     "optimize_minibatches",
     "resolve_device",
     "torch_threads",
+    "trainable_parameters",
+    "value_head_parameters",
 ]
 
 
@@ -311,6 +313,48 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+#: Name of the module that holds a network's value output (:mod:`maskrl.networks`).
+VALUE_HEAD = "value_head"
+
+
+def value_head_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``net``'s value head: those of every submodule named ``value_head``."""
+    return [p for n, p in net.named_parameters() if VALUE_HEAD in n.split(".")[:-1]]
+
+
+@contextlib.contextmanager
+def trainable_parameters(net: nn.Module, critic_only: bool = False) -> Iterator[list[nn.Parameter]]:
+    """The parameters an update steps, for the duration of the ``with`` block.
+
+    ``critic_only=False``: every parameter of ``net`` that requires a gradient.
+    ``critic_only=True``: only those of its value head (:func:`value_head_parameters`);
+    the others stop requiring a gradient until the block ends, so ``backward``
+    leaves their ``.grad`` None and the optimiser (Adam) skips them: their
+    weights and optimiser state stay exactly as they were, and so does the
+    policy. PPO's ``critic_warmup`` uses this.
+
+    Raises:
+        ValueError: ``critic_only`` on a network with no ``value_head`` module.
+    """
+    if not critic_only:
+        yield [p for p in net.parameters() if p.requires_grad]
+        return
+    critic = {id(p) for p in value_head_parameters(net)}
+    if not critic:
+        raise ValueError(
+            f"critic_warmup needs a network with a {VALUE_HEAD!r} module (the default "
+            f"networks have one); {type(net).__name__} has none"
+        )
+    frozen = [p for p in net.parameters() if p.requires_grad and id(p) not in critic]
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        yield [p for p in net.parameters() if p.requires_grad]
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def optimize_minibatches(
