@@ -1050,12 +1050,18 @@ def _check_finetune_steps(finetune_ppo: int | None) -> None:
 FINETUNE_LR_SHARE = 0.1
 
 
-def finetune_ppo_config(preset: str | None = None, learning_rate: float | None = None) -> PPOConfig:
+def finetune_ppo_config(
+    preset: str | None = None,
+    learning_rate: float | None = None,
+    critic_warmup: int | None = None,
+) -> PPOConfig:
     """PPO settings for fine-tuning a distilled student (``mimic --finetune-ppo``).
 
     ``preset``'s settings (None: :class:`PPOConfig`'s defaults) with the
     learning rate ``learning_rate``, or, when that is None, a tenth
-    (:data:`FINETUNE_LR_SHARE`) of the settings' own. Those learning rates are
+    (:data:`FINETUNE_LR_SHARE`) of the settings' own, and ``critic_warmup``
+    (None: the settings' own, 0 unless the preset says otherwise) steps of
+    value-head-only updates first (:attr:`PPOConfig.critic_warmup`). Those learning rates are
     meant for training from scratch: on a trained student, Adam's steps (about
     ``lr`` per weight whatever the gradient's size, and a converged policy's
     gradient is mostly noise) undo what was distilled. Measured on the five
@@ -1064,7 +1070,8 @@ def finetune_ppo_config(preset: str | None = None, learning_rate: float | None =
     19 within 1.5M steps; at 5e-5 it held.
 
     Raises:
-        ValueError: an unknown preset, or a learning rate outside ``(0, 1]``.
+        ValueError: an unknown preset, a learning rate outside ``(0, 1]``, or a
+            negative ``critic_warmup``.
     """
     from maskrl.agents.config import PRESETS
 
@@ -1075,10 +1082,22 @@ def finetune_ppo_config(preset: str | None = None, learning_rate: float | None =
             f"the fine-tune's learning rate (--finetune-learning-rate) must be in (0, 1], "
             f"got {learning_rate}"
         )
+    if critic_warmup is not None and not 0 <= critic_warmup <= 10**13:
+        raise ValueError(
+            f"the fine-tune's critic warm-up (--finetune-critic-warmup) must be in [0, 1e13], "
+            f"got {critic_warmup}"
+        )
     cfg = PPOConfig(**(PRESETS[preset] if preset is not None else {}))
     lr = cfg.learning_rate * FINETUNE_LR_SHARE if learning_rate is None else learning_rate
     cfg = dataclasses.replace(cfg, learning_rate=lr)
-    cfg.validate()
+    if critic_warmup is not None:
+        cfg = dataclasses.replace(cfg, critic_warmup=critic_warmup)
+    try:
+        cfg.validate()
+    except ValueError as e:  # name the flag the user typed, not PPO's
+        raise ValueError(
+            str(e).replace("(--critic-warmup)", "(--finetune-critic-warmup)")
+        ) from None
     return cfg
 
 

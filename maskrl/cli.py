@@ -202,6 +202,14 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         help="Adam learning rate of the fine-tune (default: a tenth of the preset's: a "
         "from-scratch rate undoes the distilled policy)",
     )
+    mi.add_argument(
+        "--finetune-critic-warmup",
+        type=int,
+        default=None,
+        help="env steps at the start of the fine-tune that train only its value head "
+        "(PPO's --critic-warmup; default: 0): for a student distilled without "
+        "--value-coef, whose critic starts untrained",
+    )
     add_dataclass_args(
         mi, RunConfig, exclude=frozenset({"env", "preset", "init_from", "init_layers"})
     )
@@ -585,7 +593,7 @@ def _dispatch(
             fine_cfg = None
             if not run_cfg.resume:
                 fine_cfg = _runner().finetune_ppo_config(
-                    ns.finetune_preset, ns.finetune_learning_rate
+                    ns.finetune_preset, ns.finetune_learning_rate, ns.finetune_critic_warmup
                 )
             summary = _runner().train_mimic(
                 run_cfg, mimic_cfg, ns.experts, signals.stop, finetune_ppo=ns.finetune_ppo,

@@ -283,6 +283,17 @@ def test_the_fine_tune_takes_its_preset_and_keeps_it_on_resume(pool: Path, tmp_p
     assert train.main(_mimic(folder, runs, "ftlr", *extra)) == 0
     ppo = json.loads((runs / "ftlr" / "finetune" / "config.json").read_text())["ppo"]
     assert ppo["learning_rate"] == 3e-5
+    assert ppo["critic_warmup"] == 0
+    # A critic warm-up reaches the fine-tune's config, and its first update trains the
+    # value head alone (the student distilled without --value-coef has a fresh critic).
+    extra = ("--finetune-ppo", "16", "--finetune-critic-warmup", "16")
+    assert train.main(_mimic(folder, runs, "ftcw", *extra)) == 0
+    ppo = json.loads((runs / "ftcw" / "finetune" / "config.json").read_text())["ppo"]
+    assert ppo["critic_warmup"] == 16
+    student = load_checkpoint(runs / "ftcw" / "checkpoint.pt")["model"]
+    tuned = load_checkpoint(runs / "ftcw" / "finetune" / "checkpoint.pt")["model"]
+    moved = {k for k in student if not torch.equal(student[k], tuned[k])}
+    assert moved == {"value_head.weight", "value_head.bias"}
 
 
 def test_a_bad_fine_tune_learning_rate_is_one_line(
@@ -295,6 +306,12 @@ def test_a_bad_fine_tune_learning_rate_is_one_line(
     assert train.main(argv) == 2
     line = _one_error_line(capsys)
     assert "--finetune-learning-rate" in line and "got 0.0" in line
+    argv = _mimic(
+        folder, tmp_path / "runs", "y", "--finetune-ppo", "16", "--finetune-critic-warmup", "-1"
+    )
+    assert train.main(argv) == 2
+    line = _one_error_line(capsys)
+    assert "--finetune-critic-warmup" in line and "got -1" in line
 
 
 # ------------------------------------------------------- malformed checkpoints and values
