@@ -30,6 +30,8 @@
 # 10. docs/img/minatar_students_final.png: the students of that set (two seeds,
 #    mean and min-max band; 9M steps continued to 15M), with the experts' and
 #    the 60M-step multi-game PPO baselines' sampled evaluations as dashed lines.
+# 11. docs/img/minatar_students_finetune.png: 5M-step PPO fine-tunes of those
+#    15M-step students, with and without a critic warm-up (--critic-warmup).
 #
 #     bash benchmarks/actor_mimic_plots.sh [RUNS_DIR]        # default: runs
 #
@@ -37,7 +39,7 @@
 # am5-minatar-b and am5-minatar-ent03-sq (the experts' own runs), am5-10m (the experts folder the students use), am10m-s4m-h256
 # (the student), am10m-mg-baseline (the baseline), am5-pub, pub-s10m-h256, pub-s10m-h512 and, if present,
 # pub-s10m-h512-c32, pub-s10m-h512-c32-tau05, pub-s15m-h512 and evals500 (the students, their experts and the
-# experts' 500-episode evaluations), am5-alloc (the re-allocated experts), am5-final (figure 9), final-s15m-from9m-tau07* (figure 10), bo-g995* (the Breakout experts of figure 8),
+# experts' 500-episode evaluations), am5-alloc (the re-allocated experts), am5-final (figure 9), final-s15m-from9m-tau07* (figure 10), final-s15m-tau07*-ft5m-* (figure 11), bo-g995* (the Breakout experts of figure 8),
 # transfer (benchmarks/transfer.py --out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -176,6 +178,27 @@ PYEOF
     $PY train.py plot "${finals[@]}" --group --smooth 20 "${marks[@]}" \
         --title "Students of the all-published experts (2 seeds; 9M steps, continued to 15M)" \
         --out docs/img/minatar_students_final.png
+fi
+
+# 11. docs/img/minatar_students_finetune.png: PPO fine-tunes of those students from 15M
+# steps (learning rate 5e-5, 5M steps), with and without --critic-warmup 500000, one
+# line per run, with the experts' and the 15M-step students' sampled evaluations.
+tunes=(final-s15m-tau07-ft5m-lr5e-5 final-s15m-tau07-s2-ft5m-lr5e-5
+       final-s15m-tau07-ft5m-cw500k-lr5e-5 final-s15m-tau07-s2-ft5m-cw500k-lr5e-5)
+if [ -d "$R/${tunes[0]}" ]; then
+    mapfile -t marks < <($PY - docs/data/actor_mimic_evals500_retrained <<'PYEOF'
+import json, os, sys
+for game in ["Breakout", "SpaceInvaders", "Asterix", "Freeway", "Seaquest"]:
+    expert = json.load(open(os.path.join(sys.argv[1], f"expert-final-{game}.json")))["mean"]
+    start = [json.load(open(os.path.join(sys.argv[1], f"{tag}-{game}.json")))["mean"]
+             for tag in ("final-s15m-from9m-tau07", "final-s15m-from9m-tau07-s2")]
+    print("--mark"); print(f"{game}={expert}:expert")
+    print("--mark"); print(f"{game}={sum(start) / len(start)}:the 15M-step students (2 seeds)")
+PYEOF
+)
+    $PY train.py plot "${tunes[@]/#/$R/}" --smooth 20 "${marks[@]}" \
+        --title "PPO fine-tunes of the 15M-step students (lr 5e-5), without and with a 500k-step critic warm-up" \
+        --out docs/img/minatar_students_finetune.png
 fi
 
 # 8. Breakout experts, one line per setting (mean and min-max band over seeds; an
