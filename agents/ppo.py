@@ -346,9 +346,22 @@ class PPO(OnPolicyTrainer):
                 ),
                 data_parallel=dp,
             )
-        var_y = b_ret.var()
+        return self._update_metrics(out, b_ret, b_values, ent_coef, warmup)
+
+    def _update_metrics(
+        self,
+        out: dict[str, float],
+        returns: torch.Tensor,
+        values: torch.Tensor,
+        ent_coef: float,
+        warmup: bool,
+    ) -> dict[str, float]:
+        """An update's logged scalars, completed from the minibatch loop's ``out``
+        (shared by :class:`PPO` and :class:`~maskrl.agents.RecurrentPPO`)."""
+        c = self.config
+        var_y = returns.var()
         out["explained_variance"] = (
-            float("nan") if var_y == 0 else float(1 - (b_ret - b_values).var() / var_y)
+            float("nan") if var_y == 0 else float(1 - (returns - values).var() / var_y)
         )
         out["early_stop"] = float(out.pop("epochs") < c.num_epochs)
         if c.ent_coef_final is not None:

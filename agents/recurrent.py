@@ -227,14 +227,6 @@ class RecurrentPPO(PPO):
                     (lambda m: m["approx_kl"] > target_kl) if target_kl and not warmup else None
                 ),
             )
-        b_ret, b_values = returns.reshape(-1), buffer.values.reshape(-1)
-        var_y = b_ret.var()
-        out["explained_variance"] = (
-            float("nan") if var_y == 0 else float(1 - (b_ret - b_values).var() / var_y)
+        return self._update_metrics(
+            out, returns.reshape(-1), buffer.values.reshape(-1), ent_coef, warmup
         )
-        out["early_stop"] = float(out.pop("epochs") < c.num_epochs)
-        if c.ent_coef_final is not None:
-            out["ent_coef"] = ent_coef
-        if c.critic_warmup:
-            out["critic_warmup"] = float(warmup)
-        return out
