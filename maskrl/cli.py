@@ -372,6 +372,23 @@ class _Signals(StopRequest):
     def stop(self) -> _Signals:
         return self
 
+    @contextlib.contextmanager
+    def during(self, phase: str) -> Iterator[None]:
+        """:meth:`StopRequest.during`; in a torchrun job, an error out of training ends the rank.
+
+        When a peer dies, this rank's next collective raises and the error unwinds
+        through ``"training"`` (the phase goes back to ``"setup"``) before the
+        command reports it; torchrun's SIGTERM to this rank can land in between
+        and must not be reported as a stop before training started.
+        """
+        try:
+            with super().during(phase):
+                yield
+        except BaseException:
+            if phase == "training" and _torchrun_world() > 1:
+                self.ending = True
+            raise
+
     def _handle(self, signum: int, frame: Any) -> None:
         if self.ending:
             return

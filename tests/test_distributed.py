@@ -236,6 +236,58 @@ def test_a_killed_rank_ends_the_job_with_one_line_within_seconds(tmp_path: Path)
     assert load_checkpoint(tmp_path / "job" / "checkpoint.pt")["global_step"] % BATCH == 0
 
 
+@pytest.mark.parametrize("world", ["2", "1"])
+def test_sigterm_while_a_training_error_unwinds_is_not_a_stop_before_training(
+    world: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race the test above can hit: the failed collective's error has left the
+    # training phase (back to "setup") when torchrun's SIGTERM lands, before the
+    # command has reported the error. Called the handler directly, at that moment.
+    from maskrl.cli import _Signals
+
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("RANK", "0")
+    signals = _Signals()
+    seen: list[str] = []
+    with pytest.raises(RuntimeError, match="peer closed"):
+        try:
+            with signals.during("training"):
+                raise RuntimeError("peer closed")
+        except RuntimeError:
+            seen.append(signals.phase)
+            if world == "2":
+                try:
+                    signals._handle(signal.SIGTERM, None)  # ignored: the rank is ending
+                except KeyboardInterrupt:
+                    pytest.fail("the SIGTERM was taken for a stop during setup")
+            else:
+                # One process: a SIGTERM outside training stops at once, as before.
+                with pytest.raises(KeyboardInterrupt):
+                    signals._handle(signal.SIGTERM, None)
+            raise
+    assert seen == ["setup"]
+    if world == "2":
+        assert signals.ending and signals.stopped_in is None and not signals.requested
+    else:
+        assert not signals.ending and signals.stopped_in == "setup"
+
+
+def test_a_torchrun_rank_that_leaves_training_normally_still_takes_signals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from maskrl.cli import _Signals
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    signals = _Signals()
+    with signals.during("training"):
+        pass
+    assert not signals.ending
+    with signals.during("evaluation"), pytest.raises(KeyboardInterrupt):
+        signals._handle(signal.SIGTERM, None)  # the final evaluation stops at once
+    assert signals.stopped_in == "evaluation" and signals.signum == signal.SIGTERM
+
+
 def test_a_hung_rank_ends_the_job_after_dist_timeout(tmp_path: Path) -> None:
     args = ["ppo", "--env", BREAKOUT, "--total-timesteps", "100000000", *TINY]
     args += ["--runs-dir", str(tmp_path), "--run-name", "job", "--checkpoint-every", str(BATCH)]
