@@ -21,7 +21,7 @@
 # 7. docs/img/minatar_experts_alloc.png: the experts trained with the 50M steps
 #    allocated by the curves of figure 6 (am5-alloc: 16M, 12M, 12M, 7M, 3M steps),
 #    with the published targets as dashed lines.
-# 8. docs/img/minatar_breakout_preset.png: Breakout experts of three settings, mean
+# 8. docs/img/minatar_breakout_preset.png: Breakout experts of four settings, mean
 #    and min-max band over their seeds, against the published 28 (below).
 # 9. docs/img/minatar_experts_final.png: one expert set with every game at the
 #    published level (am5-final: SpaceInvaders 16M, Seaquest 12M, Asterix 10M,
@@ -204,15 +204,17 @@ fi
 # 8. Breakout experts, one line per setting (mean and min-max band over seeds; an
 # expert folder runs/NAME-sK/MinAtar-Breakout-v0 counts as seed K of NAME): the
 # annealed-entropy recipe with --gamma 0.995 (bo-g995, bo-g995-s2 ... -s5), the same
-# at learning rate 1e-3 (bo-g995-lr1e3-s2, -s4) and with 32 steps per rollout, i.e.
-# --preset minatar-breakout (bo-g995-ns32-s1 ... -s6); docs/actor_mimic.md has the commands.
+# at learning rate 1e-3 (bo-g995-lr1e3-s1 ... -s6), with 32 steps per rollout, i.e.
+# --preset minatar-breakout (bo-g995-ns32-s1 ... -s6), and the preset at learning rate
+# 1e-3 (bo-ns32-lr1e3-s2, -s4, -s5, -s6); docs/actor_mimic.md has the commands.
 shopt -s nullglob
 breakout=("$R"/bo-g995/MinAtar-Breakout-v0 "$R"/bo-g995-s[0-9]*/MinAtar-Breakout-v0
-          "$R"/bo-g995-lr1e3-s[0-9]*/MinAtar-Breakout-v0 "$R"/bo-g995-ns32-s[0-9]*/MinAtar-Breakout-v0)
+          "$R"/bo-g995-lr1e3-s[0-9]*/MinAtar-Breakout-v0 "$R"/bo-g995-ns32-s[0-9]*/MinAtar-Breakout-v0
+          "$R"/bo-ns32-lr1e3-s[0-9]*/MinAtar-Breakout-v0)
 shopt -u nullglob
 if [ ${#breakout[@]} -gt 0 ]; then
 $PY train.py plot "${breakout[@]}" --group --smooth 20 --mark Breakout=28:published \
-    --title "Breakout experts, 10M steps: gamma 0.995, and with twice the updates per sample" \
+    --title "Breakout experts, 10M steps: gamma 0.995, learning rate 1e-3, twice the updates per sample, both" \
     --out docs/img/minatar_breakout_preset.png
 fi
 
