@@ -32,6 +32,9 @@
 #    the 60M-step multi-game PPO baselines' sampled evaluations as dashed lines.
 # 11. docs/img/minatar_students_finetune.png: 5M-step PPO fine-tunes of those
 #    15M-step students, with and without a critic warm-up (--critic-warmup).
+# 12. docs/img/minatar_breakout_seeds.png: Breakout experts of --preset
+#    minatar-breakout (learning rate 1e-3), one line per seed, against the
+#    published 28.
 #
 #     bash benchmarks/actor_mimic_plots.sh [RUNS_DIR]        # default: runs
 #
@@ -39,7 +42,7 @@
 # am5-minatar-b and am5-minatar-ent03-sq (the experts' own runs), am5-10m (the experts folder the students use), am10m-s4m-h256
 # (the student), am10m-mg-baseline (the baseline), am5-pub, pub-s10m-h256, pub-s10m-h512 and, if present,
 # pub-s10m-h512-c32, pub-s10m-h512-c32-tau05, pub-s15m-h512 and evals500 (the students, their experts and the
-# experts' 500-episode evaluations), am5-alloc (the re-allocated experts), am5-final (figure 9), final-s15m-from9m-tau07* (figure 10), final-s15m-tau07*-ft5m-* (figure 11), bo-g995* (the Breakout experts of figure 8),
+# experts' 500-episode evaluations), am5-alloc (the re-allocated experts), am5-final (figure 9), final-s15m-from9m-tau07* (figure 10), final-s15m-tau07*-ft5m-* (figure 11), bo-g995* and bo-ns32-lr1e3-s* (the Breakout experts of figures 8 and 12),
 # transfer (benchmarks/transfer.py --out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -216,6 +219,17 @@ if [ ${#breakout[@]} -gt 0 ]; then
 $PY train.py plot "${breakout[@]}" --group --smooth 20 --mark Breakout=28:published \
     --title "Breakout experts, 10M steps: gamma 0.995, learning rate 1e-3, twice the updates per sample, both" \
     --out docs/img/minatar_breakout_preset.png
+fi
+
+# 12. The Breakout preset's runs (bo-ns32-lr1e3-sK: --preset minatar-breakout,
+# learning rate 1e-3, seed K), one line per seed: every seed against 28.
+shopt -s nullglob
+preset_seeds=("$R"/bo-ns32-lr1e3-s[0-9]*/MinAtar-Breakout-v0)
+shopt -u nullglob
+if [ ${#preset_seeds[@]} -gt 0 ]; then
+$PY train.py plot "${preset_seeds[@]}" --smooth 20 --mark Breakout=28:published \
+    --title "Breakout, --preset minatar-breakout (learning rate 1e-3), 10M steps: one line per seed" \
+    --out docs/img/minatar_breakout_seeds.png
 fi
 
 # benchmarks/transfer.py draws this figure itself (train.py plot --group, one

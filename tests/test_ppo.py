@@ -327,14 +327,20 @@ def test_defaults_are_the_fast_preset_and_reference_is_separate():
     assert ref.minibatch_size == ref.num_envs * ref.num_steps // ref.num_minibatches
 
 
-def test_the_breakout_preset_is_minatar_with_four_changes():
+def test_the_breakout_preset_is_minatar_with_five_changes():
     # Its learning is measured in docs/actor_mimic.md (10M steps a run, too long
     # for a test); here its values, which those runs used, are pinned.
     from maskrl.agents.config import PRESETS
 
     base, breakout = PRESETS["minatar"], PRESETS["minatar-breakout"]
     changed = {k: v for k, v in breakout.items() if base.get(k) != v}
-    assert changed == {"num_steps": 32, "gamma": 0.995, "ent_coef": 0.05, "ent_coef_final": 0.0}
+    assert changed == {
+        "num_steps": 32,
+        "gamma": 0.995,
+        "ent_coef": 0.05,
+        "ent_coef_final": 0.0,
+        "learning_rate": 1e-3,
+    }
     assert set(base) <= set(breakout)
     cfg = PPOConfig(**breakout)
     cfg.validate()
