@@ -586,7 +586,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # The MinAtar Breakout expert: "minatar" with a larger entropy bonus annealed
 # to 0 (at 0.01 Breakout stalls near 6), a longer horizon (gamma 0.995), twice
 # the updates per sample (64 envs x 32 steps, minibatches of 512) and twice the
-# learning rate (1e-3, annealed to 0). Eight seeds at 10M steps reach the
+# learning rate (1e-3, annealed to 0). Ten seeds at 10M steps reach the
 # published 28 on every seed (docs/actor_mimic.md, "Breakout: twice the
 # updates per sample"), where the same without the larger learning rate (the
 # preset before it) or without the 32 steps reached it on five of six.

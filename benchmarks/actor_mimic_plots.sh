@@ -228,7 +228,7 @@ preset_seeds=("$R"/bo-ns32-lr1e3-s[0-9]*/MinAtar-Breakout-v0)
 shopt -u nullglob
 if [ ${#preset_seeds[@]} -gt 0 ]; then
 $PY train.py plot "${preset_seeds[@]}" --smooth 20 --mark Breakout=28:published \
-    --title "Breakout, --preset minatar-breakout (learning rate 1e-3), 10M steps: one line per seed" \
+    --title "Breakout, --preset minatar-breakout: one line per seed" \
     --out docs/img/minatar_breakout_seeds.png
 fi
 
