@@ -73,6 +73,12 @@ def read_trainer_checkpoint(path: str | Path) -> dict[str, Any]:
         ValueError: missing, corrupt, or holding a non-finite value (named by its key path).
     """
     state = load_checkpoint(path)
+    if state.get("policy_only"):
+        raise ValueError(
+            f"checkpoint {path} holds a policy only (packed by train.py pack-experts, without "
+            "the optimizer's state): it cannot be resumed; evaluate it, distil from it, or start "
+            "a new run from its weights with --init-from"
+        )
     bad = check_finite_state(state)
     if bad is not None:
         raise ValueError(

@@ -77,6 +77,7 @@ __all__ = [
     "run_trainer",
     "run_training",
     "finetune_ppo_config",
+    "pack_experts",
     "train_experts",
     "train_mimic",
     "train_ppo",
@@ -1028,6 +1029,70 @@ def train_experts(
     finally:
         lock.release()
     return {"experts": entries, "run_dir": str(root)}
+
+
+#: What a packed expert keeps of its run's checkpoint: the policy and where it came
+#: from; the optimizer's moments, the RNG states and the update count are dropped.
+PACKED_KEYS = (
+    "format", "config", "env_ids", "observation_space", "action_space", "custom_network",
+    "network_kwargs", "obs_layout", "model", "quant", "global_step",
+)  # fmt: skip
+
+
+def pack_experts(folder: str | Path, out: str | Path) -> list[dict[str, Any]]:
+    """Copy the experts of ``folder`` (written by :func:`train_experts`) into ``out``, policy only.
+
+    Each expert's checkpoint keeps its network, spaces, training config and step
+    count (:data:`PACKED_KEYS`) and is marked ``"policy_only": True``: about a
+    third of the file, since Adam's two moments are dropped. ``out`` is then a
+    folder ``train.py mimic --experts`` reads like the original (same
+    ``experts.json`` layout, each entry adding the packed file's ``sha256``),
+    and ``train.py eval`` and ``--init-from`` accept its checkpoints; they
+    cannot be resumed. Each packed network is read back and checked to equal
+    the original before ``experts.json`` is written.
+
+    Returns the entries of ``out/experts.json``.
+
+    Raises:
+        ValueError: ``folder`` holds no usable experts (as :func:`~maskrl.agents.mimic.load_experts`
+            says), or ``out`` exists and is not an empty folder.
+    """
+    import torch
+
+    from maskrl.agents.checkpoint import load_checkpoint, save_checkpoint
+    from maskrl.agents.mimic import file_sha256, load_expert, load_experts
+
+    folder, out = Path(folder), Path(out)
+    load_experts(folder)  # every expert checked to be a per-game run of its game
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} already exists and is not an empty folder: choose another one")
+    if out.resolve() == folder.resolve():
+        raise ValueError(f"{out} is the experts folder itself: choose another one")
+    entries = []
+    for entry in _read_experts_json(folder / "experts.json"):
+        source = folder / str(entry["checkpoint"])
+        state = load_checkpoint(source)
+        packed = {k: state[k] for k in PACKED_KEYS if k in state}
+        packed["policy_only"] = True
+        rel = Path(str(entry["checkpoint"]))
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(
+                f"{folder / 'experts.json'}: the checkpoint of {entry['env_id']} ({rel}) is not a "
+                "path inside the folder; only experts written by train.py experts can be packed"
+            )
+        target = out / rel
+        save_checkpoint(packed, target)
+        for name in ("config.json", "eval.json"):
+            if (source.parent / name).is_file():
+                (target.parent / name).write_bytes((source.parent / name).read_bytes())
+        again = load_expert(str(entry["env_id"]), target, source=f"packed {target}")
+        original = state["model"]
+        for key, value in again.policy.net.state_dict().items():
+            if not torch.equal(value, original[key]):
+                raise RuntimeError(f"packed {target}: {key} differs from {source} when read back")
+        entries.append({**entry, "checkpoint": rel.as_posix(), "sha256": file_sha256(target)})
+    _write_json(out / "experts.json", {"experts": entries})
+    return entries
 
 
 def _mimic_of_finetune(run_dir: Path) -> Path | None:

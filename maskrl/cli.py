@@ -126,7 +126,7 @@ def _pick(ns: argparse.Namespace, cls: type) -> Any:
 
 
 #: The subcommands written out here; every other registered trainer's is built from the registry.
-_BUILTIN_COMMANDS = frozenset({"ppo", "experts", "mimic", "eval", "plot"})
+_BUILTIN_COMMANDS = frozenset({"ppo", "experts", "mimic", "eval", "plot", "pack-experts"})
 
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
@@ -232,6 +232,17 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         add_dataclass_args(tr, RunConfig, exclude=frozenset({"preset", "init_from", "init_layers"}))
         add_dataclass_args(tr, spec.config_class)
         add_dataclass_args(tr, DistConfig)
+    pk = sub.add_parser(
+        "pack-experts",
+        allow_abbrev=False,
+        help="copy an experts folder, policies only, to share or commit",
+        description="Copy the experts of a folder written by train.py experts into OUT with "
+        "policy-only checkpoints (no optimizer state: about a third of the size). OUT is an "
+        "experts folder for train.py mimic --experts; its checkpoints evaluate and serve "
+        "--init-from, but cannot be resumed.",
+    )
+    pk.add_argument("experts", metavar="EXPERTS", help="a folder written by train.py experts")
+    pk.add_argument("--out", required=True, help="the new folder (must not exist, or be empty)")
     ev = sub.add_parser(
         "eval",
         allow_abbrev=False,
@@ -625,6 +636,13 @@ def _dispatch(
             return 0
         if ns.command == "eval":
             return _eval(ns, prog, signals)
+        if ns.command == "pack-experts":
+            entries = _runner().pack_experts(ns.experts, ns.out)
+            for e in entries:
+                size = os.path.getsize(os.path.join(ns.out, e["checkpoint"]))
+                print(f"packed {e['env_id']}: {ns.out}/{e['checkpoint']} ({size / 1e6:.2f} MB)")
+            print(f"experts: {ns.out}/experts.json")
+            return 0
         if ns.command == "plot":
             from maskrl.plots import parse_mark, write_plot
 
