@@ -163,3 +163,39 @@ def test_packing_refuses_a_used_out_folder_and_a_folder_without_experts(
     assert not (tmp_path / "new").exists()
     assert train.main(["pack-experts", str(experts), "--out", str(experts)]) == 2
     _one_error_line(capsys)
+
+
+# ------------------------------------------------------- the committed MinAtar experts
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained" / "minatar-experts"
+# In the order the student numbers its games (experts.json's).
+GAMES = ["SpaceInvaders", "Seaquest", "Asterix", "Freeway", "Breakout"]
+
+
+def test_the_committed_minatar_experts_are_the_five_games_packed_and_unchanged() -> None:
+    entries = json.loads((PRETRAINED / "experts.json").read_text())["experts"]
+    assert [e["env_id"] for e in entries] == [f"maskrl/MinAtar-{g}-v0" for g in GAMES]
+    for entry in entries:
+        path = PRETRAINED / entry["checkpoint"]
+        assert file_sha256(path) == entry["sha256"], f"{path} changed since it was packed"
+        state = load_checkpoint(path)
+        assert state["policy_only"] is True and "optimizer" not in state
+        assert state["env_ids"] == [entry["env_id"]]
+        assert state["global_step"] == entry["steps"] >= 3_000_000
+    experts = load_experts(PRETRAINED)  # each checked to be an expert of its own game
+    assert [x.policy.n_logits for x in experts] == [6] * 5
+
+
+@pytest.mark.parametrize(("game", "floor"), [("Breakout", 20.0), ("Freeway", 55.0)])
+def test_a_committed_expert_plays_its_game_at_the_published_level(
+    game: str, floor: float, tmp_path: Path
+) -> None:
+    # Greedy, 8 episodes from a fixed seed; the floors sit well below the experts'
+    # 200-episode means (pretrained/minatar-experts/README.md) and near the
+    # published levels (Breakout 28, Freeway 58), far above an untrained policy.
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--checkpoint", str(PRETRAINED / f"MinAtar-{game}-v0" / "checkpoint.pt"),
+            "--episodes", "8", "--seed", "100000", "--deterministic", "--no-progress",
+            "--device", "cpu", "--torch-threads", "1", "--output", str(out)]  # fmt: skip
+    assert train.main(argv) == 0
+    assert json.loads(out.read_text())["mean"] >= floor
