@@ -232,17 +232,6 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         add_dataclass_args(tr, RunConfig, exclude=frozenset({"preset", "init_from", "init_layers"}))
         add_dataclass_args(tr, spec.config_class)
         add_dataclass_args(tr, DistConfig)
-    pk = sub.add_parser(
-        "pack-experts",
-        allow_abbrev=False,
-        help="copy an experts folder, policies only, to share or commit",
-        description="Copy the experts of a folder written by train.py experts into OUT with "
-        "policy-only checkpoints (no optimizer state: about a third of the size). OUT is an "
-        "experts folder for train.py mimic --experts; its checkpoints evaluate and serve "
-        "--init-from, but cannot be resumed.",
-    )
-    pk.add_argument("experts", metavar="EXPERTS", help="a folder written by train.py experts")
-    pk.add_argument("--out", required=True, help="the new folder (must not exist, or be empty)")
     ev = sub.add_parser(
         "eval",
         allow_abbrev=False,
@@ -348,6 +337,17 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         "mean and min-max band (an expert, runs/NAME/<game>, is named by NAME)",
     )
     pl.add_argument("--title", default=None, help="figure title")
+    pk = sub.add_parser(
+        "pack-experts",
+        allow_abbrev=False,
+        help="copy an experts folder, policies only, to share or commit",
+        description="Copy the experts of a folder written by train.py experts into OUT with "
+        "policy-only checkpoints (no optimizer state: about a third of the size). OUT is an "
+        "experts folder for train.py mimic --experts; its checkpoints evaluate and serve "
+        "--init-from, but cannot be resumed.",
+    )
+    pk.add_argument("experts", metavar="EXPERTS", help="a folder written by train.py experts")
+    pk.add_argument("--out", required=True, help="the new folder (must not exist, or be empty)")
     return parser
 
 

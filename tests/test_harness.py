@@ -137,7 +137,9 @@ def test_the_maskrl_command_is_the_same_parser(capsys: pytest.CaptureFixture[str
         maskrl_main(["--help"])
     assert ex.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: maskrl ") and "{ppo,experts,mimic,dqn,eval,plot}" in out
+    assert (
+        out.startswith("usage: maskrl ") and "{ppo,experts,mimic,dqn,eval,plot,pack-experts}" in out
+    )
     assert maskrl_main(["eval", "--checkpoint", "nowhere.pt", "--episodes", "0"]) == 2
     one_line(capsys, "--episodes", prog="maskrl")
 
