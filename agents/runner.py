@@ -1066,8 +1066,6 @@ def pack_experts(folder: str | Path, out: str | Path) -> list[dict[str, Any]]:
     load_experts(folder)  # every expert checked to be a per-game run of its game
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not an empty folder: choose another one")
-    if out.resolve() == folder.resolve():
-        raise ValueError(f"{out} is the experts folder itself: choose another one")
     entries = []
     for entry in _read_experts_json(folder / "experts.json"):
         source = folder / str(entry["checkpoint"])
