@@ -321,6 +321,80 @@ TOKENS_ATTENTION_LAYERS = 2
 TOKENS_NEIGHBOURHOOD = 3
 
 
+def parse_game_weights(spec: str) -> dict[str, float]:
+    """Parse ``--game-weights`` (``GAME=W[,GAME=W...]``) into ``{GAME: W}``.
+
+    Raises:
+        ValueError: an item without ``=``, an empty name, a name given twice, or a
+            weight that is not a finite number ``>= 0`` (the item is quoted).
+
+    Example:
+        >>> parse_game_weights("MinAtar-Asterix-v0=2, MinAtar-Breakout-v0=0.5")
+        {'MinAtar-Asterix-v0': 2.0, 'MinAtar-Breakout-v0': 0.5}
+    """
+    where = "game_weights (--game-weights)"
+    out: dict[str, float] = {}
+    items = [x.strip() for x in spec.split(",")]
+    if not any(items):
+        raise ValueError(f"{where} is empty; give GAME=W[,GAME=W...] or leave it out")
+    for item in items:
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise ValueError(f"{where}: {item!r} is not GAME=WEIGHT")
+        try:
+            w = float(value)
+        except ValueError:
+            raise ValueError(f"{where}: the weight in {item!r} is not a number") from None
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"{where}: the weight in {item!r} must be finite and >= 0")
+        if name in out:
+            raise ValueError(f"{where} names {name} twice")
+        out[name] = w
+    return out
+
+
+def resolve_game_weights(spec: str | None, env_ids: list[str]) -> list[float]:
+    """Per-game loss weights, in ``env_ids``' order, rescaled to average 1.
+
+    A name in ``spec`` matches a game by its full env id (``maskrl/MinAtar-Asterix-v0``)
+    or the part after the last ``/`` (``MinAtar-Asterix-v0``); games not named weigh 1
+    before the rescaling. ``spec=None``: every game weighs 1.
+
+    Raises:
+        ValueError: a name that matches none of ``env_ids`` (the games are listed),
+            a game named twice, or weights that are all zero.
+
+    Example:
+        >>> resolve_game_weights("B=3", ["x/A", "x/B"])
+        [0.5, 1.5]
+    """
+    if spec is None:
+        return [1.0] * len(env_ids)
+    given = parse_game_weights(spec)
+    raw = [1.0] * len(env_ids)
+    seen: dict[int, str] = {}
+    for name, w in given.items():
+        hits = [i for i, e in enumerate(env_ids) if name in (e, e.rsplit("/", 1)[-1])]
+        if not hits:
+            raise ValueError(
+                f"game_weights (--game-weights) names {name}, which is not one of the "
+                f"games: {', '.join(env_ids)}"
+            )
+        for i in hits:
+            if i in seen:
+                raise ValueError(
+                    f"game_weights (--game-weights) weighs {env_ids[i]} twice "
+                    f"({seen[i]} and {name})"
+                )
+            seen[i] = name
+            raw[i] = w
+    total = sum(raw)
+    if total <= 0:
+        raise ValueError("game_weights (--game-weights): every game weighs 0")
+    return [w * len(raw) / total for w in raw]
+
+
 @dataclass
 class MimicConfig(TrainerConfig):
     """Actor-Mimic distillation hyperparameters (plus the shared :class:`TrainerConfig`).
@@ -335,6 +409,13 @@ class MimicConfig(TrainerConfig):
     tau: float = _f(1.0, "temperature of the experts' softmax (the targets); >= 1e-4")
     beta: float = _f(0.01, "weight of the feature-regression loss")
     epsilon: float = _f(0.0, "probability of a uniformly random valid action while acting")
+    game_weights: str | None = _f(
+        None,
+        "per-game weights of the distillation loss, GAME=W[,GAME=W...] (GAME: an env id or its "
+        "name after the last '/', e.g. MinAtar-Asterix-v0=2); games not named weigh 1, and the "
+        "weights are rescaled to average 1 over the games, so the loss keeps its scale "
+        "(None: every game weighs 1)",
+    )
     value_coef: float = _f(
         0.0,
         "weight of the value regression: the student's value for each game regresses (MSE) onto "
@@ -382,6 +463,8 @@ class MimicConfig(TrainerConfig):
         )
         _check(self, "beta", 0 <= self.beta < float("inf"), "finite and >= 0")
         _check(self, "epsilon", 0 <= self.epsilon <= 1, "in [0, 1]")
+        if self.game_weights is not None:
+            parse_game_weights(self.game_weights)
         _check(self, "value_coef", 0 <= self.value_coef < float("inf"), "finite and >= 0")
         encoders = ("cnn", "tokens")
         _check(self, "multigame_encoder", self.multigame_encoder in encoders, "cnn or tokens")
@@ -631,8 +714,8 @@ class RunConfig:
     )
     init_from: str | None = _f(
         None,
-        "start a new PPO run from this run folder's (or checkpoint's) weights: a PPO run, "
-        "an expert or an Actor-Mimic student (see maskrl.agents.transfer)",
+        "start a new run (ppo, mimic) from this run folder's (or checkpoint's) weights: a PPO "
+        "run, an expert or an Actor-Mimic student (see maskrl.agents.transfer)",
     )
     init_layers: str = _f(
         "encoder", "with --init-from: the layers taken, encoder or all (encoder and heads)"

@@ -16,6 +16,13 @@ is labelled by that game's expert:
   ``i``'s value, so that a PPO fine-tune of the student starts with a critic
   that already knows each game's returns.
 
+``game_weights`` (``--game-weights MinAtar-Asterix-v0=2``) weighs each game's
+rows in all three terms (rescaled to average 1 over the games), to spend more
+of the student's capacity on a game it holds least well; every game still gets
+an equal share of the data. ``train.py mimic --init-from RUN`` starts a new
+distillation from a trained student's weights (and its feature-regression
+heads), e.g. to continue with other settings.
+
 Data is on-policy: each update rolls the student out for ``num_steps`` steps
 of ``num_envs`` slots (slot ``j`` plays game ``j % k``, so every game gets an
 equal share of every batch), with probability ``epsilon`` of a uniformly
@@ -46,7 +53,7 @@ from maskrl.agents.base import (
 )
 from maskrl.agents.checkpoint import load_checkpoint, space_to_dict
 from maskrl.agents.config import TOKENS_ATTENTION_LAYERS as TOKENS_ATTENTION_LAYERS  # old path
-from maskrl.agents.config import MimicConfig
+from maskrl.agents.config import MimicConfig, resolve_game_weights
 from maskrl.agents.distributed import DataParallel
 from maskrl.agents.mimic_losses import (
     FeatureRegressionHeads,
@@ -294,6 +301,8 @@ class ActorMimic(OnPolicyTrainer):
                 f"({k}) so that every game gets an equal share of every batch"
             )
         device = resolve_device(c.device)
+        # Before any env is built: a name that matches no game is refused at once.
+        weights = resolve_game_weights(c.game_weights, [x.env_id for x in experts])
         self.experts = experts
         for x in experts:
             if x.sha256 is None and Path(x.checkpoint).is_file():
@@ -364,6 +373,13 @@ class ActorMimic(OnPolicyTrainer):
         self._expert_logits = torch.zeros((T, N, n), device=self.device)
         self._expert_features = torch.zeros((T, N, self.feature_heads.out_dim), device=self.device)
         self._expert_values = torch.zeros((T, N), device=self.device)
+        #: ``[k]`` per-game weights of the distillation loss (``game_weights``),
+        #: averaging 1; None when every game weighs 1 (the plain mean).
+        self.game_weights: torch.Tensor | None = (
+            None
+            if c.game_weights is None
+            else torch.tensor(weights, dtype=torch.float32, device=self.device)
+        )
 
     # ------------------------------------------------------------------ acting
     def _act(self, obs: Obs, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -415,13 +431,15 @@ class ActorMimic(OnPolicyTrainer):
             obs = index_obs(b_obs, mb)
             assert isinstance(obs, dict)
             logits, h = student(obs)
-            pol = policy_regression_loss(logits, b_logits[mb], b_masks[mb], c.tau)
-            feat = heads.loss(h, obs["game_id"], b_feats[mb])
+            w = None if self.game_weights is None else self.game_weights[obs["game_id"]]
+            pol = policy_regression_loss(logits, b_logits[mb], b_masks[mb], c.tau, w)
+            feat = heads.loss(h, obs["game_id"], b_feats[mb], w)
             loss = pol + c.beta * feat
             logged = {"policy_regression": pol.detach(), "feature_regression": feat.detach()}
             if c.value_coef > 0:
                 v = net.value_of_features(h, obs["game_id"])  # type: ignore[operator]
-                vloss = 0.5 * (v - b_values[mb]).pow(2).mean()
+                sq = (v - b_values[mb]).pow(2)
+                vloss = 0.5 * (sq if w is None else w * sq).mean()
                 loss = loss + c.value_coef * vloss
                 logged["value_regression"] = vloss.detach()
             return loss, logged

@@ -117,6 +117,7 @@ def policy_regression_loss(
     expert_logits: Tensor,
     mask: Tensor | np.ndarray,
     tau: float = 1.0,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Cross-entropy from the expert's ``tau``-softmax to the student's masked softmax.
 
@@ -133,6 +134,9 @@ def policy_regression_loss(
         mask: ``[B, n]`` bool (or 0/1 integers, or a NumPy array), ``True =
             valid`` -- the game's own action mask.
         tau: the expert's softmax temperature, finite and ``>= MIN_TAU`` (1e-4).
+        weight: optional ``[B]`` finite, non-negative per-row weights (e.g.
+            :class:`~maskrl.agents.MimicConfig`'s ``game_weights`` looked up by
+            each row's game); the loss is then ``mean_b(weight_b * ce_b)``.
 
     Returns:
         A scalar tensor: the cross-entropy averaged over the batch. Its
@@ -162,11 +166,21 @@ def policy_regression_loss(
     # gradient. Sum in at least float32: half-precision sums lose digits.
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     per_row = -(target.to(dtype) * log_q.to(dtype)).sum(dim=-1)
-    return per_row.mean()
+    return _weighted_mean(per_row, weight)
+
+
+def _weighted_mean(per_row: Tensor, weight: Tensor | None) -> Tensor:
+    """``mean_b(weight_b * per_row_b)``; the plain mean without ``weight``."""
+    if weight is None:
+        return per_row.mean()
+    if not isinstance(weight, Tensor) or weight.shape != per_row.shape:
+        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"weight must have shape [B] = {tuple(per_row.shape)}, got {got}")
+    return (weight.to(per_row.dtype) * per_row).mean()
 
 
 def feature_regression_loss(
-    predicted: Tensor, target: Tensor, mask: Tensor | None = None
+    predicted: Tensor, target: Tensor, mask: Tensor | None = None, weight: Tensor | None = None
 ) -> Tensor:
     """Mean squared error between ``f_i(h_student)`` and expert ``i``'s features.
 
@@ -178,6 +192,9 @@ def feature_regression_loss(
         mask: optional ``[B, D]`` bool, ``True`` where a feature belongs to the
             row's game (:meth:`FeatureRegressionHeads.feature_mask`), for games
             whose experts have different feature sizes.
+        weight: optional ``[B]`` per-row weights, as in
+            :func:`policy_regression_loss`: the rows' errors are then averaged
+            as ``mean_b(weight_b * err_b)``.
 
     Returns:
         A scalar: each row's squared error averaged over *its own* features,
@@ -204,7 +221,7 @@ def feature_regression_loss(
         )
     target = target.detach()
     if mask is None:
-        return ((predicted - target) ** 2).mean()
+        return _weighted_mean(((predicted - target) ** 2).mean(dim=-1), weight)
     mask = as_bool_mask(mask, predicted, name="mask").expand(predicted.shape)
     counts = mask.sum(dim=-1)
     if bool((counts == 0).any()):
@@ -213,7 +230,7 @@ def feature_regression_loss(
     # torch.where, not a product with the mask: NaN padding times 0 is NaN.
     zero = torch.zeros((), dtype=predicted.dtype, device=predicted.device)
     diff = torch.where(mask, predicted - torch.where(mask, target, zero), zero)
-    return ((diff**2).sum(dim=-1) / counts).mean()
+    return _weighted_mean((diff**2).sum(dim=-1) / counts, weight)
 
 
 class FeatureRegressionHeads(nn.Module):
@@ -323,9 +340,11 @@ class FeatureRegressionHeads(nn.Module):
         rows = torch.arange(h.shape[0], device=h.device)
         return outs[game_id, rows]
 
-    def loss(self, h: Tensor, game_id: Tensor, target: Tensor) -> Tensor:
+    def loss(
+        self, h: Tensor, game_id: Tensor, target: Tensor, weight: Tensor | None = None
+    ) -> Tensor:
         """:func:`feature_regression_loss` of ``self(h, game_id)`` against padded ``target``."""
-        return feature_regression_loss(self(h, game_id), target, self.feature_mask(game_id))
+        return feature_regression_loss(self(h, game_id), target, self.feature_mask(game_id), weight)
 
 
 def greedy_agreement(

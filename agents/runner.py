@@ -817,8 +817,8 @@ def _resume_ppo(agent: PPO, ctx: RunContext) -> None:
     agent.env_ids = run.env_ids
 
 
-def _record_ppo(agent: PPO, ctx: RunContext) -> dict[str, Any]:
-    """The ``ppo`` trainer's ``record``: what an ``--init-from`` run started from."""
+def _record_init(agent: Any, ctx: RunContext) -> dict[str, Any]:
+    """A ``record`` (ppo, mimic): what an ``--init-from`` run started from."""
     init = ctx.options.get("init")
     if init is None and ctx.saved is not None:
         init = ctx.saved.get("init")  # what the run started from stays recorded
@@ -1196,8 +1196,11 @@ def train_mimic(
     folder itself is refused with the command that continues it.
     """
     run.validate()
-    if run.init_from is not None:
-        raise ValueError("init_from (--init-from) applies to PPO runs only")
+    if run.resume and run.init_from is not None:
+        raise ValueError(
+            "--init-from starts a new run from another run's weights; --resume continues a "
+            "run from its own checkpoint: give one or the other"
+        )
     _check_finetune_steps(finetune_ppo)
     dp = data_parallel
     if run.resume:
@@ -1351,7 +1354,16 @@ def _build_mimic(ctx: RunContext) -> Any:
         config.num_envs if dp is None else dp.local_envs(config.num_envs),
         config.num_steps, resolve_device(config.device), multigame=True,
     )  # fmt: skip
-    return ActorMimic(experts, config, dp)
+    trainer = ActorMimic(experts, config, dp)
+    if run.init_from is not None:
+        from maskrl.agents.transfer import init_mimic_from
+
+        try:
+            ctx.options["init"] = init_mimic_from(trainer, run.init_from, run.init_layers)
+        except BaseException:
+            trainer.envs.close()
+            raise
+    return trainer
 
 
 def _resume_mimic(trainer: Any, ctx: RunContext) -> None:
@@ -1372,11 +1384,13 @@ def _resume_mimic(trainer: Any, ctx: RunContext) -> None:
 
 
 def _record_mimic(trainer: Any, ctx: RunContext) -> dict[str, Any]:
-    """The ``mimic`` trainer's ``record``: its experts folder and fine-tune steps."""
+    """The ``mimic`` trainer's ``record``: its experts folder, fine-tune steps, and
+    what an ``--init-from`` run started from."""
     return {
         "experts": str(ctx.options.get("experts")),
         "finetune_ppo": int(ctx.options.get("finetune_ppo") or 0),
         "finetune_config": ctx.options.get("finetune_config"),
+        **_record_init(trainer, ctx),
     }
 
 
@@ -1393,7 +1407,7 @@ def _register_builtins() -> None:
             build=_build_ppo,
             formats=("maskrl.ppo/1", PPO.FORMAT),
             on_resume=_resume_ppo,
-            record=_record_ppo,
+            record=_record_init,
             help="masked PPO",
         )
     )

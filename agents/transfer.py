@@ -1,4 +1,4 @@
-"""Transfer initialisation: start a new PPO agent from a trained network's weights.
+"""Transfer initialisation: start a new PPO agent (or Actor-Mimic student) from a trained network's weights.
 
 ``train.py ppo --env ID --init-from RUN_OR_CHECKPOINT [--init-layers encoder|all]``
 (Parisotto, Ba & Salakhutdinov 2016, section 5: a multitask network's weights
@@ -58,6 +58,7 @@ __all__ = [
     "INIT_LAYERS",
     "TransferReport",
     "build_ppo_from",
+    "init_mimic_from",
     "load_init_source",
     "transfer_weights",
 ]
@@ -273,3 +274,76 @@ def build_ppo_from(
         **report.to_dict(),
     }
     return agent, record
+
+
+def init_mimic_from(trainer: Any, init_from: str, layers: str = "all") -> dict[str, Any]:
+    """Copy ``init_from``'s weights into a new Actor-Mimic ``trainer``'s student, in place.
+
+    ``train.py mimic --init-from RUN_OR_CHECKPOINT [--init-layers encoder|all]``:
+    a new distillation run (fresh optimizer, step 0) starting from a trained
+    network -- typically a student, to continue its distillation with other
+    settings (``--game-weights``, ``--tau``, a learning rate) -- or any network
+    whose encoder lines up. The layers map as for :func:`build_ppo_from`
+    (:func:`transfer_weights`; the student is built with its own ``--hidden``
+    and ``--conv-filters``, which must match the source's). With ``all``, a
+    source that is itself an Actor-Mimic run of the same games in the same
+    order also gives its feature-regression heads (same shapes required);
+    otherwise they start fresh, with a note.
+
+    Returns the record for the run's ``config.json``: the checkpoint read, its
+    sha256 and the :class:`TransferReport`.
+
+    Raises:
+        ValueError: a bad path or checkpoint, or a layer that does not line up
+            (one line naming it).
+    """
+    from maskrl.agents.checkpoint import load_checkpoint
+    from maskrl.agents.mimic import ActorMimic, file_sha256
+
+    if layers not in INIT_LAYERS:
+        raise ValueError(
+            f"init_layers (--init-layers) must be one of {INIT_LAYERS}, got {layers!r}"
+        )
+    source, ckpt = load_init_source(init_from)
+    for key in ("hidden", "conv_filters"):
+        theirs = (source.network_kwargs or {}).get(key)
+        ours = (trainer.policy.network_kwargs or {}).get(key)
+        if theirs is not None and theirs != ours:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(
+                f"{key} differs: the --init-from network has {theirs}, the student "
+                f"{ours if ours is not None else 'the default'}; pass {flag} {theirs} so the "
+                "encoders line up"
+            )
+    same = list(source.env_ids or []) == list(trainer.env_ids)
+    report = transfer_weights(trainer.policy.net, source.net, layers, same_games=same)
+    if layers == "all":
+        state = load_checkpoint(ckpt)
+        heads = state.get("feature_heads") if state.get("format") == ActorMimic.FORMAT else None
+        own = trainer.feature_heads.state_dict()
+        fits = (
+            same
+            and isinstance(heads, dict)
+            and set(heads) == set(own)
+            and all(tuple(heads[k].shape) == tuple(v.shape) for k, v in own.items())
+        )
+        if fits:
+            assert isinstance(heads, dict)
+            with torch.no_grad():
+                for k, v in own.items():
+                    v.copy_(heads[k])
+            report.copied += [f"feature_heads.{k}" for k in own]
+        else:
+            why = (
+                "the source is not an Actor-Mimic run of the same games"
+                if not (same and isinstance(heads, dict))
+                else "their shapes differ from the source's"
+            )
+            report.fresh += [f"feature_heads.{k}" for k in own]
+            report.notes.append(f"feature-regression heads start freshly initialised: {why}")
+    return {
+        "checkpoint": str(ckpt.absolute()),
+        "sha256": file_sha256(ckpt),
+        "source_env_ids": source.env_ids,
+        **report.to_dict(),
+    }

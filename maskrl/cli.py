@@ -210,9 +210,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         "(PPO's --critic-warmup; default: 0): for a student distilled without "
         "--value-coef, whose critic starts untrained",
     )
-    add_dataclass_args(
-        mi, RunConfig, exclude=frozenset({"env", "preset", "init_from", "init_layers"})
-    )
+    add_dataclass_args(mi, RunConfig, exclude=frozenset({"env", "preset"}))
     add_dataclass_args(mi, MimicConfig)
     add_dataclass_args(mi, DistConfig)
     # Any other registered trainer (maskrl.agents.register_trainer) gets its own
@@ -615,6 +613,7 @@ def _dispatch(
 
             run_cfg, mimic_cfg = _pick(ns, RunConfig), _pick(ns, MimicConfig)
             given = _explicit_flags(argv)
+            _check_init_flags(given, run_cfg)
             if run_cfg.resume:
                 _check_resume_flags(given, extra={"finetune_ppo"})
             _check_qat_flags(given, mimic_cfg)

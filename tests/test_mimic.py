@@ -198,3 +198,84 @@ def test_bad_experts_folders_are_one_line(
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (needle, lines)
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------- game weights
+
+
+def test_game_weights_parse_and_rescale_to_average_one() -> None:
+    from maskrl.agents.config import parse_game_weights, resolve_game_weights
+
+    ids = ["maskrl/MinAtar-Breakout-v0", "maskrl/MinAtar-Asterix-v0", "maskrl/MinAtar-Freeway-v0"]
+    assert parse_game_weights(" a=2 ,b=0.5") == {"a": 2.0, "b": 0.5}
+    assert resolve_game_weights(None, ids) == [1.0, 1.0, 1.0]
+    # Raw [1, 4, 1] (sum 6) -> x 3/6; full ids and short names both match.
+    assert resolve_game_weights("MinAtar-Asterix-v0=4", ids) == [0.5, 2.0, 0.5]
+    assert resolve_game_weights("maskrl/MinAtar-Asterix-v0=4", ids) == [0.5, 2.0, 0.5]
+    assert resolve_game_weights("MinAtar-Breakout-v0=0,MinAtar-Freeway-v0=0", ids) == [0, 3, 0]
+    bad = {
+        "": "is empty",
+        "MinAtar-Asterix-v0": "is not GAME=WEIGHT",
+        "=2": "is not GAME=WEIGHT",
+        "a=x": "is not a number",
+        "a=-1": "must be finite and >= 0",
+        "a=nan": "must be finite and >= 0",
+        "a=1,a=2": "names a twice",
+    }
+    for spec, needle in bad.items():
+        with pytest.raises(ValueError, match=needle):
+            parse_game_weights(spec)
+        with pytest.raises(ValueError, match="game_weights \\(--game-weights\\)"):
+            MimicConfig(game_weights=spec).validate()
+    with pytest.raises(ValueError, match="names Asterix, which is not one of the games"):
+        resolve_game_weights("Asterix=2", ids)
+    with pytest.raises(ValueError, match="weighs maskrl/MinAtar-Asterix-v0 twice"):
+        resolve_game_weights("MinAtar-Asterix-v0=2,maskrl/MinAtar-Asterix-v0=3", ids)
+    with pytest.raises(ValueError, match="every game weighs 0"):
+        resolve_game_weights(",".join(f"{i}=0" for i in ids), ids)
+
+
+def _one_update_params(folder: Path, weights: str | None) -> list[torch.Tensor]:
+    cfg = MimicConfig(
+        num_envs=4, num_steps=16, num_minibatches=2, device="cpu", seed=3, torch_threads=1,
+        value_coef=1.0, game_weights=weights,
+    )  # fmt: skip
+    trainer = ActorMimic(load_experts(folder), cfg)
+    trainer.learn(64)
+    trainer.envs.close()
+    return [p.detach().clone() for p in trainer.net.parameters()]
+
+
+def test_a_game_of_weight_zero_teaches_the_student_nothing(tmp_path: Path) -> None:
+    """Two expert sets that differ only in Asterix's expert: with Asterix at weight 0
+    the student's updates are bit for bit the same (its actions, and so the data, are
+    the student's own); without weights they differ. Equal weights are the plain loss."""
+    a = _decisive_experts(tmp_path / "a", [BREAKOUT, ASTERIX])
+    b = _decisive_experts(tmp_path / "b", [BREAKOUT, ASTERIX])
+    path = b / "MinAtar-Asterix-v0" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=False)
+    for k in ("policy_head.weight", "value_head.bias"):
+        ckpt["model"][k].neg_().add_(1.0)
+    torch.save(ckpt, path)
+    zero = "MinAtar-Asterix-v0=0"
+    for p, q in zip(_one_update_params(a, zero), _one_update_params(b, zero), strict=True):
+        assert torch.equal(p, q)
+    plain_a, plain_b = _one_update_params(a, None), _one_update_params(b, None)
+    assert any(not torch.equal(p, q) for p, q in zip(plain_a, plain_b, strict=True))
+    equal = _one_update_params(a, "MinAtar-Asterix-v0=5,MinAtar-Breakout-v0=5")
+    assert all(torch.equal(p, q) for p, q in zip(equal, plain_a, strict=True))
+    weighted = _one_update_params(a, "MinAtar-Asterix-v0=3")
+    assert any(not torch.equal(p, q) for p, q in zip(weighted, plain_a, strict=True))
+
+
+def test_game_weights_naming_no_game_exit_2_before_a_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _decisive_experts(tmp_path / "experts", [BREAKOUT, ASTERIX])
+    runs = tmp_path / "runs"
+    argv = ["mimic", "--experts", str(folder), "--runs-dir", str(runs), "--device", "cpu",
+            "--no-progress", "--total-timesteps", "16"]  # fmt: skip
+    assert train.main([*argv, "--game-weights", "MinAtar-Pong-v0=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names MinAtar-Pong-v0, which is not one of the games" in err[0]
+    assert not runs.exists() or not list(runs.iterdir())

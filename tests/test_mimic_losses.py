@@ -299,6 +299,52 @@ def test_feature_heads_reject_bad_arguments() -> None:
 # -- greedy agreement --------------------------------------------------------------------
 
 
+def test_weighted_policy_regression_is_the_weighted_mean_of_the_rows() -> None:
+    # hand_case's rows: CE_0 = ln 4 - (1/4) ln 3, CE_1 = ln 4 - (1/2) ln 3.
+    student, expert, mask = hand_case()
+    student.requires_grad_(True)
+    w = torch.tensor([3.0, 0.5], dtype=torch.float64)
+    loss = policy_regression_loss(student, expert, mask, tau=2.0, weight=w)
+    ce0, ce1 = math.log(4.0) - LN3 / 4, math.log(4.0) - LN3 / 2
+    assert loss.item() == pytest.approx((3.0 * ce0 + 0.5 * ce1) / 2, abs=1e-12)
+    (grad,) = torch.autograd.grad(loss, student)
+    # Each row's gradient (q - p) / B scaled by its weight.
+    expected = torch.tensor([[-0.75, 0.75, 0.0], [0.0, -0.0625, 0.0625]], dtype=torch.float64)
+    torch.testing.assert_close(grad, expected, atol=1e-12, rtol=0)
+
+
+def test_unit_weights_give_exactly_the_unweighted_losses() -> None:
+    g = torch.Generator().manual_seed(0)
+    s, e = torch.randn(7, 5, generator=g), torch.randn(7, 5, generator=g)
+    mask = torch.rand(7, 5, generator=g) < 0.7
+    mask[:, 0] = True
+    ones = torch.ones(7)
+    assert torch.equal(
+        policy_regression_loss(s, e, mask, 0.7, ones), policy_regression_loss(s, e, mask, 0.7)
+    )
+    assert torch.equal(
+        feature_regression_loss(s, e, mask, ones), feature_regression_loss(s, e, mask)
+    )
+    assert torch.allclose(feature_regression_loss(s, e, None, ones), feature_regression_loss(s, e))
+
+
+def test_weighted_feature_regression_hand_case() -> None:
+    # Row errors (own features only): row 0 (1 + 4) / 2 = 2.5, row 1 (0 - 2)^2 = 4.
+    pred = torch.tensor([[1.0, 2.0], [0.0, 5.0]])
+    tgt = torch.tensor([[0.0, 0.0], [2.0, NAN]])
+    mask = torch.tensor([[True, True], [True, False]])
+    w = torch.tensor([2.0, 0.0])
+    assert feature_regression_loss(pred, tgt, mask, w).item() == pytest.approx((2 * 2.5 + 0) / 2)
+
+
+def test_a_weight_of_the_wrong_shape_is_a_value_error() -> None:
+    student, expert, mask = hand_case()
+    with pytest.raises(ValueError, match=r"weight must have shape \[B\] = \(2,\), got \(3,\)"):
+        policy_regression_loss(student, expert, mask, 2.0, torch.ones(3))
+    with pytest.raises(ValueError, match="weight must have shape"):
+        feature_regression_loss(torch.zeros(2, 3), torch.zeros(2, 3), None, torch.ones(2, 1))
+
+
 def test_greedy_agreement_hand_case() -> None:
     # Row 0: student's best valid action is 1 (index 2 is masked), expert's is 1.
     # Row 1: student picks 0, expert picks 1. Row 2: ties go to the first index.

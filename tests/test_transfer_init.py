@@ -1,4 +1,4 @@
-"""``train.py ppo --init-from``: a new PPO run starts from a trained network's weights.
+"""``train.py ppo|mimic --init-from``: a new run starts from a trained network's weights.
 
 Sources: a single-game PPO run and an Actor-Mimic student (Breakout + SpaceInvaders,
 so it reads 6 padded channels), both on tiny budgets. Targets: games with fewer
@@ -16,7 +16,9 @@ import torch
 from train_module import train
 
 from maskrl.agents import PPO, PPOConfig, load_policy
-from maskrl.agents.transfer import build_ppo_from, transfer_weights
+from maskrl.agents.checkpoint import load_checkpoint
+from maskrl.agents.mimic import ActorMimic, MimicConfig, load_experts
+from maskrl.agents.transfer import build_ppo_from, init_mimic_from, transfer_weights
 from maskrl.networks import ActorCritic, MinAtarCNN
 
 BREAKOUT = "maskrl/MinAtar-Breakout-v0"
@@ -250,10 +252,79 @@ def test_an_unknown_init_layers_value_is_refused(
     assert "init_layers (--init-layers) must be encoder or all" in _one_error(capsys)
 
 
-def test_mimic_has_no_init_from_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        train.main(["mimic", "--init-from", "x"])
-    assert "unrecognized arguments: --init-from" in capsys.readouterr().err
+def _mimic(experts: Path, hidden: int = 32, seed: int = 1) -> ActorMimic:
+    cfg = MimicConfig(num_envs=2, num_steps=8, num_minibatches=1, device="cpu", hidden=hidden,
+                      seed=seed)  # fmt: skip
+    return ActorMimic(load_experts(experts), cfg)
+
+
+def test_mimic_from_a_student_takes_every_layer_and_its_feature_heads(
+    sources: dict[str, Path],
+) -> None:
+    ckpt = load_checkpoint(sources["student"] / "checkpoint.pt")
+    src = _params(load_policy(sources["student"] / "checkpoint.pt", device="cpu").net)
+    trainer = _mimic(sources["experts"], seed=7)
+    rec = init_mimic_from(trainer, str(sources["student"]), "all")
+    trainer.envs.close()
+    got = _params(trainer.policy.net)
+    assert trainer.global_step == 0 and not rec["fresh"] and not rec["notes"]
+    for k, v in got.items():
+        assert torch.equal(v, src[k]), k
+    for k, v in trainer.feature_heads.state_dict().items():
+        assert torch.equal(v, ckpt["feature_heads"][k]), k
+        assert f"feature_heads.{k}" in rec["copied"]
+
+
+def test_mimic_from_a_student_encoder_keeps_the_heads_of_a_fresh_student(
+    sources: dict[str, Path],
+) -> None:
+    src = _params(load_policy(sources["student"] / "checkpoint.pt", device="cpu").net)
+    fresh_trainer = _mimic(sources["experts"])
+    fresh_trainer.envs.close()
+    fresh = _params(fresh_trainer.policy.net)
+    fresh_heads = _params(fresh_trainer.feature_heads)
+    trainer = _mimic(sources["experts"])
+    init_mimic_from(trainer, str(sources["student"]), "encoder")
+    trainer.envs.close()
+    for k, v in _params(trainer.policy.net).items():
+        assert torch.equal(v, src[k] if k.startswith("encoder.") else fresh[k]), k
+    for k, v in _params(trainer.feature_heads).items():
+        assert torch.equal(v, fresh_heads[k]), k
+
+
+def test_mimic_from_a_ppo_run_leaves_the_per_game_layers_and_feature_heads_fresh(
+    sources: dict[str, Path],
+) -> None:
+    # The PPO source plays Breakout (4 channels); the student reads 6 (padded).
+    trainer = _mimic(sources["experts"], hidden=128)
+    rec = init_mimic_from(trainer, str(sources["ppo"]), "all")
+    trainer.envs.close()
+    assert "encoder.conv.weight" in rec["partial"]
+    assert {"value_head.weight", "game_embedding.weight"} <= set(rec["fresh"])
+    assert any("feature-regression heads start freshly initialised" in n for n in rec["notes"])
+
+
+def test_mimic_init_from_through_the_command_line(
+    sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["mimic", "--experts", str(sources["experts"]), "--runs-dir", str(tmp_path),
+            "--total-timesteps", "16", *TINY]  # fmt: skip
+    init = ["--init-from", str(sources["student"]), "--init-layers", "all"]
+    assert train.main([*base, *init, "--hidden", "32", "--run-name", "t"]) == 0
+    saved = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert saved["run"]["init_from"] == str(sources["student"])
+    assert saved["init"]["checkpoint"] == str((sources["student"] / "checkpoint.pt").absolute())
+    assert "feature_heads.heads.0.weight" in saved["init"]["copied"]
+    capsys.readouterr()
+    # The student's width must be given: one line that says which flag.
+    assert train.main([*base, *init, "--run-name", "u"]) == 2
+    assert "pass --hidden 32 so the encoders line up" in _one_error(capsys)
+    assert not (tmp_path / "u").exists()
+    rc = train.main(["mimic", "--resume", str(tmp_path / "t"), "--init-from", str(sources["ppo"])])
+    assert rc == 2
+    assert "--init-from starts a new run" in _one_error(capsys)
+    assert train.main([*base, "--init-layers", "all", "--run-name", "v"]) == 2
+    assert "--init-layers only applies with --init-from" in _one_error(capsys)
 
 
 def test_the_source_folder_is_left_untouched(sources: dict[str, Path], tmp_path: Path) -> None:
