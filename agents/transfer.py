@@ -245,7 +245,6 @@ def build_ppo_from(
     Raises:
         ValueError: a bad path or checkpoint, or a layer that does not line up.
     """
-    from maskrl.agents.mimic import file_sha256
     from maskrl.agents.ppo import PPO
 
     if layers not in INIT_LAYERS:
@@ -267,13 +266,20 @@ def build_ppo_from(
     except BaseException:
         agent.envs.close()
         raise
-    record = {
+    return agent, _init_record(ckpt, source, report)
+
+
+def _init_record(ckpt: Path, source: MaskedPolicy, report: TransferReport) -> dict[str, Any]:
+    """What an ``--init-from`` run records in its ``config.json``: the checkpoint
+    read, its sha256, the source's games and the :class:`TransferReport`."""
+    from maskrl.agents.mimic import file_sha256
+
+    return {
         "checkpoint": str(ckpt.absolute()),
         "sha256": file_sha256(ckpt),
         "source_env_ids": source.env_ids,
         **report.to_dict(),
     }
-    return agent, record
 
 
 def init_mimic_from(trainer: Any, init_from: str, layers: str = "all") -> dict[str, Any]:
@@ -298,7 +304,7 @@ def init_mimic_from(trainer: Any, init_from: str, layers: str = "all") -> dict[s
             (one line naming it).
     """
     from maskrl.agents.checkpoint import load_checkpoint
-    from maskrl.agents.mimic import ActorMimic, file_sha256
+    from maskrl.agents.mimic import ActorMimic
 
     if layers not in INIT_LAYERS:
         raise ValueError(
@@ -341,9 +347,4 @@ def init_mimic_from(trainer: Any, init_from: str, layers: str = "all") -> dict[s
             )
             report.fresh += [f"feature_heads.{k}" for k in own]
             report.notes.append(f"feature-regression heads start freshly initialised: {why}")
-    return {
-        "checkpoint": str(ckpt.absolute()),
-        "sha256": file_sha256(ckpt),
-        "source_env_ids": source.env_ids,
-        **report.to_dict(),
-    }
+    return _init_record(ckpt, source, report)
